@@ -1,0 +1,117 @@
+//! A private etcd 3.4 server with a temporary data dir, inside a lab namespace
+//! (or on loopback of the test's own namespace).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+use crate::netns::{self, Netns};
+
+#[derive(Debug)]
+pub struct Etcd {
+    child: Child,
+    netns: Option<Netns>,
+    /// `http://<ip>:<port>`, the client URL.
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+}
+
+impl Etcd {
+    /// Starts etcd listening on `ip:client_port` (peer port = client + 1) in
+    /// `netns` (None = the caller's own namespace), and waits until healthy.
+    pub fn start(netns: Option<&Netns>, ip: &str, client_port: u16, dir: &Path) -> Result<Etcd> {
+        let data_dir = dir.join("etcd-data");
+        std::fs::create_dir_all(dir)?;
+        let client = format!("http://{ip}:{client_port}");
+        let peer = format!("http://{ip}:{}", client_port + 1);
+        let log = File::create(dir.join("etcd.log")).context("etcd log file")?;
+        let data = data_dir.to_string_lossy().into_owned();
+        let args: Vec<String> = [
+            "etcd",
+            "--name",
+            "ctl",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("ctl={peer}"),
+            "--log-level",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let argv = match netns {
+            Some(ns) => ns.wrap(&argv).into_iter().map(str::to_string).collect::<Vec<_>>(),
+            None => args.clone(),
+        };
+        // `ip netns exec` execs etcd in place, so the child's PID is etcd's.
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn etcd")?;
+        let mut etcd = Etcd { child, netns: netns.cloned(), endpoint: client, data_dir };
+        etcd.wait_healthy(Duration::from_secs(15))?;
+        Ok(etcd)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                bail!("etcd exited early ({st}); see {}/../etcd.log", self.data_dir.display());
+            }
+            if self.etcdctl(&["endpoint", "health"]).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd at {} not healthy within {timeout:?}", self.endpoint);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `etcdctl --endpoints <this> <args>` from etcd's own namespace.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["etcdctl", "--dial-timeout=2s", "--command-timeout=5s", "--endpoints", self.endpoint.as_str()];
+        v.extend_from_slice(args);
+        let env = [("ETCDCTL_API", "3")];
+        match &self.netns {
+            Some(ns) => ns.exec_env(&v, &env),
+            None => cmd::run_env(&v, &env),
+        }
+    }
+
+    /// Ends etcd (by its PID) and reaps it.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            netns::terminate_pids(&[self.pid()], Duration::from_secs(3));
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

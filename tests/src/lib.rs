@@ -1,0 +1,15 @@
+//! The k8s-ovs lab: a cluster in a box on real Open vSwitch, real etcd and
+//! real network namespaces, used by the end-to-end tests and the benchmarks.
+//!
+//! Start with [`Lab::start`]; see `lab.rs` for the topology.
+
+pub mod cmd;
+pub mod etcd;
+mod lab;
+pub mod netns;
+pub mod ovs;
+pub mod sweep;
+pub mod traffic;
+
+pub use lab::{base_dir, Lab, LabConfig, Node, Pod, CTL_IP, DEFAULT_PREFIX, ETCD_PORT, FABRIC_PREFIX};
+pub use netns::Netns;
