@@ -29,20 +29,13 @@ impl Output {
 }
 
 fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
-    args.iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+    args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
 }
 
 /// Runs `args` (program first) with the given extra environment and deadline;
 /// returns its output whatever the exit status. A command that outlives the
 /// deadline is killed (by its PID) and reported as an error.
-pub fn run_full<S: AsRef<OsStr>>(
-    args: &[S],
-    env: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<Output> {
+pub fn run_full<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)], timeout: Duration) -> Result<Output> {
     let Some((prog, rest)) = args.split_first() else {
         bail!("empty command");
     };

@@ -92,7 +92,13 @@ impl Etcd {
 
     /// Runs `etcdctl --endpoints <this> <args>` from etcd's own namespace.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let mut v = vec!["etcdctl", "--dial-timeout=2s", "--command-timeout=5s", "--endpoints", self.endpoint.as_str()];
+        let mut v = vec![
+            "etcdctl",
+            "--dial-timeout=2s",
+            "--command-timeout=5s",
+            "--endpoints",
+            self.endpoint.as_str(),
+        ];
         v.extend_from_slice(args);
         let env = [("ETCDCTL_API", "3")];
         match &self.netns {

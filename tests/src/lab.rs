@@ -35,7 +35,9 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Where lab directories live (`K8S_OVS_LAB_DIR`, default `/tmp/k8s-ovs-lab`).
 pub fn base_dir() -> PathBuf {
-    std::env::var_os("K8S_OVS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/k8s-ovs-lab"))
+    std::env::var_os("K8S_OVS_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/k8s-ovs-lab"))
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +142,9 @@ impl Lab {
 
     /// Creates a veth `<fabric_if>` (in the fabric bridge) <-> `eth0` (in `ns`).
     fn plug_into_fabric(&self, ns: &Netns, fabric_if: &str) -> Result<()> {
-        self.fabric.ip(&["link", "add", "name", fabric_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
+        self.fabric.ip(&[
+            "link", "add", "name", fabric_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
         self.fabric.ip(&["link", "set", fabric_if, "master", "fabric", "up"])?;
         // Frames from the fabric reach OVS's AF_PACKET socket on the node;
         // with offloads on they carry partial checksums and TCP stalls.
@@ -162,10 +166,7 @@ impl Lab {
         netns.sysctl("net.ipv6.conf.eth0.disable_ipv6", "1")?;
         netns.sysctl("net.ipv4.ip_forward", "1")?;
         netns.ip(&["link", "set", "eth0", "up"])?;
-        let mac = netns
-            .exec(&["cat", "/sys/class/net/eth0/address"])?
-            .trim()
-            .to_string();
+        let mac = netns.exec(&["cat", "/sys/class/net/eth0/address"])?.trim().to_string();
         let dir = self.dir.join(format!("n{index}"));
         let ovs = Ovs::start(&netns, &dir)?;
         let node = Node { index, netns: netns.clone(), ip: ip.clone(), mac: mac.clone(), ovs, dir };
@@ -197,11 +198,30 @@ impl Lab {
     /// Creates a pod namespace `<lab>-p-<name>` whose `eth0` (with `ip_cidr`,
     /// and `mac` if given) is the peer of `host_if` in node `node`'s namespace.
     /// The caller attaches `host_if` to a bridge; offloads are off on both ends.
-    pub fn add_pod(&mut self, node: usize, name: &str, host_if: &str, ip_cidr: &str, mac: Option<&str>) -> Result<Pod> {
+    pub fn add_pod(
+        &mut self,
+        node: usize,
+        name: &str,
+        host_if: &str,
+        ip_cidr: &str,
+        mac: Option<&str>,
+    ) -> Result<Pod> {
         let node_ns = self.node(node).netns.clone();
         let netns = Netns::create(&format!("{}-p-{name}", self.name))?;
         self.pods.push(netns.clone());
-        node_ns.ip(&["link", "add", "name", host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns.name])?;
+        node_ns.ip(&[
+            "link",
+            "add",
+            "name",
+            host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ])?;
         if let Some(mac) = mac {
             netns.ip(&["link", "set", "eth0", "address", mac])?;
         }

@@ -68,11 +68,7 @@ impl Ovs {
 
     fn env(&self) -> [(String, String); 3] {
         let d = |s: &str| self.dir.join(s).to_string_lossy().into_owned();
-        [
-            ("OVS_RUNDIR".into(), d("run")),
-            ("OVS_DBDIR".into(), d("db")),
-            ("OVS_LOGDIR".into(), d("log")),
-        ]
+        [("OVS_RUNDIR".into(), d("run")), ("OVS_DBDIR".into(), d("db")), ("OVS_LOGDIR".into(), d("log"))]
     }
 
     /// Runs an OVS tool inside the node namespace, pointed at this instance.

@@ -28,13 +28,19 @@ pub fn list_netns() -> Vec<String> {
 /// creating process no longer runs. Returns the namespaces it removed.
 pub fn sweep(prefix: &str, base_dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
-    let mut dead: Vec<String> = list_netns()
-        .into_iter()
-        .filter(|n| owner_pid(n, prefix).is_some_and(|p| !netns::alive(p)))
-        .collect();
+    let mut dead: Vec<String> =
+        list_netns().into_iter().filter(|n| owner_pid(n, prefix).is_some_and(|p| !netns::alive(p))).collect();
     // Pods first, then nodes, then the fabric: links die with their namespace
     // anyway, this only keeps the order equal to a clean stop.
-    dead.sort_by_key(|n| if n.ends_with("-fab") { 2 } else if n.contains("-n") { 1 } else { 0 });
+    dead.sort_by_key(|n| {
+        if n.ends_with("-fab") {
+            2
+        } else if n.contains("-n") {
+            1
+        } else {
+            0
+        }
+    });
     for ns in dead {
         netns::destroy_by_name(&ns);
         removed.push(ns);

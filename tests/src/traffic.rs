@@ -72,14 +72,19 @@ pub fn iperf3(server: &Netns, server_ip: &str, client: &Netns, secs: u32, revers
     let result = (|| {
         // Wait for the server socket instead of sleeping a guessed time.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !server.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).map(|s| !s.trim().is_empty()).unwrap_or(false) {
+        while !server
+            .exec(&["ss", "-Hltn", &format!("sport = :{port}")])
+            .map(|s| !s.trim().is_empty())
+            .unwrap_or(false)
+        {
             if Instant::now() > deadline {
                 bail!("iperf3 server did not listen on {server_ip}:{port}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let t = secs.to_string();
-        let mut args = vec!["iperf3", "-c", server_ip, "-p", &p, "-t", &t, "-O", "1", "-J", "--connect-timeout", "3000"];
+        let mut args =
+            vec!["iperf3", "-c", server_ip, "-p", &p, "-t", &t, "-O", "1", "-J", "--connect-timeout", "3000"];
         if reverse {
             args.push("-R");
         }

@@ -40,9 +40,15 @@ fn flows_for(node: usize, remote_ip: &str) -> Vec<String> {
         ));
     }
     for p in PODS.iter().filter(|p| p.node == node) {
-        f.push(format!("table=0,priority=100,in_port={},actions=load:{}->NXM_NX_REG0[],resubmit(,1)", p.ofport, p.vni));
+        f.push(format!(
+            "table=0,priority=100,in_port={},actions=load:{}->NXM_NX_REG0[],resubmit(,1)",
+            p.ofport, p.vni
+        ));
         for proto in ["ip,nw_dst", "arp,arp_tpa"] {
-            f.push(format!("table=1,priority=100,reg0={},{proto}={},actions=output:{}", p.vni, p.ip, p.ofport));
+            f.push(format!(
+                "table=1,priority=100,reg0={},{proto}={},actions=output:{}",
+                p.vni, p.ip, p.ofport
+            ));
         }
     }
     f
@@ -54,8 +60,17 @@ fn vxlan_carries_one_vni_across_nodes_and_keeps_vnis_apart() -> Result<()> {
     for n in &lab.nodes {
         n.ovs.add_bridge("br0", &["fail_mode=secure", "protocols=OpenFlow10,OpenFlow13,OpenFlow15"])?;
         n.ovs.vsctl(&[
-            "add-port", "br0", "vxlan0", "--", "set", "interface", "vxlan0", "type=vxlan",
-            "options:remote_ip=flow", "options:key=flow", &format!("ofport_request={VXLAN_OFPORT}"),
+            "add-port",
+            "br0",
+            "vxlan0",
+            "--",
+            "set",
+            "interface",
+            "vxlan0",
+            "type=vxlan",
+            "options:remote_ip=flow",
+            "options:key=flow",
+            &format!("ofport_request={VXLAN_OFPORT}"),
         ])?;
         n.ovs.wait_ofport("vxlan0")?;
     }
@@ -64,7 +79,16 @@ fn vxlan_carries_one_vni_across_nodes_and_keeps_vnis_apart() -> Result<()> {
         let host_if = format!("veth-{}", p.name);
         let pod = lab.add_pod(p.node, p.name, &host_if, &format!("{}/16", p.ip), None)?;
         let ovs = &lab.node(p.node).ovs;
-        ovs.vsctl(&["add-port", "br0", &host_if, "--", "set", "interface", &host_if, &format!("ofport_request={}", p.ofport)])?;
+        ovs.vsctl(&[
+            "add-port",
+            "br0",
+            &host_if,
+            "--",
+            "set",
+            "interface",
+            &host_if,
+            &format!("ofport_request={}", p.ofport),
+        ])?;
         assert_eq!(ovs.wait_ofport(&host_if)?, p.ofport);
         pods.push(pod);
     }
@@ -94,7 +118,10 @@ fn vxlan_carries_one_vni_across_nodes_and_keeps_vnis_apart() -> Result<()> {
     let n1 = &lab.node(1).netns;
     let env = [("ETCDCTL_API", "3")];
     n1.exec_env(&["etcdctl", "--endpoints", &ep, "put", "/smoke/key", "from-node-1"], &env)?;
-    let got = lab.node(2).netns.exec_env(&["etcdctl", "--endpoints", &ep, "get", "--print-value-only", "/smoke/key"], &env)?;
+    let got = lab
+        .node(2)
+        .netns
+        .exec_env(&["etcdctl", "--endpoints", &ep, "get", "--print-value-only", "/smoke/key"], &env)?;
     assert_eq!(got.trim(), "from-node-1");
     Ok(())
 }

@@ -1,0 +1,98 @@
+//! The lab cleans up after itself: on a panic half-way through a test (Drop
+//! during unwinding) and, for a process killed outright, by the sweep the
+//! next lab runs.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use lab::{netns, sweep, Lab, LabConfig};
+
+fn existing_namespaces(names: &[String]) -> Vec<String> {
+    let all = sweep::list_netns();
+    names.iter().filter(|n| all.contains(n)).cloned().collect()
+}
+
+fn live(pids: &[i32]) -> Vec<i32> {
+    pids.iter().copied().filter(|&p| netns::alive(p)).collect()
+}
+
+#[test]
+fn lab_panicking_test_still_cleans_up() -> Result<()> {
+    let seen: Mutex<(Vec<String>, Vec<i32>, PathBuf)> = Mutex::new(Default::default());
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut lab = Lab::start(1).expect("lab starts");
+        lab.add_pod(1, "victim", "veth-victim", "10.244.1.2/24", None).expect("pod");
+        let mut s = seen.lock().expect("lock");
+        *s = (lab.namespace_names(), lab.daemon_pids(), lab.dir.clone());
+        drop(s);
+        panic!("half-way through the test");
+    }));
+    assert!(outcome.is_err(), "the closure panicked");
+    let (names, pids, dir) = seen.into_inner().expect("lock");
+    assert_eq!(names.len(), 4, "fabric, ctl, node and pod namespaces were created: {names:?}");
+    assert_eq!(pids.len(), 3, "ovsdb-server, ovs-vswitchd and etcd ran: {pids:?}");
+    assert_eq!(existing_namespaces(&names), Vec::<String>::new(), "namespaces left behind");
+    assert_eq!(live(&pids), Vec::<i32>::new(), "daemons left running");
+    assert!(!dir.exists(), "lab dir {} left behind", dir.display());
+    Ok(())
+}
+
+/// Prefix used only by the crash test, so no concurrently starting lab's
+/// sweep removes the leftovers before this test has looked at them.
+const CRASH_PREFIX: &str = "kovc";
+const CRASH_ENV: &str = "K8S_OVS_LAB_CRASH_REPORT";
+
+/// Runs only as the child of `lab_sweep_removes_leftovers_of_a_killed_run`:
+/// starts a lab, reports what it made, and dies without unwinding.
+#[test]
+#[ignore = "child process of lab_sweep_removes_leftovers_of_a_killed_run"]
+fn crashing_lab_child() {
+    let Some(report) = std::env::var_os(CRASH_ENV) else { return };
+    let cfg = LabConfig { prefix: CRASH_PREFIX.into(), ..LabConfig::nodes(1) };
+    let lab = Lab::start_with(cfg).expect("lab starts");
+    let body = serde_json::json!({
+        "namespaces": lab.namespace_names(),
+        "pids": lab.daemon_pids(),
+        "dir": lab.dir,
+    });
+    std::fs::write(report, body.to_string()).expect("write report");
+    std::process::abort(); // no Drop runs
+}
+
+#[test]
+fn lab_sweep_removes_leftovers_of_a_killed_run() -> Result<()> {
+    sweep::sweep(CRASH_PREFIX, &lab::base_dir());
+    let report = std::env::temp_dir().join(format!("k8s-ovs-crash-{}.json", std::process::id()));
+    let status = Command::new(std::env::current_exe()?)
+        .args(["--exact", "crashing_lab_child", "--ignored", "--nocapture"])
+        .env(CRASH_ENV, &report)
+        .status()
+        .context("run the crashing child")?;
+    assert!(!status.success(), "the child must die");
+    let body: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).context("child report")?)?;
+    let _ = std::fs::remove_file(&report);
+    let names: Vec<String> = serde_json::from_value(body["namespaces"].clone())?;
+    let pids: Vec<i32> = serde_json::from_value(body["pids"].clone())?;
+    let dir: PathBuf = serde_json::from_value(body["dir"].clone())?;
+
+    // The crash really left things behind ...
+    assert_eq!(existing_namespaces(&names).len(), names.len(), "leftover namespaces");
+    assert_eq!(live(&pids).len(), 3, "ovsdb-server, ovs-vswitchd, etcd still run");
+    assert!(dir.exists());
+    // ... and the sweep removes all of it.
+    let removed = sweep::sweep(CRASH_PREFIX, &lab::base_dir());
+    assert_eq!(removed.len(), names.len(), "swept {removed:?}");
+    assert_eq!(existing_namespaces(&names), Vec::<String>::new());
+    // etcd was a child of the dead process: reparented, it is reaped by init
+    // soon after the kill; wait for that rather than for a fixed time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !live(&pids).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(live(&pids), Vec::<i32>::new(), "daemons left running");
+    assert!(!dir.exists());
+    Ok(())
+}
