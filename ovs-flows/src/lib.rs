@@ -3,6 +3,7 @@
 
 pub mod cookie;
 pub mod flow;
+pub mod pipeline;
 
 pub use cookie::{Category, Cookie, CookieFilter};
 pub use flow::{Action, Field, FieldRange, Flow, FlowKey, FlowSet, Ipv4Prefix, Mac, Masked, Match, Reg};

@@ -1,0 +1,294 @@
+//! The k8s-ovs OpenFlow pipeline: a pure function from a node's state to the
+//! flows its bridge must hold. `docs/pipeline.md` documents every table with
+//! an example flow; keep the two in step.
+//!
+//! Packet walk (multi-tenant):
+//! ```text
+//! CLASSIFIER ─ vxlan0 ─> TUNNEL_IN (known node? tun_id -> REG_SRC_VNI) ─────────────┐
+//!            ─ tun0 ───> (REG_SRC_VNI = 0) ──────────────────────────┐                │
+//!            ─ pod ────> SPOOF_GUARD (port+MAC+IP; pod VNI -> REG_SRC_VNI)         │
+//!                          ├─ ip ──> SERVICE (service VNI check) ─> ROUTING          │
+//!                          └─ arp ─────────────────────────────────> ROUTING         │
+//!   ROUTING: gateway -> tun0 | local subnet -> LOCAL_POD | cluster -> REMOTE_NODE | else tun0
+//!   LOCAL_POD (<- also TUNNEL_IN): REG_DST_VNI, REG_DST_PORT of the pod -> ISOLATION
+//!   ISOLATION: src VNI = dst VNI, or either is 0 -> output:REG_DST_PORT; else drop
+//!   REMOTE_NODE: tun_id = REG_SRC_VNI, tun_dst = node IP -> vxlan0
+//! ```
+
+mod state;
+
+pub use state::{LocalPod, Mode, NodeState, Protocol, RemoteNode, Service, ServicePort, GLOBAL_VNI};
+
+use std::net::Ipv4Addr;
+
+use crate::cookie::{Category, Cookie};
+use crate::flow::{Action, Field, FieldRange, Flow, FlowSet, Ipv4Prefix, Match, Reg};
+
+/// The fixed OpenFlow port of the VXLAN port (`vxlan0`).
+pub const VXLAN_OFPORT: u32 = 1;
+/// The fixed OpenFlow port of the node gateway (`tun0`, internal port).
+pub const GATEWAY_OFPORT: u32 = 2;
+/// The first ofport a pod can get (the agent requests ports from here on).
+pub const FIRST_POD_OFPORT: u32 = 3;
+
+/// The tables, declared once, in packet order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Table {
+    /// Dispatch by in_port: tunnel, gateway or pod.
+    Classifier = 0,
+    /// Tunnel traffic: accepted only from known nodes; VNI from tun_id.
+    TunnelIn = 10,
+    /// Pod anti-spoofing (port + MAC + IP, ARP sender); the pod's VNI.
+    SpoofGuard = 20,
+    /// ClusterIP traffic: only from the service's VNI or a global pod.
+    Service = 30,
+    /// L3 dispatch: gateway, local subnet, other nodes, outside.
+    Routing = 40,
+    /// Destination is a local pod (or the gateway): its VNI and port.
+    LocalPod = 50,
+    /// The isolation point: source VNI vs destination VNI.
+    Isolation = 60,
+    /// Destination is another node's subnet: into the tunnel.
+    RemoteNode = 70,
+}
+
+impl Table {
+    pub const ALL: [Table; 8] = [
+        Table::Classifier,
+        Table::TunnelIn,
+        Table::SpoofGuard,
+        Table::Service,
+        Table::Routing,
+        Table::LocalPod,
+        Table::Isolation,
+        Table::RemoteNode,
+    ];
+
+    pub fn id(self) -> u8 {
+        self as u8
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Classifier => "CLASSIFIER",
+            Table::TunnelIn => "TUNNEL_IN",
+            Table::SpoofGuard => "SPOOF_GUARD",
+            Table::Service => "SERVICE",
+            Table::Routing => "ROUTING",
+            Table::LocalPod => "LOCAL_POD",
+            Table::Isolation => "ISOLATION",
+            Table::RemoteNode => "REMOTE_NODE",
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.id() == id)
+    }
+}
+
+/// Source VNI of the packet (pod's, tunnel's tun_id, or 0 from the gateway).
+pub const REG_SRC_VNI: Reg = Reg::R0;
+/// VNI of the destination (a local pod; 0 for the gateway).
+pub const REG_DST_VNI: Reg = Reg::R1;
+/// OpenFlow port of the destination, output by ISOLATION.
+pub const REG_DST_PORT: Reg = Reg::R2;
+
+fn reg(r: Reg) -> FieldRange {
+    Field::Reg(r).all()
+}
+
+fn tun_id_low32() -> FieldRange {
+    // A VNI is 24 bits; moving 32 keeps the register's high byte zero.
+    Field::TunId.bits(0, 31).expect("bits 0..31 of a 64-bit field")
+}
+
+fn goto(t: Table) -> Action {
+    Action::GotoTable(t.id())
+}
+
+/// Builds the flows, each owned by the cookie of its object in one round.
+struct Builder {
+    round: u16,
+    flows: FlowSet,
+}
+
+impl Builder {
+    fn add(&mut self, table: Table, priority: u16, owner: (Category, u32), m: Match, actions: Vec<Action>) {
+        let cookie = Cookie::new(self.round, owner.0, owner.1);
+        self.flows.insert(Flow::new(table.id(), priority, cookie, m, actions));
+    }
+}
+
+const PIPELINE: (Category, u32) = (Category::Pipeline, 0);
+const NODE: (Category, u32) = (Category::Node, 0);
+
+/// The complete desired flow set of a node, every cookie in `round`.
+pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
+    let mut b = Builder { round, flows: FlowSet::new() };
+    static_flows(&mut b);
+    node_flows(&mut b, state);
+    for pod in state.pods.values() {
+        if let Some(vni) = state.vni_of(&pod.namespace) {
+            pod_flows(&mut b, pod, vni);
+        }
+    }
+    // One isolation flow per VNI in use by a local pod (OpenShift SDN's
+    // scheme): a VNI change rewrites these, not a flow per pair of pods.
+    let local_vnis: std::collections::BTreeSet<u32> =
+        state.pods.values().filter_map(|p| state.vni_of(&p.namespace)).filter(|v| *v != GLOBAL_VNI).collect();
+    for vni in local_vnis {
+        b.add(
+            Table::Isolation,
+            200,
+            (Category::Namespace, vni),
+            Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_VNI, vni),
+            vec![Action::OutputReg(reg(REG_DST_PORT))],
+        );
+    }
+    for node in state.remote_nodes.values() {
+        if node.ip != state.node_ip {
+            remote_node_flows(&mut b, node);
+        }
+    }
+    for svc in state.services.values() {
+        if let Some(vni) = state.vni_of(&svc.namespace) {
+            service_flows(&mut b, svc, vni);
+        }
+    }
+    b.flows
+}
+
+/// Flows that are the same on every node: table defaults and fixed ports.
+fn static_flows(b: &mut Builder) {
+    use Table::*;
+    // CLASSIFIER
+    b.add(Classifier, 200, PIPELINE, Match::new().in_port(VXLAN_OFPORT), vec![goto(TunnelIn)]);
+    b.add(
+        Classifier,
+        200,
+        PIPELINE,
+        Match::new().in_port(GATEWAY_OFPORT),
+        vec![Action::load_reg(REG_SRC_VNI, GLOBAL_VNI), goto(Routing)],
+    );
+    b.add(Classifier, 0, PIPELINE, Match::new(), vec![goto(SpoofGuard)]);
+    // Defaults: whatever no flow claims is dropped.
+    for t in [TunnelIn, SpoofGuard, LocalPod, Isolation, RemoteNode] {
+        b.add(t, 0, PIPELINE, Match::new(), vec![Action::Drop]);
+    }
+    b.add(Service, 0, PIPELINE, Match::new(), vec![goto(Routing)]);
+    b.add(Routing, 0, PIPELINE, Match::new(), vec![Action::Drop]);
+    // ISOLATION: either end global.
+    let out = vec![Action::OutputReg(reg(REG_DST_PORT))];
+    b.add(Isolation, 300, PIPELINE, Match::new().reg(REG_SRC_VNI, GLOBAL_VNI), out.clone());
+    b.add(Isolation, 300, PIPELINE, Match::new().reg(REG_DST_VNI, GLOBAL_VNI), out);
+}
+
+/// Flows that depend on this node's addresses.
+fn node_flows(b: &mut Builder, s: &NodeState) {
+    use Table::*;
+    let gw = Ipv4Prefix::host(s.gateway_ip);
+    // SERVICE: a global pod reaches every service; other ClusterIP traffic
+    // needs a per-service flow, else it is dropped.
+    b.add(
+        Service,
+        300,
+        NODE,
+        Match::new().ip().reg(REG_SRC_VNI, GLOBAL_VNI).nw_dst(s.service_cidr),
+        vec![Action::Output(GATEWAY_OFPORT)],
+    );
+    b.add(Service, 100, NODE, Match::new().ip().nw_dst(s.service_cidr), vec![Action::Drop]);
+    // ROUTING
+    b.add(Routing, 300, NODE, Match::new().ip().nw_dst(gw), vec![Action::Output(GATEWAY_OFPORT)]);
+    b.add(Routing, 300, NODE, Match::new().arp().arp_tpa(gw), vec![Action::Output(GATEWAY_OFPORT)]);
+    b.add(Routing, 200, NODE, Match::new().ip().nw_dst(s.subnet), vec![goto(LocalPod)]);
+    b.add(Routing, 200, NODE, Match::new().arp().arp_tpa(s.subnet), vec![goto(LocalPod)]);
+    b.add(Routing, 100, NODE, Match::new().ip().nw_dst(s.cluster_cidr), vec![goto(RemoteNode)]);
+    b.add(Routing, 100, NODE, Match::new().arp().arp_tpa(s.cluster_cidr), vec![goto(RemoteNode)]);
+    // Anything else IP leaves the cluster through the gateway (masqueraded there).
+    b.add(Routing, 50, NODE, Match::new().ip(), vec![Action::Output(GATEWAY_OFPORT)]);
+    // LOCAL_POD: the gateway as a destination arriving over the tunnel
+    // (another node's pods reaching this node's host).
+    let to_gw = vec![
+        Action::load_reg(REG_DST_VNI, GLOBAL_VNI),
+        Action::load_reg(REG_DST_PORT, GATEWAY_OFPORT),
+        goto(Isolation),
+    ];
+    b.add(LocalPod, 100, NODE, Match::new().ip().nw_dst(gw), to_gw.clone());
+    b.add(LocalPod, 100, NODE, Match::new().arp().arp_tpa(gw), to_gw);
+}
+
+fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
+    use Table::*;
+    let owner = (Category::Pod, p.ofport);
+    let ip = Ipv4Prefix::host(p.ip);
+    // SPOOF_GUARD: only the pod's own MAC and IP leave its port, and its ARP
+    // must state them too; anything else from the port is dropped.
+    b.add(
+        SpoofGuard,
+        100,
+        owner,
+        Match::new().ip().in_port(p.ofport).dl_src(p.mac).nw_src(ip),
+        vec![Action::load_reg(REG_SRC_VNI, vni), goto(Service)],
+    );
+    b.add(
+        SpoofGuard,
+        100,
+        owner,
+        Match::new().arp().in_port(p.ofport).dl_src(p.mac).arp_spa(ip).arp_sha(p.mac),
+        vec![Action::load_reg(REG_SRC_VNI, vni), goto(Routing)],
+    );
+    // LOCAL_POD
+    let to_pod =
+        vec![Action::load_reg(REG_DST_VNI, vni), Action::load_reg(REG_DST_PORT, p.ofport), goto(Isolation)];
+    b.add(LocalPod, 100, owner, Match::new().ip().nw_dst(ip), to_pod.clone());
+    b.add(LocalPod, 100, owner, Match::new().arp().arp_tpa(ip), to_pod);
+}
+
+fn remote_node_flows(b: &mut Builder, n: &RemoteNode) {
+    use Table::*;
+    let owner = (Category::RemoteNode, u32::from(n.ip));
+    // TUNNEL_IN: tunnel traffic only from a node we know; its VNI is tun_id.
+    // Straight to LOCAL_POD: what arrives by tunnel is never sent on again.
+    b.add(
+        TunnelIn,
+        100,
+        owner,
+        Match::new().tun_src(n.ip),
+        vec![Action::move_field(tun_id_low32(), reg(REG_SRC_VNI)), goto(LocalPod)],
+    );
+    // REMOTE_NODE: the node's subnet goes into the tunnel keyed by the source VNI.
+    let out = vec![
+        Action::move_field(reg(REG_SRC_VNI), tun_id_low32()),
+        Action::set_tun_dst(n.ip),
+        Action::Output(VXLAN_OFPORT),
+    ];
+    b.add(RemoteNode, 100, owner, Match::new().ip().nw_dst(n.subnet), out.clone());
+    b.add(RemoteNode, 100, owner, Match::new().arp().arp_tpa(n.subnet), out);
+}
+
+fn service_flows(b: &mut Builder, s: &Service, vni: u32) {
+    let owner = (Category::Service, u32::from(s.ip));
+    for port in &s.ports {
+        let mut m = match port.protocol {
+            Protocol::Tcp => Match::new().tcp(),
+            Protocol::Udp => Match::new().udp(),
+        };
+        m = m.nw_dst(Ipv4Prefix::host(s.ip)).tp_dst(port.port);
+        // A global service is reached by every VNI.
+        if vni != GLOBAL_VNI {
+            m = m.reg(REG_SRC_VNI, vni);
+        }
+        b.add(Table::Service, 200, owner, m, vec![Action::Output(GATEWAY_OFPORT)]);
+    }
+}
+
+/// The table a flow with this id belongs to, by name (for docs and traces).
+pub fn table_name(id: u8) -> String {
+    Table::from_id(id).map(|t| t.name().to_string()).unwrap_or_else(|| format!("table {id}"))
+}
+
+/// The gateway address of a node subnet (its first address).
+pub fn gateway_of(subnet: Ipv4Prefix) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.addr()) + 1)
+}

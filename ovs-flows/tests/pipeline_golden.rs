@@ -1,0 +1,111 @@
+//! Golden tests of the pipeline: representative node states in both modes,
+//! compared line by line with the flows as `ovs-ofctl dump-flows` prints
+//! them (files under `tests/golden/`). After an intended pipeline change,
+//! regenerate with `UPDATE_GOLDEN=1 cargo nextest run -p ovs-flows pipeline_golden`
+//! and review the diff: it is the change of the dataplane.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, Service, ServicePort};
+use ovs_flows::{Ipv4Prefix, Mac};
+
+fn prefix(s: &str) -> Ipv4Prefix {
+    let (a, l) = s.split_once('/').expect("a/len");
+    Ipv4Prefix::new(a.parse().expect("addr"), l.parse().expect("len"))
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("ip")
+}
+
+fn mac(s: &str) -> Mac {
+    s.parse().expect("mac")
+}
+
+/// Node 1 of a two-node cluster: pods of three namespaces (one of them
+/// global), one remote node, a service in a tenant namespace and one in a
+/// global namespace.
+fn two_node_state(mode: Mode) -> NodeState {
+    let mut s = NodeState::new(
+        mode,
+        ip("192.0.2.11"),
+        prefix("172.11.0.0/22"),
+        prefix("172.11.0.0/16"),
+        prefix("10.96.0.0/12"),
+    );
+    for (port, last, ns) in [(3, 2, "red"), (4, 3, "red"), (5, 4, "blue"), (6, 5, "kube-system")] {
+        s.pods.insert(
+            port,
+            LocalPod {
+                ofport: port,
+                ip: Ipv4Addr::new(172, 11, 0, last),
+                mac: mac(&format!("0a:58:ac:0b:00:{last:02x}")),
+                namespace: ns.into(),
+            },
+        );
+    }
+    s.remote_nodes
+        .insert(ip("192.0.2.12"), RemoteNode { ip: ip("192.0.2.12"), subnet: prefix("172.11.4.0/22") });
+    s.services.insert(
+        ip("10.96.0.10"),
+        Service {
+            ip: ip("10.96.0.10"),
+            namespace: "kube-system".into(),
+            ports: vec![
+                ServicePort { protocol: Protocol::Udp, port: 53 },
+                ServicePort { protocol: Protocol::Tcp, port: 53 },
+            ],
+        },
+    );
+    s.services.insert(
+        ip("10.96.5.5"),
+        Service {
+            ip: ip("10.96.5.5"),
+            namespace: "red".into(),
+            ports: vec![ServicePort { protocol: Protocol::Tcp, port: 80 }],
+        },
+    );
+    s.vnis = BTreeMap::from([("red".into(), 100), ("blue".into(), 200), ("kube-system".into(), 0)]);
+    s
+}
+
+fn check_golden(name: &str, lines: Vec<String>) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.txt"));
+    let actual = lines.join("\n") + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if expected != actual {
+        let exp: Vec<&str> = expected.lines().collect();
+        let act: Vec<&str> = actual.lines().collect();
+        let missing: Vec<_> = exp.iter().filter(|l| !act.contains(l)).collect();
+        let extra: Vec<_> = act.iter().filter(|l| !exp.contains(l)).collect();
+        panic!("{name}: pipeline differs from {}\nmissing: {missing:#?}\nextra: {extra:#?}", path.display());
+    }
+}
+
+#[test]
+fn multi_tenant_node() {
+    check_golden("multi_tenant", pipeline(&two_node_state(Mode::MultiTenant), 1).to_strings());
+}
+
+#[test]
+fn single_tenant_node() {
+    check_golden("single_tenant", pipeline(&two_node_state(Mode::SingleTenant), 1).to_strings());
+}
+
+#[test]
+fn empty_node() {
+    let s = NodeState::new(
+        Mode::MultiTenant,
+        ip("192.0.2.11"),
+        prefix("172.11.0.0/22"),
+        prefix("172.11.0.0/16"),
+        prefix("10.96.0.0/12"),
+    );
+    check_golden("empty_node", pipeline(&s, 7).to_strings());
+}
