@@ -1,1 +1,10 @@
-//! placeholder
+//! The k8s-ovs controller: allocates VNIs to namespaces and subnets to nodes,
+//! applies operators' join / isolate / global edits, one leader at a time.
+//!
+//! Pure core: [`alloc`], [`model`], [`plan`]. Shell: [`store`] (etcd),
+//! [`leader`] (election on an etcd lease), [`kube_watch`], [`run`], and the
+//! operator commands in [`ctl`].
+
+pub mod alloc;
+pub mod model;
+pub mod plan;

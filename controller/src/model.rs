@@ -1,0 +1,125 @@
+//! What the controller knows: the records in etcd (as last seen, with the
+//! last *safe* state of each), and the Namespaces and Nodes of Kubernetes.
+//! Pure: the shell feeds etcd and kube events in.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use etcd_schema::{
+    parse_host_subnet, parse_net_namespace, HostSubnet, KeyKind, Keys, NetNamespace, NetworkConfig,
+    RecordError, SchemaError,
+};
+
+/// One record as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<T> {
+    /// etcd mod_revision: every write of the controller compares it.
+    pub rev: i64,
+    pub raw: String,
+    pub parsed: Result<T, SchemaError>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    pub netns: BTreeMap<String, Entry<NetNamespace>>,
+    pub subnets: BTreeMap<String, Entry<HostSubnet>>,
+    /// Last NetID the controller wrote or accepted, per namespace: what a
+    /// bad edit is rolled back to.
+    pub safe_netns: BTreeMap<String, u32>,
+    pub safe_subnets: BTreeMap<String, HostSubnet>,
+    /// Error records present (full key -> EditRevision), so an unchanged
+    /// bad record is reported once, not on every plan.
+    pub errors: BTreeMap<String, i64>,
+}
+
+impl Records {
+    /// Takes a record as read at startup (or by a new leader): whatever
+    /// valid state it holds becomes the safe state.
+    pub fn load(&mut self, keys: &Keys, config: &NetworkConfig, key: &str, value: &str, rev: i64) {
+        self.observe_put(keys, config, key, value, rev);
+        let Some(k) = keys.parse(key) else { return };
+        match k.kind {
+            KeyKind::NetNamespace => {
+                if let Some(Ok(rec)) = self.netns.get(&k.name).map(|e| &e.parsed) {
+                    self.safe_netns.insert(k.name, rec.net_id);
+                }
+            }
+            KeyKind::Subnet => {
+                if let Some(Ok(rec)) = self.subnets.get(&k.name).map(|e| &e.parsed) {
+                    if rec.subnet.is_some() {
+                        self.safe_subnets.insert(k.name, rec.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A put seen on the etcd watch (an operator's edit or an echo of ours).
+    pub fn observe_put(&mut self, keys: &Keys, config: &NetworkConfig, key: &str, value: &str, rev: i64) {
+        let Some(k) = keys.parse(key) else { return };
+        let raw = value.to_string();
+        match k.kind {
+            KeyKind::NetNamespace => {
+                let parsed = parse_net_namespace(key, &k.name, value);
+                self.netns.insert(k.name, Entry { rev, raw, parsed });
+            }
+            KeyKind::Subnet => {
+                let parsed = parse_host_subnet(key, &k.name, value, config);
+                self.subnets.insert(k.name, Entry { rev, raw, parsed });
+            }
+            KeyKind::NetNamespaceError | KeyKind::SubnetError => {
+                let edit_rev =
+                    serde_json::from_str::<RecordError>(value).map(|e| e.edit_revision).unwrap_or(-1);
+                self.errors.insert(key.to_string(), edit_rev);
+            }
+            KeyKind::Config | KeyKind::Leader => {}
+        }
+    }
+
+    pub fn observe_delete(&mut self, keys: &Keys, key: &str) {
+        let Some(k) = keys.parse(key) else { return };
+        match k.kind {
+            KeyKind::NetNamespace => {
+                self.netns.remove(&k.name);
+                self.safe_netns.remove(&k.name);
+            }
+            KeyKind::Subnet => {
+                self.subnets.remove(&k.name);
+                self.safe_subnets.remove(&k.name);
+            }
+            KeyKind::NetNamespaceError | KeyKind::SubnetError => {
+                self.errors.remove(key);
+            }
+            KeyKind::Config | KeyKind::Leader => {}
+        }
+    }
+
+    /// The controller's own write committed at `rev`: its record is the new
+    /// safe state.
+    pub fn committed(&mut self, keys: &Keys, config: &NetworkConfig, write: &crate::plan::Write, rev: i64) {
+        use crate::plan::RecordWrite;
+        match &write.record {
+            RecordWrite::Put(value) => self.load(keys, config, &write.key, value, rev),
+            RecordWrite::Delete => self.observe_delete(keys, &write.key),
+            RecordWrite::Keep => {}
+        }
+        match &write.error {
+            Some(e) => {
+                self.errors.insert(write.error_key.clone(), e.edit_revision);
+            }
+            None => {
+                self.errors.remove(&write.error_key);
+            }
+        }
+    }
+}
+
+/// The Kubernetes side; `None` until the first complete list arrived (no
+/// record is created or collected on a partial view).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeView {
+    pub namespaces: Option<BTreeSet<String>>,
+    /// Node name -> InternalIP (None until the node reports one).
+    pub nodes: Option<BTreeMap<String, Option<Ipv4Addr>>>,
+}

@@ -1,0 +1,408 @@
+//! The controller's decisions, as a pure function of what it knows: which
+//! records to create, change, restore or delete, and which errors to show.
+//! The shell applies each `Write` as one etcd transaction that compares the
+//! record's mod_revision, so a write planned on a stale view never lands.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use etcd_schema::{
+    Action, HostSubnet, Keys, NetNamespace, NetworkConfig, PluginName, RecordError, GLOBAL_VNI,
+};
+use ipnetwork::Ipv4Network;
+
+use crate::alloc::{SubnetAllocator, VniAllocator};
+use crate::model::{KubeView, Records};
+
+/// What happens to the record itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordWrite {
+    Put(String),
+    Delete,
+    /// Leave the record as it is (only the error beside it changes).
+    Keep,
+}
+
+/// One transaction: the record (if still at `expect_rev`) and its error key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub key: String,
+    /// The mod_revision the record must still have; 0 = must not exist.
+    pub expect_rev: i64,
+    pub record: RecordWrite,
+    pub error_key: String,
+    /// `Some`: put this error beside the record; `None`: clear it.
+    pub error: Option<RecordError>,
+    /// What this write does, for the log.
+    pub why: String,
+}
+
+/// Namespaces that always get VNI 0 and refuse actions.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub admin_namespaces: BTreeSet<String>,
+}
+
+impl Policy {
+    /// `kube-system` plus the given admin namespaces.
+    pub fn new(admin: impl IntoIterator<Item = String>) -> Policy {
+        let mut admin_namespaces: BTreeSet<String> = admin.into_iter().collect();
+        admin_namespaces.insert("kube-system".to_string());
+        Policy { admin_namespaces }
+    }
+
+    pub fn is_admin(&self, ns: &str) -> bool {
+        self.admin_namespaces.contains(ns)
+    }
+}
+
+/// The NetID `name` (now at `current`) gets from `action`, or why not.
+/// `ids` is the current NetID of every namespace with a record.
+pub fn apply_action(
+    name: &str,
+    current: u32,
+    action: &Action,
+    ids: &BTreeMap<String, u32>,
+    vnis: &mut VniAllocator,
+) -> Result<u32, String> {
+    match action {
+        Action::Join(to) if to == name => Err("join: a namespace cannot join itself".into()),
+        Action::Join(to) => ids
+            .get(to)
+            .copied()
+            .ok_or_else(|| format!("join: namespace {to} does not exist (it has no record)")),
+        Action::Isolate => {
+            let shared = ids.iter().any(|(n, &id)| n != name && id == current);
+            if current == GLOBAL_VNI || shared {
+                vnis.allocate().map_err(|e| format!("isolate: {e}"))
+            } else {
+                Ok(current)
+            }
+        }
+        Action::Global => Ok(GLOBAL_VNI),
+    }
+}
+
+/// Everything the planner reads.
+pub struct Inputs<'a> {
+    pub keys: &'a Keys,
+    pub config: &'a NetworkConfig,
+    pub records: &'a Records,
+    pub kube: &'a KubeView,
+    pub policy: &'a Policy,
+}
+
+/// All writes that bring etcd to the desired state. Applying them and
+/// planning again yields nothing (the plan is idempotent).
+pub fn plan(inp: &Inputs<'_>, vnis: &mut VniAllocator, subnets: &mut SubnetAllocator) -> Vec<Write> {
+    let mut out = Vec::new();
+    if inp.config.plugin == PluginName::MultiTenant {
+        plan_netnamespaces(inp, vnis, &mut out);
+    }
+    plan_subnets(inp, subnets, &mut out);
+    out
+}
+
+fn netns_write(
+    inp: &Inputs<'_>,
+    name: &str,
+    rev: i64,
+    record: RecordWrite,
+    error: Option<RecordError>,
+    why: String,
+) -> Write {
+    Write {
+        key: inp.keys.netnamespace(name),
+        expect_rev: rev,
+        record,
+        error_key: inp.keys.netnamespace_error(name),
+        error,
+        why,
+    }
+}
+
+fn rejected(message: String, raw: &str, rev: i64) -> Option<RecordError> {
+    Some(RecordError { error: message, edit: raw.to_string(), edit_revision: rev })
+}
+
+fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<Write>) {
+    let recs = inp.records;
+    // The NetID each namespace holds now: its safe one when an edit is pending.
+    let mut ids: BTreeMap<String, u32> = recs
+        .netns
+        .iter()
+        .filter_map(|(n, e)| {
+            let id = recs.safe_netns.get(n).copied().or(e.parsed.as_ref().ok().map(|r| r.net_id))?;
+            Some((n.clone(), id))
+        })
+        .collect();
+    vnis.reset_in_use(ids.values().copied());
+    let known = inp.kube.namespaces.as_ref();
+
+    for (name, entry) in &recs.netns {
+        let key = inp.keys.netnamespace(name);
+        if known.is_some_and(|k| !k.contains(name)) {
+            // Vanished namespace (collected quietly) or an operator's record
+            // for a namespace that never existed (collected with an error).
+            let error = (!recs.safe_netns.contains_key(name)).then(|| RecordError {
+                error: format!("{key}: namespace {name} does not exist; record removed"),
+                edit: entry.raw.clone(),
+                edit_revision: entry.rev,
+            });
+            ids.remove(name);
+            out.push(netns_write(
+                inp,
+                name,
+                entry.rev,
+                RecordWrite::Delete,
+                error,
+                format!("collect record of {name}"),
+            ));
+            continue;
+        }
+        let safe = recs.safe_netns.get(name).copied();
+        let restore_to = |id: u32| RecordWrite::Put(NetNamespace::new(name, id).to_json());
+        let rec = match &entry.parsed {
+            Ok(rec) => rec,
+            Err(e) => {
+                let id = match safe {
+                    Some(id) => id,
+                    None if known.is_none() => continue,
+                    None if inp.policy.is_admin(name) => GLOBAL_VNI,
+                    None => match vnis.allocate() {
+                        Ok(id) => id,
+                        Err(_) => continue,
+                    },
+                };
+                ids.insert(name.clone(), id);
+                let error = rejected(e.to_string(), &entry.raw, entry.rev);
+                out.push(netns_write(
+                    inp,
+                    name,
+                    entry.rev,
+                    restore_to(id),
+                    error,
+                    format!("restore {name} to NetID {id}"),
+                ));
+                continue;
+            }
+        };
+        if let Some(s) = safe.filter(|&s| s != rec.net_id) {
+            let msg = format!(
+                "{key}: field NetID = {}: changed without an action (was {s}); use join, isolate or global",
+                rec.net_id
+            );
+            out.push(netns_write(
+                inp,
+                name,
+                entry.rev,
+                restore_to(s),
+                rejected(msg, &entry.raw, entry.rev),
+                format!("restore {name} to NetID {s}"),
+            ));
+            continue;
+        }
+        if inp.policy.is_admin(name) {
+            if rec.action.is_some() {
+                let msg =
+                    format!("{key}: field Action: {name} is an admin namespace and stays global (NetID 0)");
+                let error = rejected(msg, &entry.raw, entry.rev);
+                out.push(netns_write(
+                    inp,
+                    name,
+                    entry.rev,
+                    restore_to(GLOBAL_VNI),
+                    error,
+                    format!("refuse action on {name}"),
+                ));
+            } else if rec.net_id != GLOBAL_VNI {
+                ids.insert(name.clone(), GLOBAL_VNI);
+                out.push(netns_write(
+                    inp,
+                    name,
+                    entry.rev,
+                    restore_to(GLOBAL_VNI),
+                    None,
+                    format!("make admin {name} global"),
+                ));
+            }
+            continue;
+        }
+        let Some(action) = &rec.action else { continue };
+        match apply_action(name, rec.net_id, action, &ids, vnis) {
+            Ok(id) => {
+                ids.insert(name.clone(), id);
+                let why = format!("{action:?} on {name}: NetID {} -> {id}", rec.net_id);
+                out.push(netns_write(inp, name, entry.rev, restore_to(id), None, why));
+            }
+            Err(msg) => {
+                let error = rejected(format!("{key}: {msg}"), &entry.raw, entry.rev);
+                let why = format!("refuse {action:?} on {name}");
+                out.push(netns_write(inp, name, entry.rev, restore_to(rec.net_id), error, why));
+            }
+        }
+    }
+
+    let Some(known) = known else { return };
+    for name in known.iter().filter(|n| !recs.netns.contains_key(*n)) {
+        let id = if inp.policy.is_admin(name) {
+            GLOBAL_VNI
+        } else {
+            match vnis.allocate() {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::error!(namespace = %name, "cannot create record: {e}");
+                    continue;
+                }
+            }
+        };
+        ids.insert(name.clone(), id);
+        let record = RecordWrite::Put(NetNamespace::new(name, id).to_json());
+        out.push(netns_write(inp, name, 0, record, None, format!("create record of {name} with NetID {id}")));
+    }
+}
+
+fn subnet_write(
+    inp: &Inputs<'_>,
+    ip: &str,
+    rev: i64,
+    record: RecordWrite,
+    error: Option<RecordError>,
+    why: String,
+) -> Write {
+    Write {
+        key: inp.keys.subnet(ip),
+        expect_rev: rev,
+        record,
+        error_key: inp.keys.subnet_error(ip),
+        error,
+        why,
+    }
+}
+
+fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Write>) {
+    let recs = inp.records;
+    let nodes = inp.kube.nodes.as_ref();
+    // Who holds which subnet now: the safe holder first, so a duplicate typed
+    // by hand loses against the record that had it.
+    let mut holder: BTreeMap<Ipv4Network, String> = BTreeMap::new();
+    for (ip, s) in &recs.safe_subnets {
+        if let Some(net) = s.subnet {
+            holder.insert(net, ip.clone());
+        }
+    }
+    for (ip, e) in &recs.subnets {
+        if let Ok(HostSubnet { subnet: Some(net), .. }) = &e.parsed {
+            holder.entry(*net).or_insert_with(|| ip.clone());
+        }
+    }
+    alloc.reset_in_use(holder.keys().copied());
+    let node_at = |ip: &str| -> Option<&String> {
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        nodes?.iter().find(|(_, a)| **a == Some(ip)).map(|(n, _)| n)
+    };
+
+    for (ip, entry) in &recs.subnets {
+        let key = inp.keys.subnet(ip);
+        let safe = recs.safe_subnets.get(ip);
+        let reported = recs.errors.get(&inp.keys.subnet_error(ip)) == Some(&entry.rev);
+        let fresh = |host: &str, assign: bool, alloc: &mut SubnetAllocator| -> Option<HostSubnet> {
+            let subnet = alloc.allocate().ok()?;
+            Some(HostSubnet {
+                host: host.to_string(),
+                host_ip: ip.parse().ok()?,
+                subnet: Some(subnet),
+                assign,
+            })
+        };
+        let rec = match &entry.parsed {
+            Ok(rec) => rec,
+            Err(e) => {
+                let error = rejected(e.to_string(), &entry.raw, entry.rev);
+                let restored = match (safe, node_at(ip)) {
+                    (Some(s), _) => Some(s.clone()),
+                    (None, Some(node)) => fresh(node, false, alloc),
+                    (None, None) => None,
+                };
+                match restored {
+                    Some(s) => {
+                        let why = format!("restore subnet record of {ip}");
+                        out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Put(s.to_json()), error, why));
+                    }
+                    None if !reported => {
+                        let why = format!("report bad subnet record of {ip}");
+                        out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Keep, error, why));
+                    }
+                    None => {}
+                }
+                continue;
+            }
+        };
+        let node_backed = !rec.assign;
+        if node_backed && nodes.is_some() && node_at(ip).is_none_or(|n| *n != rec.host) {
+            out.push(subnet_write(
+                inp,
+                ip,
+                entry.rev,
+                RecordWrite::Delete,
+                None,
+                format!("release subnet of {ip}"),
+            ));
+            continue;
+        }
+        match rec.subnet {
+            None => {
+                let Some(s) = fresh(&rec.host, true, alloc) else {
+                    tracing::error!(host_ip = %ip, "no free subnet left for an Assign request");
+                    continue;
+                };
+                let why = format!("assign {:?} to {ip}", s.subnet);
+                out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Put(s.to_json()), None, why));
+            }
+            Some(net) => {
+                let changed = safe.is_some_and(|s| s.subnet != Some(net));
+                let duplicate = holder.get(&net).is_some_and(|h| h != ip);
+                if !changed && !duplicate {
+                    continue;
+                }
+                let msg = if changed {
+                    format!("{key}: field Subnet = \"{net}\": a subnet is not edited by hand; delete the record to release it")
+                } else {
+                    format!(
+                        "{key}: field Subnet = \"{net}\": already held by {}",
+                        holder.get(&net).map_or("", |h| h)
+                    )
+                };
+                let restored = match safe {
+                    Some(s) => Some(s.clone()),
+                    None => fresh(&rec.host, rec.assign, alloc),
+                };
+                if let Some(s) = restored {
+                    let error = rejected(msg, &entry.raw, entry.rev);
+                    let why = format!("restore subnet record of {ip}");
+                    out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Put(s.to_json()), error, why));
+                }
+            }
+        }
+    }
+
+    let Some(nodes) = nodes else { return };
+    for (node, ip) in nodes {
+        let Some(ip) = ip else { continue };
+        let ip_s = ip.to_string();
+        if recs.subnets.contains_key(&ip_s) {
+            continue;
+        }
+        let Ok(subnet) = alloc.allocate() else {
+            tracing::error!(%node, "no free subnet left for node");
+            continue;
+        };
+        let rec = HostSubnet { host: node.clone(), host_ip: *ip, subnet: Some(subnet), assign: false };
+        let why = format!("allocate {subnet} to node {node} ({ip})");
+        out.push(subnet_write(inp, &ip_s, 0, RecordWrite::Put(rec.to_json()), None, why));
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,263 @@
+//! The planner on hand-built views: every action, every bad edit, resync.
+
+use super::*;
+use etcd_schema::parse_network_config;
+
+const CONFIG: &str = r#"{"Name":"k8ssdn","Network":"172.11.0.0/16","HostSubnetLength":10,"ServiceNetwork":"10.96.0.0/12","PluginName":"k8s-ovs-multitenant"}"#;
+
+struct World {
+    keys: Keys,
+    config: NetworkConfig,
+    records: Records,
+    kube: KubeView,
+    policy: Policy,
+    vnis: VniAllocator,
+    subnets: SubnetAllocator,
+    rev: i64,
+    /// Error text shown beside each record (error key -> text).
+    shown: BTreeMap<String, String>,
+}
+
+impl World {
+    fn new(namespaces: &[&str]) -> World {
+        let config = parse_network_config("/p/config", CONFIG).expect("config");
+        let subnets = SubnetAllocator::new(&config);
+        World {
+            keys: Keys::new("/p", "k8ssdn"),
+            config,
+            records: Records::default(),
+            kube: KubeView {
+                namespaces: Some(namespaces.iter().map(|s| s.to_string()).collect()),
+                nodes: Some(BTreeMap::new()),
+            },
+            policy: Policy::new(["admin".to_string()]),
+            vnis: VniAllocator::default(),
+            subnets,
+            rev: 1,
+            shown: BTreeMap::new(),
+        }
+    }
+
+    /// Plans and commits every write, as a leader whose transactions all succeed.
+    fn settle(&mut self) -> Vec<Write> {
+        let inputs = Inputs {
+            keys: &self.keys,
+            config: &self.config,
+            records: &self.records,
+            kube: &self.kube,
+            policy: &self.policy,
+        };
+        let writes = plan(&inputs, &mut self.vnis, &mut self.subnets);
+        for w in &writes {
+            self.rev += 1;
+            self.records.committed(&self.keys, &self.config, w, self.rev);
+            match &w.error {
+                Some(e) => self.shown.insert(w.error_key.clone(), e.error.clone()),
+                None => self.shown.remove(&w.error_key),
+            };
+        }
+        writes
+    }
+
+    /// An operator's `etcdctl put`.
+    fn put(&mut self, key: &str, value: &str) {
+        self.rev += 1;
+        self.records.observe_put(&self.keys, &self.config, key, value, self.rev);
+    }
+
+    fn edit(&mut self, ns: &str, value: &str) {
+        let key = self.keys.netnamespace(ns);
+        self.put(&key, value);
+    }
+
+    fn id(&self, ns: &str) -> u32 {
+        match &self.records.netns[ns].parsed {
+            Ok(r) => {
+                assert_eq!(r.action, None, "{ns} still has an action");
+                r.net_id
+            }
+            Err(e) => panic!("{ns} is not valid: {e}"),
+        }
+    }
+
+    fn error_of(&self, ns: &str) -> Option<&String> {
+        self.shown.get(&self.keys.netnamespace_error(ns))
+    }
+
+    fn act(&mut self, ns: &str, action: &str, target: &str) {
+        let id = self.id(ns);
+        let v = format!(r#"{{"NetName":"{ns}","NetID":{id},"Action":"{action}","Namespace":"{target}"}}"#);
+        self.edit(ns, &v);
+        self.settle();
+    }
+}
+
+#[test]
+fn namespaces_get_unique_vnis_and_admins_get_zero() {
+    let mut w = World::new(&["a", "b", "c", "kube-system", "admin"]);
+    let writes = w.settle();
+    assert_eq!(writes.len(), 5);
+    assert!(writes.iter().all(|w| w.expect_rev == 0), "creates only");
+    assert_eq!((w.id("kube-system"), w.id("admin")), (0, 0));
+    let ids: BTreeSet<u32> = ["a", "b", "c"].iter().map(|n| w.id(n)).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|&v| v >= 10));
+    assert!(w.settle().is_empty(), "idempotent");
+}
+
+#[test]
+fn join_isolate_global_follow_k8s_ovs() {
+    let mut w = World::new(&["a", "b"]);
+    w.settle();
+    let b = w.id("b");
+    w.act("a", "join", "b");
+    assert_eq!(w.id("a"), b);
+    assert_eq!(w.error_of("a"), None);
+    // isolate of a shared NetID gives a fresh one; b keeps its own.
+    w.act("a", "isolate", "");
+    assert_ne!(w.id("a"), b);
+    assert_eq!(w.id("b"), b);
+    // isolate when alone: nothing changes except the cleared action.
+    let a = w.id("a");
+    w.act("a", "isolate", "");
+    assert_eq!(w.id("a"), a);
+    w.act("a", "global", "");
+    assert_eq!(w.id("a"), 0);
+    // isolate out of global gives a fresh VNI.
+    w.act("a", "isolate", "");
+    assert!(w.id("a") >= 10 && w.id("a") != b);
+    assert!(w.settle().is_empty());
+}
+
+#[test]
+fn bad_edits_keep_the_last_safe_state_and_show_why() {
+    let mut w = World::new(&["a", "b", "kube-system"]);
+    w.settle();
+    let a = w.id("a");
+    let cases: [(&str, &str); 7] = [
+        (r#"{"NetName":"a","NetID":AID,"Action":"merge","Namespace":""}"#, "field Action"),
+        (
+            r#"{"NetName":"a","NetID":AID,"Action":"join","Namespace":"nope"}"#,
+            "namespace nope does not exist",
+        ),
+        (r#"{"NetName":"a","NetID":AID,"Action":"join","Namespace":"a"}"#, "cannot join itself"),
+        (r#"{"NetName":"a","NetID":AID,"Action":"join""#, "malformed JSON"),
+        (r#"{"NetName":"a","NetID":16777216,"Action":"","Namespace":""}"#, "out of range"),
+        (r#"{"NetName":"a","NetID":12345,"Action":"","Namespace":""}"#, "changed without an action"),
+        (r#"{"NetName":"zz","NetID":AID,"Action":"","Namespace":""}"#, "field NetName"),
+    ];
+    for (raw, why) in cases {
+        w.edit("a", &raw.replace("AID", &a.to_string()));
+        let writes = w.settle();
+        assert_eq!(writes.len(), 1, "{raw}");
+        assert_eq!(w.id("a"), a, "{raw}: NetID kept");
+        let shown = w.error_of("a").unwrap_or_else(|| panic!("{raw}: no error shown"));
+        assert!(shown.contains(why), "{raw}: {shown}");
+        assert!(shown.contains("/p/k8ssdn/netnamespaces/a"), "names the key: {shown}");
+    }
+    // A good action afterwards clears the error.
+    w.act("a", "global", "");
+    assert_eq!(w.error_of("a"), None);
+    // kube-system refuses actions.
+    w.act("kube-system", "isolate", "");
+    assert_eq!(w.id("kube-system"), 0);
+    assert!(w.error_of("kube-system").is_some_and(|e| e.contains("admin namespace")));
+}
+
+#[test]
+fn records_of_missing_namespaces_are_collected() {
+    let mut w = World::new(&["a"]);
+    w.settle();
+    // An operator's record for a namespace that does not exist: removed, with an error.
+    w.edit("ghost", r#"{"NetName":"ghost","NetID":77,"Action":"","Namespace":""}"#);
+    let writes = w.settle();
+    assert_eq!(writes[0].record, RecordWrite::Delete);
+    assert!(!w.records.netns.contains_key("ghost"));
+    assert!(w.shown[&w.keys.netnamespace_error("ghost")].contains("does not exist"));
+    // A namespace that goes away: its record is removed quietly and its VNI is free again.
+    let a = w.id("a");
+    w.kube.namespaces = Some(BTreeSet::new());
+    w.settle();
+    assert!(w.records.netns.is_empty());
+    assert_eq!(w.error_of("a"), None);
+    w.vnis.reset_in_use([]);
+    assert!(!w.vnis.is_in_use(a));
+}
+
+#[test]
+fn nothing_is_created_or_collected_before_kube_listed() {
+    let mut w = World::new(&[]);
+    w.kube = KubeView::default();
+    w.edit("a", r#"{"NetName":"a","NetID":10,"Action":"","Namespace":""}"#);
+    assert!(w.settle().is_empty());
+}
+
+#[test]
+fn startup_resync_keeps_valid_records() {
+    let mut w = World::new(&["a", "b"]);
+    w.records.load(
+        &w.keys,
+        &w.config,
+        "/p/k8ssdn/netnamespaces/a",
+        r#"{"NetName":"a","NetID":300924,"Action":"","Namespace":""}"#,
+        5,
+    );
+    w.records.load(
+        &w.keys,
+        &w.config,
+        "/p/k8ssdn/netnamespaces/old",
+        r#"{"NetName":"old","NetID":11,"Action":"","Namespace":""}"#,
+        6,
+    );
+    let writes = w.settle();
+    assert_eq!(w.id("a"), 300924);
+    assert!(!w.records.netns.contains_key("old"));
+    assert!(w.id("b") >= 10 && w.id("b") != 300924);
+    assert_eq!(writes.len(), 2);
+    assert!(w.shown.is_empty(), "a vanished namespace is no error");
+}
+
+fn node(w: &mut World, name: &str, ip: &str) {
+    w.kube.nodes.get_or_insert_with(BTreeMap::new).insert(name.to_string(), ip.parse().ok());
+}
+
+fn subnet_of(w: &World, ip: &str) -> Option<String> {
+    w.records
+        .subnets
+        .get(ip)
+        .and_then(|e| e.parsed.as_ref().ok())
+        .and_then(|s| s.subnet)
+        .map(|s| s.to_string())
+}
+
+#[test]
+fn node_subnets_are_allocated_once_and_released() {
+    let mut w = World::new(&[]);
+    node(&mut w, "n1", "192.0.2.1");
+    node(&mut w, "n2", "192.0.2.2");
+    w.settle();
+    assert_eq!(subnet_of(&w, "192.0.2.1").as_deref(), Some("172.11.0.0/22"));
+    assert_eq!(subnet_of(&w, "192.0.2.2").as_deref(), Some("172.11.4.0/22"));
+    assert!(w.settle().is_empty(), "never twice");
+    // A manual request for a load-balancer host.
+    w.put(&w.keys.subnet("192.0.2.9"), r#"{"Host":"lb1","HostIP":"192.0.2.9","Subnet":"","Assign":true}"#);
+    w.settle();
+    assert_eq!(subnet_of(&w, "192.0.2.9").as_deref(), Some("172.11.8.0/22"));
+    // n1 goes: released; the manual record stays.
+    w.kube.nodes.as_mut().map(|n| n.remove("n1"));
+    w.settle();
+    assert_eq!(subnet_of(&w, "192.0.2.1"), None);
+    assert!(subnet_of(&w, "192.0.2.9").is_some());
+    // A hand-typed duplicate is refused and the record rolled back.
+    w.put(
+        &w.keys.subnet("192.0.2.2"),
+        r#"{"Host":"n2","HostIP":"192.0.2.2","Subnet":"172.11.8.0/22","Assign":false}"#,
+    );
+    w.settle();
+    assert_eq!(subnet_of(&w, "192.0.2.2").as_deref(), Some("172.11.4.0/22"));
+    assert!(w.shown[&w.keys.subnet_error("192.0.2.2")].contains("field Subnet"));
+    // Malformed JSON on a manual record with no safe state: reported once, kept.
+    w.put(&w.keys.subnet("192.0.2.10"), "{oops");
+    assert_eq!(w.settle().len(), 1);
+    assert!(w.settle().is_empty());
+}
