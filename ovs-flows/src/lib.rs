@@ -3,7 +3,8 @@
 
 pub mod cookie;
 pub mod flow;
-pub mod pipeline;
+pub mod ofp;
+pub mod samples;
 
 pub use cookie::{Category, Cookie, CookieFilter};
 pub use flow::{Action, Field, FieldRange, Flow, FlowKey, FlowSet, Ipv4Prefix, Mac, Masked, Match, Reg};
