@@ -2,3 +2,4 @@
 //! calls (IPAM, netlink, OVSDB) and, later, the loop itself.
 
 pub mod ipam;
+pub mod ovsdb;

@@ -1,0 +1,178 @@
+//! The native OVSDB client against a private, real Open vSwitch; every
+//! result is compared with what `ovs-vsctl` (run by the test) reports.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::ScratchOvs;
+use k8s_ovs_agent::ovsdb::{BridgeSpec, Change, Client, OvsdbError, PortSpec};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn setup(tag: &str) -> Result<(ScratchOvs, Client)> {
+    let ovs = ScratchOvs::start(tag)?;
+    let client = Client::connect(&ovs.endpoint()).await.context("connect")?;
+    Ok((ovs, client))
+}
+
+fn vsctl(ovs: &ScratchOvs, args: &[&str]) -> Result<String> {
+    Ok(ovs.ovs.vsctl(args)?.trim().to_string())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_bridge_is_created_once_with_the_requested_settings() -> Result<()> {
+    let (ovs, client) = setup("br").await?;
+    let spec = BridgeSpec::new("br0", "netdev");
+    assert_eq!(client.ensure_bridge(&spec, WAIT).await?, Change::Created);
+    assert_eq!(client.ensure_bridge(&spec, WAIT).await?, Change::Unchanged);
+    assert_eq!(vsctl(&ovs, &["get", "bridge", "br0", "datapath_type"])?, "netdev");
+    assert_eq!(vsctl(&ovs, &["get", "bridge", "br0", "fail_mode"])?, "secure");
+    assert_eq!(vsctl(&ovs, &["get", "bridge", "br0", "protocols"])?, "[OpenFlow13, OpenFlow15]");
+    assert_eq!(vsctl(&ovs, &["get", "interface", "br0", "ofport"])?, "65534");
+
+    // A drifted setting is put back.
+    vsctl(&ovs, &["set", "bridge", "br0", "fail_mode=standalone"])?;
+    assert_eq!(client.ensure_bridge(&spec, WAIT).await?, Change::Updated);
+    assert_eq!(vsctl(&ovs, &["get", "bridge", "br0", "fail_mode"])?, "secure");
+    assert_eq!(vsctl(&ovs, &["list-br"])?, "br0");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_a_bridge_whose_datapath_cannot_open_is_an_error() -> Result<()> {
+    if std::path::Path::new("/sys/module/openvswitch").exists() {
+        eprintln!("kernel openvswitch module loaded: the system datapath would open, nothing to check");
+        return Ok(());
+    }
+    let (_ovs, client) = setup("sys").await?;
+    let err = client
+        .ensure_bridge(&BridgeSpec::new("brsys", "system"), WAIT)
+        .await
+        .expect_err("no kernel datapath");
+    assert!(matches!(err, OvsdbError::Interface { .. }), "{err}");
+    assert!(err.to_string().contains("has no datapath"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
+    let (ovs, client) = setup("ports").await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+
+    let vxlan = PortSpec::new("vxlan0", "vxlan")
+        .option("remote_ip", "flow")
+        .option("key", "flow")
+        .option("dst_port", "4789")
+        .ofport_request(1);
+    assert_eq!(client.ensure_port("br0", &vxlan).await?, Change::Created);
+    assert_eq!(client.wait_ofport("vxlan0", WAIT).await?, 1);
+    assert_eq!(client.ensure_port("br0", &vxlan).await?, Change::Unchanged);
+    assert_eq!(vsctl(&ovs, &["get", "interface", "vxlan0", "ofport"])?, "1");
+    assert_eq!(vsctl(&ovs, &["get", "interface", "vxlan0", "type"])?, "vxlan");
+    assert_eq!(vsctl(&ovs, &["get", "interface", "vxlan0", "options:key"])?, "flow");
+
+    let tun0 = PortSpec::new("tun0", "internal").ofport_request(2);
+    assert_eq!(client.add_port("br0", &tun0, WAIT).await?, 2);
+
+    // A pod's host-side veth, made by the test, with the pod's identity.
+    ovs.ns.netns.ip(&["link", "add", "vethpod1", "type", "veth", "peer", "name", "vethpod1p"])?;
+    ovs.ns.netns.ip(&["link", "set", "vethpod1", "up"])?;
+    let pod = PortSpec::new("vethpod1", "")
+        .external_id("k8s-ovs.pod", "default/web-1")
+        .external_id("k8s-ovs.ip", "10.244.1.5");
+    let ofport = client.add_port("br0", &pod, WAIT).await?;
+    assert_eq!(vsctl(&ovs, &["get", "interface", "vethpod1", "ofport"])?, ofport.to_string());
+    assert_eq!(
+        vsctl(&ovs, &["get", "interface", "vethpod1", "external_ids:k8s-ovs.pod"])?,
+        r#""default/web-1""#
+    );
+
+    // Changed identity: the port is updated in place, keeping its ofport.
+    let moved = pod.clone().external_id("k8s-ovs.ip", "10.244.1.6");
+    assert_eq!(client.ensure_port("br0", &moved).await?, Change::Updated);
+    assert_eq!(client.wait_ofport("vethpod1", WAIT).await?, ofport);
+    assert_eq!(vsctl(&ovs, &["get", "interface", "vethpod1", "external_ids:k8s-ovs.ip"])?, r#""10.244.1.6""#);
+
+    let listed = client.list_ports("br0").await?;
+    let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["br0", "tun0", "vethpod1", "vxlan0"]);
+    let mut vsctl_ports: Vec<String> =
+        vsctl(&ovs, &["list-ports", "br0"])?.lines().map(str::to_string).collect();
+    vsctl_ports.push("br0".into());
+    vsctl_ports.sort();
+    assert_eq!(names, vsctl_ports);
+    let p = listed.iter().find(|p| p.name == "vethpod1").context("pod port listed")?;
+    assert_eq!(p.ofport, Some(ofport));
+    assert_eq!(p.kind, "");
+    assert_eq!(p.external_ids.get("k8s-ovs.pod").map(String::as_str), Some("default/web-1"));
+    assert_eq!(p.external_ids.get("k8s-ovs.ip").map(String::as_str), Some("10.244.1.6"));
+    let v = listed.iter().find(|p| p.name == "vxlan0").context("vxlan listed")?;
+    assert_eq!((v.kind.as_str(), v.ofport), ("vxlan", Some(1)));
+
+    assert!(client.del_port("br0", "vethpod1").await?);
+    assert!(!client.del_port("br0", "vethpod1").await?, "gone is success");
+    assert!(!client.del_port("nosuchbr", "tun0").await?);
+    assert_eq!(vsctl(&ovs, &["list-ports", "br0"])?, "tun0\nvxlan0");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_failures_name_their_cause() -> Result<()> {
+    let (ovs, client) = setup("fail").await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br1", "netdev"), WAIT).await?;
+
+    let err = client.add_port("br0", &PortSpec::new("nosuchdev", ""), WAIT).await.expect_err("no device");
+    assert!(matches!(&err, OvsdbError::Interface { name, .. } if name == "nosuchdev"), "{err}");
+    assert!(err.to_string().contains("could not open network device nosuchdev"), "{err}");
+
+    let err = client.ensure_port("nobr", &PortSpec::new("p", "internal")).await.expect_err("no bridge");
+    assert!(matches!(err, OvsdbError::NoSuchBridge(_)), "{err}");
+
+    client.add_port("br1", &PortSpec::new("p1", "internal"), WAIT).await?;
+    let err = client.ensure_port("br0", &PortSpec::new("p1", "internal")).await.expect_err("other bridge");
+    assert!(matches!(err, OvsdbError::PortOnOtherBridge { .. }), "{err}");
+    assert_eq!(vsctl(&ovs, &["port-to-br", "p1"])?, "br1");
+
+    let err = client.wait_ofport("neverexisted", WAIT).await.expect_err("absent");
+    assert!(err.to_string().contains("no such interface"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_bridge_external_ids_keep_other_keys() -> Result<()> {
+    let (ovs, client) = setup("extid").await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    vsctl(&ovs, &["set", "bridge", "br0", "external_ids:other=keep"])?;
+    assert_eq!(client.bridge_external_id("br0", "k8s-ovs.round").await?, None);
+    client.set_bridge_external_id("br0", "k8s-ovs.round", "7").await?;
+    client.set_bridge_external_id("br0", "k8s-ovs.round", "8").await?;
+    assert_eq!(client.bridge_external_id("br0", "k8s-ovs.round").await?.as_deref(), Some("8"));
+    assert_eq!(vsctl(&ovs, &["get", "bridge", "br0", "external_ids:k8s-ovs.round"])?, "\"8\"");
+    assert_eq!(vsctl(&ovs, &["get", "bridge", "br0", "external_ids:other"])?, "keep");
+    let err = client.set_bridge_external_id("nobr", "k", "v").await.expect_err("no bridge");
+    assert!(matches!(err, OvsdbError::NoSuchBridge(_)), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_hundred_ports_in_one_transaction() -> Result<()> {
+    let (ovs, client) = setup("many").await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    let specs: Vec<PortSpec> = (0..100)
+        .map(|i| PortSpec::new(&format!("int{i}"), "internal").external_id("k8s-ovs.seq", &i.to_string()))
+        .collect();
+    let changes = client.ensure_ports("br0", &specs).await?;
+    assert!(changes.iter().all(|c| *c == Change::Created), "{changes:?}");
+    client.wait_applied(WAIT).await?;
+    let listed = client.list_ports("br0").await?;
+    assert_eq!(listed.len(), 101);
+    assert!(listed.iter().all(|p| p.ofport.is_some()), "every port got an ofport");
+    assert_eq!(vsctl(&ovs, &["list-ports", "br0"])?.lines().count(), 100);
+    // Again: nothing to do, nothing written.
+    let again = client.ensure_ports("br0", &specs).await?;
+    assert!(again.iter().all(|c| *c == Change::Unchanged));
+    Ok(())
+}
