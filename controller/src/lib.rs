@@ -6,5 +6,11 @@
 //! operator commands in [`ctl`].
 
 pub mod alloc;
+pub mod args;
+pub mod ctl;
+pub mod kube_watch;
+pub mod leader;
 pub mod model;
 pub mod plan;
+pub mod run;
+pub mod store;

@@ -1,1 +1,88 @@
-fn main() {}
+//! `k8s-ovs-ctl`: the operator's commands, as the etcd edits K8S-OVS
+//! operators make by hand.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use controller::args::{init_tracing, EtcdArgs};
+use controller::ctl::{self, Outcome};
+use controller::store;
+use etcd_schema::Action;
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Return once the controller applied the edit (or report its error).
+    #[arg(long, global = true)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout_secs: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Share OTHER's VNI: pods and services of both reach each other.
+    Join {
+        namespace: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Give NAMESPACE a VNI of its own.
+    Isolate { namespace: String },
+    /// Make NAMESPACE global (VNI 0): reaches and is reached by all.
+    Global { namespace: String },
+    /// Namespaces with their NetID, pending action and last error.
+    List,
+    /// Node subnets.
+    Subnets,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let mut client = store::connect(&cli.etcd.endpoints).await?;
+    let (config, keys) = ctl::network(&mut client, &cli.etcd.prefix).await?;
+    let (namespace, action) = match cli.command {
+        Command::Join { namespace, to } => (namespace, Action::Join(to)),
+        Command::Isolate { namespace } => (namespace, Action::Isolate),
+        Command::Global { namespace } => (namespace, Action::Global),
+        Command::List => {
+            println!("{:<32} {:>9}  {:<20} ERROR", "NAMESPACE", "NETID", "PENDING");
+            for r in ctl::list(&mut client, &keys).await? {
+                let id = r.net_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+                println!("{:<32} {:>9}  {:<20} {}", r.namespace, id, r.pending, r.error);
+            }
+            return Ok(());
+        }
+        Command::Subnets => {
+            println!("{:<16} {:<24} {:<18} ASSIGN", "HOSTIP", "HOST", "SUBNET");
+            for s in ctl::subnets(&mut client, &keys, &config).await? {
+                match s {
+                    Ok(s) => {
+                        let net = s.subnet.map(|n| n.to_string()).unwrap_or_else(|| "(pending)".into());
+                        println!("{:<16} {:<24} {:<18} {}", s.host_ip, s.host, net, s.assign);
+                    }
+                    Err(e) => println!("invalid: {e}"),
+                }
+            }
+            return Ok(());
+        }
+    };
+    let rev = ctl::request(&mut client, &keys, &namespace, action).await?;
+    if !cli.wait {
+        println!("requested (revision {rev})");
+        return Ok(());
+    }
+    match ctl::wait(&mut client, &keys, &namespace, rev, Duration::from_secs(cli.timeout_secs)).await? {
+        Outcome::Applied(id) => println!("{namespace}: NetID {id}"),
+        Outcome::Rejected(e) => bail!("rejected: {e}"),
+    }
+    Ok(())
+}

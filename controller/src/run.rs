@@ -1,0 +1,216 @@
+//! The controller's loop: campaign, and while leading, keep etcd at the
+//! planner's desired state. Every etcd or kube change triggers a replan;
+//! every write is a fenced transaction (see `store::apply`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_schema::{KeyKind, Keys, NetworkConfig};
+use tokio::sync::watch;
+
+use crate::alloc::{SubnetAllocator, VniAllocator};
+use crate::kube_watch::{self, SharedView};
+use crate::leader::Leadership;
+use crate::plan::{self, Inputs, Policy};
+use crate::store::{self, Applied};
+
+/// Everything the controller needs besides its kube client.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Written to `<prefix>/config` when no config exists yet.
+    pub bootstrap: Option<NetworkConfig>,
+    pub admin_namespaces: Vec<String>,
+    /// This controller's name in the leader key.
+    pub id: String,
+    pub lease_ttl_secs: i64,
+}
+
+/// Exponential backoff between reconnects: 100 ms doubling to 5 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Duration::from_millis(100) }
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        d
+    }
+
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+enum Ended {
+    Shutdown,
+    LostLeadership,
+}
+
+/// Runs until `shutdown` resolves (then resigns leadership). `kube` None:
+/// no Kubernetes (records are neither created nor collected; actions and
+/// Assign requests still work).
+pub async fn run(
+    settings: Settings,
+    kube: Option<kube::Client>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let shared = SharedView::default();
+    let _watches = kube.map(|c| kube_watch::spawn(c, shared.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopper = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let main = async {
+        let mut backoff = Backoff::default();
+        loop {
+            match session(&settings, &shared, stop_rx.clone()).await {
+                Ok(Ended::Shutdown) => return Ok(()),
+                Ok(Ended::LostLeadership) => {
+                    tracing::warn!("lost leadership; campaigning again");
+                    backoff.reset();
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!("etcd session failed: {e:#}; retrying in {delay:?}");
+                    let mut stop = stop_rx.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(main);
+    tokio::select! {
+        r = &mut main => return r,
+        // Shutdown only raises the flag; `main` sees it, resigns and returns.
+        _ = stopper => {}
+    }
+    main.await
+}
+
+async fn session(settings: &Settings, shared: &SharedView, mut stop: watch::Receiver<bool>) -> Result<Ended> {
+    let mut client = store::connect(&settings.endpoints).await?;
+    let config = store::ensure_config(&mut client, &settings.prefix, settings.bootstrap.as_ref()).await?;
+    let keys = Keys::new(&settings.prefix, &config.name);
+    let leader_key = keys.leader();
+    let leadership = tokio::select! {
+        l = Leadership::campaign(&mut client, &leader_key, &settings.id, settings.lease_ttl_secs) => l?,
+        _ = stop.wait_for(|s| *s) => return Ok(Ended::Shutdown),
+    };
+    tracing::info!(id = %settings.id, "leading");
+    let mut leadership = leadership;
+    let result = lead(&mut client, &keys, &config, settings, shared, &mut leadership, &mut stop).await;
+    // Every way out resigns, so the other controller need not wait for the TTL.
+    leadership.resign(&mut client).await;
+    result
+}
+
+async fn lead(
+    client: &mut Client,
+    keys: &Keys,
+    config: &NetworkConfig,
+    settings: &Settings,
+    shared: &SharedView,
+    leadership: &mut Leadership,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Ended> {
+    let (mut records, rev) = store::load(client, keys, config).await?;
+    let mut stream = client
+        .watch(keys.network_dir(), Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)))
+        .await
+        .context("watch the network's records")?;
+    let policy = Policy::new(settings.admin_namespaces.iter().cloned());
+    let mut vnis = VniAllocator::default();
+    let mut subnets = SubnetAllocator::new(config);
+    let fence = leadership.fence.clone();
+    loop {
+        let kube = shared.snapshot();
+        let inputs = Inputs { keys, config, records: &records, kube: &kube, policy: &policy };
+        let writes = plan::plan(&inputs, &mut vnis, &mut subnets);
+        for w in &writes {
+            match store::apply(client, keys, config, &mut records, w, &fence).await? {
+                Applied::Committed(rev) => {
+                    if let Some(e) = &w.error {
+                        tracing::error!(key = %w.key, rev, "rejected edit: {}", e.error);
+                    } else {
+                        tracing::info!(key = %w.key, rev, "{}", w.why);
+                    }
+                }
+                // The view changed under the plan: replan with what etcd holds now.
+                Applied::Stale => tracing::debug!(key = %w.key, "record changed meanwhile; replanning"),
+                Applied::NotLeader => return Ok(Ended::LostLeadership),
+            }
+        }
+        tokio::select! {
+            msg = stream.message() => {
+                let resp = msg.context("etcd watch")?.context("etcd watch ended")?;
+                if resp.canceled() {
+                    anyhow::bail!("etcd watch canceled (compacted at {})", resp.compact_revision());
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let Ok(key) = kv.key_str() else { continue };
+                    if keys.parse(key).is_some_and(|k| k.kind == KeyKind::Leader) {
+                        let ours = ev.event_type() == EventType::Put && kv.create_revision() == fence.create_revision;
+                        if !ours {
+                            return Ok(Ended::LostLeadership);
+                        }
+                        continue;
+                    }
+                    match ev.event_type() {
+                        EventType::Put => {
+                            if let Some((k, v)) = store::kv_text(kv) {
+                                // Echoes of our own writes are already in `records`.
+                                let known = records_rev(&records, keys, k);
+                                if known != Some(kv.mod_revision()) {
+                                    records.observe_put(keys, config, k, v, kv.mod_revision());
+                                }
+                            }
+                        }
+                        EventType::Delete => records.observe_delete(keys, key),
+                    }
+                }
+            }
+            _ = shared.changed.notified() => {}
+            _ = leadership.lease.lost() => return Ok(Ended::LostLeadership),
+            _ = stop.wait_for(|s| *s) => return Ok(Ended::Shutdown),
+        }
+    }
+}
+
+fn records_rev(records: &crate::model::Records, keys: &Keys, key: &str) -> Option<i64> {
+    let k = keys.parse(key)?;
+    match k.kind {
+        KeyKind::NetNamespace => records.netns.get(&k.name).map(|e| e.rev),
+        KeyKind::Subnet => records.subnets.get(&k.name).map(|e| e.rev),
+        _ => None,
+    }
+}
+
+/// Reads every record under the network once (for `k8s-ovs-ctl`).
+pub async fn read_all(client: &mut Client, keys: &Keys) -> Result<Vec<(String, String, i64)>> {
+    let resp = client
+        .get(keys.network_dir(), Some(GetOptions::new().with_prefix()))
+        .await
+        .context("read records")?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| store::kv_text(kv).map(|(k, v)| (k.to_string(), v.to_string(), kv.mod_revision())))
+        .collect())
+}

@@ -1,0 +1,145 @@
+//! The etcd side: connecting, the config record, loading and watching the
+//! network's records, and applying a planned `Write` as one transaction.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
+};
+use etcd_schema::{parse_network_config, Keys, NetworkConfig};
+
+use crate::model::Records;
+use crate::plan::{RecordWrite, Write};
+
+/// Connects to the first reachable endpoint (etcd-client balances over all).
+pub async fn connect(endpoints: &[String]) -> Result<Client> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(10))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+    Client::connect(endpoints, Some(opts))
+        .await
+        .with_context(|| format!("connect to etcd at {}", endpoints.join(",")))
+}
+
+/// A key-value pair as text (keys and values of this schema are UTF-8).
+pub fn kv_text(kv: &KeyValue) -> Option<(&str, &str)> {
+    Some((kv.key_str().ok()?, kv.value_str().ok()?))
+}
+
+/// Reads `<prefix>/config`. When absent and `bootstrap` is given, writes it
+/// (only if still absent, so two starting controllers agree on one config).
+pub async fn ensure_config(
+    client: &mut Client,
+    prefix: &str,
+    bootstrap: Option<&NetworkConfig>,
+) -> Result<NetworkConfig> {
+    let key = Keys::config_key(prefix);
+    loop {
+        let resp = client.get(key.as_str(), None).await.context("read the network config")?;
+        if let Some(kv) = resp.kvs().first() {
+            let raw = kv.value_str().context("config is not UTF-8")?;
+            return parse_network_config(&key, raw).map_err(anyhow::Error::from);
+        }
+        let Some(cfg) = bootstrap else {
+            bail!("no network config at {key}; write it with etcdctl or start the controller with --network");
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), cfg.to_json(), None)]);
+        client.txn(txn).await.context("write the network config")?;
+    }
+}
+
+/// Reads every record of the network; returns them and the revision read at.
+pub async fn load(client: &mut Client, keys: &Keys, config: &NetworkConfig) -> Result<(Records, i64)> {
+    let resp = client
+        .get(keys.network_dir(), Some(GetOptions::new().with_prefix()))
+        .await
+        .context("read the network's records")?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut records = Records::default();
+    for kv in resp.kvs() {
+        if let Some((k, v)) = kv_text(kv) {
+            records.load(keys, config, k, v, kv.mod_revision());
+        }
+    }
+    Ok((records, rev))
+}
+
+/// How a write ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Committed at this revision.
+    Committed(i64),
+    /// The record changed since it was read; `current` is what it holds now
+    /// (None: gone), already fed into the records.
+    Stale,
+    /// The leader key is no longer ours: stop writing.
+    NotLeader,
+}
+
+/// The fence every leader write carries: the leader key must still be the
+/// one this controller created.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub key: String,
+    pub create_revision: i64,
+}
+
+/// Applies `write` in one transaction: the record only if it still has
+/// `expect_rev` and we still lead; the error key in the same step.
+pub async fn apply(
+    client: &mut Client,
+    keys: &Keys,
+    config: &NetworkConfig,
+    records: &mut Records,
+    write: &Write,
+    fence: &Fence,
+) -> Result<Applied> {
+    let mut ops = Vec::new();
+    match &write.record {
+        RecordWrite::Put(v) => ops.push(TxnOp::put(write.key.as_str(), v.as_str(), None)),
+        RecordWrite::Delete => ops.push(TxnOp::delete(write.key.as_str(), None)),
+        RecordWrite::Keep => {}
+    }
+    match &write.error {
+        Some(e) => ops.push(TxnOp::put(write.error_key.as_str(), serde_json::to_string(e)?, None)),
+        None => ops.push(TxnOp::delete(write.error_key.as_str(), None)),
+    }
+    let txn = Txn::new()
+        .when([
+            Compare::mod_revision(write.key.as_str(), CompareOp::Equal, write.expect_rev),
+            Compare::create_revision(fence.key.as_str(), CompareOp::Equal, fence.create_revision),
+        ])
+        .and_then(ops)
+        .or_else([TxnOp::get(write.key.as_str(), None), TxnOp::get(fence.key.as_str(), None)]);
+    let resp = client.txn(txn).await.with_context(|| format!("transaction on {}", write.key))?;
+    if resp.succeeded() {
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        records.committed(keys, config, write, rev);
+        return Ok(Applied::Committed(rev));
+    }
+    let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+        TxnOpResponse::Get(g) => Some(g),
+        _ => None,
+    });
+    let (record, leader) = (gets.next(), gets.next());
+    let still_leader = leader
+        .as_ref()
+        .and_then(|g| g.kvs().first())
+        .is_some_and(|kv| kv.create_revision() == fence.create_revision);
+    if !still_leader {
+        return Ok(Applied::NotLeader);
+    }
+    match record.as_ref().and_then(|g| g.kvs().first()) {
+        Some(kv) => {
+            if let Some((k, v)) = kv_text(kv) {
+                records.observe_put(keys, config, k, v, kv.mod_revision());
+            }
+        }
+        None => records.observe_delete(keys, &write.key),
+    }
+    Ok(Applied::Stale)
+}
