@@ -5,5 +5,6 @@ pub mod cni_server;
 pub mod etcd_source;
 pub mod ipam;
 pub mod metrics;
+pub mod netlink;
 pub mod ovsdb;
 pub mod pods;

@@ -1,0 +1,412 @@
+//! Links, addresses and routes through rtnetlink, in the agent's namespace or
+//! in a pod's, plus device offloads. No `ip` or `ethtool` process.
+//!
+//! A [`Netlink`] is a connection bound to one network namespace: the
+//! current one ([`Netlink::current`]) or another given by path
+//! ([`Netlink::in_netns`], e.g. the `CNI_NETNS` a runtime passes). The pod
+//! wiring the agent needs is one call, [`setup_pod_interface`]:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), k8s_ovs_agent::netlink::NetlinkError> {
+//! use k8s_ovs_agent::netlink::{setup_pod_interface, MacAddr, Netlink, PodInterface};
+//! let host = Netlink::current()?;
+//! let ip = "10.244.1.5".parse().unwrap();
+//! let links = setup_pod_interface(&host, &PodInterface {
+//!     netns: "/proc/1234/ns/net".into(),
+//!     host_name: "veth1a2b3c4d".into(),
+//!     ifname: "eth0".into(),
+//!     mac: MacAddr::from_ipv4(ip),
+//!     mtu: 1450,
+//!     address: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
+//!     gateway: "10.244.1.1".parse().unwrap(),
+//!     offloads_off: true,
+//! }).await?;
+//! # Ok(()) }
+//! ```
+
+mod ethtool;
+mod netns;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use tokio::task::AbortHandle;
+
+pub use ethtool::Offloads;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("network namespace {path}: {source}")]
+    Netns { path: PathBuf, source: std::io::Error },
+    #[error("open netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("{op}: {source}")]
+    Netlink { op: String, source: rtnetlink::Error },
+    #[error("link {0} does not exist")]
+    NoSuchLink(String),
+    #[error("link {0} already exists")]
+    LinkExists(String),
+    #[error("{op} on {dev}: {source}")]
+    Ethtool { dev: String, op: &'static str, source: std::io::Error },
+}
+
+impl NetlinkError {
+    /// The errno of a kernel refusal, if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Netlink { source: rtnetlink::Error::NetlinkError(m), .. } => Some(-m.raw_code()),
+            _ => None,
+        }
+    }
+}
+
+fn nl_err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let op = op.into();
+    move |source| NetlinkError::Netlink { op, source }
+}
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// `0a:58:` + the IPv4 address: locally administered, unique per pod IP
+    /// (the convention of the Kubernetes CNI plugins), so a pod's MAC is
+    /// known from its IP without asking anyone.
+    pub fn from_ipv4(ip: Ipv4Addr) -> MacAddr {
+        let [a, b, c, d] = ip.octets();
+        MacAddr([0x0a, 0x58, a, b, c, d])
+    }
+
+    fn from_slice(bytes: &[u8]) -> Option<MacAddr> {
+        bytes.try_into().ok().map(MacAddr)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MacAddr, String> {
+        let parts: Vec<u8> = s
+            .split(':')
+            .map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).ok() } else { None })
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("bad MAC address {s:?}"))?;
+        MacAddr::from_slice(&parts).ok_or_else(|| format!("bad MAC address {s:?}"))
+    }
+}
+
+/// What the kernel reports about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+}
+
+impl LinkInfo {
+    fn from_message(m: &LinkMessage) -> LinkInfo {
+        let mut info = LinkInfo {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            up: m.header.flags.contains(LinkFlags::Up),
+        };
+        for attr in &m.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => info.name = n.clone(),
+                LinkAttribute::Address(a) => info.mac = MacAddr::from_slice(a),
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// An rtnetlink connection bound to one network namespace.
+pub struct Netlink {
+    handle: Handle,
+    connection: AbortHandle,
+    /// `None`: the agent's own namespace.
+    netns: Option<PathBuf>,
+}
+
+impl fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Netlink").field("netns", &self.netns).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+type NlConnection = rtnetlink::proto::Connection<netlink_packet_route::RouteNetlinkMessage>;
+
+impl Netlink {
+    /// A connection in the calling thread's namespace (needs a tokio runtime).
+    pub fn current() -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        Ok(Netlink::start(conn, handle, None))
+    }
+
+    /// A connection whose socket lives in the namespace at `path`. Its socket
+    /// is opened by a short-lived thread that entered the namespace (a few
+    /// tens of microseconds of blocking).
+    pub fn in_netns(path: &Path) -> Result<Netlink, NetlinkError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| NetlinkError::Socket(std::io::Error::other(format!("no tokio runtime: {e}"))))?;
+        let (conn, handle) = netns::run_in(path, move || {
+            // The socket is registered with the caller's runtime; where the
+            // registration happens does not matter, where the socket is
+            // opened does.
+            let _guard = runtime.enter();
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+            Ok((conn, handle))
+        })?;
+        Ok(Netlink::start(conn, handle, Some(path.to_path_buf())))
+    }
+
+    fn start(conn: NlConnection, handle: Handle, netns: Option<PathBuf>) -> Netlink {
+        let task = tokio::spawn(conn);
+        Netlink { handle, connection: task.abort_handle(), netns }
+    }
+
+    /// The namespace path this connection works in (`None`: the agent's).
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    /// The link named `name`, or `None`.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(m)) => Ok(Some(LinkInfo::from_message(&m))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::ENODEV => Ok(None),
+            Err(e) => Err(nl_err(format!("get link {name}"))(e)),
+        }
+    }
+
+    async fn require_link(&self, name: &str) -> Result<LinkInfo, NetlinkError> {
+        self.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))
+    }
+
+    /// Sets a link administratively up.
+    pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
+        let link = self.require_link(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("set {name} up")))
+    }
+
+    /// Sets MAC and/or MTU of a link.
+    pub async fn set_mac_mtu(
+        &self,
+        name: &str,
+        mac: Option<MacAddr>,
+        mtu: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        let link = self.require_link(name).await?;
+        let mut msg = LinkUnspec::new_with_index(link.index);
+        if let Some(mac) = mac {
+            msg = msg.address(mac.0.to_vec());
+        }
+        if let Some(mtu) = mtu {
+            msg = msg.mtu(mtu);
+        }
+        self.handle.link().set(msg.build()).execute().await.map_err(nl_err(format!("set mac/mtu of {name}")))
+    }
+
+    /// Adds `address` (IP and prefix length) to the link; an address already
+    /// present is success.
+    pub async fn add_ipv4(&self, name: &str, address: Ipv4Network) -> Result<(), NetlinkError> {
+        let link = self.require_link(name).await?;
+        self.handle
+            .address()
+            .add(link.index, IpAddr::V4(address.ip()), address.prefix())
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!("add address {address} to {name}")))
+    }
+
+    /// Installs (or replaces) the default route via `gateway`.
+    pub async fn set_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!("add default route via {gateway}")))
+    }
+
+    /// Deletes a link (a veth takes its peer with it). Returns whether it
+    /// existed: gone is success.
+    pub async fn del_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            // Deleted by someone else (or with its peer) in between.
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::ENODEV => Ok(false),
+            Err(e) => Err(nl_err(format!("delete link {name}"))(e)),
+        }
+    }
+
+    /// Creates a veth pair: `host_name` in this connection's namespace and
+    /// `peer_name` created directly inside the namespace at `peer_netns`
+    /// (so it never clashes with a host device such as `eth0`), both with
+    /// `mtu`, the peer with `peer_mac`. Both ends stay down.
+    pub async fn create_veth(
+        &self,
+        host_name: &str,
+        peer_netns: &Path,
+        peer_name: &str,
+        peer_mac: Option<MacAddr>,
+        mtu: u32,
+    ) -> Result<(), NetlinkError> {
+        let ns = netns::open(peer_netns)?;
+        let mut peer = LinkUnspec::new_with_name(peer_name).mtu(mtu).setns_by_fd(ns.as_raw_fd());
+        if let Some(mac) = peer_mac {
+            peer = peer.address(mac.0.to_vec());
+        }
+        let msg = LinkVeth::new(host_name, peer_name)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        // `ns` stays open until the kernel has answered.
+        let result = self.handle.link().add(msg).execute().await;
+        drop(ns);
+        match result {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Err(
+                NetlinkError::LinkExists(format!("{host_name} (or {peer_name} in {})", peer_netns.display())),
+            ),
+            Err(e) => Err(nl_err(format!("create veth {host_name} <-> {peer_name}"))(e)),
+        }
+    }
+
+    /// Turns off tx/rx checksum, TSO, GSO and GRO of a device in this
+    /// connection's namespace (see `ethtool.rs` for why).
+    pub fn offloads_off(&self, dev: &str) -> Result<(), NetlinkError> {
+        let dev = dev.to_string();
+        self.in_own_netns(move || ethtool::offloads_off(&dev))
+    }
+
+    /// Reads the offloads of a device in this connection's namespace.
+    pub fn offloads(&self, dev: &str) -> Result<Offloads, NetlinkError> {
+        let dev = dev.to_string();
+        self.in_own_netns(move || ethtool::offloads(&dev))
+    }
+
+    fn in_own_netns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, NetlinkError> + Send + 'static,
+    ) -> Result<T, NetlinkError> {
+        match &self.netns {
+            Some(path) => netns::run_in(path, f),
+            None => f(),
+        }
+    }
+}
+
+/// A pod's network interface as the agent wires it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInterface {
+    /// The pod's namespace (`CNI_NETNS`).
+    pub netns: PathBuf,
+    /// Host end of the veth, in the agent's namespace (goes into OVS).
+    pub host_name: String,
+    /// Name inside the pod (`CNI_IFNAME`, usually `eth0`).
+    pub ifname: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// The pod's IP with the node subnet's prefix length.
+    pub address: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    /// Turn offloads off on both ends (needed on the netdev datapath).
+    pub offloads_off: bool,
+}
+
+/// Both ends of a wired pod interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLinks {
+    pub host: LinkInfo,
+    pub container: LinkInfo,
+}
+
+/// Wires a pod: veth pair with the container end created inside the pod
+/// namespace under `ifname` with MAC and MTU, both ends up, the address, the
+/// default route via the gateway, and offloads off if asked. On failure the
+/// veth is deleted again, so a retry starts clean. Fails with
+/// [`NetlinkError::LinkExists`] when the host end exists already.
+pub async fn setup_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<PodLinks, NetlinkError> {
+    host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu).await?;
+    let wired = configure_pod_interface(host, spec).await;
+    if wired.is_err() {
+        if let Err(e) = host.del_link(&spec.host_name).await {
+            tracing::warn!(error = %e, link = %spec.host_name, "removing a half-wired veth failed");
+        }
+    }
+    wired
+}
+
+async fn configure_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<PodLinks, NetlinkError> {
+    let pod = Netlink::in_netns(&spec.netns)?;
+    pod.set_up(&spec.ifname).await?;
+    pod.add_ipv4(&spec.ifname, spec.address).await?;
+    pod.set_default_route(spec.gateway).await?;
+    host.set_up(&spec.host_name).await?;
+    if spec.offloads_off {
+        pod.offloads_off(&spec.ifname)?;
+        host.offloads_off(&spec.host_name)?;
+    }
+    Ok(PodLinks {
+        host: host.require_link(&spec.host_name).await?,
+        container: pod.require_link(&spec.ifname).await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_from_ip_is_locally_administered_and_round_trips() {
+        let mac = MacAddr::from_ipv4(Ipv4Addr::new(10, 244, 1, 5));
+        assert_eq!(mac.to_string(), "0a:58:0a:f4:01:05");
+        assert_eq!(mac.0[0] & 0b10, 0b10, "locally administered bit");
+        assert_eq!(mac.0[0] & 0b1, 0, "unicast");
+        assert_eq!("0a:58:0a:f4:01:05".parse::<MacAddr>(), Ok(mac));
+        assert!("0a:58:0a:f4:01".parse::<MacAddr>().is_err());
+        assert!("0a:58:0a:f4:01:5".parse::<MacAddr>().is_err());
+        assert!("zz:58:0a:f4:01:05".parse::<MacAddr>().is_err());
+    }
+}
