@@ -176,3 +176,39 @@ async fn lab_ovsdb_hundred_ports_in_one_transaction() -> Result<()> {
     assert!(again.iter().all(|c| *c == Change::Unchanged));
     Ok(())
 }
+
+#[test]
+fn lab_ovsdb_tcp_endpoint_works_like_unix() -> Result<()> {
+    let ovs = ScratchOvs::start("tcp")?;
+    // Listen on the scratch namespace's own loopback only.
+    ovs.ovs.appctl(&[
+        "-t",
+        &format!("{}/ovsdb-server.{}.ctl", ovs.ovs.rundir().display(), ovs_server_pid(&ovs)?),
+        "ovsdb-server/add-remote",
+        "ptcp:6640:127.0.0.1",
+    ])?;
+    let ns_path = ovs.ns.path();
+    // The client's socket must be opened inside that namespace: run the
+    // whole client on a thread that entered it, with its own runtime.
+    let names = std::thread::spawn(move || -> Result<Vec<String>> {
+        let ns = std::fs::File::open(&ns_path)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let client = Client::connect("tcp:127.0.0.1:6640").await?;
+            client.ensure_bridge(&BridgeSpec::new("brtcp", "netdev"), WAIT).await?;
+            client.add_port("brtcp", &PortSpec::new("t0", "internal"), WAIT).await?;
+            Ok(client.list_ports("brtcp").await?.into_iter().map(|p| p.name).collect())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    assert_eq!(names, ["brtcp", "t0"]);
+    assert_eq!(vsctl(&ovs, &["list-ports", "brtcp"])?, "t0");
+    Ok(())
+}
+
+fn ovs_server_pid(ovs: &ScratchOvs) -> Result<i32> {
+    let pid = std::fs::read_to_string(ovs.ovs.rundir().join("ovsdb-server.pid"))?;
+    Ok(pid.trim().parse()?)
+}
