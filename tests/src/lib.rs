@@ -3,12 +3,15 @@
 //!
 //! Start with [`Lab::start`]; see `lab.rs` for the topology.
 
+pub mod cluster;
 pub mod cmd;
 pub mod etcd;
+pub mod kube_api;
 mod lab;
 pub mod netns;
 pub mod ovs;
 pub mod sweep;
+pub mod switch;
 pub mod traffic;
 
 pub use lab::{base_dir, Lab, LabConfig, Node, Pod, CTL_IP, DEFAULT_PREFIX, ETCD_PORT, FABRIC_PREFIX};

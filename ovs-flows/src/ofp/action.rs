@@ -2,7 +2,7 @@
 //! actions (output, set_field, copy_field, dec_nw_ttl) and the Nicira ones
 //! (reg_move, reg_load, resubmit, output_reg).
 
-use super::oxm::{self, field_from_header, nxm_header, put_field, read_header, read_tlv};
+use super::oxm::{self, field_from_header, nxm_header, put_field, range_from_header, read_header, read_tlv};
 use super::wire::{pad_to_8, patch_u16, put_u16, put_u32, Reader};
 use super::CodecError;
 use crate::flow::{port, Action, Field, FieldRange};
@@ -190,8 +190,8 @@ fn decode_action(r: &mut Reader<'_>, out: &mut Vec<Action>) -> Result<(), CodecE
             let src_ofs = b.u16()?;
             let dst_ofs = b.u16()?;
             b.skip(2)?;
-            let src = field_from_header(read_header(&mut b)?)?;
-            let dst = field_from_header(read_header(&mut b)?)?;
+            let (src, src_ofs) = range_from_header(read_header(&mut b)?, src_ofs, nbits)?;
+            let (dst, dst_ofs) = range_from_header(read_header(&mut b)?, dst_ofs, nbits)?;
             Action::Move { src: range(src, src_ofs, nbits)?, dst: range(dst, dst_ofs, nbits)? }
         }
         OFPAT_EXPERIMENTER => decode_nx_action(&mut b)?,
@@ -203,8 +203,22 @@ fn decode_action(r: &mut Reader<'_>, out: &mut Vec<Action>) -> Result<(), CodecE
 
 /// A set_field (or reg_load2) TLV: whole field, or a contiguous bit range.
 fn set_field_from_tlv(b: &mut Reader<'_>) -> Result<Action, CodecError> {
-    let t = read_tlv(b)?;
-    let field = field_from_header(oxm::header(t.class, t.num, false, t.nbytes as u8))?;
+    let mut t = read_tlv(b)?;
+    let h = oxm::header(t.class, t.num, false, t.nbytes as u8);
+    let field = if t.class == oxm::OXM_PKT_REGS && t.nbytes == 8 {
+        // A packet register set: it must touch only one of its two registers.
+        let high = t.mask as u32 == 0;
+        if high {
+            t.value >>= 32;
+            t.mask >>= 32;
+        } else if t.mask >> 32 != 0 {
+            return Err(CodecError::Unsupported(format!("set_field of two registers (xreg{})", t.num)));
+        }
+        t.nbytes = 4;
+        range_from_header(h, if high { 32 } else { 0 }, 1)?.0
+    } else {
+        field_from_header(h)?
+    };
     if t.nbytes * 8 != usize::from(field.width()) {
         return Err(CodecError::Malformed(format!("set_field {} of {} bytes", field.nxm_name(), t.nbytes)));
     }
@@ -262,8 +276,8 @@ fn decode_nx_action(b: &mut Reader<'_>) -> Result<Action, CodecError> {
         NXAST_OUTPUT_REG2 => {
             let on = b.u16()?;
             let _max_len = b.u16()?;
-            let field = field_from_header(read_header(b)?)?;
-            Action::OutputReg(range_from_ofs_nbits(field, on)?)
+            let (field, ofs) = range_from_header(read_header(b)?, on >> 6, (on & 0x3f) + 1)?;
+            Action::OutputReg(range(field, ofs, (on & 0x3f) + 1)?)
         }
         NXAST_DEC_TTL => Action::DecTtl,
         s => return Err(CodecError::Unsupported(format!("Nicira action subtype {s}"))),

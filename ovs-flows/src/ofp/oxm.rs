@@ -17,6 +17,9 @@ use crate::flow::{
 pub const OXM_OF: u16 = 0x8000;
 pub const NXM_OF: u16 = 0x0000;
 pub const NXM_NX: u16 = 0x0001;
+/// OpenFlow 1.5 packet registers: 64-bit `xregN` = `reg(2N) << 32 | reg(2N+1)`.
+/// OVS uses them for registers in OpenFlow 1.5 replies.
+pub const OXM_PKT_REGS: u16 = 0x8001;
 pub const OXM_EXPERIMENTER: u16 = 0xffff;
 const OFPMT_OXM: u16 = 1;
 
@@ -103,6 +106,24 @@ fn nxm_id(f: Field) -> (u16, u8) {
 pub fn nxm_header(f: Field) -> u32 {
     let (c, n) = nxm_id(f);
     header(c, n, false, field_bytes(f))
+}
+
+/// A bit range given against a header: for a 64-bit packet register the
+/// range must lie within one of its two 32-bit registers.
+pub fn range_from_header(h: u32, ofs: u16, nbits: u16) -> Result<(Field, u16), CodecError> {
+    let class = (h >> 16) as u16;
+    let num = ((h >> 9) & 0x7f) as u8;
+    if class == OXM_PKT_REGS && num < 4 {
+        let end = u32::from(ofs) + u32::from(nbits);
+        return if ofs >= 32 && end <= 64 {
+            Ok((Field::Reg(Reg::new(num * 2).unwrap_or(Reg::R0)), ofs - 32))
+        } else if end <= 32 {
+            Ok((Field::Reg(Reg::new(num * 2 + 1).unwrap_or(Reg::R0)), ofs))
+        } else {
+            Err(CodecError::Unsupported(format!("bit range {ofs}+{nbits} spans two registers of xreg{num}")))
+        };
+    }
+    Ok((field_from_header(h)?, ofs))
 }
 
 /// Which [`Field`] a header names (either encoding; mask bit ignored).
@@ -321,6 +342,15 @@ pub fn decode_match(r: &mut Reader<'_>) -> Result<Match, CodecError> {
             (NXM_NX, NX_TUN_IPV4_DST) => m.tun_dst = Some(Ipv4Addr::from(exact(&t, "tun_dst")? as u32)),
             (NXM_NX, n @ 0..=7) if t.nbytes == 4 => {
                 m.regs[usize::from(n)] = Some(Masked::<u32>::new(t.value as u32, t.mask as u32))
+            }
+            (OXM_PKT_REGS, n @ 0..=3) if t.nbytes == 8 => {
+                let (hi, lo) = (usize::from(n) * 2, usize::from(n) * 2 + 1);
+                if t.mask >> 32 != 0 {
+                    m.regs[hi] = Some(Masked::<u32>::new((t.value >> 32) as u32, (t.mask >> 32) as u32));
+                }
+                if t.mask as u32 != 0 {
+                    m.regs[lo] = Some(Masked::<u32>::new(t.value as u32, t.mask as u32));
+                }
             }
             (c, n) => return Err(CodecError::Unsupported(format!("match field class {c:#x} field {n}"))),
         }

@@ -1,0 +1,694 @@
+//! Async OpenFlow 1.5 client over `unix:<rundir>/<bridge>.mgmt` or `tcp:ip:port`.
+//!
+//! One supervisor task owns the connection: connect (exponential backoff),
+//! HELLO, then a reader task (replies matched to waiters by xid, echo
+//! requests answered, silence turned into echo probes and then a dead
+//! connection) and a writer task fed whole pre-encoded buffers through a
+//! channel, so a bundle of 10,000 flow_mods is one buffer written with a few
+//! syscalls and many requests can be in flight. When the connection drops,
+//! every waiter fails with [`ClientError::ConnectionLost`] and
+//! [`ConnEvent::Disconnected`] / [`ConnEvent::Connected`] tell the caller to
+//! replay its flows after the reconnect.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::cookie::CookieFilter;
+use crate::flow::Flow;
+use crate::ofp::{
+    self, BundleCtrlType, CodecError, Features, FlowOp, Message, OfpError, BUNDLE_ATOMIC, BUNDLE_ORDERED,
+    OFP_VERSION_1_5,
+};
+
+/// Where the switch listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+    /// `unix:/path/br0.mgmt` or `tcp:127.0.0.1:6653`.
+    fn from_str(s: &str) -> Result<Endpoint, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            Ok(Endpoint::Unix(p.into()))
+        } else if let Some(a) = s.strip_prefix("tcp:") {
+            a.parse().map(Endpoint::Tcp).map_err(|e| format!("bad tcp endpoint {s:?}: {e}"))
+        } else {
+            Err(format!("endpoint {s:?} is neither unix:<path> nor tcp:<ip>:<port>"))
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long [`Client::connect`] waits for the first connection.
+    pub connect_timeout: Duration,
+    /// Silence after which we send an echo request; twice that = dead.
+    pub echo_interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            echo_interval: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("not connected to the switch")]
+    NotConnected,
+    #[error("connection to the switch lost before the reply")]
+    ConnectionLost,
+    #[error("could not connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("switch error: {0}")]
+    Switch(OfpError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+/// Why a bundle did not commit. The switch rolled back: nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle rejected, nothing changed: {}", describe_failures(.failures, .bundle_error))]
+    Rejected {
+        /// Each failing op with the switch's reason.
+        failures: Vec<(FlowOp, OfpError)>,
+        /// The error on the bundle itself (commit/open), if any.
+        bundle_error: Option<OfpError>,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+fn describe_failures(failures: &[(FlowOp, OfpError)], bundle: &Option<OfpError>) -> String {
+    let mut parts: Vec<String> = failures.iter().map(|(op, e)| format!("{op}: {e}")).collect();
+    if let Some(e) = bundle {
+        parts.push(format!("bundle: {e}"));
+    }
+    parts.join("; ")
+}
+
+/// Connection state changes, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// Connected (again); `generation` counts connections from 1. After a
+    /// reconnect the switch may have lost or kept flows: replay them.
+    Connected {
+        generation: u64,
+    },
+    Disconnected {
+        reason: String,
+    },
+}
+
+enum Waiter {
+    Reply(oneshot::Sender<Result<Message, ClientError>>),
+    Stats { flows: Vec<Flow>, tx: oneshot::Sender<Result<Vec<Flow>, ClientError>> },
+}
+
+/// Errors for a range of xids (the adds of one bundle), collected by the reader.
+struct ErrorWatch {
+    id: u64,
+    first: u32,
+    last: u32,
+    errors: Vec<(u32, OfpError)>,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u32, Waiter>,
+    watches: Vec<ErrorWatch>,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    opts: ClientOptions,
+    pending: Mutex<Pending>,
+    out: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    next_xid: AtomicU32,
+    next_bundle: AtomicU32,
+    next_watch: AtomicU64,
+    events: broadcast::Sender<ConnEvent>,
+    generation: watch::Sender<u64>,
+    features: Mutex<Option<Features>>,
+}
+
+/// A handle to the switch connection; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    _stop: Arc<StopOnDrop>,
+}
+
+/// Ends the supervisor when the last client handle goes away.
+struct StopOnDrop(tokio::task::AbortHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+        debug!("openflow client stopped");
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+impl Client {
+    /// Starts the connection supervisor and waits for the first connection.
+    pub async fn connect(endpoint: Endpoint, opts: ClientOptions) -> Result<Client, ClientError> {
+        let (events, _) = broadcast::channel(64);
+        let (generation, mut gen_rx) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            endpoint: endpoint.clone(),
+            opts: opts.clone(),
+            pending: Mutex::new(Pending::default()),
+            out: Mutex::new(None),
+            next_xid: AtomicU32::new(1),
+            next_bundle: AtomicU32::new(1),
+            next_watch: AtomicU64::new(1),
+            events,
+            generation,
+            features: Mutex::new(None),
+        });
+        let (first_tx, first_rx) = oneshot::channel();
+        let task = tokio::spawn(supervise(shared.clone(), first_tx));
+        let client = Client { shared, _stop: Arc::new(StopOnDrop(task.abort_handle())) };
+        match tokio::time::timeout(opts.connect_timeout, first_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(reason))) => {
+                return Err(ClientError::Connect { endpoint: endpoint.to_string(), reason })
+            }
+            _ => {
+                return Err(ClientError::Connect {
+                    endpoint: endpoint.to_string(),
+                    reason: format!("no connection within {:?}", opts.connect_timeout),
+                })
+            }
+        }
+        // Wait until the generation is visible so requests do not race the state.
+        let _ = gen_rx.wait_for(|g| *g > 0).await;
+        let f = client.request_features().await?;
+        if let Ok(mut slot) = client.shared.features.lock() {
+            *slot = Some(f);
+        }
+        Ok(client)
+    }
+
+    /// Connection events (connects, disconnects) from now on.
+    pub fn events(&self) -> broadcast::Receiver<ConnEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// How many times a connection was established (0 = never).
+    pub fn generation(&self) -> u64 {
+        *self.shared.generation.borrow()
+    }
+
+    /// FEATURES of the switch as of the first connection.
+    pub fn features(&self) -> Option<Features> {
+        self.shared.features.lock().ok().and_then(|f| *f)
+    }
+
+    fn xids(&self, n: u32) -> u32 {
+        // Skip xid 0 on wrap-around; switches use it for unsolicited messages.
+        loop {
+            let first = self.shared.next_xid.fetch_add(n, Ordering::Relaxed);
+            if first != 0 && first.checked_add(n).is_some() {
+                return first;
+            }
+        }
+    }
+
+    fn send(&self, buf: Vec<u8>) -> Result<(), ClientError> {
+        let out = self.shared.out.lock().map_err(|_| ClientError::NotConnected)?;
+        match out.as_ref() {
+            Some(tx) => tx.send(buf).map_err(|_| ClientError::NotConnected),
+            None => Err(ClientError::NotConnected),
+        }
+    }
+
+    fn register(&self, xid: u32, w: Waiter) {
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.waiters.insert(xid, w);
+        }
+    }
+
+    fn unregister(&self, xid: u32) {
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.waiters.remove(&xid);
+        }
+    }
+
+    /// Starts collecting the switch's errors for xids `first..=last`.
+    fn watch_errors(&self, first: u32, last: u32) -> u64 {
+        let id = self.shared.next_watch.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.watches.push(ErrorWatch { id, first, last, errors: Vec::new() });
+        }
+        id
+    }
+
+    /// Stops collecting and returns the errors seen, by xid.
+    fn take_watch(&self, id: u64) -> Vec<(u32, OfpError)> {
+        self.shared
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| {
+                let i = p.watches.iter().position(|w| w.id == id)?;
+                Some(p.watches.swap_remove(i).errors)
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends `buf` (whose last message has `xid`) and waits for that reply.
+    async fn transact(&self, xid: u32, buf: Vec<u8>) -> Result<Message, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.register(xid, Waiter::Reply(tx));
+        if let Err(e) = self.send(buf) {
+            self.unregister(xid);
+            return Err(e);
+        }
+        rx.await.map_err(|_| ClientError::ConnectionLost)?
+    }
+
+    async fn request_features(&self) -> Result<Features, ClientError> {
+        let xid = self.xids(1);
+        let mut buf = Vec::new();
+        ofp::encode_features_request(&mut buf, xid);
+        match self.transact(xid, buf).await? {
+            Message::FeaturesReply(f) => Ok(f),
+            m => Err(ClientError::Protocol(format!("features request answered by {m:?}"))),
+        }
+    }
+
+    /// Waits until the switch processed everything sent before.
+    pub async fn barrier(&self) -> Result<(), ClientError> {
+        let xid = self.xids(1);
+        let mut buf = Vec::new();
+        ofp::encode_barrier(&mut buf, xid);
+        self.expect_barrier(xid, buf).await
+    }
+
+    async fn expect_barrier(&self, xid: u32, buf: Vec<u8>) -> Result<(), ClientError> {
+        match self.transact(xid, buf).await? {
+            Message::BarrierReply => Ok(()),
+            m => Err(ClientError::Protocol(format!("barrier answered by {m:?}"))),
+        }
+    }
+
+    /// An echo round trip (a liveness check).
+    pub async fn echo(&self) -> Result<(), ClientError> {
+        let xid = self.xids(1);
+        let mut buf = Vec::new();
+        ofp::encode_echo(&mut buf, xid, false, b"k8s-ovs")?;
+        match self.transact(xid, buf).await? {
+            Message::EchoReply(_) => Ok(()),
+            m => Err(ClientError::Protocol(format!("echo answered by {m:?}"))),
+        }
+    }
+
+    /// Applies `ops` atomically and in order: one bundle (open, adds, commit).
+    /// If any op fails the switch applies none, and the error names each
+    /// failing op with the switch's reason.
+    pub async fn bundle(&self, ops: &[FlowOp]) -> Result<(), BundleError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let n = u32::try_from(ops.len()).map_err(|_| ClientError::Protocol("too many ops".into()))?;
+        let flags = BUNDLE_ATOMIC | BUNDLE_ORDERED;
+        let bundle_id = self.shared.next_bundle.fetch_add(1, Ordering::Relaxed);
+        // xids: open, n adds, barrier, commit/discard
+        let base = self.xids(n + 3);
+        let (open_xid, first_add, barrier_xid, end_xid) = (base, base + 1, base + 1 + n, base + 2 + n);
+        // ~ 100 bytes per flow_mod; one allocation for the whole bundle.
+        let mut buf = Vec::with_capacity(ops.len() * 128 + 64);
+        ofp::encode_bundle_control(&mut buf, open_xid, bundle_id, BundleCtrlType::OpenRequest, flags);
+        for (i, op) in ops.iter().enumerate() {
+            ofp::encode_bundle_add(&mut buf, first_add + i as u32, bundle_id, flags, op)
+                .map_err(ClientError::from)?;
+        }
+        // OVS checks each message when it is added and, on a bad one, sends an
+        // error but keeps the bundle open: a commit would then apply the rest.
+        // So: a barrier after the adds, and commit only if no add failed.
+        ofp::encode_barrier(&mut buf, barrier_xid);
+
+        let watch_id = self.watch_errors(open_xid, end_xid);
+        let result = self.run_bundle(buf, bundle_id, flags, open_xid, barrier_xid, end_xid).await;
+        let errors = self.take_watch(watch_id);
+        let mut failures = Vec::new();
+        let mut bundle_error = None;
+        for (xid, e) in errors {
+            if xid >= first_add && xid < barrier_xid {
+                failures.push((ops[(xid - first_add) as usize].clone(), e));
+            } else if bundle_error.is_none() {
+                bundle_error = Some(e);
+            }
+        }
+        match result {
+            Ok(()) if failures.is_empty() && bundle_error.is_none() => Ok(()),
+            Ok(()) => Err(BundleError::Rejected { failures, bundle_error }),
+            Err(ClientError::Switch(e)) => {
+                Err(BundleError::Rejected { failures, bundle_error: bundle_error.or(Some(e)) })
+            }
+            Err(e) => Err(BundleError::Client(e)),
+        }
+    }
+
+    async fn run_bundle(
+        &self,
+        buf: Vec<u8>,
+        bundle_id: u32,
+        flags: u16,
+        open_xid: u32,
+        barrier_xid: u32,
+        end_xid: u32,
+    ) -> Result<(), ClientError> {
+        let (open_tx, open_rx) = oneshot::channel();
+        self.register(open_xid, Waiter::Reply(open_tx));
+        let barrier = self.expect_barrier(barrier_xid, buf).await;
+        let open = match open_rx.await {
+            Ok(Ok(Message::BundleControl { kind: BundleCtrlType::OpenReply, .. })) => Ok(()),
+            Ok(Ok(m)) => Err(ClientError::Protocol(format!("bundle open answered by {m:?}"))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::ConnectionLost),
+        };
+        barrier?;
+        let add_failed = self
+            .shared
+            .pending
+            .lock()
+            .map(|p| p.watches.iter().any(|w| w.first == open_xid && !w.errors.is_empty()))
+            .unwrap_or(true);
+        open?;
+        let kind = if add_failed { BundleCtrlType::DiscardRequest } else { BundleCtrlType::CommitRequest };
+        let mut end = Vec::with_capacity(16);
+        ofp::encode_bundle_control(&mut end, end_xid, bundle_id, kind, flags);
+        match self.transact(end_xid, end).await? {
+            Message::BundleControl {
+                kind: BundleCtrlType::CommitReply | BundleCtrlType::DiscardReply,
+                ..
+            } => Ok(()),
+            m => Err(ClientError::Protocol(format!("bundle {kind:?} answered by {m:?}"))),
+        }
+    }
+
+    /// Sends `ops` as plain flow_mods followed by one barrier (not atomic).
+    pub async fn send_ops(&self, ops: &[FlowOp]) -> Result<(), BundleError> {
+        let n = u32::try_from(ops.len()).map_err(|_| ClientError::Protocol("too many ops".into()))?;
+        let base = self.xids(n + 1);
+        let mut buf = Vec::with_capacity(ops.len() * 112 + 8);
+        for (i, op) in ops.iter().enumerate() {
+            ofp::encode_flow_op(&mut buf, base + i as u32, op).map_err(ClientError::from)?;
+        }
+        ofp::encode_barrier(&mut buf, base + n);
+        let watch_id = self.watch_errors(base, base + n);
+        let r = self.expect_barrier(base + n, buf).await;
+        let errors = self.take_watch(watch_id);
+        r?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let failures = errors
+            .into_iter()
+            .filter_map(|(xid, e)| ops.get((xid - base) as usize).map(|op| (op.clone(), e)))
+            .collect();
+        Err(BundleError::Rejected { failures, bundle_error: None })
+    }
+
+    /// Deletes every flow whose cookie matches `filter` (in `table` or all),
+    /// and waits until the switch did it.
+    pub async fn delete_by_cookie(&self, filter: CookieFilter, table: Option<u8>) -> Result<(), BundleError> {
+        self.send_ops(&[FlowOp::DeleteByCookie { filter, table }]).await
+    }
+
+    /// The installed flows of `table` (or all tables) whose cookie matches.
+    pub async fn dump_flows(
+        &self,
+        table: Option<u8>,
+        cookie: CookieFilter,
+    ) -> Result<Vec<Flow>, ClientError> {
+        let xid = self.xids(1);
+        let mut buf = Vec::new();
+        ofp::encode_flow_stats_request(&mut buf, xid, table, cookie);
+        let (tx, rx) = oneshot::channel();
+        self.register(xid, Waiter::Stats { flows: Vec::new(), tx });
+        if let Err(e) = self.send(buf) {
+            self.unregister(xid);
+            return Err(e);
+        }
+        rx.await.map_err(|_| ClientError::ConnectionLost)?
+    }
+}
+
+async fn open_stream(endpoint: &Endpoint) -> std::io::Result<(Reader, Writer)> {
+    match endpoint {
+        Endpoint::Unix(p) => {
+            let s = tokio::net::UnixStream::connect(p).await?;
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        Endpoint::Tcp(a) => {
+            let s = tokio::net::TcpStream::connect(a).await?;
+            s.set_nodelay(true)?;
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+    }
+}
+
+/// Reads one whole message (used during the handshake only).
+async fn read_frame(r: &mut Reader, buf: &mut Vec<u8>) -> Result<Vec<u8>, String> {
+    loop {
+        if let Some(n) = ofp::frame_len(buf).map_err(|e| e.to_string())? {
+            return Ok(buf.drain(..n).collect());
+        }
+        let mut chunk = [0u8; 4096];
+        let k = r.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if k == 0 {
+            return Err("connection closed during handshake".into());
+        }
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+/// Connects and exchanges HELLO; returns the streams and any bytes read past HELLO.
+async fn handshake(endpoint: &Endpoint, timeout: Duration) -> Result<(Reader, Writer, Vec<u8>), String> {
+    let fut = async {
+        let (mut r, mut w) = open_stream(endpoint).await.map_err(|e| e.to_string())?;
+        let mut hello = Vec::new();
+        ofp::encode_hello(&mut hello, 0);
+        w.write_all(&hello).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let frame = read_frame(&mut r, &mut buf).await?;
+        let f = ofp::decode(&frame).map_err(|e| e.to_string())?;
+        match f.msg {
+            Message::Hello { version_bitmap } => match ofp::negotiate(f.version, version_bitmap) {
+                Some(OFP_VERSION_1_5) => Ok((r, w, buf)),
+                v => Err(format!(
+                    "switch does not speak OpenFlow 1.5 (negotiated {v:?}); create the bridge with protocols=OpenFlow13,OpenFlow15"
+                )),
+            },
+            Message::Error(e) => Err(format!("switch refused HELLO: {e}")),
+            m => Err(format!("expected HELLO, got {m:?}")),
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| "handshake timed out".to_string())?
+}
+
+async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), String>>) {
+    let mut first = Some(first);
+    let mut backoff = shared.opts.backoff_initial;
+    let mut generation = 0u64;
+    loop {
+        match handshake(&shared.endpoint, shared.opts.connect_timeout).await {
+            Ok((r, w, leftover)) => {
+                backoff = shared.opts.backoff_initial;
+                generation += 1;
+                let (tx, rx) = mpsc::unbounded_channel();
+                if let Ok(mut out) = shared.out.lock() {
+                    *out = Some(tx.clone());
+                }
+                info!(endpoint = %shared.endpoint, generation, "openflow connected");
+                shared.generation.send_replace(generation);
+                let _ = shared.events.send(ConnEvent::Connected { generation });
+                if let Some(f) = first.take() {
+                    let _ = f.send(Ok(()));
+                }
+                let writer = tokio::spawn(write_loop(w, rx));
+                let reason = read_loop(&shared, r, leftover, tx).await;
+                writer.abort();
+                if let Ok(mut out) = shared.out.lock() {
+                    *out = None;
+                }
+                // Dropping the waiters' senders fails them with ConnectionLost.
+                if let Ok(mut p) = shared.pending.lock() {
+                    p.waiters.clear();
+                }
+                warn!(endpoint = %shared.endpoint, %reason, "openflow connection lost; reconnecting");
+                let _ = shared.events.send(ConnEvent::Disconnected { reason });
+            }
+            Err(reason) => {
+                if let Some(f) = first.take() {
+                    // The first connection must work; later ones are retried forever.
+                    let _ = f.send(Err(reason));
+                    return;
+                }
+                debug!(endpoint = %shared.endpoint, %reason, ?backoff, "openflow reconnect failed");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(shared.opts.backoff_max);
+    }
+}
+
+async fn write_loop(mut w: Writer, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(buf) = rx.recv().await {
+        if let Err(e) = w.write_all(&buf).await {
+            debug!(error = %e, "openflow write failed");
+            return;
+        }
+    }
+}
+
+/// Reads until the connection ends; returns why.
+async fn read_loop(
+    shared: &Shared,
+    mut r: Reader,
+    mut buf: Vec<u8>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+) -> String {
+    let interval = shared.opts.echo_interval;
+    let mut silent_intervals = 0u32;
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut echo_xid = 0xf000_0000u32;
+    loop {
+        // Deliver every complete message in the buffer.
+        let mut start = 0;
+        loop {
+            match ofp::frame_len(&buf[start..]) {
+                Ok(Some(n)) => {
+                    dispatch(shared, &buf[start..start + n], &out);
+                    start += n;
+                }
+                Ok(None) => break,
+                Err(e) => return format!("cannot frame switch messages: {e}"),
+            }
+        }
+        buf.drain(..start);
+        match tokio::time::timeout(interval, r.read(&mut chunk)).await {
+            Ok(Ok(0)) => return "switch closed the connection".into(),
+            Ok(Ok(k)) => {
+                silent_intervals = 0;
+                buf.extend_from_slice(&chunk[..k]);
+            }
+            Ok(Err(e)) => return format!("read error: {e}"),
+            Err(_) => {
+                silent_intervals += 1;
+                if silent_intervals >= 2 {
+                    return format!("no answer to echo within {:?}", interval * 2);
+                }
+                echo_xid = echo_xid.wrapping_add(1);
+                let mut e = Vec::new();
+                if ofp::encode_echo(&mut e, echo_xid, false, b"").is_ok() && out.send(e).is_err() {
+                    return "writer ended".into();
+                }
+            }
+        }
+    }
+}
+
+fn dispatch(shared: &Shared, frame: &[u8], out: &mpsc::UnboundedSender<Vec<u8>>) {
+    let decoded = ofp::decode(frame);
+    let xid = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(mut p) = shared.pending.lock() else { return };
+    let f = match decoded {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(xid, error = %e, "undecodable message from switch");
+            if let Some(w) = p.waiters.remove(&xid) {
+                match w {
+                    Waiter::Reply(tx) => {
+                        let _ = tx.send(Err(ClientError::Codec(e)));
+                    }
+                    Waiter::Stats { tx, .. } => {
+                        let _ = tx.send(Err(ClientError::Codec(e)));
+                    }
+                }
+            }
+            return;
+        }
+    };
+    match f.msg {
+        Message::EchoRequest(data) => {
+            let mut b = Vec::new();
+            if ofp::encode_echo(&mut b, f.xid, true, &data).is_ok() {
+                let _ = out.send(b);
+            }
+        }
+        Message::Error(e) => {
+            if let Some(w) = p.watches.iter_mut().find(|w| (w.first..=w.last).contains(&f.xid)) {
+                w.errors.push((f.xid, e.clone()));
+            }
+            match p.waiters.remove(&f.xid) {
+                Some(Waiter::Reply(tx)) => {
+                    let _ = tx.send(Err(ClientError::Switch(e)));
+                }
+                Some(Waiter::Stats { tx, .. }) => {
+                    let _ = tx.send(Err(ClientError::Switch(e)));
+                }
+                None => {
+                    if !p.watches.iter().any(|w| (w.first..=w.last).contains(&f.xid)) {
+                        warn!(xid = f.xid, error = %e, "switch error for no pending request");
+                    }
+                }
+            }
+        }
+        Message::FlowStatsReply { more, flows } => {
+            if let Some(Waiter::Stats { flows: acc, .. }) = p.waiters.get_mut(&f.xid) {
+                acc.extend(flows);
+                if !more {
+                    if let Some(Waiter::Stats { flows, tx }) = p.waiters.remove(&f.xid) {
+                        let _ = tx.send(Ok(flows));
+                    }
+                }
+            }
+        }
+        msg => {
+            if let Some(Waiter::Reply(tx)) = p.waiters.remove(&f.xid) {
+                let _ = tx.send(Ok(msg));
+            }
+        }
+    }
+}

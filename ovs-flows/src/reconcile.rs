@@ -1,0 +1,186 @@
+//! Desired flows vs installed flows -> the smallest set of [`FlowOp`]s, and
+//! applying them as one atomic bundle.
+//!
+//! Rules: a desired identity (table, priority, match) that is missing is
+//! added; one installed with another cookie (a new round after an agent
+//! restart, or a flow someone else wrote) is re-added, which replaces it
+//! atomically without a gap; one with the same cookie but other actions is
+//! modified in place; an installed k8s-ovs flow (cookie tag ours) whose
+//! identity is no longer desired is deleted. Flows of other owners are never
+//! deleted.
+
+use std::collections::HashMap;
+
+use crate::client::{BundleError, Client};
+use crate::cookie::CookieFilter;
+use crate::flow::{Flow, FlowKey, FlowSet};
+use crate::ofp::FlowOp;
+
+/// What one reconcile changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileStats {
+    pub added: usize,
+    pub modified: usize,
+    pub deleted: usize,
+}
+
+impl ReconcileStats {
+    pub fn of(ops: &[FlowOp]) -> ReconcileStats {
+        let mut s = ReconcileStats::default();
+        for op in ops {
+            match op {
+                FlowOp::Add(_) => s.added += 1,
+                FlowOp::ModifyStrict(_) => s.modified += 1,
+                FlowOp::DeleteStrict(_) | FlowOp::DeleteByCookie { .. } => s.deleted += 1,
+            }
+        }
+        s
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ReconcileStats::default()
+    }
+}
+
+/// What makes the installed flow `have` (same identity, if any) equal `want`.
+fn op_for(want: &Flow, have: Option<&Flow>) -> Option<FlowOp> {
+    match have {
+        None => Some(FlowOp::Add(want.clone())),
+        // ADD over an existing identity replaces it (cookie included) atomically.
+        Some(have) if have.cookie != want.cookie => Some(FlowOp::Add(want.clone())),
+        Some(have) if have.actions != want.actions => Some(FlowOp::ModifyStrict(want.clone())),
+        Some(_) => None,
+    }
+}
+
+/// The ops that turn `installed` (read back from the switch) into `desired`.
+/// Installed flows whose cookie is not ours are kept unless a desired flow
+/// takes their identity.
+pub fn diff(desired: &FlowSet, installed: &[Flow]) -> Vec<FlowOp> {
+    let by_key: HashMap<FlowKey, &Flow> = installed.iter().map(|f| (f.key(), f)).collect();
+    let mut ops = Vec::new();
+    ops.extend(desired.iter().filter_map(|want| op_for(want, by_key.get(&want.key()).copied())));
+    let mut stale: Vec<&Flow> =
+        installed.iter().filter(|f| f.cookie.is_ours() && !desired.contains(&f.key())).collect();
+    stale.sort_by_key(|f| f.key());
+    ops.extend(stale.into_iter().map(|f| FlowOp::DeleteStrict(f.clone())));
+    ops
+}
+
+/// The incremental form: `old` and `new` are the desired flows of the owners
+/// that changed (a pod added or removed, a namespace's VNI changed, a remote
+/// node added or removed), and `old` is what is installed for them.
+pub fn delta(old: &FlowSet, new: &FlowSet) -> Vec<FlowOp> {
+    let mut ops = Vec::new();
+    ops.extend(new.iter().filter_map(|want| op_for(want, old.get(&want.key()))));
+    ops.extend(old.iter().filter(|f| !new.contains(&f.key())).map(|f| FlowOp::DeleteStrict(f.clone())));
+    ops
+}
+
+/// Reads back every k8s-ovs flow, diffs against `desired` and applies the
+/// difference as one bundle. On error nothing changed.
+pub async fn reconcile(client: &Client, desired: &FlowSet) -> Result<ReconcileStats, BundleError> {
+    let installed = client.dump_flows(None, CookieFilter::ours()).await?;
+    let ops = diff(desired, &installed);
+    client.bundle(&ops).await?;
+    Ok(ReconcileStats::of(&ops))
+}
+
+/// Applies the delta between two desired sets of some owners as one bundle.
+pub async fn apply_delta(
+    client: &Client,
+    old: &FlowSet,
+    new: &FlowSet,
+) -> Result<ReconcileStats, BundleError> {
+    let ops = delta(old, new);
+    client.bundle(&ops).await?;
+    Ok(ReconcileStats::of(&ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cookie::{Category, Cookie};
+    use crate::flow::{Action, Match, Reg};
+
+    fn flow(table: u8, port: u32, round: u16, out: u32) -> Flow {
+        Flow::new(
+            table,
+            100,
+            Cookie::new(round, Category::Pod, port),
+            Match::new().in_port(port),
+            vec![Action::load_reg(Reg::R0, 5), Action::Output(out)],
+        )
+    }
+
+    #[test]
+    fn equal_sets_need_nothing() {
+        let want: FlowSet = (1..5).map(|p| flow(0, p, 1, 9)).collect();
+        let have: Vec<Flow> = want.iter().cloned().collect();
+        assert!(diff(&want, &have).is_empty());
+    }
+
+    #[test]
+    fn adds_modifies_and_deletes_the_minimum() {
+        let want: FlowSet = [flow(0, 1, 1, 9), flow(0, 2, 1, 9), flow(0, 3, 1, 9)].into_iter().collect();
+        let have = vec![flow(0, 2, 1, 8), flow(0, 3, 1, 9), flow(0, 4, 1, 9)];
+        let ops = diff(&want, &have);
+        assert_eq!(
+            ops,
+            vec![
+                FlowOp::Add(flow(0, 1, 1, 9)),
+                FlowOp::ModifyStrict(flow(0, 2, 1, 9)),
+                FlowOp::DeleteStrict(flow(0, 4, 1, 9)),
+            ]
+        );
+        assert_eq!(ReconcileStats::of(&ops), ReconcileStats { added: 1, modified: 1, deleted: 1 });
+    }
+
+    #[test]
+    fn a_new_round_re_adds_instead_of_modifying() {
+        let want: FlowSet = [flow(0, 1, 2, 9)].into_iter().collect();
+        let ops = diff(&want, &[flow(0, 1, 1, 9)]);
+        assert_eq!(ops, vec![FlowOp::Add(flow(0, 1, 2, 9))]);
+    }
+
+    #[test]
+    fn flows_of_other_owners_are_left_alone() {
+        let foreign = Flow::new(0, 5, Cookie(0), Match::new().in_port(7), vec![Action::Output(1)]);
+        let also_foreign = Flow::new(3, 5, Cookie(0x1), Match::new(), vec![]);
+        let want: FlowSet = [flow(0, 1, 1, 9)].into_iter().collect();
+        let ops = diff(&want, &[foreign, also_foreign, flow(0, 1, 1, 9)]);
+        assert!(ops.is_empty(), "{ops:?}");
+    }
+
+    #[test]
+    fn a_foreign_flow_with_our_identity_is_replaced() {
+        let mut foreign = flow(0, 1, 1, 9);
+        foreign.cookie = Cookie(0);
+        let want: FlowSet = [flow(0, 1, 1, 9)].into_iter().collect();
+        assert_eq!(diff(&want, &[foreign]), vec![FlowOp::Add(flow(0, 1, 1, 9))]);
+    }
+
+    #[test]
+    fn delta_of_a_vni_change_modifies_in_place() {
+        let vni = |v: u32| -> FlowSet {
+            (1..=3)
+                .map(|p| {
+                    Flow::new(
+                        0,
+                        100,
+                        Cookie::new(1, Category::Pod, p),
+                        Match::new().in_port(p),
+                        vec![Action::load_reg(Reg::R0, v), Action::GotoTable(10)],
+                    )
+                })
+                .collect()
+        };
+        let ops = delta(&vni(5), &vni(6));
+        assert_eq!(ops.len(), 3);
+        assert!(ops.iter().all(|o| matches!(o, FlowOp::ModifyStrict(_))));
+        let removed = delta(&vni(5), &FlowSet::new());
+        assert!(removed.iter().all(|o| matches!(o, FlowOp::DeleteStrict(_))));
+        assert_eq!(removed.len(), 3);
+        assert!(delta(&vni(5), &vni(5)).is_empty());
+    }
+}
