@@ -3,10 +3,8 @@
 //!
 //! Start with [`Lab::start`]; see `lab.rs` for the topology.
 
-pub mod cluster;
 pub mod cmd;
 pub mod etcd;
-pub mod kube_api;
 mod lab;
 pub mod netns;
 pub mod ovs;
