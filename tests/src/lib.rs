@@ -5,6 +5,7 @@
 
 pub mod cmd;
 pub mod etcd;
+pub mod kube_api;
 mod lab;
 pub mod netns;
 pub mod ovs;
