@@ -15,7 +15,7 @@ PACKAGES=(
   etcd-server etcd-client # etcd 3.4 + etcdctl
   iperf3                  # bandwidth measurements in tests and benches
   protobuf-compiler       # protoc, needed to build etcd-client
-  iproute2 iptables tcpdump ethtool iputils-ping
+  iproute2 iptables tcpdump ethtool iputils-ping iputils-arping
   containernetworking-plugins # upstream bridge/host-local/bandwidth/portmap: reference + chaining
   psmisc procps           # fuser/pgrep for diagnosing leftovers (never used to kill by name)
 )
@@ -68,6 +68,7 @@ check iptables       iptables --version || fail=1
 check tcpdump        tcpdump --version || fail=1
 check ethtool        ethtool --version || fail=1
 check ping           ping -V || fail=1
+check arping         arping -V || fail=1
 check cni-bridge     test -x $CNI_DIR/bridge || fail=1
 check cni-host-local test -x $CNI_DIR/host-local || fail=1
 check cni-bandwidth  test -x $CNI_DIR/bandwidth || fail=1

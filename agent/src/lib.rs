@@ -1,10 +1,22 @@
-//! The k8s-ovs node agent library: the building blocks the agent's loop
-//! calls (IPAM, netlink, OVSDB) and, later, the loop itself.
+//! The k8s-ovs node agent.
+//!
+//! - `run`: start-up and the one loop every input goes through;
+//! - `dataplane`: the node state and every change to it (pods, etcd, services),
+//!   each ending in one atomic flow bundle;
+//! - inputs: `cni_server` (the CNI plugin's socket), `etcd_source`, `kube_source`;
+//! - edges: `ovsdb` (bridge and ports), `netlink` (veths, addresses, routes),
+//!   `ipam` (addresses kept on disk), `masquerade` (the NAT rule);
+//! - `pods` (how a pod is named and recorded), `metrics`, `config`.
 
 pub mod cni_server;
+pub mod config;
+pub mod dataplane;
 pub mod etcd_source;
 pub mod ipam;
+pub mod kube_source;
+pub mod masquerade;
 pub mod metrics;
 pub mod netlink;
 pub mod ovsdb;
 pub mod pods;
+pub mod run;

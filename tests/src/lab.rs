@@ -235,6 +235,14 @@ impl Lab {
         Ok(Pod { name: name.into(), netns, node, host_if: host_if.into(), ip, mac })
     }
 
+    /// An empty pod namespace `<lab>-p-<name>` for a CNI plugin to wire
+    /// (`CNI_NETNS` = its path under `/run/netns`); removed with the lab.
+    pub fn pod_netns(&mut self, name: &str) -> Result<Netns> {
+        let netns = Netns::create(&format!("{}-p-{name}", self.name))?;
+        self.pods.push(netns.clone());
+        Ok(netns)
+    }
+
     /// Every namespace of this lab (for leak checks in tests).
     pub fn namespace_names(&self) -> Vec<String> {
         self.pods.iter().chain(self.namespaces.iter()).map(|n| n.name.clone()).collect()

@@ -3,6 +3,7 @@
 //!
 //! Start with [`Lab::start`]; see `lab.rs` for the topology.
 
+pub mod cluster;
 pub mod cmd;
 pub mod etcd;
 pub mod kube_api;

@@ -23,6 +23,11 @@ impl Netns {
         Ok(ns)
     }
 
+    /// `/run/netns/<name>`: what a runtime passes as `CNI_NETNS`.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from("/run/netns").join(&self.name)
+    }
+
     /// `ip -n <ns> <args>`.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut v = vec!["ip", "-n", &self.name];

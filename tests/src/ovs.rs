@@ -41,14 +41,7 @@ impl Ovs {
             &format!("--log-file={l}/ovsdb-server.log"),
         ])?;
         ovs.vsctl(&["--no-wait", "init"])?;
-        ovs.exec(&[
-            "ovs-vswitchd",
-            &format!("unix:{r}/db.sock"),
-            &format!("--pidfile={r}/ovs-vswitchd.pid"),
-            "--detach",
-            "-vconsole:off",
-            &format!("--log-file={l}/ovs-vswitchd.log"),
-        ])?;
+        ovs.start_vswitchd()?;
         Ok(ovs)
     }
 
@@ -125,6 +118,29 @@ impl Ovs {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills ovs-vswitchd outright (its flows are gone, as after a crash)
+    /// and starts it again on the same database.
+    pub fn restart_vswitchd(&self) -> Result<()> {
+        if let Some(pid) = self.pid("ovs-vswitchd") {
+            netns::terminate_pids(&[pid], Duration::from_secs(5));
+        }
+        self.start_vswitchd()
+    }
+
+    fn start_vswitchd(&self) -> Result<()> {
+        let (r, l) = (self.rundir(), self.dir.join("log"));
+        let (r, l) = (r.to_string_lossy(), l.to_string_lossy());
+        self.exec(&[
+            "ovs-vswitchd",
+            &format!("unix:{r}/db.sock"),
+            &format!("--pidfile={r}/ovs-vswitchd.pid"),
+            "--detach",
+            "-vconsole:off",
+            &format!("--log-file={l}/ovs-vswitchd.log"),
+        ])?;
+        Ok(())
     }
 
     fn pid(&self, daemon: &str) -> Option<i32> {

@@ -1,0 +1,82 @@
+//! The agent's command line (every flag also readable from the environment,
+//! as a DaemonSet sets them).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatapathType {
+    /// The kernel datapath (production).
+    System,
+    /// The userspace datapath (labs and machines without the OVS kernel module).
+    Netdev,
+}
+
+impl DatapathType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathType::System => "system",
+            DatapathType::Netdev => "netdev",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "k8s-ovs-agent", about = "k8s-ovs node agent: wires pods into Open vSwitch")]
+pub struct AgentConfig {
+    /// This node's name (Kubernetes Node name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// This node's underlay address: the VXLAN tunnel endpoint, and the key
+    /// of its subnet record in etcd.
+    #[arg(long, env = "NODE_IP")]
+    pub node_ip: Ipv4Addr,
+    /// etcd client URLs, comma separated.
+    #[arg(long, env = "K8S_OVS_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub etcd_endpoints: Vec<String>,
+    #[arg(long, env = "K8S_OVS_ETCD_PREFIX", default_value = etcd_schema::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    #[arg(long, default_value = "br0")]
+    pub bridge: String,
+    #[arg(long, value_enum, default_value = "system")]
+    pub datapath_type: DatapathType,
+    /// Open vSwitch run directory: `db.sock` and `<bridge>.mgmt` live here.
+    #[arg(long, env = "OVS_RUNDIR", default_value = "/var/run/openvswitch")]
+    pub ovs_rundir: PathBuf,
+    #[arg(long, default_value = cni::DEFAULT_AGENT_SOCKET)]
+    pub cni_socket: PathBuf,
+    /// IPAM store and other state that must survive restarts.
+    #[arg(long, default_value = "/var/lib/k8s-ovs")]
+    pub state_dir: PathBuf,
+    /// MTU of the underlay; pods get 50 less (VXLAN overhead).
+    #[arg(long, default_value_t = 1500)]
+    pub underlay_mtu: u32,
+    /// Where `/metrics` and `/healthz` are served.
+    #[arg(long, default_value = "0.0.0.0:9190")]
+    pub metrics_addr: SocketAddr,
+    /// Kubernetes API URL without auth (tests); otherwise kubeconfig or in-cluster config.
+    #[arg(long, env = "K8S_OVS_KUBE_URL")]
+    pub kube_url: Option<String>,
+    /// Run without a Kubernetes API (no services).
+    #[arg(long)]
+    pub no_kube: bool,
+    /// Install the masquerade rule for traffic leaving the cluster.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
+}
+
+impl AgentConfig {
+    pub fn ovsdb_endpoint(&self) -> String {
+        format!("unix:{}", self.ovs_rundir.join("db.sock").display())
+    }
+
+    pub fn openflow_endpoint(&self) -> String {
+        format!("unix:{}", self.ovs_rundir.join(format!("{}.mgmt", self.bridge)).display())
+    }
+
+    pub fn pod_mtu(&self) -> u32 {
+        self.underlay_mtu.saturating_sub(50)
+    }
+}

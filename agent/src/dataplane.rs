@@ -1,0 +1,388 @@
+//! The node's dataplane state and every operation that changes it: pods
+//! wired and unwired (CNI ADD/DEL/CHECK/GC), etcd and service updates. The
+//! agent loop (`run.rs`) owns one `Dataplane` and calls it one event at a
+//! time, so every change ends in exactly one atomic flow bundle: the
+//! difference between the flow set last committed and the one
+//! `pipeline()` computes for the new state.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cni::protocol::{Command, Request, Response};
+use cni::spec::{CniError, CniResult, ErrorCode};
+use ipnetwork::Ipv4Network;
+use ovs_flows::client::Client as FlowClient;
+use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, RemoteNode};
+use ovs_flows::{reconcile, FlowSet, Ipv4Prefix};
+use tracing::{info, warn};
+
+use crate::etcd_source::EtcdView;
+use crate::ipam::{IpamStore, Owner};
+use crate::kube_source::ServiceMap;
+use crate::metrics::Metrics;
+use crate::netlink::{setup_pod_interface, MacAddr, Netlink, PodInterface};
+use crate::ovsdb::{Client as OvsdbClient, PortSpec};
+use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
+
+/// How long an ADD waits for ovs-vswitchd to give the new port an ofport.
+const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fixed settings of the node the dataplane works on.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub bridge: String,
+    pub pod_mtu: u32,
+    /// Veth offloads off: needed on the userspace (netdev) datapath.
+    pub offloads_off: bool,
+}
+
+pub struct Dataplane {
+    settings: NodeSettings,
+    ovsdb: OvsdbClient,
+    flows: FlowClient,
+    host: Netlink,
+    ipam: IpamStore,
+    state: NodeState,
+    pods: BTreeMap<PodKey, PodRecord>,
+    /// The flow set the switch holds (last committed bundle).
+    installed: FlowSet,
+    round: u16,
+    metrics: Arc<Metrics>,
+}
+
+fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
+    CniError::new(ErrorCode::AgentFailure, msg).with_details(e.to_string())
+}
+
+impl Dataplane {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: NodeSettings,
+        ovsdb: OvsdbClient,
+        flows: FlowClient,
+        host: Netlink,
+        ipam: IpamStore,
+        state: NodeState,
+        round: u16,
+        metrics: Arc<Metrics>,
+    ) -> Dataplane {
+        Dataplane {
+            settings,
+            ovsdb,
+            flows,
+            host,
+            ipam,
+            state,
+            pods: BTreeMap::new(),
+            installed: FlowSet::new(),
+            round,
+            metrics,
+        }
+    }
+
+    pub fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    pub fn installed(&self) -> &FlowSet {
+        &self.installed
+    }
+
+    /// Adopts pods found on the bridge at start (from their external_ids):
+    /// a restarted agent keeps serving them without touching their wiring.
+    pub fn adopt(&mut self, pods: Vec<PodRecord>) {
+        for rec in pods {
+            self.state.pods.insert(
+                rec.ofport,
+                LocalPod { ofport: rec.ofport, ip: rec.ip, mac: rec.mac, namespace: rec.namespace.clone() },
+            );
+            self.pods.insert(rec.key.clone(), rec);
+        }
+        self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Makes the switch hold exactly the desired flows: reads back what is
+    /// installed and sends the difference in one bundle. Used at start (new
+    /// round: every flow re-added with its new cookie, older rounds' leftovers
+    /// deleted, no flush) and after ovs-vswitchd reconnects.
+    pub async fn full_reconcile(&mut self) -> anyhow::Result<usize> {
+        let desired = pipeline(&self.state, self.round);
+        let t = Instant::now();
+        let stats = reconcile::reconcile(&self.flows, &desired).await?;
+        let n = stats.added + stats.modified + stats.deleted;
+        self.metrics.bundle_seconds.observe_duration(t.elapsed());
+        self.metrics.bundle_flows.observe(n as f64);
+        self.installed = desired;
+        Ok(n)
+    }
+
+    /// Sends the change from the installed flows to the pipeline of the
+    /// current state, in one bundle. On failure nothing changed on the
+    /// switch and `installed` stays as it was.
+    async fn sync_flows(&mut self) -> anyhow::Result<()> {
+        let desired = pipeline(&self.state, self.round);
+        let ops = reconcile::delta(&self.installed, &desired);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        if let Err(e) = self.flows.bundle(&ops).await {
+            self.metrics.flow_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        self.metrics.bundle_seconds.observe_duration(t.elapsed());
+        self.metrics.bundle_flows.observe(ops.len() as f64);
+        self.installed = desired;
+        Ok(())
+    }
+
+    /// etcd changed: namespace VNIs, other nodes' subnets, the mode.
+    pub async fn on_view(&mut self, view: &EtcdView) -> anyhow::Result<()> {
+        self.on_view_state(view);
+        self.sync_flows().await
+    }
+
+    /// The state part of [`Dataplane::on_view`], without touching the switch.
+    pub fn on_view_state(&mut self, view: &EtcdView) {
+        if let Some(cfg) = &view.config {
+            self.state.mode = match cfg.plugin {
+                etcd_schema::PluginName::MultiTenant => Mode::MultiTenant,
+                etcd_schema::PluginName::Subnet => Mode::SingleTenant,
+            };
+        }
+        self.state.vnis = view.vnis.clone();
+        self.state.remote_nodes = view
+            .subnets
+            .iter()
+            .filter(|(ip, _)| **ip != self.state.node_ip)
+            .map(|(ip, net)| (*ip, RemoteNode { ip: *ip, subnet: prefix_of(*net) }))
+            .collect();
+    }
+
+    pub async fn on_services(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
+        self.state.services = services.clone();
+        self.sync_flows().await
+    }
+
+    /// Answers one CNI request.
+    pub async fn handle(&mut self, req: Request) -> Response {
+        let t = Instant::now();
+        let outcome = match req.command {
+            Command::Add => self.add(&req).await.map(Some),
+            Command::Del => self.del(&req).await.map(|()| None),
+            Command::Check => self.check(&req).await.map(|()| None),
+            Command::Gc => self.gc(&req).await.map(|()| None),
+            Command::Status => Ok(None),
+        };
+        match req.command {
+            Command::Add => self.metrics.cni_add_seconds.observe_duration(t.elapsed()),
+            Command::Del => self.metrics.cni_del_seconds.observe_duration(t.elapsed()),
+            _ => {}
+        }
+        self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
+        match outcome {
+            Ok(result) => Response::Ok { result },
+            Err(e) => {
+                self.metrics.cni_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(command = ?req.command, container = %req.container_id, error = %e, "CNI request failed");
+                Response::Error(e)
+            }
+        }
+    }
+
+    fn key(req: &Request) -> PodKey {
+        PodKey { container_id: req.container_id.clone(), ifname: req.ifname.clone() }
+    }
+
+    fn result_of(&self, rec: &PodRecord) -> CniResult {
+        rec.cni_result(self.state.cluster_cidr.prefix_len(), self.state.gateway_ip, None)
+    }
+
+    async fn add(&mut self, req: &Request) -> Result<CniResult, CniError> {
+        let key = Self::key(req);
+        // A repeated ADD of a wired attachment returns the same result.
+        if let Some(rec) = self.pods.get(&key) {
+            return Ok(self.result_of(rec));
+        }
+        let owner = Owner::new(key.container_id.clone(), key.ifname.clone());
+        let ip = self.ipam.allocate(&owner).map_err(|e| agent_error("IP allocation failed", e))?;
+        match self.wire(req, &key, ip).await {
+            Ok(rec) => {
+                let result = self.result_of(&rec);
+                info!(pod = %rec.name, namespace = %rec.namespace, %ip, ofport = rec.ofport, "pod added");
+                Ok(result)
+            }
+            Err(e) => {
+                if let Err(re) = self.ipam.release(&owner) {
+                    warn!(error = %re, "releasing the IP of a failed ADD failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// veth + address + routes, OVS port, then flows; each step undone if a
+    /// later one fails, so a failed ADD leaves nothing behind.
+    async fn wire(&mut self, req: &Request, key: &PodKey, ip: Ipv4Addr) -> Result<PodRecord, CniError> {
+        let host_veth = host_veth_name(key);
+        let mac = mac_for_ip(ip);
+        let address = Ipv4Network::new(ip, self.state.cluster_cidr.prefix_len())
+            .map_err(|e| agent_error("bad pod address", e))?;
+        let iface = PodInterface {
+            netns: PathBuf::from(&req.netns),
+            host_name: host_veth.clone(),
+            ifname: key.ifname.clone(),
+            mac: MacAddr(mac.0),
+            mtu: self.settings.pod_mtu,
+            address,
+            gateway: self.state.gateway_ip,
+            offloads_off: self.settings.offloads_off,
+        };
+        // A leftover host veth of an earlier, half-finished ADD is replaced.
+        let _ = self.host.del_link(&host_veth).await;
+        setup_pod_interface(&self.host, &iface)
+            .await
+            .map_err(|e| agent_error("wiring the pod interface failed", e))?;
+        let mut rec = PodRecord {
+            key: key.clone(),
+            namespace: req.pod_namespace.clone().unwrap_or_else(|| "default".into()),
+            name: req.pod_name.clone().unwrap_or_default(),
+            netns: req.netns.clone(),
+            host_veth: host_veth.clone(),
+            ofport: 0,
+            ip,
+            mac,
+        };
+        let mut spec = PortSpec::new(&host_veth, "");
+        spec.external_ids = rec.external_ids();
+        rec.ofport = match self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.ovsdb.del_port(&self.settings.bridge, &host_veth).await;
+                let _ = self.host.del_link(&host_veth).await;
+                return Err(agent_error("adding the OVS port failed", e));
+            }
+        };
+        self.state
+            .pods
+            .insert(rec.ofport, LocalPod { ofport: rec.ofport, ip, mac, namespace: rec.namespace.clone() });
+        if let Err(e) = self.sync_flows().await {
+            self.state.pods.remove(&rec.ofport);
+            let _ = self.ovsdb.del_port(&self.settings.bridge, &host_veth).await;
+            let _ = self.host.del_link(&host_veth).await;
+            return Err(agent_error("installing the pod's flows failed", e));
+        }
+        self.pods.insert(key.clone(), rec.clone());
+        Ok(rec)
+    }
+
+    /// Idempotent: an unknown attachment or a vanished namespace is success.
+    async fn del(&mut self, req: &Request) -> Result<(), CniError> {
+        let key = Self::key(req);
+        self.unwire(&key).await
+    }
+
+    async fn unwire(&mut self, key: &PodKey) -> Result<(), CniError> {
+        let known = self.pods.get(key).map(|rec| (rec.ofport, rec.host_veth.clone()));
+        let host_veth = match known {
+            Some((ofport, name)) => {
+                // Flows first: no packet is sent to a port about to vanish.
+                let saved = self.state.pods.remove(&ofport);
+                if let Err(e) = self.sync_flows().await {
+                    if let Some(p) = saved {
+                        self.state.pods.insert(ofport, p);
+                    }
+                    return Err(agent_error("removing the pod's flows failed", e));
+                }
+                self.pods.remove(key);
+                name
+            }
+            None => host_veth_name(key),
+        };
+        self.ovsdb
+            .del_port(&self.settings.bridge, &host_veth)
+            .await
+            .map_err(|e| agent_error("removing the OVS port failed", e))?;
+        // Deleting the host end takes the pod end with it.
+        self.host.del_link(&host_veth).await.map_err(|e| agent_error("removing the veth failed", e))?;
+        self.ipam
+            .release(&Owner::new(key.container_id.clone(), key.ifname.clone()))
+            .map_err(|e| agent_error("releasing the IP failed", e))?;
+        Ok(())
+    }
+
+    /// The attachment is as ADD left it: known, veth ends present, the pod
+    /// end with its address, the OVS port with its ofport, and the runtime's
+    /// prevResult naming the same address.
+    async fn check(&mut self, req: &Request) -> Result<(), CniError> {
+        let key = Self::key(req);
+        let unknown = |m: String| CniError::new(ErrorCode::UnknownContainer, m);
+        let rec = self.pods.get(&key).cloned().ok_or_else(|| {
+            unknown(format!("container {} / {} is not attached", key.container_id, key.ifname))
+        })?;
+        if let Some(prev) = &req.prev_result {
+            let want = format!("{}/{}", rec.ip, self.state.cluster_cidr.prefix_len());
+            let ips = prev.get("ips").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+            if !ips.iter().any(|i| i.get("address").and_then(|a| a.as_str()) == Some(want.as_str())) {
+                return Err(CniError::new(
+                    ErrorCode::InvalidNetworkConfig,
+                    format!("prevResult does not hold the pod's address {want}"),
+                ));
+            }
+        }
+        match self.host.link(&rec.host_veth).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(unknown(format!("host veth {} is gone", rec.host_veth))),
+            Err(e) => return Err(agent_error("reading the host veth failed", e)),
+        }
+        let pod = Netlink::in_netns(std::path::Path::new(&req.netns))
+            .map_err(|e| agent_error("entering the pod namespace failed", e))?;
+        match pod.link(&key.ifname).await {
+            Ok(Some(l)) if l.mac == Some(MacAddr(rec.mac.0)) => {}
+            Ok(Some(_)) => return Err(agent_error("the pod interface has another MAC", &key.ifname)),
+            Ok(None) => return Err(unknown(format!("interface {} is gone from the pod", key.ifname))),
+            Err(e) => return Err(agent_error("reading the pod interface failed", e)),
+        }
+        let ports = self
+            .ovsdb
+            .list_ports(&self.settings.bridge)
+            .await
+            .map_err(|e| agent_error("reading the bridge failed", e))?;
+        if !ports.iter().any(|p| p.name == rec.host_veth && p.ofport == Some(rec.ofport)) {
+            return Err(unknown(format!("OVS port {} (ofport {}) is gone", rec.host_veth, rec.ofport)));
+        }
+        Ok(())
+    }
+
+    /// Removes every attachment the runtime no longer knows, and IPs leaked
+    /// by attachments that never completed.
+    async fn gc(&mut self, req: &Request) -> Result<(), CniError> {
+        let Some(valid) = &req.valid_attachments else {
+            return Err(CniError::new(ErrorCode::InvalidNetworkConfig, "GC needs cni.dev/valid-attachments"));
+        };
+        let keep: HashSet<PodKey> = valid
+            .iter()
+            .map(|a| PodKey { container_id: a.container_id.clone(), ifname: a.ifname.clone() })
+            .collect();
+        let stale: Vec<PodKey> = self.pods.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        for key in stale {
+            info!(container = %key.container_id, "GC: removing a stale attachment");
+            self.unwire(&key).await?;
+        }
+        let keep_ids: HashSet<String> = keep.iter().map(|k| k.container_id.clone()).collect();
+        let freed = self.ipam.gc(&keep_ids).map_err(|e| agent_error("IPAM GC failed", e))?;
+        if !freed.is_empty() {
+            info!(freed = freed.len(), "GC: released leaked IPs");
+        }
+        Ok(())
+    }
+}
+
+/// An ipnetwork subnet as the pipeline's prefix type.
+pub fn prefix_of(net: Ipv4Network) -> Ipv4Prefix {
+    Ipv4Prefix::new(net.network(), net.prefix())
+}

@@ -1,0 +1,249 @@
+//! The agent's life: start-up (etcd view, bridge, gateway, round, adopted
+//! pods, flows), then one loop that takes every input — CNI requests, etcd
+//! and service changes, switch reconnects — one at a time, until shutdown.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::Ipv4Network;
+use ovs_flows::client::{Client as FlowClient, ClientOptions, ConnEvent, Endpoint};
+use ovs_flows::pipeline::{gateway_of, Mode, NodeState, GATEWAY_OFPORT, VXLAN_OFPORT};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::config::{AgentConfig, DatapathType};
+use crate::dataplane::{prefix_of, Dataplane, NodeSettings};
+use crate::etcd_source::{self, EtcdSettings, EtcdView};
+use crate::ipam::IpamStore;
+use crate::kube_source::{self, ServiceMap};
+use crate::metrics::{self, Metrics};
+use crate::netlink::Netlink;
+use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortSpec};
+use crate::pods::PodRecord;
+use crate::{cni_server, masquerade};
+
+/// Bridge external_ids key holding the flow round of the last agent start.
+pub const ROUND_KEY: &str = "k8s-ovs-round";
+pub const VXLAN_PORT: &str = "vxlan0";
+pub const GATEWAY_PORT: &str = "tun0";
+
+/// Waits until etcd has given the network config and this node's subnet.
+async fn wait_for_node(view: &mut watch::Receiver<EtcdView>, cfg: &AgentConfig) -> Result<EtcdView> {
+    let mut warned = false;
+    loop {
+        {
+            let v = view.borrow_and_update();
+            if v.config.is_some() && v.subnets.contains_key(&cfg.node_ip) {
+                return Ok(v.clone());
+            }
+        }
+        let changed = tokio::time::timeout(Duration::from_secs(5), view.changed()).await;
+        if changed.is_err() && !warned {
+            warned = true;
+            info!(node_ip = %cfg.node_ip, "waiting for the network config and this node's subnet in etcd");
+        }
+        if let Ok(Err(_)) = changed {
+            bail!("etcd source stopped");
+        }
+    }
+}
+
+/// The next flow round after `previous` (never 0, so a fresh bridge with no
+/// round key and round 0 cookies of other programs never look like ours).
+pub fn next_round(previous: Option<&str>) -> u16 {
+    let prev: u16 = previous.and_then(|s| s.parse().ok()).unwrap_or(0);
+    match prev.wrapping_add(1) {
+        0 => 1,
+        r => r,
+    }
+}
+
+/// Creates or fixes `br0`, `vxlan0` and `tun0`; gives tun0 the gateway
+/// address. Idempotent: a restarted agent changes nothing that is right.
+async fn setup_bridge(
+    cfg: &AgentConfig,
+    ovsdb: &OvsdbClient,
+    host: &Netlink,
+    subnet: Ipv4Network,
+    cluster: Ipv4Network,
+) -> Result<()> {
+    let spec = BridgeSpec::new(&cfg.bridge, cfg.datapath_type.as_str());
+    ovsdb.ensure_bridge(&spec, Duration::from_secs(10)).await.context("bridge")?;
+    let ports = [
+        PortSpec::new(VXLAN_PORT, "vxlan")
+            .option("remote_ip", "flow")
+            .option("key", "flow")
+            .option("dst_port", "4789")
+            .ofport_request(VXLAN_OFPORT as u16),
+        PortSpec::new(GATEWAY_PORT, "internal").ofport_request(GATEWAY_OFPORT as u16),
+    ];
+    ovsdb.ensure_ports(&cfg.bridge, &ports).await.context("vxlan0 and tun0")?;
+    for p in [VXLAN_PORT, GATEWAY_PORT] {
+        let got =
+            ovsdb.wait_ofport(p, Duration::from_secs(10)).await.with_context(|| format!("{p} ofport"))?;
+        let want = if p == VXLAN_PORT { VXLAN_OFPORT } else { GATEWAY_OFPORT };
+        if got != want {
+            bail!("{p} has ofport {got}, the pipeline needs {want}: another port holds it");
+        }
+    }
+    let gw = gateway_of(prefix_of(subnet));
+    let gw_net = Ipv4Network::new(gw, cluster.prefix()).context("gateway address")?;
+    host.add_ipv4(GATEWAY_PORT, gw_net).await.context("tun0 address")?;
+    host.set_mac_mtu(GATEWAY_PORT, None, Some(cfg.pod_mtu())).await.context("tun0 mtu")?;
+    host.set_up(GATEWAY_PORT).await.context("tun0 up")?;
+    if cfg.datapath_type == DatapathType::Netdev {
+        host.offloads_off(GATEWAY_PORT).context("tun0 offloads")?;
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enable IPv4 forwarding")?;
+    Ok(())
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    {
+        let (addr, m) = (cfg.metrics_addr, metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                error!(error = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let (view_tx, mut view_rx) = watch::channel(EtcdView::default());
+    let settings = EtcdSettings { endpoints: cfg.etcd_endpoints.clone(), prefix: cfg.etcd_prefix.clone() };
+    tokio::spawn(etcd_source::run(settings, view_tx));
+    let view = wait_for_node(&mut view_rx, &cfg).await?;
+    let (Some(net), Some(subnet)) = (view.config.clone(), view.subnets.get(&cfg.node_ip).copied()) else {
+        bail!("etcd view incomplete");
+    };
+    info!(%subnet, network = %net.network, plugin = net.plugin.as_str(), "node subnet known");
+
+    let ovsdb = OvsdbClient::connect(&cfg.ovsdb_endpoint()).await.context("OVSDB")?;
+    let host = Netlink::current().context("netlink")?;
+    setup_bridge(&cfg, &ovsdb, &host, subnet, net.network).await?;
+    if cfg.masquerade {
+        masquerade::ensure(net.network).await.context("masquerade rule")?;
+    }
+
+    let previous = ovsdb.bridge_external_id(&cfg.bridge, ROUND_KEY).await?;
+    let round = next_round(previous.as_deref());
+    ovsdb.set_bridge_external_id(&cfg.bridge, ROUND_KEY, &round.to_string()).await?;
+
+    let ipam = IpamStore::open(&cfg.state_dir.join("ipam"), subnet).context("IPAM store")?;
+    let adopted: Vec<PodRecord> = ovsdb
+        .list_ports(&cfg.bridge)
+        .await?
+        .into_iter()
+        .filter_map(|p| PodRecord::from_external_ids(&p.name, p.ofport?, &p.external_ids))
+        .collect();
+
+    let flows = FlowClient::connect(
+        cfg.openflow_endpoint().parse::<Endpoint>().map_err(anyhow::Error::msg)?,
+        ClientOptions::default(),
+    )
+    .await
+    .context("OpenFlow")?;
+    let mut ofp_events = flows.events();
+
+    let mode = match net.plugin {
+        etcd_schema::PluginName::MultiTenant => Mode::MultiTenant,
+        etcd_schema::PluginName::Subnet => Mode::SingleTenant,
+    };
+    let state = NodeState::new(
+        mode,
+        cfg.node_ip,
+        prefix_of(subnet),
+        prefix_of(net.network),
+        prefix_of(net.service_network),
+    );
+    let node = NodeSettings {
+        bridge: cfg.bridge.clone(),
+        pod_mtu: cfg.pod_mtu(),
+        offloads_off: cfg.datapath_type == DatapathType::Netdev,
+    };
+    let mut dp = Dataplane::new(node, ovsdb, flows, host, ipam, state, round, metrics.clone());
+    info!(pods = adopted.len(), round, "adopting pods found on the bridge");
+    dp.adopt(adopted);
+    dp.on_view_state(&view);
+    let changed = dp.full_reconcile().await.context("initial flows")?;
+    info!(changed, flows = dp.installed().len(), "flows reconciled");
+
+    let (cni_tx, mut cni_rx) = mpsc::channel(256);
+    let listener = cni_server::bind(&cfg.cni_socket)?;
+    tokio::spawn(cni_server::serve(listener, cni_tx));
+
+    let (svc_tx, mut svc_rx) = watch::channel(ServiceMap::new());
+    if !cfg.no_kube {
+        let client = kube_client(&cfg).await?;
+        tokio::spawn(kube_source::run_services(client, svc_tx));
+    }
+    metrics.ready.store(true, Ordering::Relaxed);
+    info!(socket = %cfg.cni_socket.display(), "agent ready");
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            Some((req, reply)) = cni_rx.recv() => {
+                let _ = reply.send(dp.handle(req).await);
+            }
+            Ok(()) = view_rx.changed() => {
+                let v = view_rx.borrow_and_update().clone();
+                if let Err(e) = dp.on_view(&v).await {
+                    warn!(error = %e, "applying an etcd change failed; retrying on the next change or reconnect");
+                }
+            }
+            Ok(()) = svc_rx.changed() => {
+                let s = svc_rx.borrow_and_update().clone();
+                if let Err(e) = dp.on_services(&s).await {
+                    warn!(error = %e, "applying a service change failed");
+                }
+            }
+            ev = ofp_events.recv() => match ev {
+                Ok(ConnEvent::Connected { generation }) if generation > 1 => {
+                    metrics.ovs_reconnects.fetch_add(1, Ordering::Relaxed);
+                    // ovs-vswitchd restarted (or the connection broke): make
+                    // the switch hold our flows again.
+                    match dp.full_reconcile().await {
+                        Ok(n) => info!(generation, replayed = n, "switch reconnected; flows replayed"),
+                        Err(e) => warn!(error = %e, "replaying flows after a reconnect failed"),
+                    }
+                }
+                Ok(ConnEvent::Disconnected { reason }) => warn!(%reason, "switch connection lost"),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => bail!("OpenFlow client stopped"),
+            },
+            () = &mut shutdown => {
+                info!("shutting down: the dataplane keeps forwarding without the agent");
+                metrics.ready.store(false, Ordering::Relaxed);
+                let _ = std::fs::remove_file(&cfg.cni_socket);
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn kube_client(cfg: &AgentConfig) -> Result<kube::Client> {
+    let config = match &cfg.kube_url {
+        Some(url) => kube::Config::new(url.parse().context("kube URL")?),
+        None => kube::Config::infer().await.context("kubeconfig / in-cluster config")?,
+    };
+    kube::Client::try_from(config).context("kube client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_advance_and_skip_zero() {
+        assert_eq!(next_round(None), 1);
+        assert_eq!(next_round(Some("7")), 8);
+        assert_eq!(next_round(Some("65535")), 1);
+        assert_eq!(next_round(Some("junk")), 1);
+    }
+}

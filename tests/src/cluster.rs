@@ -1,0 +1,264 @@
+//! k8s-ovs on the lab: the network's etcd records, agents on the nodes, and
+//! the CNI plugin exec'd exactly as a runtime does (CNI_* environment, the
+//! network configuration on stdin).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::netns;
+use crate::Lab;
+
+/// The pod network of every lab cluster: /22 per node (HostSubnetLength 10).
+pub const NETWORK: &str = "172.11.0.0/16";
+pub const SERVICE_NETWORK: &str = "10.96.0.0/12";
+pub const PREFIX: &str = "/k8s.ovs.com/ovs/network";
+pub const NAME: &str = "k8ssdn";
+
+/// A workspace binary (`k8s-ovs`, `k8s-ovs-agent`, ...) next to the test
+/// executable's directory (`target/<profile>/`), as `cargo nextest run
+/// --workspace` builds them.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| if deps.ends_with("deps") { deps.parent() } else { Some(deps) })
+        .context("test executable has no directory")?;
+    let p = profile_dir.join(name);
+    if !p.exists() {
+        bail!(
+            "{} not built: run `cargo build --workspace --bins` (or the README's test command)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Node `i`'s pod subnet (`172.11.<4(i-1)>.0/22`).
+pub fn node_subnet(i: usize) -> String {
+    format!("172.11.{}.0/22", (i - 1) * 4)
+}
+
+impl Lab {
+    /// `<prefix>/config` with the given PluginName.
+    pub fn put_network_config(&self, plugin: &str) -> Result<()> {
+        let v = json!({"Name": NAME, "Network": NETWORK, "HostSubnetLength": 10,
+                       "ServiceNetwork": SERVICE_NETWORK, "PluginName": plugin});
+        self.etcdctl(&["put", &format!("{PREFIX}/config"), &v.to_string()])?;
+        Ok(())
+    }
+
+    /// A subnet record for lab node `i`, as the controller writes it.
+    pub fn put_node_subnet(&self, i: usize) -> Result<()> {
+        let ip = &self.node(i).ip;
+        let v = json!({"Host": format!("n{i}"), "HostIP": ip, "Subnet": node_subnet(i), "Assign": false});
+        self.etcdctl(&["put", &format!("{PREFIX}/{NAME}/subnets/{ip}"), &v.to_string()])?;
+        Ok(())
+    }
+
+    /// A netnamespace record with no pending action.
+    pub fn put_netnamespace(&self, ns: &str, vni: u32) -> Result<()> {
+        let v = json!({"NetName": ns, "NetID": vni, "Action": "", "Namespace": ""});
+        self.etcdctl(&["put", &format!("{PREFIX}/{NAME}/netnamespaces/{ns}"), &v.to_string()])?;
+        Ok(())
+    }
+
+    /// Where node `i`'s agent listens for the CNI plugin.
+    pub fn cni_socket(&self, i: usize) -> PathBuf {
+        self.node(i).dir.join("cni-server.sock")
+    }
+
+    /// The network configuration a runtime hands the plugin on node `i`.
+    pub fn cni_conf(&self, i: usize) -> Value {
+        json!({"cniVersion": "1.0.0", "name": "k8s-ovs", "type": "k8s-ovs",
+               "agentSocket": self.cni_socket(i), "timeoutSeconds": 20})
+    }
+}
+
+/// A running `k8s-ovs-agent` in a node namespace; ended by PID on drop.
+pub struct Agent {
+    child: Child,
+    pub node: usize,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts node `i`'s agent (netdev datapath, the node's own OVS, the lab's
+    /// etcd) and waits until its CNI socket answers.
+    pub fn start(lab: &Lab, i: usize, extra: &[&str]) -> Result<Agent> {
+        let node = lab.node(i);
+        let log = node.dir.join("agent.log");
+        let out = File::options().create(true).append(true).open(&log)?;
+        let agent = bin("k8s-ovs-agent")?;
+        let (rundir, state, sock) = (node.ovs.rundir(), node.dir.join("agent-state"), lab.cni_socket(i));
+        let metrics = format!("{}:9190", node.ip);
+        let etcd = lab.etcd_endpoint();
+        let name = format!("n{i}");
+        let mut args: Vec<String> = [
+            "--node-name",
+            &name,
+            "--node-ip",
+            &node.ip,
+            "--etcd-endpoints",
+            &etcd,
+            "--datapath-type",
+            "netdev",
+            "--metrics-addr",
+            &metrics,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (flag, p) in [("--ovs-rundir", &rundir), ("--state-dir", &state), ("--cni-socket", &sock)] {
+            args.push(flag.into());
+            args.push(p.to_string_lossy().into_owned());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.netns.name])
+            .arg(&agent)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawn k8s-ovs-agent")?;
+        let mut a = Agent { child, node: i, log };
+        a.wait_ready(lab, Duration::from_secs(30))?;
+        Ok(a)
+    }
+
+    fn wait_ready(&mut self, lab: &Lab, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                bail!("agent on n{} exited ({st}): {}", self.node, self.log_tail());
+            }
+            let status = cni(lab, self.node, "STATUS", &CniCall::default())?;
+            if status.code == Some(0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent on n{} not ready within {timeout:?}: {}", self.node, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) {
+        netns::terminate_pids(&[self.pid()], Duration::from_secs(5));
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: a crash, no shutdown path runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// One CNI invocation's inputs (beyond the command).
+#[derive(Debug, Clone, Default)]
+pub struct CniCall {
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    /// `CNI_ARGS`.
+    pub args: String,
+    /// Replaces the lab's default configuration when set.
+    pub conf: Option<Value>,
+    /// Extra variables, or `("CNI_X", None)` to leave one out.
+    pub env: Vec<(String, Option<String>)>,
+    /// Raw stdin instead of the JSON configuration.
+    pub raw_stdin: Option<Vec<u8>>,
+}
+
+impl CniCall {
+    /// A kubelet-style call for pod `namespace/name` with container id `cid`.
+    pub fn pod(cid: &str, netns: &crate::Netns, namespace: &str, name: &str) -> CniCall {
+        CniCall {
+            container_id: cid.into(),
+            netns: netns.path().to_string_lossy().into_owned(),
+            ifname: "eth0".into(),
+            args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"),
+            ..CniCall::default()
+        }
+    }
+}
+
+/// What the plugin printed and its exit code.
+#[derive(Debug, Clone)]
+pub struct CniOutput {
+    pub code: Option<i32>,
+    pub stdout: Value,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Execs the `k8s-ovs` plugin in node `node`'s namespace, as a runtime would.
+pub fn cni(lab: &Lab, node: usize, command: &str, call: &CniCall) -> Result<CniOutput> {
+    let plugin = bin("k8s-ovs")?;
+    let conf = call.conf.clone().unwrap_or_else(|| lab.cni_conf(node));
+    let stdin = call.raw_stdin.clone().unwrap_or_else(|| conf.to_string().into_bytes());
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.node(node).netns.name]).arg(&plugin).env_clear();
+    cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &call.container_id)
+        .env("CNI_NETNS", &call.netns)
+        .env("CNI_IFNAME", &call.ifname)
+        .env("CNI_ARGS", &call.args)
+        .env("CNI_PATH", plugin.parent().unwrap_or(&plugin));
+    for (k, v) in &call.env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("spawn k8s-ovs")?;
+    {
+        use std::io::Write;
+        let mut si = child.stdin.take().context("stdin")?;
+        si.write_all(&stdin)?;
+    }
+    let out = child.wait_with_output()?;
+    let elapsed = start.elapsed();
+    let stdout = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("plugin stdout is not JSON: {}", String::from_utf8_lossy(&out.stdout)))?
+    };
+    Ok(CniOutput {
+        code: out.status.code(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed,
+    })
+}

@@ -1,0 +1,346 @@
+//! The node agent and the CNI plugin on a two-node lab: real OVS, etcd and
+//! namespaces; the etcd records are written the way the controller (or an
+//! operator with etcdctl) writes them; pods are created by exec'ing the CNI
+//! binary exactly as a runtime does.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use lab::cluster::{cni, node_subnet, Agent, CniCall};
+use lab::{traffic, Lab, Netns};
+
+struct TestPod {
+    name: String,
+    namespace: String,
+    node: usize,
+    netns: Netns,
+    ip: String,
+    cid: String,
+}
+
+fn start_cluster(plugin: &str, vnis: &[(&str, u32)]) -> Result<(Lab, Vec<Agent>)> {
+    let lab = Lab::start(2)?;
+    lab.put_network_config(plugin)?;
+    for i in 1..=2 {
+        lab.put_node_subnet(i)?;
+    }
+    for (ns, vni) in vnis {
+        lab.put_netnamespace(ns, *vni)?;
+    }
+    let agents = (1..=2).map(|i| Agent::start(&lab, i, &["--no-kube"])).collect::<Result<Vec<_>>>()?;
+    Ok((lab, agents))
+}
+
+fn add_pod(lab: &mut Lab, node: usize, namespace: &str, name: &str) -> Result<TestPod> {
+    let netns = lab.pod_netns(name)?;
+    let cid = format!("cid-{name}");
+    let out = cni(lab, node, "ADD", &CniCall::pod(&cid, &netns, namespace, name))?;
+    ensure!(out.code == Some(0), "ADD {name} failed: {} {}", out.stdout, out.stderr);
+    let r = &out.stdout;
+    ensure!(r["cniVersion"] == "1.0.0", "result version: {r}");
+    let iface = r["ips"][0]["interface"].as_u64().unwrap_or(99) as usize;
+    ensure!(r["interfaces"][iface]["sandbox"] == netns.path().to_string_lossy().as_ref(), "sandbox: {r}");
+    ensure!(r["interfaces"][iface]["mac"].is_string(), "mac: {r}");
+    let addr = r["ips"][0]["address"].as_str().unwrap_or_default();
+    let ip = addr.split('/').next().unwrap_or_default().to_string();
+    Ok(TestPod { name: name.into(), namespace: namespace.into(), node, netns, ip, cid })
+}
+
+/// All-pairs reachability, measured in parallel.
+fn matrix(pods: &[TestPod]) -> Result<BTreeMap<(String, String), bool>> {
+    let mut m = BTreeMap::new();
+    std::thread::scope(|s| -> Result<()> {
+        let mut hs = Vec::new();
+        for a in pods {
+            for b in pods.iter().filter(|b| b.name != a.name) {
+                hs.push((
+                    (a.name.clone(), b.name.clone()),
+                    s.spawn(|| traffic::ping_count(&a.netns, &b.ip, 3, 1)),
+                ));
+            }
+        }
+        for (k, h) in hs {
+            m.insert(k, h.join().expect("ping thread")? > 0);
+        }
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+fn check_policy(pods: &[TestPod], vni: &BTreeMap<&str, u32>) -> Result<()> {
+    let measured = matrix(pods)?;
+    let mut wrong = Vec::new();
+    for a in pods {
+        for b in pods.iter().filter(|b| b.name != a.name) {
+            let (va, vb) = (vni[a.namespace.as_str()], vni[b.namespace.as_str()]);
+            let allowed = va == vb || va == 0 || vb == 0;
+            let got = measured[&(a.name.clone(), b.name.clone())];
+            if got != allowed {
+                wrong.push(format!("{}({va}) -> {}({vb}): policy {allowed}, measured {got}", a.name, b.name));
+            }
+        }
+    }
+    ensure!(wrong.is_empty(), "reachability differs from the policy:\n{}", wrong.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn lab_agent_wires_pods_and_follows_vni_changes() -> Result<()> {
+    let vnis = [("red", 100), ("blue", 200), ("glob", 0)];
+    let (mut lab, agents) = start_cluster("k8s-ovs-multitenant", &vnis)?;
+    let mut pods = Vec::new();
+    for node in 1..=2 {
+        for (ns, _) in vnis {
+            pods.push(add_pod(&mut lab, node, ns, &format!("{ns}{node}"))?);
+        }
+    }
+    for p in &pods {
+        let subnet = node_subnet(p.node);
+        let base = subnet.rsplit_once('.').map(|(b, _)| b).unwrap_or_default();
+        let third: u32 = base.rsplit('.').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let pod_third: u32 = p.ip.split('.').nth(2).and_then(|t| t.parse().ok()).unwrap_or(999);
+        ensure!((third..third + 4).contains(&pod_third), "{} got {} outside {subnet}", p.name, p.ip);
+    }
+    let mut policy: BTreeMap<&str, u32> = vnis.into_iter().collect();
+    check_policy(&pods, &policy)?;
+
+    // The controller joins red into blue: red's record takes blue's NetID.
+    let t = Instant::now();
+    lab.put_netnamespace("red", 200)?;
+    ensure!(
+        traffic::reachable(&pods[0].netns, &pods[4].ip, Duration::from_secs(1))?,
+        "red1 -> blue2 after join"
+    );
+    eprintln!("join observed after {:?}", t.elapsed());
+    policy.insert("red", 200);
+    check_policy(&pods, &policy)?;
+
+    // Repeated ADD returns the same address; DEL is idempotent.
+    let again = cni(&lab, 1, "ADD", &CniCall::pod(&pods[0].cid, &pods[0].netns, "red", &pods[0].name))?;
+    ensure!(again.code == Some(0), "repeated ADD: {}", again.stdout);
+    ensure!(again.stdout["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with(&format!("{}/", pods[0].ip)));
+    for p in &pods {
+        for _ in 0..2 {
+            let out = cni(&lab, p.node, "DEL", &CniCall::pod(&p.cid, &p.netns, &p.namespace, &p.name))?;
+            ensure!(out.code == Some(0), "DEL {}: {} {}", p.name, out.stdout, out.stderr);
+        }
+    }
+    for i in 1..=2 {
+        let ports = lab.node(i).ovs.vsctl(&["list-ports", "br0"])?;
+        ensure!(
+            ports.split_whitespace().collect::<Vec<_>>() == ["tun0", "vxlan0"],
+            "node {i} ports left: {ports}"
+        );
+    }
+    drop(agents);
+    Ok(())
+}
+
+#[test]
+fn lab_agent_single_tenant_all_pairs_connect() -> Result<()> {
+    let vnis = [("red", 100), ("blue", 200)];
+    let (mut lab, _agents) = start_cluster("k8s-ovs-subnet", &vnis)?;
+    let mut pods = Vec::new();
+    for node in 1..=2 {
+        for (ns, _) in vnis {
+            pods.push(add_pod(&mut lab, node, ns, &format!("{ns}{node}"))?);
+        }
+    }
+    // Single-tenant: every namespace is one network, whatever its NetID.
+    let measured = matrix(&pods)?;
+    let refused: Vec<_> = measured.iter().filter(|(_, ok)| !**ok).map(|(k, _)| k).collect();
+    ensure!(refused.is_empty(), "pairs that did not connect: {refused:?}");
+    Ok(())
+}
+
+fn ip_of(p: &TestPod) -> std::net::Ipv4Addr {
+    p.ip.parse().expect("pod ip")
+}
+
+#[test]
+fn lab_agent_drops_spoofed_ip_mac_and_arp() -> Result<()> {
+    let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
+    let a = add_pod(&mut lab, 1, "red", "a")?;
+    let b = add_pod(&mut lab, 1, "red", "b")?;
+    let c = add_pod(&mut lab, 2, "red", "c")?;
+    ensure!(traffic::reachable(&a.netns, &c.ip, Duration::from_secs(5))?, "a -> c before spoofing");
+    ensure!(traffic::reachable(&b.netns, &c.ip, Duration::from_secs(5))?, "b -> c before spoofing");
+
+    // Forged ARP: a claims c's address with its own MAC (gratuitous reply).
+    let c_mac_at_b = |lab: &Lab| -> Result<String> {
+        let _ = lab;
+        Ok(b.netns.exec(&["ip", "neigh", "show", &c.ip])?.trim().to_string())
+    };
+    let before = c_mac_at_b(&lab)?;
+    a.netns.ip(&["addr", "add", &format!("{}/32", c.ip), "dev", "eth0"])?;
+    let _ = a
+        .netns
+        .exec_full(&["arping", "-U", "-c", "3", "-I", "eth0", "-s", &c.ip, &c.ip], Duration::from_secs(10))?;
+    let after = c_mac_at_b(&lab)?;
+    ensure!(
+        before.split_whitespace().nth(2) == after.split_whitespace().nth(2),
+        "b's entry for c changed: {before} -> {after}"
+    );
+    ensure!(traffic::reachable(&b.netns, &c.ip, Duration::from_secs(2))?, "b -> c after forged ARP");
+    a.netns.ip(&["addr", "del", &format!("{}/32", c.ip), "dev", "eth0"])?;
+
+    // A changed IP reaches nobody.
+    let new_ip = std::net::Ipv4Addr::from(u32::from(ip_of(&a)) + 100);
+    a.netns.ip(&["addr", "flush", "dev", "eth0"])?;
+    a.netns.ip(&["addr", "add", &format!("{new_ip}/16"), "dev", "eth0"])?;
+    a.netns.ip(&["route", "add", "default", "via", "172.11.0.1"])?;
+    ensure!(traffic::unreachable(&a.netns, &b.ip, 3)?, "a with a new IP must not reach b");
+    ensure!(traffic::unreachable(&a.netns, &c.ip, 3)?, "a with a new IP must not reach c");
+    // A changed MAC (original IP back) reaches nobody either.
+    a.netns.ip(&["addr", "flush", "dev", "eth0"])?;
+    a.netns.ip(&["addr", "add", &format!("{}/16", a.ip), "dev", "eth0"])?;
+    a.netns.ip(&["link", "set", "eth0", "address", "0a:58:de:ad:be:ef"])?;
+    ensure!(traffic::unreachable(&a.netns, &b.ip, 3)?, "a with a new MAC must not reach b");
+    ensure!(traffic::unreachable(&a.netns, &c.ip, 3)?, "a with a new MAC must not reach c");
+    Ok(())
+}
+
+/// Flows of a bridge without their cookies (a restart changes the round).
+fn flows_without_cookies(lab: &Lab, node: usize) -> Result<Vec<String>> {
+    let dump = lab.node(node).ovs.ofctl("dump-flows", "br0", &["--no-stats"])?;
+    let mut v: Vec<String> = dump
+        .lines()
+        .filter(|l| l.contains("actions="))
+        .map(|l| l.trim().split_once(", ").map(|(_, rest)| rest.to_string()).unwrap_or_default())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Pings at 100/s from `from` to `ip` in the background; returns (sent, received).
+fn ping_during(from: &Netns, ip: &str, secs: u32, during: impl FnOnce() -> Result<()>) -> Result<(u32, u32)> {
+    let count = (secs * 100).to_string();
+    let argv = from.wrap(&["ping", "-n", "-q", "-i", "0.01", "-c", &count, "-W", "1", ip]);
+    let child =
+        std::process::Command::new(argv[0]).args(&argv[1..]).stdout(std::process::Stdio::piped()).spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let r = during();
+    let out = child.wait_with_output()?;
+    r?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
+    let nums: Vec<u32> = line.split(',').filter_map(|p| p.split_whitespace().next()?.parse().ok()).collect();
+    ensure!(nums.len() >= 2, "ping summary: {s}");
+    Ok((nums[0], nums[1]))
+}
+
+#[test]
+fn lab_agent_restart_loses_no_packet_and_keeps_the_flows() -> Result<()> {
+    let (mut lab, mut agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
+    let a = add_pod(&mut lab, 1, "red", "a")?;
+    let c = add_pod(&mut lab, 2, "red", "c")?;
+    ensure!(traffic::reachable(&a.netns, &c.ip, Duration::from_secs(5))?);
+    let before = flows_without_cookies(&lab, 1)?;
+    let (sent, received) = ping_during(&a.netns, &c.ip, 6, || {
+        agents[0].stop();
+        agents[0] = Agent::start(&lab, 1, &["--no-kube"])?;
+        // And once more, killed outright this time.
+        agents[0].kill();
+        agents[0] = Agent::start(&lab, 1, &["--no-kube"])?;
+        Ok(())
+    })?;
+    ensure!(sent == received, "lost {} of {sent} packets across agent restarts", sent - received);
+    let after = flows_without_cookies(&lab, 1)?;
+    ensure!(before == after, "flows changed across the restart:\nbefore {before:#?}\nafter {after:#?}");
+    // Every flow is of the newest round: the old rounds' flows were replaced.
+    let dump = lab.node(1).ovs.ofctl("dump-flows", "br0", &["--no-stats"])?;
+    let rounds: std::collections::BTreeSet<u64> = dump
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("cookie=0x")?.split(',').next())
+        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+        .map(|cookie| cookie >> 48)
+        .collect();
+    ensure!(rounds.len() == 1, "flows of several rounds: {rounds:?}");
+    // The restarted agent still serves the adopted pod: DEL works.
+    let out = cni(&lab, 1, "DEL", &CniCall::pod(&a.cid, &a.netns, "red", "a"))?;
+    ensure!(out.code == Some(0), "DEL after restart: {}", out.stdout);
+    Ok(())
+}
+
+#[test]
+fn lab_agent_replays_flows_when_vswitchd_restarts() -> Result<()> {
+    let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
+    let a = add_pod(&mut lab, 1, "red", "a")?;
+    let c = add_pod(&mut lab, 2, "red", "c")?;
+    ensure!(traffic::reachable(&a.netns, &c.ip, Duration::from_secs(5))?);
+    let before = flows_without_cookies(&lab, 1)?;
+    lab.node(1).ovs.restart_vswitchd()?;
+    // No operator action: the agent notices the reconnect and replays.
+    ensure!(
+        traffic::reachable(&a.netns, &c.ip, Duration::from_secs(15))?,
+        "a -> c after ovs-vswitchd restart"
+    );
+    ensure!(flows_without_cookies(&lab, 1)? == before, "replayed flows differ");
+    Ok(())
+}
+
+/// Packets from `src_ip` counted by an iptables rule in the pod (INPUT).
+fn count_from(p: &TestPod, src_ip: &str) -> Result<u64> {
+    let out = p.netns.exec(&["iptables", "-w", "5", "-L", "INPUT", "-v", "-x", "-n"])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.split_whitespace().nth(7) == Some(src_ip))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum())
+}
+
+#[test]
+fn lab_agent_isolation_holds_while_namespaces_join_and_isolate() -> Result<()> {
+    let (mut lab, _agents) =
+        start_cluster("k8s-ovs-multitenant", &[("red", 100), ("blue", 200), ("grey", 300)])?;
+    let red = add_pod(&mut lab, 1, "red", "red1")?;
+    let blue = add_pod(&mut lab, 2, "blue", "blue2")?;
+    let grey = add_pod(&mut lab, 1, "grey", "grey1")?;
+    for p in [&red, &blue] {
+        p.netns.exec(&["iptables", "-w", "5", "-A", "INPUT", "-s", &grey.ip, "-j", "ACCEPT"])?;
+    }
+    // grey (never joined) sends to both all the time.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let cycles = std::thread::scope(|s| -> Result<u32> {
+        let senders: Vec<_> = [&red.ip, &blue.ip]
+            .into_iter()
+            .map(|dst| {
+                let (g, stop) = (&grey, &stop);
+                s.spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = traffic::ping_count(&g.netns, dst, 20, 1);
+                    }
+                })
+            })
+            .collect();
+        let mut n = 0;
+        let result = (|| -> Result<()> {
+            for _ in 0..100 {
+                lab.put_netnamespace("red", 200)?; // join red to blue
+                lab.put_netnamespace("red", 100)?; // isolate again
+                n += 1;
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in senders {
+            let _ = h.join();
+        }
+        result.map(|()| n)
+    })?;
+    ensure!(cycles == 100);
+    // The joined pair really connects, so the edits took effect.
+    lab.put_netnamespace("red", 200)?;
+    ensure!(traffic::reachable(&red.netns, &blue.ip, Duration::from_secs(2))?, "red -> blue when joined");
+    let (at_red, at_blue) = (count_from(&red, &grey.ip)?, count_from(&blue, &grey.ip)?);
+    ensure!(at_red == 0 && at_blue == 0, "grey's packets delivered: {at_red} to red, {at_blue} to blue");
+    // The counters do count: once grey joins red, its pings arrive.
+    lab.put_netnamespace("grey", 200)?;
+    ensure!(traffic::reachable(&grey.netns, &red.ip, Duration::from_secs(2))?, "grey -> red when joined");
+    ensure!(count_from(&red, &grey.ip)? > 0, "the counter saw grey's packets");
+    Ok(())
+}
