@@ -181,12 +181,7 @@ async fn lab_ovsdb_hundred_ports_in_one_transaction() -> Result<()> {
 fn lab_ovsdb_tcp_endpoint_works_like_unix() -> Result<()> {
     let ovs = ScratchOvs::start("tcp")?;
     // Listen on the scratch namespace's own loopback only.
-    ovs.ovs.appctl(&[
-        "-t",
-        &format!("{}/ovsdb-server.{}.ctl", ovs.ovs.rundir().display(), ovs_server_pid(&ovs)?),
-        "ovsdb-server/add-remote",
-        "ptcp:6640:127.0.0.1",
-    ])?;
+    ovs.ovs.appctl(&["-t", "ovsdb-server", "ovsdb-server/add-remote", "ptcp:6640:127.0.0.1"])?;
     let ns_path = ovs.ns.path();
     // The client's socket must be opened inside that namespace: run the
     // whole client on a thread that entered it, with its own runtime.
@@ -208,7 +203,41 @@ fn lab_ovsdb_tcp_endpoint_works_like_unix() -> Result<()> {
     Ok(())
 }
 
-fn ovs_server_pid(ovs: &ScratchOvs) -> Result<i32> {
-    let pid = std::fs::read_to_string(ovs.ovs.rundir().join("ovsdb-server.pid"))?;
-    Ok(pid.trim().parse()?)
+/// `monitors:N` from ovsdb-server's `memory/show`.
+fn server_monitors(ovs: &ScratchOvs) -> Result<usize> {
+    let mem = ovs.ovs.appctl(&["-t", "ovsdb-server", "memory/show"])?;
+    let n = mem
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("monitors:"))
+        .context("monitors in memory/show")?;
+    Ok(n.parse()?)
+}
+
+#[tokio::test]
+async fn lab_ovsdb_an_abandoned_wait_leaves_no_monitor_behind() -> Result<()> {
+    let (ovs, client) = setup("mon").await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    // Without ovs-vswitchd nothing is ever applied, so a wait cannot finish
+    // on its own (and vswitchd's own monitor leaves the count).
+    let vswitchd =
+        std::fs::read_to_string(ovs.ovs.rundir().join("ovs-vswitchd.pid"))?.trim().parse::<i32>()?;
+    ovs.ovs.appctl(&["-t", "ovs-vswitchd", "exit"])?;
+    while lab::netns::alive(vswitchd) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.ensure_port("br0", &PortSpec::new("p0", "internal")).await?;
+    let baseline = server_monitors(&ovs)?;
+    // The caller gives up on a wait (drops its future) once the wait's
+    // monitor exists on the server...
+    let mut wait = Box::pin(client.wait_ofport("p0", WAIT));
+    tokio::select! {
+        biased;
+        r = &mut wait => panic!("the wait cannot finish: {r:?}"),
+        _ = async { while server_monitors(&ovs).unwrap_or(0) <= baseline { tokio::task::yield_now().await } } => {}
+    }
+    drop(wait);
+    // ...and the queued cancel is processed before any later request.
+    client.list_ports("br0").await?;
+    assert_eq!(server_monitors(&ovs)?, baseline);
+    Ok(())
 }

@@ -44,8 +44,6 @@ pub enum OvsdbError {
     BadEndpoint(String),
     #[error("connect to OVSDB at {endpoint}: {source}")]
     Connect { endpoint: String, source: std::io::Error },
-    #[error("OVSDB connection: {0}")]
-    Io(std::io::Error),
     #[error("OVSDB connection closed")]
     Disconnected,
     #[error("OVSDB protocol error: {0}")]
@@ -96,7 +94,11 @@ impl Client {
         } else {
             return Err(OvsdbError::BadEndpoint(endpoint.to_string()));
         };
-        Ok(Client { conn, endpoint: endpoint.to_string(), next_monitor: AtomicU64::new(0) })
+        Ok(Client::from_connection(conn, endpoint))
+    }
+
+    fn from_connection(conn: jsonrpc::Connection, endpoint: &str) -> Client {
+        Client { conn, endpoint: endpoint.to_string(), next_monitor: AtomicU64::new(0) }
     }
 
     pub fn endpoint(&self) -> &str {
@@ -146,22 +148,33 @@ impl Client {
         let id = json!(format!("k8s-ovs-{n}"));
         // Subscribed before the request: updates may follow the reply at once.
         let updates = self.conn.subscribe(&id)?;
-        match self.conn.call("monitor", json!([DB, id, requests])).await {
-            Ok(initial) => Ok(Monitor { client: self, id, initial: Some(initial), updates }),
-            Err(e) => {
-                self.conn.unsubscribe(&id);
-                Err(e)
-            }
-        }
+        // Built before the request, so that dropping this future half-way
+        // (or an error) still cancels a monitor the server may have made.
+        let mut monitor = Monitor { client: self, id, initial: None, updates, cancelled: false };
+        let initial = self.conn.call("monitor", json!([DB, monitor.id, requests])).await?;
+        monitor.initial = Some(initial);
+        Ok(monitor)
     }
 }
 
 /// A running monitor: first the initial table contents, then each update.
+/// Dropped without [`Monitor::cancel`] (say, a caller's timeout dropped the
+/// wait), it still cancels itself on the server.
 pub(crate) struct Monitor<'a> {
     client: &'a Client,
     id: Value,
     initial: Option<Value>,
     updates: mpsc::UnboundedReceiver<Value>,
+    cancelled: bool,
+}
+
+impl Drop for Monitor<'_> {
+    fn drop(&mut self) {
+        if !self.cancelled {
+            self.client.conn.unsubscribe(&self.id);
+            self.client.conn.send_detached("monitor_cancel", json!([self.id]));
+        }
+    }
 }
 
 impl Monitor<'_> {
@@ -174,10 +187,74 @@ impl Monitor<'_> {
     }
 
     /// Stops the monitor on the server (best effort: the connection may be gone).
-    pub async fn cancel(self) {
+    pub async fn cancel(mut self) {
+        self.cancelled = true;
         self.client.conn.unsubscribe(&self.id);
         if let Err(e) = self.client.conn.call("monitor_cancel", json!([self.id])).await {
             tracing::debug!(error = %e, "monitor_cancel");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A scripted ovsdb-server: answers every request with an empty result
+    /// (no operations for `transact`) and reports the methods it received,
+    /// in order.
+    fn fake_server() -> (Client, mpsc::UnboundedReceiver<String>) {
+        let (client_side, server_side) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(client_side);
+        let client = Client::from_connection(jsonrpc::Connection::start(cr, cw), "fake");
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut sr, mut sw) = tokio::io::split(server_side);
+            let mut framer = jsonrpc::Framer::default();
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                for req in framer.push(&buf[..n]).expect("json") {
+                    let _ = seen_tx.send(req["method"].as_str().unwrap_or_default().to_string());
+                    let result = if req["method"] == "transact" { json!([]) } else { json!({}) };
+                    let reply = json!({"id": req["id"], "result": result, "error": null});
+                    sw.write_all(reply.to_string().as_bytes()).await.expect("write");
+                }
+            }
+        });
+        (client, seen)
+    }
+
+    async fn next(seen: &mut mpsc::UnboundedReceiver<String>) -> String {
+        seen.recv().await.unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_dropped_monitor_is_cancelled_before_the_next_request() {
+        let (client, mut seen) = fake_server();
+        let monitor = client.monitor(json!({"Interface": {"columns": ["name"]}})).await.expect("monitor");
+        drop(monitor);
+        client.transact(vec![]).await.expect("transact");
+        assert_eq!(next(&mut seen).await, "monitor");
+        assert_eq!(next(&mut seen).await, "monitor_cancel");
+        assert_eq!(next(&mut seen).await, "transact");
+    }
+
+    #[tokio::test]
+    async fn a_monitor_request_dropped_in_flight_is_cancelled_too() {
+        let (client, mut seen) = fake_server();
+        {
+            let mut pending = Box::pin(client.monitor(json!({})));
+            // One poll sends the request; then the caller gives up.
+            assert!(futures::poll!(&mut pending).is_pending());
+        }
+        client.transact(vec![]).await.expect("transact");
+        assert_eq!(next(&mut seen).await, "monitor");
+        assert_eq!(next(&mut seen).await, "monitor_cancel");
+        assert_eq!(next(&mut seen).await, "transact");
     }
 }
