@@ -67,6 +67,11 @@ async fn lab_netlink_pod_interface_is_wired_checked_and_removed() -> Result<()> 
     assert!(addr.contains("inet 10.99.0.5/24"), "{addr}");
     let route = pod.netns.ip(&["route", "show", "default"])?;
     assert_eq!(route.trim(), "default via 10.99.0.1 dev eth0 proto static");
+    // ...and what this module reads back.
+    let pod_nl = Netlink::in_netns(&pod.path())?;
+    assert_eq!(pod_nl.ipv4_addresses("eth0").await?, [spec.address]);
+    assert_eq!(pod_nl.default_gateway().await?, Some(spec.gateway));
+    assert_eq!(host.default_gateway().await?, None);
     let veth = node.netns.ip(&["-o", "link", "show", "vethnl1"])?;
     assert!(veth.contains("mtu 1450") && veth.contains("state UP"), "{veth}");
     assert!(node.netns.ip(&["link", "show", "eth0"]).is_err(), "eth0 was created inside the pod only");

@@ -34,7 +34,10 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::task::AbortHandle;
 
@@ -252,6 +255,57 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl_err(format!("add address {address} to {name}")))
+    }
+
+    /// The IPv4 addresses (with prefix length) on a link.
+    pub async fn ipv4_addresses(&self, name: &str) -> Result<Vec<Ipv4Network>, NetlinkError> {
+        let link = self.require_link(name).await?;
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err(format!("list addresses of {name}")))?;
+        let mut out = Vec::new();
+        for m in messages.iter().filter(|m| m.header.family == AddressFamily::Inet) {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+                    Some(*ip)
+                }
+                _ => None,
+            });
+            if let Some(net) = ip.and_then(|ip| Ipv4Network::new(ip, m.header.prefix_len).ok()) {
+                out.push(net);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The gateway of the IPv4 default route in the main table, if any.
+    pub async fn default_gateway(&self) -> Result<Option<Ipv4Addr>, NetlinkError> {
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("list routes"))?;
+        Ok(routes
+            .iter()
+            .filter(|r| {
+                r.header.destination_prefix_length == 0 && r.header.table == RouteHeader::RT_TABLE_MAIN
+            })
+            .flat_map(|r| &r.attributes)
+            .find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+                _ => None,
+            }))
     }
 
     /// Installs (or replaces) the default route via `gateway`.
