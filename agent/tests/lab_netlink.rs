@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -144,6 +145,29 @@ async fn lab_netlink_reads_links_in_the_current_and_other_namespaces() -> Result
     there.set_mac_mtu("vethrd7", Some(mac), Some(1300)).await?;
     let shown = pod.netns.ip(&["-o", "link", "show", "vethrd7"])?;
     assert!(shown.contains("mtu 1300") && shown.contains("link/ether 0a:58:01:02:03:04"), "{shown}");
+
+    // The same namespace named the way a runtime often passes CNI_NETNS:
+    // /proc/<pid>/ns/net of a process inside it (one the test starts).
+    let proc_path = {
+        let mut sleeper = std::process::Command::new("ip")
+            .args(["netns", "exec", &pod.netns.name, "sleep", "60"])
+            .spawn()
+            .context("spawn a process in the namespace")?;
+        let path = std::path::PathBuf::from(format!("/proc/{}/ns/net", sleeper.id()));
+        let target = std::fs::metadata(pod.path())?.ino();
+        // `ip netns exec` enters the namespace, then becomes `sleep`.
+        while std::fs::metadata(&path).map(|m| m.ino()).ok() != Some(target) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let via_proc = Netlink::in_netns(&path)?;
+        let seen = via_proc.link("vethrd7").await?;
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_eq!(seen.map(|l| l.index), Some(veth.index));
+        path
+    };
+    let gone = Netlink::in_netns(&proc_path).expect_err("process gone");
+    assert!(matches!(gone, NetlinkError::Netns { .. }), "{gone}");
 
     let bad =
         Netlink::in_netns(std::path::Path::new("/run/netns/k8s-ovs-no-such-netns")).expect_err("no netns");
