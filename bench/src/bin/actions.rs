@@ -1,0 +1,236 @@
+//! Operator actions end to end: an `etcdctl`-style put of a record with
+//! Action set (join / isolate / global, mixed), until the controller has
+//! applied it and cleared Action, seen on an etcd watch as an operator's
+//! tooling (`k8s-ovs-ctl --wait`) sees it.
+//!
+//! Baseline from the same run and etcd: a bare put observed on a watch (the
+//! floor of any etcd-driven change). The ratio says what the controller adds.
+//! Real etcd on loopback, the controller in-process watching the lab's test
+//! kube-apiserver. Results as JSON (default `bench/results/actions.json`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use controller::run::{run, Settings};
+use etcd_client::{Client, EventType, WatchOptions, WatchStream};
+use etcd_schema::{parse_net_namespace, Keys, NetworkConfig, PluginName};
+use lab::etcd::Etcd;
+use lab::kube_api::KubeApi;
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(about = "Times operator actions: etcd write to Action cleared")]
+struct Args {
+    /// Number of actions (join, isolate, global in turn).
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Namespaces the actions are spread over.
+    #[arg(long, default_value_t = 50)]
+    namespaces: usize,
+    #[arg(long, default_value = "bench/results/actions.json")]
+    out: PathBuf,
+}
+
+const PREFIX: &str = "/k8s.ovs.com/ovs/network";
+
+fn config() -> Result<NetworkConfig> {
+    Ok(NetworkConfig {
+        name: "k8ssdn".into(),
+        network: "172.11.0.0/16".parse()?,
+        host_subnet_length: 10,
+        service_network: "10.96.0.0/12".parse()?,
+        plugin: PluginName::MultiTenant,
+    })
+}
+
+fn start_etcd(dir: &std::path::Path) -> Result<Etcd> {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if let Ok(e) = Etcd::start(None, "127.0.0.1", port, dir) {
+            return Ok(e);
+        }
+    }
+    bail!("etcd did not start")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn summary(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
+    json!({
+        "count": ms.len(),
+        "p50_ms": percentile(&ms, 0.50),
+        "p90_ms": percentile(&ms, 0.90),
+        "p99_ms": percentile(&ms, 0.99),
+        "max_ms": ms.last().copied().unwrap_or(0.0),
+        "mean_ms": mean,
+    })
+}
+
+/// Waits on `stream` for a put of `key` at a revision above `after` that
+/// satisfies `done`.
+async fn wait_put(
+    stream: &mut WatchStream,
+    key: &str,
+    after: i64,
+    done: impl Fn(&str) -> bool,
+) -> Result<()> {
+    loop {
+        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .context("no answer within 30 s")??
+            .context("watch ended")?;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            if ev.event_type() == EventType::Put
+                && kv.key_str()? == key
+                && kv.mod_revision() > after
+                && done(kv.value_str()?)
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn netids(client: &mut Client, keys: &Keys) -> Result<BTreeMap<String, u32>> {
+    let mut ids = BTreeMap::new();
+    for (key, raw, _) in controller::run::read_all(client, keys).await? {
+        if let Some(k) = keys.parse(&key).filter(|k| k.kind == etcd_schema::KeyKind::NetNamespace) {
+            if let Ok(r) = parse_net_namespace(&key, &k.name, &raw) {
+                if r.action.is_none() {
+                    ids.insert(k.name, r.net_id);
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = lab::base_dir().join(format!("{}{}x0-bench-actions", lab::DEFAULT_PREFIX, std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
+    let etcd = start_etcd(dir)?;
+    let api = KubeApi::start()?;
+    let names: Vec<String> = (0..args.namespaces).map(|i| format!("bench{i:03}")).collect();
+    for n in &names {
+        api.create_namespace(n)?;
+    }
+    let settings = Settings {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: PREFIX.into(),
+        bootstrap: Some(config()?),
+        admin_namespaces: vec![],
+        id: "bench".into(),
+        lease_ttl_secs: 10,
+    };
+    let kube = kube::Client::try_from(kube::Config::new(api.url().parse()?))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run(settings, Some(kube), async move {
+        let _ = stop_rx.await;
+    }));
+
+    let mut client = controller::store::connect(std::slice::from_ref(&etcd.endpoint)).await?;
+    let keys = Keys::new(PREFIX, "k8ssdn");
+    let started = Instant::now();
+    let mut ids = loop {
+        let ids = netids(&mut client, &keys).await?;
+        if ids.len() == names.len() {
+            break ids;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "records not created");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // Baseline: a bare put seen on a watch.
+    let ping = "/bench/ping";
+    let mut watch = client.watch(ping, None).await?;
+    let mut baseline = Vec::with_capacity(args.count);
+    for i in 0..args.count {
+        let t0 = Instant::now();
+        let rev = client.put(ping, i.to_string(), None).await?.header().map(|h| h.revision()).unwrap_or(0);
+        wait_put(&mut watch, ping, rev - 1, |_| true).await?;
+        baseline.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    // Actions, one at a time, each written as an operator would.
+    let mut watch = client.watch(keys.netnamespaces_dir(), Some(WatchOptions::new().with_prefix())).await?;
+    let mut latency = Vec::with_capacity(args.count);
+    let mut mix: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..args.count {
+        let ns = &names[i % names.len()];
+        let other = &names[(i * 7 + 3) % names.len()];
+        let (action, target) = match i % 3 {
+            0 if other != ns => ("join", other.as_str()),
+            0 | 1 => ("isolate", ""),
+            _ => ("global", ""),
+        };
+        *mix.entry(action).or_default() += 1;
+        let id = ids.get(ns).copied().context("no NetID")?;
+        let value =
+            format!(r#"{{"NetName":"{ns}","NetID":{id},"Action":"{action}","Namespace":"{target}"}}"#);
+        let key = keys.netnamespace(ns);
+        let t0 = Instant::now();
+        let rev = client.put(key.as_str(), value, None).await?.header().map(|h| h.revision()).unwrap_or(0);
+        wait_put(&mut watch, &key, rev, |v| {
+            parse_net_namespace(&key, ns, v).is_ok_and(|r| r.action.is_none())
+        })
+        .await?;
+        latency.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let rec = netids(&mut client, &keys).await?;
+        ids = rec;
+    }
+    let errors = controller::run::read_all(&mut client, &keys)
+        .await?
+        .iter()
+        .filter(|(k, _, _)| k.starts_with(&keys.errors_dir()))
+        .count();
+
+    let _ = stop_tx.send(());
+    controller.await??;
+
+    let actions = summary(latency);
+    let base = summary(baseline);
+    let ratio = |f: &str| actions[f].as_f64().unwrap_or(0.0) / base[f].as_f64().unwrap_or(1.0).max(1e-9);
+    let result = json!({
+        "benchmark": "actions",
+        "what": "etcd put of a record with Action set -> the controller's write clearing Action, seen on an etcd watch",
+        "setup": {
+            "etcd": "3.4, private, loopback",
+            "controller": "in-process, one leader, watching the lab's test kube-apiserver",
+            "namespaces": args.namespaces,
+            "sequential": true,
+            "build": if cfg!(debug_assertions) { "dev profile (opt-level 1)" } else { "release" },
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+        "mix": mix,
+        "rejected_edits": errors,
+        "action_latency": actions,
+        "baseline_put_to_watch": base,
+        "ratio_vs_baseline": { "p50": ratio("p50_ms"), "p99": ratio("p99_ms") },
+    });
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&result)? + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
