@@ -73,8 +73,10 @@ async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
     assert_eq!(vsctl(&ovs, &["get", "interface", "vxlan0", "type"])?, "vxlan");
     assert_eq!(vsctl(&ovs, &["get", "interface", "vxlan0", "options:key"])?, "flow");
 
-    let tun0 = PortSpec::new("tun0", "internal").ofport_request(2);
+    let tun0 = PortSpec::new("tun0", "internal").ofport_request(2).mtu_request(1450);
     assert_eq!(client.add_port("br0", &tun0, WAIT).await?, 2);
+    let dev = ovs.ns.netns.ip(&["-o", "link", "show", "tun0"])?;
+    assert!(dev.contains("mtu 1450"), "{dev}");
 
     // A pod's host-side veth, made by the test, with the pod's identity.
     ovs.ns.netns.ip(&["link", "add", "vethpod1", "type", "veth", "peer", "name", "vethpod1p"])?;

@@ -46,6 +46,9 @@ pub struct PortSpec {
     /// Interface `options` (e.g. vxlan `remote_ip=flow`, `key=flow`, `dst_port`).
     pub options: BTreeMap<String, String>,
     pub ofport_request: Option<u16>,
+    /// Interface `mtu_request`. Without it OVS sets an internal port's MTU
+    /// to the smallest MTU among the bridge's other ports.
+    pub mtu_request: Option<u32>,
     /// Interface `external_ids` (pod, namespace, container, IP).
     pub external_ids: BTreeMap<String, String>,
 }
@@ -58,6 +61,7 @@ impl PortSpec {
             kind: if kind == "system" { String::new() } else { kind.to_string() },
             options: BTreeMap::new(),
             ofport_request: None,
+            mtu_request: None,
             external_ids: BTreeMap::new(),
         }
     }
@@ -69,6 +73,11 @@ impl PortSpec {
 
     pub fn ofport_request(mut self, ofport: u16) -> PortSpec {
         self.ofport_request = Some(ofport);
+        self
+    }
+
+    pub fn mtu_request(mut self, mtu: u32) -> PortSpec {
+        self.mtu_request = Some(mtu);
         self
     }
 
@@ -84,6 +93,7 @@ impl PortSpec {
             "type": self.kind,
             "options": datum::map(&self.options),
             "ofport_request": datum::opt_int(self.ofport_request.map(i64::from)),
+            "mtu_request": datum::opt_int(self.mtu_request.map(i64::from)),
             "external_ids": datum::map(&self.external_ids),
         })
     }
@@ -140,12 +150,14 @@ fn row_uuid(row: &Value) -> Result<String, OvsdbError> {
 }
 
 /// The interface columns a port comparison needs.
-const IFACE_COLUMNS: &[&str] = &["_uuid", "name", "type", "options", "ofport_request", "external_ids"];
+const IFACE_COLUMNS: &[&str] =
+    &["_uuid", "name", "type", "options", "ofport_request", "mtu_request", "external_ids"];
 
 fn interface_matches(spec: &PortSpec, row: &Value) -> Result<bool, OvsdbError> {
     Ok(as_opt_str(column(row, "type")?).unwrap_or_default() == spec.kind
         && as_map(column(row, "options")?)? == spec.options
         && as_opt_int(column(row, "ofport_request")?) == spec.ofport_request.map(i64::from)
+        && as_opt_int(column(row, "mtu_request")?) == spec.mtu_request.map(i64::from)
         && as_map(column(row, "external_ids")?)? == spec.external_ids)
 }
 
@@ -530,7 +542,7 @@ mod tests {
         assert_eq!(
             spec.interface_settings(),
             json!({"type": "vxlan", "options": ["map", [["key", "flow"]]],
-                   "ofport_request": 1, "external_ids": ["map", [["a", "b"]]]})
+                   "ofport_request": 1, "mtu_request": ["set", []], "external_ids": ["map", [["a", "b"]]]})
         );
         assert_eq!(PortSpec::new("v", "system").kind, "");
         assert_eq!(PortSpec::new("v", "").interface_settings()["ofport_request"], json!(["set", []]));
@@ -541,7 +553,7 @@ mod tests {
         let spec = PortSpec::new("p", "").external_id("pod", "a");
         let row = |ext: Value, req: Value| {
             json!({"_uuid": ["uuid", "u"], "name": "p", "type": "", "options": ["map", []],
-                   "ofport_request": req, "external_ids": ext})
+                   "ofport_request": req, "mtu_request": ["set", []], "external_ids": ext})
         };
         assert!(
             interface_matches(&spec, &row(json!(["map", [["pod", "a"]]]), json!(["set", []]))).expect("row")
