@@ -169,29 +169,35 @@ type NlConnection = rtnetlink::proto::Connection<netlink_packet_route::RouteNetl
 impl Netlink {
     /// A connection in the calling thread's namespace (needs a tokio runtime).
     pub fn current() -> Result<Netlink, NetlinkError> {
+        let runtime = runtime()?;
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
-        Ok(Netlink::start(conn, handle, None))
+        Ok(Netlink::start(&runtime, conn, handle, None))
     }
 
     /// A connection whose socket lives in the namespace at `path`. Its socket
     /// is opened by a short-lived thread that entered the namespace (a few
     /// tens of microseconds of blocking).
     pub fn in_netns(path: &Path) -> Result<Netlink, NetlinkError> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| NetlinkError::Socket(std::io::Error::other(format!("no tokio runtime: {e}"))))?;
+        let runtime = runtime()?;
+        let inside = runtime.clone();
         let (conn, handle) = netns::run_in(path, move || {
             // The socket is registered with the caller's runtime; where the
             // registration happens does not matter, where the socket is
             // opened does.
-            let _guard = runtime.enter();
+            let _guard = inside.enter();
             let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
             Ok((conn, handle))
         })?;
-        Ok(Netlink::start(conn, handle, Some(path.to_path_buf())))
+        Ok(Netlink::start(&runtime, conn, handle, Some(path.to_path_buf())))
     }
 
-    fn start(conn: NlConnection, handle: Handle, netns: Option<PathBuf>) -> Netlink {
-        let task = tokio::spawn(conn);
+    fn start(
+        runtime: &tokio::runtime::Handle,
+        conn: NlConnection,
+        handle: Handle,
+        netns: Option<PathBuf>,
+    ) -> Netlink {
+        let task = runtime.spawn(conn);
         Netlink { handle, connection: task.abort_handle(), netns }
     }
 
@@ -391,6 +397,13 @@ impl Netlink {
     }
 }
 
+/// The caller's tokio runtime: the connection task runs there (an error,
+/// not a panic, when there is none).
+fn runtime() -> Result<tokio::runtime::Handle, NetlinkError> {
+    tokio::runtime::Handle::try_current()
+        .map_err(|e| NetlinkError::Socket(std::io::Error::other(format!("no tokio runtime: {e}"))))
+}
+
 /// A pod's network interface as the agent wires it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInterface {
@@ -451,6 +464,12 @@ async fn configure_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_a_runtime_is_an_error_not_a_panic() {
+        let err = Netlink::current().expect_err("no runtime");
+        assert!(err.to_string().contains("no tokio runtime"), "{err}");
+    }
 
     #[test]
     fn mac_from_ip_is_locally_administered_and_round_trips() {
