@@ -291,6 +291,7 @@ async fn reset(client: &Client, sw_count_expect: usize) -> Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    let load_start = loadavg();
     if args.quick {
         args.runs = args.runs.min(3);
         args.sizes = vec![1000, 10000];
@@ -521,6 +522,10 @@ async fn main() -> Result<()> {
         "c_ofctl_add_flow_runs_ms": c_runs,
         "sizes": sizes_json,
         "delta_namespace_vni_change": delta_json,
+        // Other work on the machine slows the switch and ovs-ofctl alike;
+        // the ratios are from the same run, the absolute figures are not.
+        "loadavg_start": load_start,
+        "loadavg_end": loadavg(),
         "note": "a = ovs-flows Client::bundle (encoding included); b = ovs-ofctl -O OpenFlow15 --bundle add-flows FILE; raw = pre-encoded bundle bytes (switch limit); c = one ovs-ofctl add-flow process per flow, measured at the cap, per flow",
     });
     if let Some(dir) = args.out.parent() {
@@ -530,6 +535,13 @@ async fn main() -> Result<()> {
         .with_context(|| format!("write {}", args.out.display()))?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// `/proc/loadavg`'s first three fields (1, 5, 15 minutes).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn ofp_stats(ops: &[FlowOp]) -> Value {
