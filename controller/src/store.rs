@@ -65,7 +65,52 @@ pub async fn load(client: &mut Client, keys: &Keys, config: &NetworkConfig) -> R
             records.load(keys, config, k, v, kv.mod_revision());
         }
     }
+    recover_safe_states(client, keys, config, &mut records).await;
     Ok((records, rev))
+}
+
+/// For records that are invalid right now (a bad edit made while no
+/// controller ran), finds the last valid version in etcd's history, so the
+/// restore goes back to the namespace's real VNI instead of a fresh one.
+/// Best effort: history may be compacted.
+async fn recover_safe_states(
+    client: &mut Client,
+    keys: &Keys,
+    config: &NetworkConfig,
+    records: &mut Records,
+) {
+    let broken: Vec<(String, i64)> = records
+        .netns
+        .iter()
+        .filter(|(_, e)| e.parsed.is_err())
+        .map(|(n, e)| (keys.netnamespace(n), e.rev))
+        .chain(
+            records.subnets.iter().filter(|(_, e)| e.parsed.is_err()).map(|(ip, e)| (keys.subnet(ip), e.rev)),
+        )
+        .collect();
+    for (key, mut rev) in broken {
+        // A few versions back at most: operators rarely stack bad edits.
+        for _ in 0..8 {
+            let Ok(resp) = client.get(key.as_str(), Some(GetOptions::new().with_revision(rev - 1))).await
+            else {
+                break;
+            };
+            let Some(kv) = resp.kvs().first() else { break };
+            let Some((_, value)) = kv_text(kv) else { break };
+            let mut old = Records::default();
+            old.load(keys, config, &key, value, kv.mod_revision());
+            if let Some((name, id)) = old.safe_netns.into_iter().next() {
+                tracing::info!(%key, net_id = id, "recovered the last valid version from etcd history");
+                records.safe_netns.insert(name, id);
+                break;
+            }
+            if let Some((ip, s)) = old.safe_subnets.into_iter().next() {
+                records.safe_subnets.insert(ip, s);
+                break;
+            }
+            rev = kv.mod_revision();
+        }
+    }
 }
 
 /// How a write ended.

@@ -191,3 +191,33 @@ async fn lab_concurrent_edits_are_all_applied() -> Result<()> {
     assert_eq!(ids.len(), 40, "no VNI handed out twice");
     c.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_startup_resync_collects_creates_and_repairs() -> Result<()> {
+    let etcd = TestEtcd::start()?;
+    let api = KubeApi::start()?;
+    for ns in ["kept", "broken", "new"] {
+        api.create_namespace(ns)?;
+    }
+    // State left by an earlier controller: a record for a namespace that has
+    // gone meanwhile, a valid one, and one an operator broke while no
+    // controller ran (its previous version had NetID 4321).
+    etcd.put(&keys().config(), &config().to_json())?;
+    etcd.put(&keys().netnamespace("gone"), &netns_json("gone", 1234, "", ""))?;
+    etcd.put(&keys().netnamespace("kept"), &netns_json("kept", 300924, "", ""))?;
+    etcd.put(&keys().netnamespace("broken"), &netns_json("broken", 4321, "", ""))?;
+    let rev = etcd.put(&keys().netnamespace("broken"), r#"{"NetName":"broken","NetID":4321,"Action":"jo"#)?;
+
+    let c = Controller::spawn("c1", &etcd, Some(&api), 10)?;
+    assert_eq!(wait_settled(&etcd, "kept").await?.net_id, 300924, "valid records are kept");
+    let n = wait_settled(&etcd, "new").await?.net_id;
+    assert!(n >= 10 && n != 300924 && n != 4321);
+    assert_eq!(wait_settled(&etcd, "broken").await?.net_id, 4321, "restored from etcd history");
+    assert!(wait_error(&etcd, "broken", rev).await?.error.contains("malformed JSON"));
+    eventually("collection of gone", Duration::from_secs(30), || async {
+        Ok(etcd.get(&keys().netnamespace("gone"))?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(etcd.get(&keys().netnamespace_error("gone"))?, None, "a vanished namespace is no error");
+    c.stop().await
+}
