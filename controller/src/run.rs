@@ -26,7 +26,18 @@ pub struct Settings {
     pub admin_namespaces: Vec<String>,
     /// This controller's name in the leader key.
     pub id: String,
+    /// A crashed leader is replaced within this time (at least 3 s).
     pub lease_ttl_secs: i64,
+}
+
+impl Settings {
+    /// The etcd lease behind `lease_ttl_secs`: one second shorter, because
+    /// after the lease runs out etcd needs up to 0.5 s to notice (its expiry
+    /// sweep) and the follower a few ms to see the delete and take the key.
+    /// etcd itself never grants less than 2 s.
+    pub fn etcd_lease_secs(&self) -> i64 {
+        (self.lease_ttl_secs - 1).max(2)
+    }
 }
 
 /// Exponential backoff between reconnects: 100 ms doubling to 5 s.
@@ -109,7 +120,7 @@ async fn session(settings: &Settings, shared: &SharedView, mut stop: watch::Rece
     let keys = Keys::new(&settings.prefix, &config.name);
     let leader_key = keys.leader();
     let leadership = tokio::select! {
-        l = Leadership::campaign(&mut client, &leader_key, &settings.id, settings.lease_ttl_secs) => l?,
+        l = Leadership::campaign(&mut client, &leader_key, &settings.id, settings.etcd_lease_secs()) => l?,
         _ = stop.wait_for(|s| *s) => return Ok(Ended::Shutdown),
     };
     tracing::info!(id = %settings.id, "leading");

@@ -28,8 +28,8 @@ struct Cli {
     /// Name in the leader key (default: hostname-pid).
     #[arg(long)]
     id: Option<String>,
-    /// Leader lease TTL: a crashed leader is replaced within it.
-    #[arg(long, default_value_t = 10)]
+    /// Leader lease TTL in seconds: a crashed leader is replaced within it (min 3).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(3..))]
     lease_ttl: i64,
     /// Pod network; when given and etcd has no config yet, the controller writes it.
     #[arg(long)]
