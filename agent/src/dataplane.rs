@@ -36,8 +36,9 @@ const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NodeSettings {
     pub bridge: String,
     pub pod_mtu: u32,
-    /// Veth offloads off: needed on the userspace (netdev) datapath.
-    pub offloads_off: bool,
+    /// The userspace (netdev) datapath: veth offloads off, and the node
+    /// kernel kept from answering on pod veths (see `iptables.rs`).
+    pub userspace_datapath: bool,
 }
 
 pub struct Dataplane {
@@ -240,13 +241,19 @@ impl Dataplane {
             mtu: self.settings.pod_mtu,
             address,
             gateway: self.state.gateway_ip,
-            offloads_off: self.settings.offloads_off,
+            offloads_off: self.settings.userspace_datapath,
         };
         // A leftover host veth of an earlier, half-finished ADD is replaced.
         let _ = self.host.del_link(&host_veth).await;
         setup_pod_interface(&self.host, &iface)
             .await
             .map_err(|e| agent_error("wiring the pod interface failed", e))?;
+        if self.settings.userspace_datapath {
+            if let Err(e) = keep_kernel_off(&host_veth) {
+                let _ = self.host.del_link(&host_veth).await;
+                return Err(agent_error("guarding the pod veth failed", e));
+            }
+        }
         let mut rec = PodRecord {
             key: key.clone(),
             namespace: req.pod_namespace.clone().unwrap_or_else(|| "default".into()),
@@ -380,6 +387,13 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Userspace datapath: the node kernel must not answer ARP on a pod veth
+/// (its IP packets are dropped by the raw-table rule; ARP is not IP).
+fn keep_kernel_off(veth: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{veth}/arp_ignore"), "8")?;
+    std::fs::write(format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"), "1")
 }
 
 /// An ipnetwork subnet as the pipeline's prefix type.

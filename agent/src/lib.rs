@@ -5,7 +5,7 @@
 //!   each ending in one atomic flow bundle;
 //! - inputs: `cni_server` (the CNI plugin's socket), `etcd_source`, `kube_source`;
 //! - edges: `ovsdb` (bridge and ports), `netlink` (veths, addresses, routes),
-//!   `ipam` (addresses kept on disk), `masquerade` (the NAT rule);
+//!   `ipam` (addresses kept on disk), `iptables` (masquerade, netdev guard);
 //! - `pods` (how a pod is named and recorded), `metrics`, `config`.
 
 pub mod cni_server;
@@ -13,8 +13,8 @@ pub mod config;
 pub mod dataplane;
 pub mod etcd_source;
 pub mod ipam;
+pub mod iptables;
 pub mod kube_source;
-pub mod masquerade;
 pub mod metrics;
 pub mod netlink;
 pub mod ovsdb;

@@ -100,6 +100,9 @@ impl PodRecord {
     }
 }
 
+/// Every host-side pod veth starts with this (the netdev guard matches it).
+pub const VETH_PREFIX: &str = "kov";
+
 /// The host-side veth name: `kov` + 12 hex digits of a hash of the
 /// attachment (15 characters, the kernel's limit), stable across restarts.
 pub fn host_veth_name(key: &PodKey) -> String {
@@ -109,7 +112,7 @@ pub fn host_veth_name(key: &PodKey) -> String {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("kov{:012x}", h & 0xffff_ffff_ffff)
+    format!("{VETH_PREFIX}{:012x}", h & 0xffff_ffff_ffff)
 }
 
 /// The pod MAC derived from its IP (`0a:58:` + the four address bytes, as

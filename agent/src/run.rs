@@ -23,7 +23,8 @@ use crate::metrics::{self, Metrics};
 use crate::netlink::Netlink;
 use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortSpec};
 use crate::pods::PodRecord;
-use crate::{cni_server, masquerade};
+use crate::pods::VETH_PREFIX;
+use crate::{cni_server, iptables};
 
 /// Bridge external_ids key holding the flow round of the last agent start.
 pub const ROUND_KEY: &str = "k8s-ovs-round";
@@ -126,7 +127,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let host = Netlink::current().context("netlink")?;
     setup_bridge(&cfg, &ovsdb, &host, subnet, net.network).await?;
     if cfg.masquerade {
-        masquerade::ensure(net.network).await.context("masquerade rule")?;
+        iptables::ensure_masquerade(net.network).await.context("masquerade rule")?;
+    }
+    if cfg.datapath_type == DatapathType::Netdev {
+        iptables::ensure_pod_port_drop(VETH_PREFIX).await.context("pod veth guard")?;
     }
 
     let previous = ovsdb.bridge_external_id(&cfg.bridge, ROUND_KEY).await?;
@@ -163,7 +167,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let node = NodeSettings {
         bridge: cfg.bridge.clone(),
         pod_mtu: cfg.pod_mtu(),
-        offloads_off: cfg.datapath_type == DatapathType::Netdev,
+        userspace_datapath: cfg.datapath_type == DatapathType::Netdev,
     };
     let mut dp = Dataplane::new(node, ovsdb, flows, host, ipam, state, round, metrics.clone());
     info!(pods = adopted.len(), round, "adopting pods found on the bridge");

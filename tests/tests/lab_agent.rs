@@ -344,3 +344,217 @@ fn lab_agent_isolation_holds_while_namespaces_join_and_isolate() -> Result<()> {
     ensure!(count_from(&red, &grey.ip)? > 0, "the counter saw grey's packets");
     Ok(())
 }
+
+/// Whether a TCP connection from `from` to `ip:port` is accepted within 3 s.
+fn tcp_connects(from: &Netns, ip: &str, port: u16) -> Result<bool> {
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port}");
+    Ok(from.exec_full(&["timeout", "3", "bash", "-c", &script], Duration::from_secs(10))?.success())
+}
+
+#[test]
+fn lab_agent_services_reach_only_their_vni_and_global_pods() -> Result<()> {
+    let lab0 = Lab::start(2)?;
+    let api = lab::kube_api::KubeApi::start_in(&lab0.ctl, lab::CTL_IP, 6443)?;
+    let mut lab = lab0;
+    lab.put_network_config("k8s-ovs-multitenant")?;
+    for i in 1..=2 {
+        lab.put_node_subnet(i)?;
+    }
+    for (ns, vni) in [("red", 100), ("blue", 200), ("glob", 0)] {
+        lab.put_netnamespace(ns, vni)?;
+    }
+    let url = api.url();
+    let _agents =
+        (1..=2).map(|i| Agent::start(&lab, i, &["--kube-url", &url])).collect::<Result<Vec<_>>>()?;
+    let backend = add_pod(&mut lab, 2, "red", "backend")?;
+    let red = add_pod(&mut lab, 1, "red", "red1")?;
+    let blue = add_pod(&mut lab, 1, "blue", "blue1")?;
+    let glob = add_pod(&mut lab, 1, "glob", "glob1")?;
+    // The backend listens on 5201; the service is 10.96.5.5:80.
+    let srv = backend.netns.wrap(&["iperf3", "-s", "-B", &backend.ip, "-p", "5201"]);
+    let _server = std::process::Command::new(srv[0])
+        .args(&srv[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    ensure!(traffic::reachable(&red.netns, &backend.ip, Duration::from_secs(5))?);
+    let (vip, port) = ("10.96.5.5", 80u16);
+    api.create(serde_json::json!({
+        "kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "web", "namespace": "red"},
+        "spec": {"clusterIP": vip, "ports": [{"port": port, "protocol": "TCP"}]}
+    }))?;
+    // What kube-proxy installs on node 1: DNAT to the endpoint, masquerade so
+    // the reply comes back through this node's conntrack.
+    let n1 = &lab.node(1).netns;
+    let to = format!("{}:5201", backend.ip);
+    n1.exec(&[
+        "iptables",
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-d",
+        vip,
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ])?;
+    n1.exec(&[
+        "iptables",
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-d",
+        &backend.ip,
+        "-p",
+        "tcp",
+        "--dport",
+        "5201",
+        "-j",
+        "MASQUERADE",
+    ])?;
+    // The agent programs the service once its watch delivers it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tcp_connects(&red.netns, vip, port)? {
+        if Instant::now() > deadline {
+            let n1 = &lab.node(1);
+            let n2 = &lab.node(2);
+            eprintln!("NAT {}", n1.netns.exec(&["iptables", "-t", "nat", "-L", "-v", "-n"])?);
+            eprintln!("RAW {}", n1.netns.exec(&["iptables", "-t", "raw", "-L", "-v", "-n"])?);
+            eprintln!("TUN0 {}", n1.netns.exec(&["ip", "-s", "link", "show", "tun0"])?);
+            eprintln!("N1 {}", n1.ovs.ofctl("dump-flows", "br0", &[])?);
+            eprintln!("N2 {}", n2.ovs.ofctl("dump-flows", "br0", &[])?);
+            eprintln!("NEIGH {}", n1.netns.exec(&["ip", "neigh"])?);
+            anyhow::bail!("red pod never reached its service");
+        }
+    }
+    ensure!(tcp_connects(&glob.netns, vip, port)?, "a global pod reaches every service");
+    ensure!(
+        !tcp_connects(&blue.netns, vip, port)?,
+        "another tenant must not reach red's service; flows:\n{}\n{:?}\n{}",
+        lab.node(1).ovs.ofctl("dump-flows", "br0", &["table=30"])?,
+        blue.netns.exec_full(
+            &["timeout", "3", "bash", "-c", "exec 3<>/dev/tcp/10.96.5.5/80; echo connected; ss -tn"],
+            Duration::from_secs(10)
+        )?,
+        lab.node(1).ovs.ofctl("dump-flows", "br0", &["table=30"])?
+    );
+    // Nor can a tenant route around isolation through the node: blue sends
+    // to red's pod via the gateway (the node kernel must not forward it).
+    blue.netns.ip(&["route", "add", &format!("{}/32", red.ip), "via", "172.11.0.1"])?;
+    ensure!(traffic::unreachable(&blue.netns, &red.ip, 3)?, "blue reached red through the gateway");
+    // Deleting the service removes its flow: red is cut off too.
+    api.delete(lab::kube_api::Kind::Service, Some("red"), "web")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tcp_connects(&red.netns, vip, port)? {
+        ensure!(Instant::now() < deadline, "service flow not removed");
+    }
+    Ok(())
+}
+
+#[test]
+fn lab_agent_cni_edge_cases() -> Result<()> {
+    let (mut lab, mut agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
+    let code = |o: &lab::cluster::CniOutput| o.stdout["code"].as_u64();
+
+    // VERSION, as runtimes call it.
+    let v = cni(
+        &lab,
+        1,
+        "VERSION",
+        &CniCall { netns: "dummy".into(), ifname: "dummy".into(), ..CniCall::default() },
+    )?;
+    ensure!(
+        v.code == Some(0)
+            && v.stdout["supportedVersions"].as_array().is_some_and(|a| a.iter().any(|x| x == "1.1.0")),
+        "{}",
+        v.stdout
+    );
+    // Bad stdin JSON: decode failure (6), exit 1.
+    let p = lab.pod_netns("edge")?;
+    let bad = cni(
+        &lab,
+        1,
+        "ADD",
+        &CniCall { raw_stdin: Some(b"{\"cniVersion\":".to_vec()), ..CniCall::pod("e1", &p, "red", "edge") },
+    )?;
+    ensure!(bad.code == Some(1) && code(&bad) == Some(6), "bad JSON: {}", bad.stdout);
+    // Missing CNI_NETNS / CNI_COMMAND: invalid environment (4).
+    let mut no_netns = CniCall::pod("e1", &p, "red", "edge");
+    no_netns.env.push(("CNI_NETNS".into(), None));
+    let r = cni(&lab, 1, "ADD", &no_netns)?;
+    ensure!(r.code == Some(1) && code(&r) == Some(4), "missing CNI_NETNS: {}", r.stdout);
+    let r = cni(&lab, 1, "", &CniCall::pod("e1", &p, "red", "edge"))?;
+    ensure!(r.code == Some(1) && code(&r) == Some(4), "missing CNI_COMMAND: {}", r.stdout);
+    // Unsupported version: 1.
+    let mut old = CniCall::pod("e1", &p, "red", "edge");
+    let mut conf = lab.cni_conf(1);
+    conf["cniVersion"] = "0.2.0".into();
+    old.conf = Some(conf);
+    let r = cni(&lab, 1, "ADD", &old)?;
+    ensure!(r.code == Some(1) && code(&r) == Some(1), "old version: {}", r.stdout);
+    // DEL of a container never added: success.
+    let r = cni(&lab, 1, "DEL", &CniCall::pod("never-added", &p, "red", "ghost"))?;
+    ensure!(r.code == Some(0), "DEL unknown: {}", r.stdout);
+
+    // CHECK: fine after ADD, an error once the veth is gone.
+    let pod = add_pod(&mut lab, 1, "red", "checked")?;
+    let add = cni(&lab, 1, "ADD", &CniCall::pod(&pod.cid, &pod.netns, "red", "checked"))?;
+    let mut check = CniCall::pod(&pod.cid, &pod.netns, "red", "checked");
+    let mut conf = lab.cni_conf(1);
+    conf["prevResult"] = add.stdout.clone();
+    check.conf = Some(conf);
+    let r = cni(&lab, 1, "CHECK", &check)?;
+    ensure!(r.code == Some(0), "CHECK of a healthy pod: {}", r.stdout);
+    let host_veth = add.stdout["interfaces"][0]["name"].as_str().unwrap_or_default().to_string();
+    lab.node(1).netns.ip(&["link", "del", &host_veth])?;
+    let r = cni(&lab, 1, "CHECK", &check)?;
+    ensure!(
+        r.code == Some(1) && r.stdout["msg"].as_str().is_some_and(|m| m.contains("gone")),
+        "CHECK after veth removal: {}",
+        r.stdout
+    );
+    let r = cni(&lab, 1, "DEL", &check)?;
+    ensure!(r.code == Some(0), "DEL after veth removal: {}", r.stdout);
+
+    // 50 ADDs at once: all succeed, addresses unique.
+    let netns: Vec<Netns> = (0..50).map(|i| lab.pod_netns(&format!("par{i}"))).collect::<Result<_>>()?;
+    let results: Vec<Result<lab::cluster::CniOutput>> = std::thread::scope(|s| {
+        let hs: Vec<_> = netns
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let lab = &lab;
+                s.spawn(move || {
+                    cni(lab, 1, "ADD", &CniCall::pod(&format!("par-{i}"), n, "red", &format!("par{i}")))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let mut ips = std::collections::BTreeSet::new();
+    for (i, r) in results.into_iter().enumerate() {
+        let r = r?;
+        ensure!(r.code == Some(0), "parallel ADD {i}: {}", r.stdout);
+        ips.insert(r.stdout["ips"][0]["address"].as_str().unwrap_or_default().to_string());
+    }
+    ensure!(ips.len() == 50, "addresses not unique: {} distinct", ips.len());
+
+    // The agent not running: a clear error, "try again later" (11).
+    agents[0].stop();
+    let r = cni(&lab, 1, "ADD", &CniCall::pod("e2", &p, "red", "edge"))?;
+    ensure!(r.code == Some(1) && code(&r) == Some(11), "agent down: {}", r.stdout);
+    ensure!(r.stdout["msg"].as_str().is_some_and(|m| m.contains("not running")), "{}", r.stdout);
+    Ok(())
+}
