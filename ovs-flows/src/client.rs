@@ -62,8 +62,11 @@ impl fmt::Display for Endpoint {
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// How long [`Client::connect`] waits for the first connection.
+    /// How long [`Client::connect`] keeps trying (with backoff) to get the
+    /// first connection, and the limit for one connect + HELLO.
     pub connect_timeout: Duration,
+    /// How long one request may wait for its reply (a live but stuck switch).
+    pub request_timeout: Duration,
     /// Silence after which we send an echo request; twice that = dead.
     pub echo_interval: Duration,
     pub backoff_initial: Duration,
@@ -74,6 +77,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
             echo_interval: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
@@ -87,6 +91,8 @@ pub enum ClientError {
     NotConnected,
     #[error("connection to the switch lost before the reply")]
     ConnectionLost,
+    #[error("no reply from the switch within {0:?}")]
+    Timeout(Duration),
     #[error("could not connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
     #[error("switch error: {0}")]
@@ -162,6 +168,8 @@ struct Shared {
     events: broadcast::Sender<ConnEvent>,
     generation: watch::Sender<u64>,
     features: Mutex<Option<Features>>,
+    /// Why the last connection attempt failed (for the first-connect error).
+    last_error: Mutex<String>,
 }
 
 /// A handle to the switch connection; cheap to clone.
@@ -200,21 +208,17 @@ impl Client {
             events,
             generation,
             features: Mutex::new(None),
+            last_error: Mutex::new(String::new()),
         });
-        let (first_tx, first_rx) = oneshot::channel();
+        let (first_tx, first_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(supervise(shared.clone(), first_tx));
         let client = Client { shared, _stop: Arc::new(StopOnDrop(task.abort_handle())) };
-        match tokio::time::timeout(opts.connect_timeout, first_rx).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(reason))) => {
-                return Err(ClientError::Connect { endpoint: endpoint.to_string(), reason })
-            }
-            _ => {
-                return Err(ClientError::Connect {
-                    endpoint: endpoint.to_string(),
-                    reason: format!("no connection within {:?}", opts.connect_timeout),
-                })
-            }
+        if !matches!(tokio::time::timeout(opts.connect_timeout, first_rx).await, Ok(Ok(()))) {
+            let last = client.shared.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+            return Err(ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                reason: format!("no connection within {:?}: {last}", opts.connect_timeout),
+            });
         }
         // Wait until the generation is visible so requests do not race the state.
         let _ = gen_rx.wait_for(|g| *g > 0).await;
@@ -300,7 +304,24 @@ impl Client {
             self.unregister(xid);
             return Err(e);
         }
-        rx.await.map_err(|_| ClientError::ConnectionLost)?
+        self.wait(xid, rx).await
+    }
+
+    /// Waits for a registered reply, at most `request_timeout`.
+    async fn wait<T>(
+        &self,
+        xid: u32,
+        rx: oneshot::Receiver<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let limit = self.shared.opts.request_timeout;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::ConnectionLost),
+            Err(_) => {
+                self.unregister(xid);
+                Err(ClientError::Timeout(limit))
+            }
+        }
     }
 
     async fn request_features(&self) -> Result<Features, ClientError> {
@@ -398,11 +419,10 @@ impl Client {
         let (open_tx, open_rx) = oneshot::channel();
         self.register(open_xid, Waiter::Reply(open_tx));
         let barrier = self.expect_barrier(barrier_xid, buf).await;
-        let open = match open_rx.await {
-            Ok(Ok(Message::BundleControl { kind: BundleCtrlType::OpenReply, .. })) => Ok(()),
-            Ok(Ok(m)) => Err(ClientError::Protocol(format!("bundle open answered by {m:?}"))),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::ConnectionLost),
+        let open = match self.wait(open_xid, open_rx).await {
+            Ok(Message::BundleControl { kind: BundleCtrlType::OpenReply, .. }) => Ok(()),
+            Ok(m) => Err(ClientError::Protocol(format!("bundle open answered by {m:?}"))),
+            Err(e) => Err(e),
         };
         barrier?;
         let add_failed = self
@@ -468,7 +488,7 @@ impl Client {
             self.unregister(xid);
             return Err(e);
         }
-        rx.await.map_err(|_| ClientError::ConnectionLost)?
+        self.wait(xid, rx).await
     }
 }
 
@@ -527,7 +547,7 @@ async fn handshake(endpoint: &Endpoint, timeout: Duration) -> Result<(Reader, Wr
     tokio::time::timeout(timeout, fut).await.map_err(|_| "handshake timed out".to_string())?
 }
 
-async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), String>>) {
+async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<()>) {
     let mut first = Some(first);
     let mut backoff = shared.opts.backoff_initial;
     let mut generation = 0u64;
@@ -544,7 +564,7 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), String
                 shared.generation.send_replace(generation);
                 let _ = shared.events.send(ConnEvent::Connected { generation });
                 if let Some(f) = first.take() {
-                    let _ = f.send(Ok(()));
+                    let _ = f.send(());
                 }
                 let writer = tokio::spawn(write_loop(w, rx));
                 let reason = read_loop(&shared, r, leftover, tx).await;
@@ -560,12 +580,10 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), String
                 let _ = shared.events.send(ConnEvent::Disconnected { reason });
             }
             Err(reason) => {
-                if let Some(f) = first.take() {
-                    // The first connection must work; later ones are retried forever.
-                    let _ = f.send(Err(reason));
-                    return;
+                debug!(endpoint = %shared.endpoint, %reason, ?backoff, "openflow connect failed");
+                if let Ok(mut last) = shared.last_error.lock() {
+                    *last = reason;
                 }
-                debug!(endpoint = %shared.endpoint, %reason, ?backoff, "openflow reconnect failed");
             }
         }
         tokio::time::sleep(backoff).await;

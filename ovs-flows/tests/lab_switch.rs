@@ -198,3 +198,23 @@ async fn lab_reconnects_after_the_bridge_comes_back_and_answers_echo() -> Result
     assert_eq!(sw.dump_flows()?, want.to_strings());
     Ok(())
 }
+
+#[tokio::test]
+async fn lab_connect_waits_for_the_bridge_and_reports_why_it_cannot() -> Result<()> {
+    let sw = start()?;
+    sw.ovs.vsctl(&["del-br", "br0"])?;
+    let ep: ovs_flows::client::Endpoint = sw.endpoint().parse().map_err(anyhow::Error::msg)?;
+
+    let short = ClientOptions { connect_timeout: Duration::from_millis(300), ..ClientOptions::default() };
+    let err = Client::connect(ep.clone(), short).await.err().context("connect must fail without a bridge")?;
+    assert!(err.to_string().contains("br0.mgmt"), "{err}");
+
+    // The bridge appears while connect is retrying: it succeeds.
+    let pending = tokio::spawn(Client::connect(ep, ClientOptions::default()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sw.ovs.add_bridge("br0", &["protocols=OpenFlow13,OpenFlow15", "fail_mode=secure"])?;
+    let client = pending.await??;
+    assert_eq!(client.generation(), 1);
+    client.barrier().await?;
+    Ok(())
+}
