@@ -1,16 +1,16 @@
 //! k8s-ovs flows: the flow model, an OpenFlow 1.5 codec and async client,
 //! and the reconciler that makes a switch hold exactly a desired flow set.
 //!
-//! - [`flow`]: [`Flow`] (table, priority, [`Cookie`], [`Match`], [`Action`]s)
+//! - [`flow`] – [`Flow`] (table, priority, [`Cookie`], [`Match`], [`Action`]s)
 //!   whose `Display` is `ovs-ofctl -O OpenFlow15 dump-flows --no-stats`'s own
 //!   line, and [`FlowSet`], flows keyed by identity (table, priority, match).
-//! - [`cookie`]: `round | category | tag | object` cookies and the
+//! - [`cookie`] – `round | category | tag | object` cookies and the
 //!   cookie/mask filters that select a round, an owner or all k8s-ovs flows.
-//! - [`ofp`]: the OpenFlow 1.5 wire format (the bridge needs
+//! - [`ofp`] – the OpenFlow 1.5 wire format (the bridge needs
 //!   `protocols=OpenFlow13,OpenFlow15`; OVS does not offer 1.4).
-//! - [`client`]: async client over `unix:<rundir>/<bridge>.mgmt` or TCP:
+//! - [`client`] – async client over `unix:<rundir>/<bridge>.mgmt` or TCP:
 //!   atomic bundles, flow dumps, delete by cookie, keepalive, reconnect.
-//! - [`reconcile`]: desired vs installed -> the fewest ops, as one bundle.
+//! - [`reconcile`] – desired vs installed -> the fewest ops, as one bundle.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -299,6 +299,7 @@ async fn main() -> Result<()> {
     }
     let sw = PrivateSwitch::start("br0")?;
     let target = sw.endpoint();
+    let vsw_pid = sw.vswitchd_pid();
     let mgmt = sw.ovs.mgmt_sock("br0");
     let client =
         Client::connect(target.parse().map_err(anyhow::Error::msg)?, ClientOptions::default()).await?;
@@ -340,12 +341,16 @@ async fn main() -> Result<()> {
         let file_s = file.to_string_lossy().into_owned();
         let cookie_arg = format!("cookie={COOKIE}/-1");
         let (mut a, mut b, mut raw, mut del_a, mut del_b) = (vec![], vec![], vec![], vec![], vec![]);
+        // ovs-vswitchd main-thread CPU during each add: near the wall time
+        // means the switch, not the client, is the bottleneck.
+        let mut vsw_cpu: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
         let mut reference: Option<Vec<Flow>> = None;
         for run in 0..args.runs {
             let methods = ["a", "b", "raw"];
             for k in 0..methods.len() {
                 let m = methods[(run + k) % methods.len()];
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                let cpu0 = vsw_pid.and_then(main_thread_cpu);
                 let dt = match m {
                     "a" => {
                         let t0 = Instant::now();
@@ -359,6 +364,9 @@ async fn main() -> Result<()> {
                         tokio::task::spawn_blocking(move || raw_bundle(&mgmt, &fl)).await??
                     }
                 };
+                if let (Some(c0), Some(c1)) = (cpu0, vsw_pid.and_then(main_thread_cpu)) {
+                    vsw_cpu.entry(m).or_default().push(ms(c1.saturating_sub(c0)));
+                }
                 let mut got = client.dump_flows(None, CookieFilter::ANY).await?;
                 got.sort_by_key(|f| f.key());
                 if got.len() != n {
@@ -416,6 +424,7 @@ async fn main() -> Result<()> {
             "ratio_a_over_b": ma / mb,
             "ratio_c_over_a_per_flow": c_per_flow_ms / a_per_flow,
             "ratio_a_over_raw": ma / mr,
+            "vswitchd_main_thread_cpu_ms_median": vsw_cpu.iter().map(|(k, v)| (k.to_string(), json!(median(v)))).collect::<serde_json::Map<_, _>>(),
             "ratio_del_ofctl_over_client": median(&del_b) / median(&del_a),
         });
         table.push(row.clone());
@@ -535,6 +544,12 @@ async fn main() -> Result<()> {
         .with_context(|| format!("write {}", args.out.display()))?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// CPU time of a process's main thread (`/proc/<pid>/task/<pid>/schedstat`).
+fn main_thread_cpu(pid: i32) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
 }
 
 /// `/proc/loadavg`'s first three fields (1, 5, 15 minutes).
