@@ -20,6 +20,7 @@ use crate::store::{self, Applied};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub endpoints: Vec<String>,
+    pub etcd_tls: Option<crate::store::EtcdTls>,
     pub prefix: String,
     /// Written to `<prefix>/config` when no config exists yet.
     pub bootstrap: Option<NetworkConfig>,
@@ -115,7 +116,7 @@ pub async fn run(
 }
 
 async fn session(settings: &Settings, shared: &SharedView, mut stop: watch::Receiver<bool>) -> Result<Ended> {
-    let mut client = store::connect(&settings.endpoints).await?;
+    let mut client = store::connect_with(&settings.endpoints, settings.etcd_tls.as_ref()).await?;
     let config = store::ensure_config(&mut client, &settings.prefix, settings.bootstrap.as_ref()).await?;
     let keys = Keys::new(&settings.prefix, &config.name);
     let leader_key = keys.leader();

@@ -136,6 +136,7 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
     }
     let settings = Settings {
         endpoints: vec![etcd.endpoint.clone()],
+        etcd_tls: None,
         prefix: PREFIX.into(),
         bootstrap: Some(config()?),
         admin_namespaces: vec![],

@@ -86,6 +86,7 @@ async fn main() -> Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let settings = Settings {
         endpoints: cli.etcd.endpoints.clone(),
+        etcd_tls: cli.etcd.tls()?,
         prefix: cli.etcd.prefix.clone(),
         bootstrap,
         admin_namespaces: cli.admin_namespaces.clone(),

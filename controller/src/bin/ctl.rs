@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use controller::args::{init_tracing, EtcdArgs};
 use controller::ctl::{self, Outcome};
-use controller::store;
 use etcd_schema::Action;
 
 #[derive(Debug, Parser)]
@@ -47,7 +46,7 @@ enum Command {
 async fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
-    let mut client = store::connect(&cli.etcd.endpoints).await?;
+    let mut client = cli.etcd.connect().await?;
     let (config, keys) = ctl::network(&mut client, &cli.etcd.prefix).await?;
     let (namespace, action) = match cli.command {
         Command::Join { namespace, to } => (namespace, Action::Join(to)),

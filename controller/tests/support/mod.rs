@@ -39,7 +39,7 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port_pair() -> Result<u16> {
+pub fn free_port_pair() -> Result<u16> {
     for _ in 0..20 {
         let a = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = a.local_addr()?.port();
@@ -120,6 +120,7 @@ impl Controller {
     pub fn spawn(id: &str, etcd: &TestEtcd, kube: Option<&KubeApi>, ttl: i64) -> Result<Controller> {
         let settings = Settings {
             endpoints: vec![etcd.endpoint()],
+            etcd_tls: None,
             prefix: PREFIX.into(),
             bootstrap: Some(config()),
             admin_namespaces: vec!["admin".into()],
