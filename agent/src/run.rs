@@ -79,7 +79,10 @@ async fn setup_bridge(
             .option("key", "flow")
             .option("dst_port", "4789")
             .ofport_request(VXLAN_OFPORT as u16),
-        PortSpec::new(GATEWAY_PORT, "internal").ofport_request(GATEWAY_OFPORT as u16),
+        // OVS would size an internal port to the smallest MTU on the bridge.
+        PortSpec::new(GATEWAY_PORT, "internal")
+            .ofport_request(GATEWAY_OFPORT as u16)
+            .mtu_request(cfg.pod_mtu()),
     ];
     ovsdb.ensure_ports(&cfg.bridge, &ports).await.context("vxlan0 and tun0")?;
     for p in [VXLAN_PORT, GATEWAY_PORT] {

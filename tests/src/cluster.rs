@@ -79,11 +79,69 @@ impl Lab {
     }
 }
 
-/// A running `k8s-ovs-agent` in a node namespace; ended by PID on drop.
-pub struct Agent {
+/// A k8s-ovs daemon started by a test inside a lab namespace; ended by PID
+/// (SIGTERM, then SIGKILL) on drop. Its output goes to `log`.
+pub struct Daemon {
     child: Child,
-    pub node: usize,
     pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(netns: &crate::Netns, binary: &str, args: &[String], log: PathBuf) -> Result<Daemon> {
+        let out = File::options().create(true).append(true).open(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &netns.name])
+            .arg(bin(binary)?)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawn {binary}"))?;
+        Ok(Daemon { child, log })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// `Some(status)` once it exited.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            netns::terminate_pids(&[self.pid()], Duration::from_secs(5));
+        }
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: a crash, no shutdown path runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `k8s-ovs-agent` on a lab node.
+pub struct Agent {
+    pub daemon: Daemon,
+    pub node: usize,
 }
 
 impl Agent {
@@ -91,44 +149,26 @@ impl Agent {
     /// etcd) and waits until its CNI socket answers.
     pub fn start(lab: &Lab, i: usize, extra: &[&str]) -> Result<Agent> {
         let node = lab.node(i);
-        let log = node.dir.join("agent.log");
-        let out = File::options().create(true).append(true).open(&log)?;
-        let agent = bin("k8s-ovs-agent")?;
         let (rundir, state, sock) = (node.ovs.rundir(), node.dir.join("agent-state"), lab.cni_socket(i));
-        let metrics = format!("{}:9190", node.ip);
-        let etcd = lab.etcd_endpoint();
-        let name = format!("n{i}");
-        let mut args: Vec<String> = [
-            "--node-name",
-            &name,
-            "--node-ip",
-            &node.ip,
-            "--etcd-endpoints",
-            &etcd,
-            "--datapath-type",
-            "netdev",
-            "--metrics-addr",
-            &metrics,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            format!("n{i}"),
+            "--node-ip".into(),
+            node.ip.clone(),
+            "--etcd-endpoints".into(),
+            lab.etcd_endpoint(),
+            "--datapath-type".into(),
+            "netdev".into(),
+            "--metrics-addr".into(),
+            format!("{}:9190", node.ip),
+        ];
         for (flag, p) in [("--ovs-rundir", &rundir), ("--state-dir", &state), ("--cni-socket", &sock)] {
             args.push(flag.into());
             args.push(p.to_string_lossy().into_owned());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.netns.name])
-            .arg(&agent)
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("spawn k8s-ovs-agent")?;
-        let mut a = Agent { child, node: i, log };
+        let daemon = Daemon::start(&node.netns, "k8s-ovs-agent", &args, node.dir.join("agent.log"))?;
+        let mut a = Agent { daemon, node: i };
         a.wait_ready(lab, Duration::from_secs(30))?;
         Ok(a)
     }
@@ -136,7 +176,7 @@ impl Agent {
     fn wait_ready(&mut self, lab: &Lab, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(st) = self.child.try_wait()? {
+            if let Some(st) = self.daemon.exited()? {
                 bail!("agent on n{} exited ({st}): {}", self.node, self.log_tail());
             }
             let status = cni(lab, self.node, "STATUS", &CniCall::default())?;
@@ -150,35 +190,57 @@ impl Agent {
         }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
     pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        self.daemon.log_tail()
     }
 
-    /// SIGTERM, then waits for the exit.
     pub fn stop(&mut self) {
-        netns::terminate_pids(&[self.pid()], Duration::from_secs(5));
-        let _ = self.child.wait();
+        self.daemon.stop();
     }
 
-    /// SIGKILL: a crash, no shutdown path runs.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill();
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
-    }
+/// The lab's Kubernetes API server on the control host (`http://<ctl>:6443`).
+pub fn start_kube_api(lab: &Lab) -> Result<crate::kube_api::KubeApi> {
+    crate::kube_api::KubeApi::start_in(&lab.ctl, crate::CTL_IP, 6443)
+}
+
+/// A `k8s-ovs-controller` on the control host, against the lab's etcd and
+/// the given API server URL; it writes the network config itself.
+pub fn start_controller(lab: &Lab, kube_url: &str, id: &str, extra: &[&str]) -> Result<Daemon> {
+    let mut args: Vec<String> = [
+        "--etcd-endpoints",
+        &lab.etcd_endpoint(),
+        "--kube-url",
+        kube_url,
+        "--id",
+        id,
+        "--network",
+        NETWORK,
+        "--host-subnet-length",
+        "10",
+        "--service-network",
+        SERVICE_NETWORK,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Daemon::start(&lab.ctl, "k8s-ovs-controller", &args, lab.dir.join(format!("controller-{id}.log")))
+}
+
+/// `k8s-ovs-ctl <args>` on the control host; returns (exit code, stdout, stderr).
+pub fn ctl(lab: &Lab, args: &[&str]) -> Result<(Option<i32>, String, String)> {
+    let b = bin("k8s-ovs-ctl")?;
+    let b = b.to_string_lossy();
+    let ep = lab.etcd_endpoint();
+    let mut argv = vec![b.as_ref(), "--etcd-endpoints", ep.as_str()];
+    argv.extend_from_slice(args);
+    let o = lab.ctl.exec_full(&argv, Duration::from_secs(60))?;
+    Ok((o.status, o.stdout, o.stderr))
 }
 
 /// One CNI invocation's inputs (beyond the command).

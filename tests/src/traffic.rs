@@ -101,3 +101,33 @@ pub fn iperf3(server: &Netns, server_ip: &str, client: &Netns, secs: u32, revers
     let _ = srv.wait();
     result
 }
+
+/// One ping with a short deadline (`wait`, fractional seconds allowed):
+/// whether it was answered.
+pub fn probe(from: &Netns, ip: &str, wait: Duration) -> Result<bool> {
+    let w = format!("{:.3}", wait.as_secs_f64());
+    let out =
+        from.exec_full(&["ping", "-n", "-q", "-c", "1", "-W", &w, ip], wait + Duration::from_secs(5))?;
+    Ok(out.success())
+}
+
+/// Probes `ip` from `from` every few milliseconds until reachability equals
+/// `want`; returns how long after `since` the first such probe was sent, or
+/// `None` if that did not happen before `since + within`.
+pub fn time_until(
+    from: &Netns,
+    ip: &str,
+    want: bool,
+    since: Instant,
+    within: Duration,
+) -> Result<Option<Duration>> {
+    loop {
+        let sent = since.elapsed();
+        if probe(from, ip, Duration::from_millis(200))? == want {
+            return Ok(Some(sent));
+        }
+        if sent > within {
+            return Ok(None);
+        }
+    }
+}
