@@ -671,3 +671,45 @@ fn watch(
         last_sent = Instant::now();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("spec.nodeName%3Dnode1"), "spec.nodeName=node1");
+        assert_eq!(percent_decode("a%2Cb+c"), "a,b c");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+    }
+
+    #[test]
+    fn selectors_match_like_the_apiserver() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "d", "labels": {"app": "web", "tier": "1"}},
+                         "spec": {"nodeName": "n1"}});
+        let field = |s: &str| Selector::parse(Some(&s.to_string()), false).matches(&pod);
+        let label = |s: &str| Selector::parse(Some(&s.to_string()), true).matches(&pod);
+        assert!(field("spec.nodeName=n1"));
+        assert!(!field("spec.nodeName=n2"));
+        assert!(field("metadata.name==p,spec.nodeName!=n2"));
+        assert!(field(""));
+        assert!(label("app=web,tier"));
+        assert!(!label("app!=web"));
+        assert!(label("!missing"));
+        assert!(!label("missing"));
+    }
+
+    #[test]
+    fn routes_cover_cluster_and_namespaced_paths() {
+        let r = |p: &str| route(&Request { path: p.into(), query: HashMap::new() });
+        assert!(matches!(r("/api/v1/namespaces"), Route::List { kind: Kind::Namespace, namespace: None }));
+        assert!(matches!(r("/api/v1/nodes/n1"), Route::Get { kind: Kind::Node, .. }));
+        assert!(matches!(
+            r("/api/v1/namespaces/d/pods"),
+            Route::List { kind: Kind::Pod, namespace: Some(_) }
+        ));
+        assert!(matches!(r("/api/v1/namespaces/d/services/s"), Route::Get { kind: Kind::Service, .. }));
+        assert!(matches!(r("/api/v1/namespaces/x"), Route::Get { kind: Kind::Namespace, .. }));
+        assert!(matches!(r("/apis/apps/v1/deployments"), Route::NotFound));
+    }
+}
