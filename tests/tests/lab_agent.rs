@@ -108,11 +108,9 @@ fn lab_agent_wires_pods_and_follows_vni_changes() -> Result<()> {
     // The controller joins red into blue: red's record takes blue's NetID.
     let t = Instant::now();
     lab.put_netnamespace("red", 200)?;
-    ensure!(
-        traffic::reachable(&pods[0].netns, &pods[4].ip, Duration::from_secs(1))?,
-        "red1 -> blue2 after join"
-    );
-    eprintln!("join observed after {:?}", t.elapsed());
+    let took = traffic::time_until(&pods[0].netns, &pods[4].ip, true, t, Duration::from_secs(1))?;
+    ensure!(took.is_some(), "red1 -> blue2 not reachable within 1 s of the join");
+    eprintln!("join observed after {took:?}");
     policy.insert("red", 200);
     check_policy(&pods, &policy)?;
 
