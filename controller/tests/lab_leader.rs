@@ -149,3 +149,25 @@ async fn lab_sigterm_resigns_and_the_other_takes_over_at_once() -> Result<()> {
     drop(d2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_controller_reconnects_after_etcd_restarts() -> Result<()> {
+    let mut etcd = TestEtcd::start()?;
+    let api = KubeApi::start()?;
+    api.create_namespace("before")?;
+    let c = Controller::spawn("c1", &etcd, Some(&api), 3)?;
+    let before = wait_settled(&etcd, "before").await?.net_id;
+
+    // etcd goes away (same data, same port afterwards); meanwhile a namespace appears.
+    let port: u16 = etcd.endpoint().rsplit(':').next().unwrap_or_default().parse()?;
+    let dir = etcd.etcd.data_dir.parent().context("etcd dir")?.to_path_buf();
+    etcd.etcd.stop();
+    api.create_namespace("during")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    etcd.etcd = lab::etcd::Etcd::start(None, "127.0.0.1", port, &dir)?;
+
+    let during = wait_settled(&etcd, "during").await?.net_id;
+    assert!(during >= 10 && during != before);
+    assert_eq!(wait_settled(&etcd, "before").await?.net_id, before);
+    c.stop().await
+}
