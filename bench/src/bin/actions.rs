@@ -3,6 +3,10 @@
 //! applied it and cleared Action, seen on an etcd watch as an operator's
 //! tooling (`k8s-ovs-ctl --wait`) sees it.
 //!
+//! Two phases of `--count` actions each: one at a time (the latency an
+//! operator sees), and in bursts where every namespace gets an action at once
+//! (a script re-tenanting a cluster; each action timed from its own write).
+//!
 //! Baseline from the same run and etcd: a bare put observed on a watch (the
 //! floor of any etcd-driven change). The ratio says what the controller adds.
 //! Real etcd on loopback, the controller in-process watching the lab's test
@@ -28,7 +32,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     count: usize,
     /// Namespaces the actions are spread over.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     namespaces: usize,
     #[arg(long, default_value = "bench/results/actions.json")]
     out: PathBuf,
@@ -199,6 +203,56 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
         let rec = netids(&mut client, &keys).await?;
         ids = rec;
     }
+    // Bursts: every namespace gets an action at once (an operator script
+    // re-tenanting a cluster), `count` actions in all; latency per action
+    // from its own write to its own clear.
+    let mut burst = Vec::with_capacity(args.count);
+    let mut burst_mix: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut round = 0;
+    while burst.len() < args.count {
+        round += 1;
+        let n = names.len().min(args.count - burst.len());
+        let mut started: BTreeMap<String, (Instant, i64)> = BTreeMap::new();
+        for (j, ns) in names.iter().take(n).enumerate() {
+            let (action, target) = match (round + j) % 3 {
+                0 => ("join", names[(j + 1) % names.len()].as_str()),
+                1 => ("isolate", ""),
+                _ => ("global", ""),
+            };
+            *burst_mix.entry(action).or_default() += 1;
+            let id = ids.get(ns).copied().context("no NetID")?;
+            let value =
+                format!(r#"{{"NetName":"{ns}","NetID":{id},"Action":"{action}","Namespace":"{target}"}}"#);
+            let t0 = Instant::now();
+            let rev = client
+                .put(keys.netnamespace(ns), value, None)
+                .await?
+                .header()
+                .map(|h| h.revision())
+                .unwrap_or(0);
+            started.insert(keys.netnamespace(ns), (t0, rev));
+        }
+        while !started.is_empty() {
+            let resp = tokio::time::timeout(Duration::from_secs(30), watch.message())
+                .await
+                .context("burst: no answer within 30 s")??
+                .context("watch ended")?;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let key = kv.key_str()?.to_string();
+                let Some(&(t0, rev)) = started.get(&key) else { continue };
+                let ns = key.rsplit('/').next().unwrap_or_default();
+                let cleared =
+                    parse_net_namespace(&key, ns, kv.value_str()?).is_ok_and(|r| r.action.is_none());
+                if ev.event_type() == EventType::Put && kv.mod_revision() > rev && cleared {
+                    burst.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    started.remove(&key);
+                }
+            }
+        }
+        ids = netids(&mut client, &keys).await?;
+    }
+
     let errors = controller::run::read_all(&mut client, &keys)
         .await?
         .iter()
@@ -218,13 +272,16 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
             "etcd": "3.4, private, loopback",
             "controller": "in-process, one leader, watching the lab's test kube-apiserver",
             "namespaces": args.namespaces,
-            "sequential": true,
+            "phases": "one action at a time, then bursts of one action per namespace",
             "build": if cfg!(debug_assertions) { "dev profile (opt-level 1)" } else { "release" },
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         },
         "mix": mix,
         "rejected_edits": errors,
         "action_latency": actions,
+        "burst_action_latency": summary(burst),
+        "burst_size": names.len(),
+        "burst_mix": burst_mix,
         "baseline_put_to_watch": base,
         "ratio_vs_baseline": { "p50": ratio("p50_ms"), "p99": ratio("p99_ms") },
     });
