@@ -556,3 +556,49 @@ fn lab_agent_cni_edge_cases() -> Result<()> {
     ensure!(r.stdout["msg"].as_str().is_some_and(|m| m.contains("not running")), "{}", r.stdout);
     Ok(())
 }
+
+#[test]
+fn lab_agent_rides_out_an_etcd_outage() -> Result<()> {
+    let outage: u64 = std::env::var("K8S_OVS_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100), ("blue", 200)])?;
+    let red1 = add_pod(&mut lab, 1, "red", "red1")?;
+    let blue1 = add_pod(&mut lab, 1, "blue", "blue1")?;
+    let red2 = add_pod(&mut lab, 2, "red", "red2")?;
+    ensure!(traffic::reachable(&red1.netns, &red2.ip, Duration::from_secs(5))?);
+    ensure!(traffic::unreachable(&red1.netns, &blue1.ip, 2)?);
+
+    // Node 1 loses etcd (packets to it vanish); the tunnel stays up.
+    let n1 = lab.node(1).netns.clone();
+    let rules = [
+        ["OUTPUT", "-d", lab::CTL_IP, "-p", "tcp", "--dport", "2379", "-j", "DROP"],
+        ["INPUT", "-s", lab::CTL_IP, "-p", "tcp", "--sport", "2379", "-j", "DROP"],
+    ];
+    for rule in &rules {
+        n1.exec(&[&["iptables", "-w", "5", "-A"][..], &rule[..]].concat())?;
+    }
+    let start = Instant::now();
+    // Meanwhile the operator joins blue to red (node 2's agent sees it at
+    // once; blue has pods only on node 1, so the nodes' disagreement during
+    // the outage cannot cut red's cross-node traffic).
+    lab.put_netnamespace("blue", 100)?;
+    // A new pod on node 1 still gets its network from the agent's cached state.
+    let late = add_pod(&mut lab, 1, "red", "late1")?;
+    ensure!(traffic::reachable(&late.netns, &red2.ip, Duration::from_secs(5))?, "new pod during the outage");
+    // Running pods keep talking for the whole outage.
+    while start.elapsed() < Duration::from_secs(outage) {
+        ensure!(traffic::ping_count(&red1.netns, &red2.ip, 5, 1)? > 0, "red1 -> red2 lost during the outage");
+    }
+    // Node 1 never heard of the join yet: red1 and blue1 (both on node 1) stay apart.
+    ensure!(traffic::unreachable(&red1.netns, &blue1.ip, 2)?, "node 1 applied an edit it cannot have seen");
+    for rule in &rules {
+        n1.exec(&[&["iptables", "-w", "5", "-D"][..], &rule[..]].concat())?;
+    }
+    // etcd back: the edit made meanwhile applies.
+    let back = Instant::now();
+    ensure!(
+        traffic::time_until(&red1.netns, &blue1.ip, true, back, Duration::from_secs(30))?.is_some(),
+        "the join made during the outage never applied on node 1"
+    );
+    eprintln!("outage {outage} s; edit applied {:?} after etcd came back", back.elapsed());
+    Ok(())
+}
