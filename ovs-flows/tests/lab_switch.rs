@@ -218,3 +218,30 @@ async fn lab_connect_waits_for_the_bridge_and_reports_why_it_cannot() -> Result<
     client.barrier().await?;
     Ok(())
 }
+
+/// The TCP endpoint: the switch listens on loopback inside its namespace;
+/// the client runs on a thread that entered that namespace.
+#[test]
+fn lab_tcp_endpoint_installs_and_reads_back() -> Result<()> {
+    let sw = start()?;
+    sw.ovs.vsctl(&["set-controller", "br0", "ptcp:16653:127.0.0.1"])?;
+    let path = format!("/run/netns/{}", sw.netns.name);
+    let want = desired(1, 3, 5);
+    let expected = want.clone();
+    let handle = std::thread::spawn(move || -> Result<Vec<Flow>> {
+        let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let ep = "tcp:127.0.0.1:16653".parse().map_err(anyhow::Error::msg)?;
+            let client = Client::connect(ep, ClientOptions::default()).await?;
+            reconcile::reconcile(&client, &expected).await?;
+            Ok(client.dump_flows(None, CookieFilter::ours()).await?)
+        })
+    });
+    let back: FlowSet =
+        handle.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??.into_iter().collect();
+    assert_eq!(back, want);
+    assert_eq!(sw.dump_flows()?, want.to_strings());
+    Ok(())
+}
