@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use etcd_schema::{KeyKind, Keys, NetworkConfig};
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::alloc::{SubnetAllocator, VniAllocator};
@@ -154,47 +155,39 @@ async fn lead(
         let kube = shared.snapshot();
         let inputs = Inputs { keys, config, records: &records, kube: &kube, policy: &policy };
         let writes = plan::plan(&inputs, &mut vnis, &mut subnets);
-        for w in &writes {
-            match store::apply(client, keys, config, &mut records, w, &fence).await? {
-                Applied::Committed(rev) => {
-                    if let Some(e) = &w.error {
-                        tracing::error!(key = %w.key, rev, "rejected edit: {}", e.error);
-                    } else {
-                        tracing::info!(key = %w.key, rev, "{}", w.why);
-                    }
+        // Batched: a burst of edits (or a resync) costs one round trip per
+        // batch, not per record; a batch with a stale record falls back to
+        // one transaction per write.
+        for chunk in writes.chunks(store::BATCH) {
+            if chunk.len() > 1 {
+                if let Some(rev) =
+                    store::apply_batch(client, keys, config, &mut records, chunk, &fence).await?
+                {
+                    chunk.iter().for_each(|w| log_committed(w, rev));
+                    continue;
                 }
-                // The view changed under the plan: replan with what etcd holds now.
-                Applied::Stale => tracing::debug!(key = %w.key, "record changed meanwhile; replanning"),
-                Applied::NotLeader => return Ok(Ended::LostLeadership),
+            }
+            for w in chunk {
+                match store::apply(client, keys, config, &mut records, w, &fence).await? {
+                    Applied::Committed(rev) => log_committed(w, rev),
+                    // The view changed under the plan: replan with what etcd holds now.
+                    Applied::Stale => tracing::debug!(key = %w.key, "record changed meanwhile; replanning"),
+                    Applied::NotLeader => return Ok(Ended::LostLeadership),
+                }
             }
         }
         tokio::select! {
             msg = stream.message() => {
                 let resp = msg.context("etcd watch")?.context("etcd watch ended")?;
-                if resp.canceled() {
-                    anyhow::bail!("etcd watch canceled (compacted at {})", resp.compact_revision());
+                if let Some(ended) = observe(&resp, keys, config, &mut records, &fence)? {
+                    return Ok(ended);
                 }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let Ok(key) = kv.key_str() else { continue };
-                    if keys.parse(key).is_some_and(|k| k.kind == KeyKind::Leader) {
-                        let ours = ev.event_type() == EventType::Put && kv.create_revision() == fence.create_revision;
-                        if !ours {
-                            return Ok(Ended::LostLeadership);
-                        }
-                        continue;
-                    }
-                    match ev.event_type() {
-                        EventType::Put => {
-                            if let Some((k, v)) = store::kv_text(kv) {
-                                // Echoes of our own writes are already in `records`.
-                                let known = records_rev(&records, keys, k);
-                                if known != Some(kv.mod_revision()) {
-                                    records.observe_put(keys, config, k, v, kv.mod_revision());
-                                }
-                            }
-                        }
-                        EventType::Delete => records.observe_delete(keys, key),
+                // Take in whatever else already arrived, so a burst of edits
+                // is planned (and written) together rather than one by one.
+                while let Some(msg) = stream.message().now_or_never() {
+                    let resp = msg.context("etcd watch")?.context("etcd watch ended")?;
+                    if let Some(ended) = observe(&resp, keys, config, &mut records, &fence)? {
+                        return Ok(ended);
                     }
                 }
             }
@@ -202,6 +195,49 @@ async fn lead(
             _ = leadership.lease.lost() => return Ok(Ended::LostLeadership),
             _ = stop.wait_for(|s| *s) => return Ok(Ended::Shutdown),
         }
+    }
+}
+
+/// Feeds one etcd watch response into `records`; `Some` when leadership is gone.
+fn observe(
+    resp: &etcd_client::WatchResponse,
+    keys: &Keys,
+    config: &NetworkConfig,
+    records: &mut crate::model::Records,
+    fence: &store::Fence,
+) -> Result<Option<Ended>> {
+    if resp.canceled() {
+        anyhow::bail!("etcd watch canceled (compacted at {})", resp.compact_revision());
+    }
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let Ok(key) = kv.key_str() else { continue };
+        if keys.parse(key).is_some_and(|k| k.kind == KeyKind::Leader) {
+            let ours = ev.event_type() == EventType::Put && kv.create_revision() == fence.create_revision;
+            if !ours {
+                return Ok(Some(Ended::LostLeadership));
+            }
+            continue;
+        }
+        match ev.event_type() {
+            EventType::Put => {
+                if let Some((k, v)) = store::kv_text(kv) {
+                    // Echoes of our own writes are already in `records`.
+                    if records_rev(records, keys, k) != Some(kv.mod_revision()) {
+                        records.observe_put(keys, config, k, v, kv.mod_revision());
+                    }
+                }
+            }
+            EventType::Delete => records.observe_delete(keys, key),
+        }
+    }
+    Ok(None)
+}
+
+fn log_committed(w: &plan::Write, rev: i64) {
+    match &w.error {
+        Some(e) => tracing::error!(key = %w.key, rev, "rejected edit: {}", e.error),
+        None => tracing::info!(key = %w.key, rev, "{}", w.why),
     }
 }
 

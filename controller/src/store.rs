@@ -157,16 +157,8 @@ pub struct Fence {
     pub create_revision: i64,
 }
 
-/// Applies `write` in one transaction: the record only if it still has
-/// `expect_rev` and we still lead; the error key in the same step.
-pub async fn apply(
-    client: &mut Client,
-    keys: &Keys,
-    config: &NetworkConfig,
-    records: &mut Records,
-    write: &Write,
-    fence: &Fence,
-) -> Result<Applied> {
+/// The operations of one write: the record and its error key.
+fn write_ops(write: &Write) -> Result<Vec<TxnOp>> {
     let mut ops = Vec::new();
     match &write.record {
         RecordWrite::Put(v) => ops.push(TxnOp::put(write.key.as_str(), v.as_str(), None)),
@@ -177,6 +169,54 @@ pub async fn apply(
         Some(e) => ops.push(TxnOp::put(write.error_key.as_str(), serde_json::to_string(e)?, None)),
         None => ops.push(TxnOp::delete(write.error_key.as_str(), None)),
     }
+    Ok(ops)
+}
+
+/// Writes per batch: two operations each stays within etcd's default
+/// `--max-txn-ops` of 128.
+pub const BATCH: usize = 50;
+
+/// Applies several writes (at most `BATCH`, distinct keys) in one
+/// transaction, all or nothing, with the same compares as `apply`. Returns
+/// the revision, or None when any compare failed (then apply them one by one
+/// to learn which).
+pub async fn apply_batch(
+    client: &mut Client,
+    keys: &Keys,
+    config: &NetworkConfig,
+    records: &mut Records,
+    writes: &[Write],
+    fence: &Fence,
+) -> Result<Option<i64>> {
+    let mut compares =
+        vec![Compare::create_revision(fence.key.as_str(), CompareOp::Equal, fence.create_revision)];
+    let mut ops = Vec::new();
+    for w in writes {
+        compares.push(Compare::mod_revision(w.key.as_str(), CompareOp::Equal, w.expect_rev));
+        ops.extend(write_ops(w)?);
+    }
+    let resp = client.txn(Txn::new().when(compares).and_then(ops)).await.context("batched transaction")?;
+    if !resp.succeeded() {
+        return Ok(None);
+    }
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    for w in writes {
+        records.committed(keys, config, w, rev);
+    }
+    Ok(Some(rev))
+}
+
+/// Applies `write` in one transaction: the record only if it still has
+/// `expect_rev` and we still lead; the error key in the same step.
+pub async fn apply(
+    client: &mut Client,
+    keys: &Keys,
+    config: &NetworkConfig,
+    records: &mut Records,
+    write: &Write,
+    fence: &Fence,
+) -> Result<Applied> {
+    let ops = write_ops(write)?;
     let txn = Txn::new()
         .when([
             Compare::mod_revision(write.key.as_str(), CompareOp::Equal, write.expect_rev),

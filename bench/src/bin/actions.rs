@@ -206,6 +206,32 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
     // Bursts: every namespace gets an action at once (an operator script
     // re-tenanting a cluster), `count` actions in all; latency per action
     // from its own write to its own clear.
+    // A reader task timestamps every cleared record as it arrives, while
+    // this task is still writing the burst.
+    drop(watch);
+    let (clear_tx, mut clears) = tokio::sync::mpsc::unbounded_channel::<(String, i64, Instant)>();
+    let mut reader_stream =
+        client.watch(keys.netnamespaces_dir(), Some(WatchOptions::new().with_prefix())).await?;
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(resp)) = reader_stream.message().await {
+            let now = Instant::now();
+            for ev in resp.events() {
+                let Some((key, value)) =
+                    ev.kv().and_then(|kv| Some((kv.key_str().ok()?, kv.value_str().ok()?)))
+                else {
+                    continue;
+                };
+                let ns = key.rsplit('/').next().unwrap_or_default();
+                let cleared = parse_net_namespace(key, ns, value).is_ok_and(|r| r.action.is_none());
+                if ev.event_type() == EventType::Put && cleared {
+                    let rev = ev.kv().map(|kv| kv.mod_revision()).unwrap_or(0);
+                    if clear_tx.send((key.to_string(), rev, now)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
     let mut burst = Vec::with_capacity(args.count);
     let mut burst_mix: BTreeMap<&str, usize> = BTreeMap::new();
     let mut round = 0;
@@ -233,25 +259,20 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
             started.insert(keys.netnamespace(ns), (t0, rev));
         }
         while !started.is_empty() {
-            let resp = tokio::time::timeout(Duration::from_secs(30), watch.message())
+            let (key, mod_rev, at) = tokio::time::timeout(Duration::from_secs(30), clears.recv())
                 .await
-                .context("burst: no answer within 30 s")??
-                .context("watch ended")?;
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let key = kv.key_str()?.to_string();
-                let Some(&(t0, rev)) = started.get(&key) else { continue };
-                let ns = key.rsplit('/').next().unwrap_or_default();
-                let cleared =
-                    parse_net_namespace(&key, ns, kv.value_str()?).is_ok_and(|r| r.action.is_none());
-                if ev.event_type() == EventType::Put && kv.mod_revision() > rev && cleared {
-                    burst.push(t0.elapsed().as_secs_f64() * 1000.0);
+                .context("burst: no answer within 30 s")?
+                .context("reader ended")?;
+            if let Some(&(t0, rev)) = started.get(&key) {
+                if mod_rev > rev {
+                    burst.push(at.duration_since(t0).as_secs_f64() * 1000.0);
                     started.remove(&key);
                 }
             }
         }
         ids = netids(&mut client, &keys).await?;
     }
+    reader.abort();
 
     let errors = controller::run::read_all(&mut client, &keys)
         .await?
