@@ -261,3 +261,14 @@ fn node_subnets_are_allocated_once_and_released() {
     assert_eq!(w.settle().len(), 1);
     assert!(w.settle().is_empty());
 }
+
+#[test]
+fn single_tenant_mode_manages_subnets_only() {
+    let mut w = World::new(&["a", "b"]);
+    w.config.plugin = PluginName::Subnet;
+    node(&mut w, "n1", "192.0.2.1");
+    let writes = w.settle();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert!(w.records.netns.is_empty(), "no VNIs in k8s-ovs-subnet mode");
+    assert!(subnet_of(&w, "192.0.2.1").is_some());
+}
