@@ -103,22 +103,25 @@ pub fn plan(inp: &Inputs<'_>, vnis: &mut VniAllocator, subnets: &mut SubnetAlloc
     out
 }
 
-fn netns_write(
-    inp: &Inputs<'_>,
-    name: &str,
+/// The record key and its error key.
+type KeyPair = (String, String);
+
+fn netns_keys(inp: &Inputs<'_>, name: &str) -> KeyPair {
+    (inp.keys.netnamespace(name), inp.keys.netnamespace_error(name))
+}
+
+fn subnet_keys(inp: &Inputs<'_>, ip: &str) -> KeyPair {
+    (inp.keys.subnet(ip), inp.keys.subnet_error(ip))
+}
+
+fn write(
+    (key, error_key): KeyPair,
     rev: i64,
     record: RecordWrite,
     error: Option<RecordError>,
     why: String,
 ) -> Write {
-    Write {
-        key: inp.keys.netnamespace(name),
-        expect_rev: rev,
-        record,
-        error_key: inp.keys.netnamespace_error(name),
-        error,
-        why,
-    }
+    Write { key, expect_rev: rev, record, error_key, error, why }
 }
 
 fn rejected(message: String, raw: &str, rev: i64) -> Option<RecordError> {
@@ -150,9 +153,8 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 edit_revision: entry.rev,
             });
             ids.remove(name);
-            out.push(netns_write(
-                inp,
-                name,
+            out.push(write(
+                netns_keys(inp, name),
                 entry.rev,
                 RecordWrite::Delete,
                 error,
@@ -176,9 +178,8 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 };
                 ids.insert(name.clone(), id);
                 let error = rejected(e.to_string(), &entry.raw, entry.rev);
-                out.push(netns_write(
-                    inp,
-                    name,
+                out.push(write(
+                    netns_keys(inp, name),
                     entry.rev,
                     restore_to(id),
                     error,
@@ -192,9 +193,8 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 "{key}: field NetID = {}: changed without an action (was {s}); use join, isolate or global",
                 rec.net_id
             );
-            out.push(netns_write(
-                inp,
-                name,
+            out.push(write(
+                netns_keys(inp, name),
                 entry.rev,
                 restore_to(s),
                 rejected(msg, &entry.raw, entry.rev),
@@ -207,9 +207,8 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 let msg =
                     format!("{key}: field Action: {name} is an admin namespace and stays global (NetID 0)");
                 let error = rejected(msg, &entry.raw, entry.rev);
-                out.push(netns_write(
-                    inp,
-                    name,
+                out.push(write(
+                    netns_keys(inp, name),
                     entry.rev,
                     restore_to(GLOBAL_VNI),
                     error,
@@ -217,9 +216,8 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 ));
             } else if rec.net_id != GLOBAL_VNI {
                 ids.insert(name.clone(), GLOBAL_VNI);
-                out.push(netns_write(
-                    inp,
-                    name,
+                out.push(write(
+                    netns_keys(inp, name),
                     entry.rev,
                     restore_to(GLOBAL_VNI),
                     None,
@@ -233,12 +231,12 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
             Ok(id) => {
                 ids.insert(name.clone(), id);
                 let why = format!("{action:?} on {name}: NetID {} -> {id}", rec.net_id);
-                out.push(netns_write(inp, name, entry.rev, restore_to(id), None, why));
+                out.push(write(netns_keys(inp, name), entry.rev, restore_to(id), None, why));
             }
             Err(msg) => {
                 let error = rejected(format!("{key}: {msg}"), &entry.raw, entry.rev);
                 let why = format!("refuse {action:?} on {name}");
-                out.push(netns_write(inp, name, entry.rev, restore_to(rec.net_id), error, why));
+                out.push(write(netns_keys(inp, name), entry.rev, restore_to(rec.net_id), error, why));
             }
         }
     }
@@ -258,25 +256,13 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
         };
         ids.insert(name.clone(), id);
         let record = RecordWrite::Put(NetNamespace::new(name, id).to_json());
-        out.push(netns_write(inp, name, 0, record, None, format!("create record of {name} with NetID {id}")));
-    }
-}
-
-fn subnet_write(
-    inp: &Inputs<'_>,
-    ip: &str,
-    rev: i64,
-    record: RecordWrite,
-    error: Option<RecordError>,
-    why: String,
-) -> Write {
-    Write {
-        key: inp.keys.subnet(ip),
-        expect_rev: rev,
-        record,
-        error_key: inp.keys.subnet_error(ip),
-        error,
-        why,
+        out.push(write(
+            netns_keys(inp, name),
+            0,
+            record,
+            None,
+            format!("create record of {name} with NetID {id}"),
+        ));
     }
 }
 
@@ -306,6 +292,10 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
         let key = inp.keys.subnet(ip);
         let safe = recs.safe_subnets.get(ip);
         let reported = recs.errors.get(&inp.keys.subnet_error(ip)) == Some(&entry.rev);
+        let restore = |s: HostSubnet, error: Option<RecordError>| {
+            let why = format!("restore subnet record of {ip}");
+            write(subnet_keys(inp, ip), entry.rev, RecordWrite::Put(s.to_json()), error, why)
+        };
         let fresh = |host: &str, assign: bool, alloc: &mut SubnetAllocator| -> Option<HostSubnet> {
             let subnet = alloc.allocate().ok()?;
             Some(HostSubnet {
@@ -325,13 +315,10 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
                     (None, None) => None,
                 };
                 match restored {
-                    Some(s) => {
-                        let why = format!("restore subnet record of {ip}");
-                        out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Put(s.to_json()), error, why));
-                    }
+                    Some(s) => out.push(restore(s, error)),
                     None if !reported => {
                         let why = format!("report bad subnet record of {ip}");
-                        out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Keep, error, why));
+                        out.push(write(subnet_keys(inp, ip), entry.rev, RecordWrite::Keep, error, why));
                     }
                     None => {}
                 }
@@ -340,9 +327,8 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
         };
         let node_backed = !rec.assign;
         if node_backed && nodes.is_some() && node_at(ip).is_none_or(|n| *n != rec.host) {
-            out.push(subnet_write(
-                inp,
-                ip,
+            out.push(write(
+                subnet_keys(inp, ip),
                 entry.rev,
                 RecordWrite::Delete,
                 None,
@@ -357,7 +343,7 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
                     continue;
                 };
                 let why = format!("assign {:?} to {ip}", s.subnet);
-                out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Put(s.to_json()), None, why));
+                out.push(write(subnet_keys(inp, ip), entry.rev, RecordWrite::Put(s.to_json()), None, why));
             }
             Some(net) => {
                 let changed = safe.is_some_and(|s| s.subnet != Some(net));
@@ -378,9 +364,7 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
                     None => fresh(&rec.host, rec.assign, alloc),
                 };
                 if let Some(s) = restored {
-                    let error = rejected(msg, &entry.raw, entry.rev);
-                    let why = format!("restore subnet record of {ip}");
-                    out.push(subnet_write(inp, ip, entry.rev, RecordWrite::Put(s.to_json()), error, why));
+                    out.push(restore(s, rejected(msg, &entry.raw, entry.rev)));
                 }
             }
         }
@@ -399,7 +383,7 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
         };
         let rec = HostSubnet { host: node.clone(), host_ip: *ip, subnet: Some(subnet), assign: false };
         let why = format!("allocate {subnet} to node {node} ({ip})");
-        out.push(subnet_write(inp, &ip_s, 0, RecordWrite::Put(rec.to_json()), None, why));
+        out.push(write(subnet_keys(inp, &ip_s), 0, RecordWrite::Put(rec.to_json()), None, why));
     }
 }
 

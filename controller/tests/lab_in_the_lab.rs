@@ -2,24 +2,16 @@
 //! lab's control host, etcd there too, and the operator's k8s-ovs-ctl and a
 //! node's API client inside a node namespace, across the lab fabric.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use etcd_schema::{parse_host_subnet, parse_net_namespace, Keys};
+use etcd_schema::{parse_host_subnet, parse_net_namespace};
 use lab::kube_api::KubeApi;
 use lab::{Lab, CTL_IP};
+use support::Daemon;
 
-const PREFIX: &str = "/k8s.ovs.com/ovs/network";
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        lab::netns::terminate_pids(&[self.0.id() as i32], Duration::from_secs(3));
-        let _ = self.0.wait();
-    }
-}
+mod support;
 
 fn wait_for(what: &str, mut f: impl FnMut() -> Result<Option<String>>) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -56,7 +48,7 @@ fn lab_controller_runs_on_the_control_host() -> Result<()> {
         .context("spawn")?;
     let _controller = Daemon(child);
 
-    let keys = Keys::new(PREFIX, "k8ssdn");
+    let keys = support::keys();
     let get = |key: &str| -> Result<Option<String>> {
         let v = lab.etcdctl(&["get", "--print-value-only", key])?;
         Ok(Some(v.trim().to_string()).filter(|s| !s.is_empty()))

@@ -94,16 +94,6 @@ async fn lab_two_controllers_200_namespaces_then_leader_crash() -> Result<()> {
     Ok(())
 }
 
-/// The real binaries, ended by PID.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        lab::netns::terminate_pids(&[self.0.id() as i32], Duration::from_secs(3));
-        let _ = self.0.wait();
-    }
-}
-
 fn daemon(etcd: &TestEtcd, api: &KubeApi, id: &str, dir: &TempDir) -> Result<Daemon> {
     let log = std::fs::File::create(dir.0.join(format!("{id}.log")))?;
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_k8s-ovs-controller"))

@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -72,16 +72,7 @@ fn make_pki(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-struct TlsEtcd(Child);
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        lab::netns::terminate_pids(&[self.0.id() as i32], Duration::from_secs(3));
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tls_etcd(dir: &Path, port: u16) -> Result<TlsEtcd> {
+fn start_tls_etcd(dir: &Path, port: u16) -> Result<Daemon> {
     let client = format!("https://127.0.0.1:{port}");
     let peer = format!("http://127.0.0.1:{}", port + 1);
     let log = std::fs::File::create(dir.join("etcd.log"))?;
@@ -97,7 +88,7 @@ fn start_tls_etcd(dir: &Path, port: u16) -> Result<TlsEtcd> {
         .stderr(log)
         .spawn()
         .context("spawn etcd")?;
-    Ok(TlsEtcd(child))
+    Ok(Daemon(child))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,3 +203,13 @@ pub async fn wait_error(etcd: &TestEtcd, ns: &str, rev: i64) -> Result<RecordErr
 pub fn leader(etcd: &TestEtcd) -> Result<Option<String>> {
     etcd.get(&keys().leader())
 }
+
+/// A real binary started by a test, ended by its PID.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        lab::netns::terminate_pids(&[self.0.id() as i32], Duration::from_secs(3));
+        let _ = self.0.wait();
+    }
+}
