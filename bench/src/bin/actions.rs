@@ -107,6 +107,85 @@ async fn wait_put(
     }
 }
 
+type Running = tokio::task::JoinHandle<Result<()>>;
+
+/// A controller task with the default lease TTL (10 s); dropping or
+/// sending on the returned sender stops it gracefully (it resigns).
+fn spawn_controller(
+    id: &str,
+    etcd: &Etcd,
+    api: &KubeApi,
+) -> Result<(tokio::sync::oneshot::Sender<()>, Running)> {
+    let settings = Settings {
+        endpoints: vec![etcd.endpoint.clone()],
+        etcd_tls: None,
+        prefix: PREFIX.into(),
+        bootstrap: Some(config()?),
+        admin_namespaces: vec![],
+        id: id.into(),
+        lease_ttl_secs: 10,
+    };
+    let kube = kube::Client::try_from(kube::Config::new(api.url().parse()?))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(settings, Some(kube), async move {
+        let _ = stop_rx.await;
+    }));
+    Ok((stop_tx, task))
+}
+
+/// Polls until `f` holds; returns how long that took.
+async fn time_until(what: &str, mut f: impl AsyncFnMut() -> Result<bool>) -> Result<Duration> {
+    let t0 = Instant::now();
+    while !f().await? {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "{what}: not within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(t0.elapsed())
+}
+
+/// Leader hand-over with the default TTL: the leader crashes (its task is
+/// aborted, the lease is not revoked), then the next one stops (SIGTERM-like).
+async fn failover(
+    etcd: &Etcd,
+    api: &KubeApi,
+    client: &mut Client,
+    keys: &Keys,
+    leader: Running,
+) -> Result<Value> {
+    let leader_is = |id: &'static str| {
+        let mut c = client.clone();
+        let key = keys.leader();
+        async move || -> Result<bool> {
+            let resp = c.get(key.as_str(), None).await?;
+            Ok(resp.kvs().first().and_then(|kv| kv.value_str().ok()) == Some(id))
+        }
+    };
+    let (stop_b, b) = spawn_controller("bench-b", etcd, api)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    leader.abort();
+    let crash = time_until("takeover after a crash", leader_is("bench-b")).await?;
+    api.create_namespace("after-crash")?;
+    let key = keys.netnamespace("after-crash");
+    let mut c = client.clone();
+    let record = time_until("record after the takeover", async || {
+        Ok(!c.get(key.as_str(), None).await?.kvs().is_empty())
+    })
+    .await?;
+    let (stop_c, c_task) = spawn_controller("bench-c", etcd, api)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_b.send(());
+    let resign = time_until("takeover after a resign", leader_is("bench-c")).await?;
+    b.await??;
+    let _ = stop_c.send(());
+    c_task.await??;
+    Ok(json!({
+        "lease_ttl_s": 10,
+        "takeover_after_crash_ms": crash.as_secs_f64() * 1000.0,
+        "new_namespace_record_after_takeover_ms": record.as_secs_f64() * 1000.0,
+        "takeover_after_sigterm_resign_ms": resign.as_secs_f64() * 1000.0,
+    }))
+}
+
 async fn netids(client: &mut Client, keys: &Keys) -> Result<BTreeMap<String, u32>> {
     let mut ids = BTreeMap::new();
     for (key, raw, _) in controller::run::read_all(client, keys).await? {
@@ -138,20 +217,7 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
     for n in &names {
         api.create_namespace(n)?;
     }
-    let settings = Settings {
-        endpoints: vec![etcd.endpoint.clone()],
-        etcd_tls: None,
-        prefix: PREFIX.into(),
-        bootstrap: Some(config()?),
-        admin_namespaces: vec![],
-        id: "bench".into(),
-        lease_ttl_secs: 10,
-    };
-    let kube = kube::Client::try_from(kube::Config::new(api.url().parse()?))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run(settings, Some(kube), async move {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, controller) = spawn_controller("bench", &etcd, &api)?;
 
     let mut client = controller::store::connect(std::slice::from_ref(&etcd.endpoint)).await?;
     let keys = Keys::new(PREFIX, "k8ssdn");
@@ -280,8 +346,8 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
         .filter(|(k, _, _)| k.starts_with(&keys.errors_dir()))
         .count();
 
-    let _ = stop_tx.send(());
-    controller.await??;
+    let failover = failover(&etcd, &api, &mut client, &keys, controller).await?;
+    drop(stop_tx);
 
     let actions = summary(latency);
     let base = summary(baseline);
@@ -304,6 +370,7 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
         "burst_size": names.len(),
         "burst_mix": burst_mix,
         "baseline_put_to_watch": base,
+        "failover": failover,
         "ratio_vs_baseline": { "p50": ratio("p50_ms"), "p99": ratio("p99_ms") },
     });
     if let Some(parent) = args.out.parent() {
