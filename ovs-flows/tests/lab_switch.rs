@@ -245,3 +245,41 @@ fn lab_tcp_endpoint_installs_and_reads_back() -> Result<()> {
     assert_eq!(sw.dump_flows()?, want.to_strings());
     Ok(())
 }
+
+/// A flow that decodes fine but fails when the bundle commits (table 0 is
+/// full): the switch rolls back and the error still names that flow.
+#[tokio::test]
+async fn lab_a_commit_time_failure_rolls_back_and_names_the_flow() -> Result<()> {
+    let sw = start()?;
+    sw.ovs.vsctl(&[
+        "--",
+        "--id=@ft",
+        "create",
+        "Flow_Table",
+        "flow_limit=3",
+        "overflow_policy=refuse",
+        "--",
+        "set",
+        "Bridge",
+        "br0",
+        "flow_tables:0=@ft",
+    ])?;
+    let client = connect(&sw).await?;
+    let flow = |p: u32| {
+        Flow::new(0, 100, Cookie::new(1, Category::Pod, p), Match::new().in_port(p), vec![Action::Output(1)])
+    };
+    client.bundle(&[FlowOp::Add(flow(1)), FlowOp::Add(flow(2))]).await?;
+    let before = sw.dump_flows()?;
+    let ops: Vec<FlowOp> = (3..=5).map(|p| FlowOp::Add(flow(p))).collect();
+    let err = client.bundle(&ops).await.expect_err("the table holds 3 flows");
+    match &err {
+        BundleError::Rejected { failures, .. } => {
+            assert_eq!(failures.len(), 1, "{err}");
+            assert_eq!(failures[0].0, FlowOp::Add(flow(4)), "{err}");
+            assert!(err.to_string().contains("TABLE_FULL"), "{err}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert_eq!(sw.dump_flows()?, before, "nothing of the failed bundle stays");
+    Ok(())
+}
