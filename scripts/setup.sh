@@ -14,7 +14,7 @@ PACKAGES=(
   openvswitch-switch      # ovsdb-server, ovs-vswitchd, ovs-vsctl, ovs-ofctl, ovs-appctl
   etcd-server etcd-client # etcd 3.4 + etcdctl
   iperf3                  # bandwidth measurements in tests and benches
-  protobuf-compiler       # protoc, needed to build etcd-client
+  protobuf-compiler libprotobuf-dev # protoc + well-known .proto includes, to build etcd-client
   iproute2 iptables tcpdump ethtool iputils-ping iputils-arping
   containernetworking-plugins # upstream bridge/host-local/bandwidth/portmap: reference + chaining
   psmisc procps           # fuser/pgrep for diagnosing leftovers (never used to kill by name)

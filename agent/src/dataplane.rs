@@ -16,9 +16,9 @@ use cni::protocol::{Command, Request, Response};
 use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::Client as FlowClient;
-use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, RemoteNode};
+use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, RemoteNode, FIRST_POD_OFPORT};
 use ovs_flows::{reconcile, FlowSet, Ipv4Prefix};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::etcd_source::EtcdView;
 use crate::ipam::{IpamStore, Owner};
@@ -51,6 +51,8 @@ pub struct Dataplane {
     pods: BTreeMap<PodKey, PodRecord>,
     /// The flow set the switch holds (last committed bundle).
     installed: FlowSet,
+    /// ofports of the bridge's ports that are not pods (vxlan0, tun0, others').
+    other_ofports: std::collections::BTreeSet<u32>,
     round: u16,
     metrics: Arc<Metrics>,
 }
@@ -80,6 +82,7 @@ impl Dataplane {
             state,
             pods: BTreeMap::new(),
             installed: FlowSet::new(),
+            other_ofports: Default::default(),
             round,
             metrics,
         }
@@ -95,7 +98,9 @@ impl Dataplane {
 
     /// Adopts pods found on the bridge at start (from their external_ids):
     /// a restarted agent keeps serving them without touching their wiring.
-    pub fn adopt(&mut self, pods: Vec<PodRecord>) {
+    /// `other_ofports`: the ofports of every other port on the bridge.
+    pub fn adopt(&mut self, pods: Vec<PodRecord>, other_ofports: impl IntoIterator<Item = u32>) {
+        self.other_ofports = other_ofports.into_iter().collect();
         for rec in pods {
             self.state.pods.insert(
                 rec.ofport,
@@ -125,8 +130,10 @@ impl Dataplane {
     /// current state, in one bundle. On failure nothing changed on the
     /// switch and `installed` stays as it was.
     async fn sync_flows(&mut self) -> anyhow::Result<()> {
+        let t = Instant::now();
         let desired = pipeline(&self.state, self.round);
         let ops = reconcile::delta(&self.installed, &desired);
+        let computed = t.elapsed();
         if ops.is_empty() {
             return Ok(());
         }
@@ -137,6 +144,7 @@ impl Dataplane {
         }
         self.metrics.bundle_seconds.observe_duration(t.elapsed());
         self.metrics.bundle_flows.observe(ops.len() as f64);
+        debug!(?computed, bundle = ?t.elapsed(), ops = ops.len(), flows = desired.len(), "flows synced");
         self.installed = desired;
         Ok(())
     }
@@ -229,6 +237,7 @@ impl Dataplane {
     /// veth + address + routes, OVS port, then flows; each step undone if a
     /// later one fails, so a failed ADD leaves nothing behind.
     async fn wire(&mut self, req: &Request, key: &PodKey, ip: Ipv4Addr) -> Result<PodRecord, CniError> {
+        let t0 = Instant::now();
         let host_veth = host_veth_name(key);
         let mac = mac_for_ip(ip);
         let address = Ipv4Network::new(ip, self.state.cluster_cidr.prefix_len())
@@ -264,27 +273,62 @@ impl Dataplane {
             ip,
             mac,
         };
-        let mut spec = PortSpec::new(&host_veth, "");
+        let t_link = t0.elapsed();
+        // The agent picks the ofport (ofport_request), so the pod's flows can
+        // go to the switch while ovs-vswitchd is still adding the port: the
+        // two round trips overlap instead of adding up. Flows for a port that
+        // does not exist yet are valid and simply match nothing.
+        rec.ofport = self.free_ofport();
+        let mut spec = PortSpec::new(&host_veth, "").ofport_request(rec.ofport as u16);
         spec.external_ids = rec.external_ids();
-        rec.ofport = match self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = self.ovsdb.del_port(&self.settings.bridge, &host_veth).await;
-                let _ = self.host.del_link(&host_veth).await;
-                return Err(agent_error("adding the OVS port failed", e));
-            }
-        };
         self.state
             .pods
             .insert(rec.ofport, LocalPod { ofport: rec.ofport, ip, mac, namespace: rec.namespace.clone() });
-        if let Err(e) = self.sync_flows().await {
+        let desired = pipeline(&self.state, self.round);
+        let ops = reconcile::delta(&self.installed, &desired);
+        let (port, flows) = tokio::join!(
+            self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT),
+            self.flows.bundle(&ops)
+        );
+        if flows.is_ok() {
+            self.installed = desired;
+        }
+        let failure = match (port, flows) {
+            (Ok(got), Ok(())) if got == rec.ofport => None,
+            (Ok(got), Ok(())) => {
+                // ovs-vswitchd could not honour the request (the number was
+                // taken by a port we do not know): follow what it chose.
+                warn!(requested = rec.ofport, got, port = %host_veth, "ofport request not honoured");
+                self.state.pods.remove(&rec.ofport);
+                rec.ofport = got;
+                self.state
+                    .pods
+                    .insert(got, LocalPod { ofport: got, ip, mac, namespace: rec.namespace.clone() });
+                self.sync_flows().await.err().map(|e| agent_error("installing the pod's flows failed", e))
+            }
+            (Err(e), _) => Some(agent_error("adding the OVS port failed", e)),
+            (_, Err(e)) => Some(agent_error("installing the pod's flows failed", e)),
+        };
+        if let Some(err) = failure {
             self.state.pods.remove(&rec.ofport);
+            if let Err(e) = self.sync_flows().await {
+                warn!(error = %e, "removing the flows of a failed ADD failed");
+            }
             let _ = self.ovsdb.del_port(&self.settings.bridge, &host_veth).await;
             let _ = self.host.del_link(&host_veth).await;
-            return Err(agent_error("installing the pod's flows failed", e));
+            return Err(err);
         }
         self.pods.insert(key.clone(), rec.clone());
+        debug!(link = ?t_link, port_and_flows = ?(t0.elapsed() - t_link), "pod wired");
         Ok(rec)
+    }
+
+    /// The lowest ofport from [`FIRST_POD_OFPORT`] that no pod and no other
+    /// port of the bridge holds.
+    fn free_ofport(&self) -> u32 {
+        (FIRST_POD_OFPORT..)
+            .find(|p| !self.state.pods.contains_key(p) && !self.other_ofports.contains(p))
+            .unwrap_or(FIRST_POD_OFPORT)
     }
 
     /// Idempotent: an unknown attachment or a vanished namespace is success.
@@ -310,12 +354,14 @@ impl Dataplane {
             }
             None => host_veth_name(key),
         };
-        self.ovsdb
-            .del_port(&self.settings.bridge, &host_veth)
-            .await
-            .map_err(|e| agent_error("removing the OVS port failed", e))?;
-        // Deleting the host end takes the pod end with it.
-        self.host.del_link(&host_veth).await.map_err(|e| agent_error("removing the veth failed", e))?;
+        // The port and the veth go at once (the kernel's veth teardown is the
+        // slow part); deleting the host end takes the pod end with it.
+        let (port, link) = tokio::join!(
+            self.ovsdb.del_port(&self.settings.bridge, &host_veth),
+            self.host.del_link(&host_veth)
+        );
+        port.map_err(|e| agent_error("removing the OVS port failed", e))?;
+        link.map_err(|e| agent_error("removing the veth failed", e))?;
         self.ipam
             .release(&Owner::new(key.container_id.clone(), key.ifname.clone()))
             .map_err(|e| agent_error("releasing the IP failed", e))?;

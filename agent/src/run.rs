@@ -141,12 +141,14 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     ovsdb.set_bridge_external_id(&cfg.bridge, ROUND_KEY, &round.to_string()).await?;
 
     let ipam = IpamStore::open(&cfg.state_dir.join("ipam"), subnet).context("IPAM store")?;
-    let adopted: Vec<PodRecord> = ovsdb
-        .list_ports(&cfg.bridge)
-        .await?
-        .into_iter()
-        .filter_map(|p| PodRecord::from_external_ids(&p.name, p.ofport?, &p.external_ids))
-        .collect();
+    let mut adopted: Vec<PodRecord> = Vec::new();
+    let mut other_ofports = Vec::new();
+    for p in ovsdb.list_ports(&cfg.bridge).await? {
+        match p.ofport.and_then(|o| PodRecord::from_external_ids(&p.name, o, &p.external_ids)) {
+            Some(rec) => adopted.push(rec),
+            None => other_ofports.extend(p.ofport),
+        }
+    }
 
     let flows = FlowClient::connect(
         cfg.openflow_endpoint().parse::<Endpoint>().map_err(anyhow::Error::msg)?,
@@ -174,7 +176,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     let mut dp = Dataplane::new(node, ovsdb, flows, host, ipam, state, round, metrics.clone());
     info!(pods = adopted.len(), round, "adopting pods found on the bridge");
-    dp.adopt(adopted);
+    dp.adopt(adopted, other_ofports);
     dp.on_view_state(&view);
     let changed = dp.full_reconcile().await.context("initial flows")?;
     info!(changed, flows = dp.installed().len(), "flows reconciled");

@@ -93,7 +93,7 @@ impl Daemon {
             .args(["netns", "exec", &netns.name])
             .arg(bin(binary)?)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("K8S_OVS_LAB_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -283,18 +283,45 @@ pub struct CniOutput {
 
 /// Execs the `k8s-ovs` plugin in node `node`'s namespace, as a runtime would.
 pub fn cni(lab: &Lab, node: usize, command: &str, call: &CniCall) -> Result<CniOutput> {
-    let plugin = bin("k8s-ovs")?;
     let conf = call.conf.clone().unwrap_or_else(|| lab.cni_conf(node));
+    exec_plugin(lab, node, &bin("k8s-ovs")?, command, call, conf)
+}
+
+/// Execs an upstream reference plugin (`/usr/lib/cni/<plugin>`) in node
+/// `node`'s namespace with the configuration entry `conf` (prevResult and
+/// runtimeConfig included), as libcni does in a chain.
+pub fn upstream(
+    lab: &Lab,
+    node: usize,
+    plugin: &str,
+    command: &str,
+    call: &CniCall,
+    conf: Value,
+) -> Result<CniOutput> {
+    exec_plugin(lab, node, &PathBuf::from(UPSTREAM_CNI_DIR).join(plugin), command, call, conf)
+}
+
+/// Where Debian's containernetworking-plugins live.
+pub const UPSTREAM_CNI_DIR: &str = "/usr/lib/cni";
+
+fn exec_plugin(
+    lab: &Lab,
+    node: usize,
+    plugin: &std::path::Path,
+    command: &str,
+    call: &CniCall,
+    conf: Value,
+) -> Result<CniOutput> {
     let stdin = call.raw_stdin.clone().unwrap_or_else(|| conf.to_string().into_bytes());
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.node(node).netns.name]).arg(&plugin).env_clear();
+    cmd.args(["netns", "exec", &lab.node(node).netns.name]).arg(plugin).env_clear();
     cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &call.container_id)
         .env("CNI_NETNS", &call.netns)
         .env("CNI_IFNAME", &call.ifname)
         .env("CNI_ARGS", &call.args)
-        .env("CNI_PATH", plugin.parent().unwrap_or(&plugin));
+        .env("CNI_PATH", UPSTREAM_CNI_DIR);
     for (k, v) in &call.env {
         match v {
             Some(v) => cmd.env(k, v),
@@ -303,7 +330,7 @@ pub fn cni(lab: &Lab, node: usize, command: &str, call: &CniCall) -> Result<CniO
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().context("spawn k8s-ovs")?;
+    let mut child = cmd.spawn().with_context(|| format!("spawn {}", plugin.display()))?;
     {
         use std::io::Write;
         let mut si = child.stdin.take().context("stdin")?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use lab::cluster::{cni, node_subnet, Agent, CniCall};
+use lab::cluster::{cni, node_subnet, upstream, Agent, CniCall};
 use lab::{traffic, Lab, Netns};
 
 struct TestPod {
@@ -603,43 +603,6 @@ fn lab_agent_rides_out_an_etcd_outage() -> Result<()> {
     Ok(())
 }
 
-/// Execs an upstream reference plugin (`/usr/lib/cni/<type>`) on node 1
-/// with the given network configuration entry, as libcni does in a chain.
-fn upstream(
-    lab: &Lab,
-    plugin: &str,
-    command: &str,
-    call: &CniCall,
-    conf: serde_json::Value,
-) -> Result<lab::cluster::CniOutput> {
-    let path = format!("/usr/lib/cni/{plugin}");
-    let argv = lab.node(1).netns.wrap(&[&path]);
-    let mut cmd = std::process::Command::new(argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &call.container_id)
-        .env("CNI_NETNS", &call.netns)
-        .env("CNI_IFNAME", &call.ifname)
-        .env("CNI_ARGS", &call.args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let t = Instant::now();
-    let mut child = cmd.spawn()?;
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), conf.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    let stdout = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    Ok(lab::cluster::CniOutput {
-        code: out.status.code(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: t.elapsed(),
-    })
-}
-
 #[test]
 fn lab_agent_chains_with_upstream_plugins() -> Result<()> {
     let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
@@ -654,14 +617,14 @@ fn lab_agent_chains_with_upstream_plugins() -> Result<()> {
         "runtimeConfig": {"bandwidth": {"ingressRate": 10_000_000, "ingressBurst": 100_000, "egressRate": 10_000_000, "egressBurst": 100_000}},
         "prevResult": first.stdout,
     });
-    let bw = upstream(&lab, "bandwidth", "ADD", &call, bw_conf.clone())?;
+    let bw = upstream(&lab, 1, "bandwidth", "ADD", &call, bw_conf.clone())?;
     ensure!(bw.code == Some(0), "bandwidth after k8s-ovs: {} {}", bw.stdout, bw.stderr);
     let pm_conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "k8s-ovs", "type": "portmap", "capabilities": {"portMappings": true},
         "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
         "prevResult": bw.stdout,
     });
-    let pm = upstream(&lab, "portmap", "ADD", &call, pm_conf.clone())?;
+    let pm = upstream(&lab, 1, "portmap", "ADD", &call, pm_conf.clone())?;
     ensure!(pm.code == Some(0), "portmap after bandwidth: {} {}", pm.stdout, pm.stderr);
     // The chain's final result still names our interfaces and address.
     ensure!(pm.stdout["ips"] == first.stdout["ips"], "final result: {}", pm.stdout);
@@ -679,10 +642,10 @@ fn lab_agent_chains_with_upstream_plugins() -> Result<()> {
     ensure!(r.code == Some(0), "CHECK with the chain's result: {}", r.stdout);
     let mut pm_del = pm_conf;
     pm_del["prevResult"] = pm.stdout.clone();
-    ensure!(upstream(&lab, "portmap", "DEL", &call, pm_del)?.code == Some(0));
+    ensure!(upstream(&lab, 1, "portmap", "DEL", &call, pm_del)?.code == Some(0));
     let mut bw_del = bw_conf;
     bw_del["prevResult"] = pm.stdout.clone();
-    ensure!(upstream(&lab, "bandwidth", "DEL", &call, bw_del)?.code == Some(0));
+    ensure!(upstream(&lab, 1, "bandwidth", "DEL", &call, bw_del)?.code == Some(0));
     let r = cni(&lab, 1, "DEL", &check)?;
     ensure!(r.code == Some(0), "k8s-ovs DEL last: {}", r.stdout);
     Ok(())
