@@ -351,3 +351,13 @@ fn exec_plugin(
         elapsed,
     })
 }
+
+/// `GET <path>` from node `i`'s agent metrics listener (`/metrics`, `/healthz`),
+/// fetched from inside the node namespace; returns the whole HTTP response.
+pub fn agent_http(lab: &Lab, i: usize, path: &str) -> Result<String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/9190 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+        lab.node(i).ip
+    );
+    Ok(lab.node(i).netns.exec(&["timeout", "5", "bash", "-c", &script])?)
+}

@@ -114,6 +114,13 @@ fn lab_agent_wires_pods_and_follows_vni_changes() -> Result<()> {
     policy.insert("red", 200);
     check_policy(&pods, &policy)?;
 
+    // The agent's metrics and health.
+    let metrics = lab::cluster::agent_http(&lab, 1, "/metrics")?;
+    ensure!(metrics.contains("k8s_ovs_pods 3"), "metrics: {metrics}");
+    ensure!(metrics.contains("k8s_ovs_cni_add_seconds_count 3"), "metrics: {metrics}");
+    ensure!(metrics.lines().any(|l| l.starts_with("k8s_ovs_bundle_flows_count ")), "metrics: {metrics}");
+    ensure!(lab::cluster::agent_http(&lab, 1, "/healthz")?.starts_with("HTTP/1.1 200"), "healthz");
+
     // Repeated ADD returns the same address; DEL is idempotent.
     let again = cni(&lab, 1, "ADD", &CniCall::pod(&pods[0].cid, &pods[0].netns, "red", &pods[0].name))?;
     ensure!(again.code == Some(0), "repeated ADD: {}", again.stdout);
@@ -548,6 +555,25 @@ fn lab_agent_cni_edge_cases() -> Result<()> {
         ips.insert(r.stdout["ips"][0]["address"].as_str().unwrap_or_default().to_string());
     }
     ensure!(ips.len() == 50, "addresses not unique: {} distinct", ips.len());
+
+    // GC: the runtime still knows only par-0; every other attachment goes.
+    let mut gc = CniCall::default();
+    let mut conf = lab.cni_conf(1);
+    conf["cniVersion"] = "1.1.0".into();
+    conf["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "par-0", "ifname": "eth0"}]);
+    gc.conf = Some(conf);
+    let r = cni(&lab, 1, "GC", &gc)?;
+    ensure!(r.code == Some(0), "GC: {}", r.stdout);
+    let ports = lab.node(1).ovs.vsctl(&["list-ports", "br0"])?;
+    ensure!(ports.split_whitespace().count() == 3, "after GC: tun0, vxlan0 and par-0's port: {ports}");
+    // DEL after the pod's namespace is gone: success, and the port goes.
+    netns[0].destroy();
+    let r = cni(&lab, 1, "DEL", &CniCall::pod("par-0", &netns[0], "red", "par0"))?;
+    ensure!(r.code == Some(0), "DEL with the netns gone: {}", r.stdout);
+    let ports = lab.node(1).ovs.vsctl(&["list-ports", "br0"])?;
+    ensure!(ports.split_whitespace().count() == 2, "after DEL: {ports}");
+    // STATUS: the agent serves.
+    ensure!(cni(&lab, 1, "STATUS", &CniCall::default())?.code == Some(0));
 
     // The agent not running: a clear error, "try again later" (11).
     agents[0].stop();

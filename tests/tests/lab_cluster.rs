@@ -101,9 +101,10 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     let _controller = start_controller(&lab, &url, "c1", &[])?;
     let agents = (1..=2).map(|i| Agent::start(&lab, i, &["--kube-url", &url])).collect::<Result<Vec<_>>>()?;
     let mut pods = Vec::new();
+    // 3 namespaces x 2 pods on each node.
     for node in 1..=2 {
-        for ns in ["red", "blue", "green"] {
-            let name = format!("{ns}{node}");
+        for (ns, k) in ["red", "blue", "green"].into_iter().flat_map(|ns| [(ns, 1), (ns, 2)]) {
+            let name = format!("{ns}-n{node}-{k}");
             let netns = lab.pod_netns(&name)?;
             let out = cni(&lab, node, "ADD", &CniCall::pod(&format!("cid-{name}"), &netns, ns, &name))?;
             ensure!(out.code == Some(0), "ADD {name}: {} {}", out.stdout, agents[node - 1].log_tail());
@@ -129,8 +130,8 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
         &lab,
         "red",
         &format!(r#"{{"NetName":"red","NetID":{red},"Action":"join","Namespace":"blue"}}"#),
-        by("red1"),
-        by("blue2"),
+        by("red-n1-1"),
+        by("blue-n2-1"),
         true,
     )?;
     eprintln!("join observed {took:?} after the etcdctl put");
@@ -141,8 +142,8 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
         &lab,
         "red",
         &format!(r#"{{"NetName":"red","NetID":{blue},"Action":"isolate","Namespace":""}}"#),
-        by("red1"),
-        by("blue2"),
+        by("red-n1-1"),
+        by("blue-n2-1"),
         false,
     )?;
     eprintln!("isolate observed {took:?} after the etcdctl put");
@@ -152,8 +153,8 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
         &lab,
         "green",
         &format!(r#"{{"NetName":"green","NetID":{green},"Action":"global","Namespace":""}}"#),
-        by("green1"),
-        by("red2"),
+        by("green-n1-1"),
+        by("red-n2-1"),
         true,
     )?;
     eprintln!("global observed {took:?} after the etcdctl put");
@@ -164,7 +165,7 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     let (code, out, err) = ctl(&lab, &["join", "blue", "--to", "red", "--wait"])?;
     ensure!(code == Some(0), "ctl join: {out} {err}");
     ensure!(
-        traffic::reachable(&by("blue1").netns, &by("red2").ip, Duration::from_secs(1))?,
+        traffic::reachable(&by("blue-n1-2").netns, &by("red-n2-1").ip, Duration::from_secs(1))?,
         "blue -> red after ctl join"
     );
     matrix_matches_etcd(&lab, &pods)?;
