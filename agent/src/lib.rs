@@ -6,8 +6,10 @@
 //! - inputs: `cni_server` (the CNI plugin's socket), `etcd_source`, `kube_source`;
 //! - edges: `ovsdb` (bridge and ports), `netlink` (veths, addresses, routes),
 //!   `ipam` (addresses kept on disk), `iptables` (masquerade, netdev guard);
+//! - `bandwidth`: pod rate limits (annotations, runtimeConfig) enforced with tc;
 //! - `pods` (how a pod is named and recorded), `metrics`, `config`.
 
+pub mod bandwidth;
 pub mod cni_server;
 pub mod config;
 pub mod dataplane;

@@ -26,6 +26,7 @@
 
 mod ethtool;
 mod netns;
+mod tc;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,6 +43,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::task::AbortHandle;
 
 pub use ethtool::Offloads;
+pub use tc::Qdisc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
