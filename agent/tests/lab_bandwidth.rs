@@ -256,3 +256,32 @@ async fn lab_bandwidth_rates_hold_on_a_veth_pair() -> Result<()> {
     ensure!(restored >= 5.0 * 20.0, "removal restores full speed: {restored:.1}");
     Ok(())
 }
+
+/// kubernetes#90838: runtimes pass a burst of u32::MAX bits, so a fresh
+/// bucket lets the first seconds through unshaped. The default burst (20 ms
+/// at the rate) keeps even the first second at the limit.
+#[tokio::test]
+async fn lab_bandwidth_default_burst_holds_from_the_first_second() -> Result<()> {
+    let pair = Pair::create("vethbw4")?;
+    let host = Netlink::in_netns(&pair.node.path())?;
+    let devices = pair.devices(DatapathType::System);
+    // Counted from the first byte; each apply after a remove starts with a
+    // full bucket.
+    let from_first_byte =
+        || lab::traffic::iperf3_omitting(&pair.node.netns, NODE_IP, &pair.pod.netns, IPERF_SECS, false, 0);
+
+    tc::apply(&host, &devices, &limits(None, Some(5_000_000))).await?;
+    let default_burst = from_first_byte()?;
+    tc::remove(&host, &devices).await?;
+    let runtime_burst = Rate { bits_per_sec: 5_000_000, burst_bits: u64::from(u32::MAX) };
+    tc::apply(&host, &devices, &Limits { ingress: None, egress: Some(runtime_burst) }).await?;
+    let huge_burst = from_first_byte()?;
+
+    eprintln!("egress 5M from the first byte: default burst {default_burst:.2}, u32::MAX-bit burst {huge_burst:.1} Mbit/s");
+    ensure!(
+        (default_burst - 5.0).abs() <= 5.0 * TOLERANCE,
+        "default burst: {default_burst:.2} Mbit/s over the first {IPERF_SECS} s, limit 5"
+    );
+    ensure!(huge_burst >= 2.0 * 5.0, "a u32::MAX-bit burst overshoots: {huge_burst:.1}");
+    Ok(())
+}
