@@ -16,7 +16,8 @@
 //! and passes it again on every live change.
 //!
 //! ## Default burst and queue (annotations carry a rate only)
-//! - burst = max(rate x [`DEFAULT_BURST_TIME`], 2 frames of the pod MTU):
+//! - burst = max(rate x [`DEFAULT_BURST_TIME`], 2 frames of the pod MTU),
+//!   at most [`MAX_BURST_BITS`]:
 //!   a bucket that starts full lets at most 20 ms of extra traffic through,
 //!   so the first second stays within 2% of the limit (plus two frames);
 //!   two frames because tbf drops a packet larger than its bucket;
@@ -30,7 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use quantity::{parse_bits_per_sec, QuantityError, MAX_BITS_PER_SEC, MIN_BITS_PER_SEC};
 
@@ -165,7 +166,7 @@ impl fmt::Display for PodName {
 
 /// `runtimeConfig.bandwidth` of a CNI request (rates in bit/s, bursts in
 /// bits; 0 or absent = not set), as the CNI bandwidth capability defines it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeBandwidth {
     #[serde(default)]
