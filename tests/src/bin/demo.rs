@@ -35,6 +35,9 @@ struct Cli {
     /// CI mode: the tenancy steps only (no bandwidth part, no node inspection).
     #[arg(long)]
     short: bool,
+    /// After the tour, keep the cluster up (printing how to look around) until Ctrl-C.
+    #[arg(long)]
+    stay: bool,
     /// Use the binaries already in target/ instead of `cargo build`ing them first.
     #[arg(long)]
     no_build: bool,
@@ -260,6 +263,50 @@ fn tour(cli: &Cli, c: &Cluster) -> Result<()> {
         bandwidth(c)?;
         inspect_node(c)?;
     }
+    if cli.stay {
+        stay_up(c)?;
+    }
+    Ok(())
+}
+
+/// Prints how to look at the running cluster, then waits for Ctrl-C. The
+/// interrupt is the expected end here, so the flag is cleared again and the
+/// demo ends as a success.
+fn stay_up(c: &Cluster) -> Result<()> {
+    heading("the cluster stays up: look around from another shell, Ctrl-C here tears it down");
+    println!(
+        "  etcd:     ip netns exec {} etcdctl --endpoints {} get --prefix {PREFIX}",
+        c.lab.ctl.name,
+        c.lab.etcd_endpoint()
+    );
+    println!(
+        "  ctl:      ip netns exec {} {} --etcd-endpoints {} list",
+        c.lab.ctl.name,
+        lab::cluster::bin("k8s-ovs-ctl")?.display(),
+        c.lab.etcd_endpoint()
+    );
+    for node in &c.lab.nodes {
+        println!(
+            "  n{} flows: OVS_RUNDIR={} ovs-ofctl -O OpenFlow15 dump-flows br0",
+            node.index,
+            node.ovs.rundir().display()
+        );
+    }
+    for p in &c.pods {
+        println!(
+            "  {:<7} ip netns exec {} ping {}",
+            p.name,
+            p.netns.name,
+            c.pods
+                .iter()
+                .find(|q| q.node != p.node && q.namespace == p.namespace)
+                .map_or("", |q| q.ip.as_str())
+        );
+    }
+    while !INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    INTERRUPTED.store(false, Ordering::SeqCst);
     Ok(())
 }
 
