@@ -20,9 +20,11 @@ use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, RemoteNode, FIRST
 use ovs_flows::{reconcile, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
 
+use crate::bandwidth::{self, tc, Limits, PodName, RuntimeBandwidth};
+use crate::config::DatapathType;
 use crate::etcd_source::EtcdView;
 use crate::ipam::{IpamStore, Owner};
-use crate::kube_source::ServiceMap;
+use crate::kube_source::{PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
 use crate::netlink::{setup_pod_interface, MacAddr, Netlink, PodInterface};
 use crate::ovsdb::{Client as OvsdbClient, PortSpec};
@@ -36,9 +38,10 @@ const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NodeSettings {
     pub bridge: String,
     pub pod_mtu: u32,
-    /// The userspace (netdev) datapath: veth offloads off, and the node
-    /// kernel kept from answering on pod veths (see `iptables.rs`).
-    pub userspace_datapath: bool,
+    /// On the userspace (netdev) datapath veth offloads go off, the node
+    /// kernel is kept from answering on pod veths (see `iptables.rs`), and
+    /// pod egress is shaped inside the pod (see `bandwidth::tc`).
+    pub datapath: DatapathType,
 }
 
 pub struct Dataplane {
@@ -53,6 +56,10 @@ pub struct Dataplane {
     installed: FlowSet,
     /// ofports of the bridge's ports that are not pods (vxlan0, tun0, others').
     other_ofports: std::collections::BTreeSet<u32>,
+    /// Bandwidth annotations of this node's pods (kept current by the pod watch).
+    annotations: PodAnnotations,
+    /// For reading a pod the watch has not delivered yet (ADD races it).
+    kube: Option<kube::Client>,
     round: u16,
     metrics: Arc<Metrics>,
 }
@@ -83,6 +90,8 @@ impl Dataplane {
             pods: BTreeMap::new(),
             installed: FlowSet::new(),
             other_ofports: Default::default(),
+            annotations: PodAnnotations::new(),
+            kube: None,
             round,
             metrics,
         }
@@ -217,9 +226,21 @@ impl Dataplane {
         if let Some(rec) = self.pods.get(&key) {
             return Ok(self.result_of(rec));
         }
+        // Bandwidth first: a bad value fails the ADD before anything exists.
+        let pod = PodName::new(
+            req.pod_namespace.clone().unwrap_or_else(|| "default".into()),
+            req.pod_name.clone().unwrap_or_default(),
+        );
+        let runtime = match &req.runtime_config {
+            Some(rc) => RuntimeBandwidth::from_runtime_config(&pod, rc).map_err(bandwidth_error)?,
+            None => None,
+        };
+        let annotations = self.annotations_of(&pod).await;
+        let limits = Limits::resolve(&pod, &annotations, runtime.as_ref(), self.settings.pod_mtu)
+            .map_err(bandwidth_error)?;
         let owner = Owner::new(key.container_id.clone(), key.ifname.clone());
         let ip = self.ipam.allocate(&owner).map_err(|e| agent_error("IP allocation failed", e))?;
-        match self.wire(req, &key, ip).await {
+        match self.wire(req, &key, ip, runtime, limits).await {
             Ok(rec) => {
                 let result = self.result_of(&rec);
                 info!(pod = %rec.name, namespace = %rec.namespace, %ip, ofport = rec.ofport, "pod added");
@@ -236,7 +257,14 @@ impl Dataplane {
 
     /// veth + address + routes, OVS port, then flows; each step undone if a
     /// later one fails, so a failed ADD leaves nothing behind.
-    async fn wire(&mut self, req: &Request, key: &PodKey, ip: Ipv4Addr) -> Result<PodRecord, CniError> {
+    async fn wire(
+        &mut self,
+        req: &Request,
+        key: &PodKey,
+        ip: Ipv4Addr,
+        runtime_bandwidth: Option<RuntimeBandwidth>,
+        limits: Limits,
+    ) -> Result<PodRecord, CniError> {
         let t0 = Instant::now();
         let host_veth = host_veth_name(key);
         let mac = mac_for_ip(ip);
@@ -250,14 +278,14 @@ impl Dataplane {
             mtu: self.settings.pod_mtu,
             address,
             gateway: self.state.gateway_ip,
-            offloads_off: self.settings.userspace_datapath,
+            offloads_off: self.settings.datapath == DatapathType::Netdev,
         };
         // A leftover host veth of an earlier, half-finished ADD is replaced.
         let _ = self.host.del_link(&host_veth).await;
         setup_pod_interface(&self.host, &iface)
             .await
             .map_err(|e| agent_error("wiring the pod interface failed", e))?;
-        if self.settings.userspace_datapath {
+        if self.settings.datapath == DatapathType::Netdev {
             if let Err(e) = keep_kernel_off(&host_veth) {
                 let _ = self.host.del_link(&host_veth).await;
                 return Err(agent_error("guarding the pod veth failed", e));
@@ -272,6 +300,8 @@ impl Dataplane {
             ofport: 0,
             ip,
             mac,
+            runtime_bandwidth,
+            limits,
         };
         let t_link = t0.elapsed();
         // The agent picks the ofport (ofport_request), so the pod's flows can
@@ -309,18 +339,140 @@ impl Dataplane {
             (Err(e), _) => Some(agent_error("adding the OVS port failed", e)),
             (_, Err(e)) => Some(agent_error("installing the pod's flows failed", e)),
         };
+        // Shaping last: ovs-vswitchd resets a port's qdiscs when it takes the
+        // port (its own QoS and ingress policing), so tc goes on after that.
+        let failure = match failure {
+            None if !limits.is_none() => {
+                let devices = self.devices(&host_veth, &req.netns, &key.ifname);
+                tc::apply(&self.host, &devices, &limits)
+                    .await
+                    .err()
+                    .map(|e| agent_error("installing the pod's bandwidth shaping failed", e))
+            }
+            other => other,
+        };
         if let Some(err) = failure {
             self.state.pods.remove(&rec.ofport);
             if let Err(e) = self.sync_flows().await {
                 warn!(error = %e, "removing the flows of a failed ADD failed");
             }
             let _ = self.ovsdb.del_port(&self.settings.bridge, &host_veth).await;
+            self.drop_shaping(&host_veth).await;
             let _ = self.host.del_link(&host_veth).await;
             return Err(err);
         }
         self.pods.insert(key.clone(), rec.clone());
         debug!(link = ?t_link, port_and_flows = ?(t0.elapsed() - t_link), "pod wired");
         Ok(rec)
+    }
+
+    fn devices<'a>(&self, host_veth: &'a str, netns: &'a str, ifname: &'a str) -> tc::PodDevices<'a> {
+        tc::PodDevices {
+            host_veth,
+            pod_netns: std::path::Path::new(netns),
+            pod_ifname: ifname,
+            datapath: self.settings.datapath,
+        }
+    }
+
+    /// Removes the egress ifb of a pod veth (kernel datapath; gone = fine).
+    async fn drop_shaping(&self, host_veth: &str) {
+        if self.settings.datapath == DatapathType::System {
+            if let Err(e) = self.host.del_link(&tc::ifb_name(host_veth)).await {
+                warn!(error = %e, veth = host_veth, "removing the egress ifb failed");
+            }
+        }
+    }
+
+    /// The pod's bandwidth annotations: from the pod watch, or, when an ADD
+    /// overtakes the watch, read from the API server directly.
+    async fn annotations_of(&self, pod: &PodName) -> BTreeMap<String, String> {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        if let Some(a) = self.annotations.get(&key) {
+            return a.clone();
+        }
+        let Some(client) = self.kube.clone() else { return BTreeMap::new() };
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, &pod.namespace);
+        match tokio::time::timeout(Duration::from_secs(2), api.get_opt(&pod.name)).await {
+            Ok(Ok(Some(p))) => crate::kube_source::bandwidth_annotations(&p),
+            Ok(Ok(None)) => BTreeMap::new(),
+            Ok(Err(e)) => {
+                warn!(pod = %pod, error = %e, "reading the pod's annotations failed; no bandwidth limits");
+                BTreeMap::new()
+            }
+            Err(_) => {
+                warn!(pod = %pod, "reading the pod's annotations timed out; no bandwidth limits");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    pub fn set_kube(&mut self, client: kube::Client) {
+        self.kube = Some(client);
+    }
+
+    /// Installs every pod's shaping again: a restarted ovs-vswitchd resets
+    /// the qdiscs of the ports it takes back.
+    pub async fn reapply_shaping(&mut self) {
+        for rec in self.pods.values().filter(|r| !r.limits.is_none()) {
+            let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
+            if let Err(e) = tc::apply(&self.host, &devices, &rec.limits).await {
+                self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(pod = %rec.name, error = %e, "re-installing bandwidth shaping failed");
+            }
+        }
+    }
+
+    /// Reads the shaping the kernel holds for adopted pods (after a restart).
+    pub async fn read_adopted_shaping(&mut self) {
+        let keys: Vec<PodKey> = self.pods.keys().cloned().collect();
+        for k in keys {
+            let Some(rec) = self.pods.get(&k) else { continue };
+            let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
+            match tc::installed(&self.host, &devices).await {
+                Ok(l) => {
+                    if let Some(r) = self.pods.get_mut(&k) {
+                        r.limits = l;
+                    }
+                }
+                Err(e) => warn!(pod = %rec.name, error = %e, "reading an adopted pod's shaping failed"),
+            }
+        }
+    }
+
+    /// The pod watch changed: bring every pod's shaping in line with its
+    /// annotations, live. An invalid new value keeps the previous shaping
+    /// (and is logged and counted); the pod is never recreated.
+    pub async fn on_pods(&mut self, annotations: &PodAnnotations) {
+        self.annotations = annotations.clone();
+        let keys: Vec<PodKey> = self.pods.keys().cloned().collect();
+        for k in keys {
+            let Some(rec) = self.pods.get(&k).cloned() else { continue };
+            let pod = PodName::new(rec.namespace.clone(), rec.name.clone());
+            let Some(a) = self.annotations.get(&(pod.namespace.clone(), pod.name.clone())) else { continue };
+            match Limits::resolve(&pod, a, rec.runtime_bandwidth.as_ref(), self.settings.pod_mtu) {
+                Ok(l) if l == rec.limits => {}
+                Ok(l) => {
+                    let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
+                    match tc::apply(&self.host, &devices, &l).await {
+                        Ok(()) => {
+                            info!(pod = %pod, limits = %l, "bandwidth shaping changed");
+                            if let Some(r) = self.pods.get_mut(&k) {
+                                r.limits = l;
+                            }
+                        }
+                        Err(e) => {
+                            self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
+                            warn!(pod = %pod, error = %e, "changing the bandwidth shaping failed");
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "invalid bandwidth annotation; keeping the pod's current shaping");
+                }
+            }
+        }
     }
 
     /// The lowest ofport from [`FIRST_POD_OFPORT`] that no pod and no other
@@ -362,6 +514,8 @@ impl Dataplane {
         );
         port.map_err(|e| agent_error("removing the OVS port failed", e))?;
         link.map_err(|e| agent_error("removing the veth failed", e))?;
+        // The qdiscs went with the veth; an egress ifb is a device of its own.
+        self.drop_shaping(&host_veth).await;
         self.ipam
             .release(&Owner::new(key.container_id.clone(), key.ifname.clone()))
             .map_err(|e| agent_error("releasing the IP failed", e))?;
@@ -408,6 +562,10 @@ impl Dataplane {
         if !ports.iter().any(|p| p.name == rec.host_veth && p.ofport == Some(rec.ofport)) {
             return Err(unknown(format!("OVS port {} (ofport {}) is gone", rec.host_veth, rec.ofport)));
         }
+        let devices = self.devices(&rec.host_veth, &req.netns, &key.ifname);
+        tc::check(&self.host, &devices, &rec.limits)
+            .await
+            .map_err(|e| agent_error("the pod's bandwidth shaping is not as requested", e))?;
         Ok(())
     }
 
@@ -433,6 +591,10 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+fn bandwidth_error(e: bandwidth::BandwidthError) -> CniError {
+    CniError::new(ErrorCode::InvalidPodConfig, e.to_string())
 }
 
 /// Userspace datapath: the node kernel must not answer ARP on a pod veth

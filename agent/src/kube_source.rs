@@ -80,6 +80,59 @@ pub async fn run_services(client: Client, out: watch::Sender<ServiceMap>) {
     }
 }
 
+/// The bandwidth annotations of this node's pods, by (namespace, name).
+pub type PodAnnotations = BTreeMap<(String, String), BTreeMap<String, String>>;
+
+/// Only the annotations the agent acts on, so unrelated pod updates do not
+/// wake the loop.
+pub fn bandwidth_annotations(pod: &k8s_openapi::api::core::v1::Pod) -> BTreeMap<String, String> {
+    pod.metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| {
+            k.as_str() == crate::bandwidth::INGRESS_ANNOTATION
+                || k.as_str() == crate::bandwidth::EGRESS_ANNOTATION
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Runs forever: keeps `out` equal to the bandwidth annotations of the pods
+/// scheduled on `node_name` (watch with `fieldSelector=spec.nodeName=`).
+pub async fn run_pods(client: Client, node_name: String, out: watch::Sender<PodAnnotations>) {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: Api<Pod> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    let mut relist: Option<PodAnnotations> = None;
+    let key = |p: &Pod| (p.namespace().unwrap_or_default(), p.name_any());
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist = Some(PodAnnotations::new()),
+            Ok(Event::InitApply(p)) => {
+                if let Some(m) = relist.as_mut() {
+                    m.insert(key(&p), bandwidth_annotations(&p));
+                }
+            }
+            Ok(Event::InitDone) => {
+                if let Some(m) = relist.take() {
+                    out.send_if_modified(|cur| std::mem::replace(cur, m.clone()) != m);
+                }
+            }
+            Ok(Event::Apply(p)) => {
+                let (k, v) = (key(&p), bandwidth_annotations(&p));
+                out.send_if_modified(|m| m.insert(k, v.clone()).as_ref() != Some(&v));
+            }
+            Ok(Event::Delete(p)) => {
+                let k = key(&p);
+                out.send_if_modified(|m| m.remove(&k).is_some());
+            }
+            Err(e) => warn!(error = %e, "pod watch error; retrying with backoff"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

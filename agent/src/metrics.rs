@@ -65,6 +65,7 @@ pub struct Metrics {
     pub cni_errors: AtomicU64,
     pub flow_errors: AtomicU64,
     pub ovs_reconnects: AtomicU64,
+    pub bandwidth_errors: AtomicU64,
     /// Set once the agent serves CNI requests with a programmed bridge.
     pub ready: AtomicBool,
 }
@@ -80,6 +81,7 @@ impl Default for Metrics {
             cni_errors: AtomicU64::new(0),
             flow_errors: AtomicU64::new(0),
             ovs_reconnects: AtomicU64::new(0),
+            bandwidth_errors: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         }
     }
@@ -96,7 +98,13 @@ impl Metrics {
             "OpenFlow bundle latency (open to commit)",
         );
         self.bundle_flows.render(&mut s, "k8s_ovs_bundle_flows", "flow changes per bundle");
-        let gauges: [(&str, &str, &str, &AtomicU64); 5] = [
+        let gauges: [(&str, &str, &str, &AtomicU64); 6] = [
+            (
+                "k8s_ovs_bandwidth_errors_total",
+                "counter",
+                "bandwidth changes refused or failed",
+                &self.bandwidth_errors,
+            ),
             ("k8s_ovs_pods", "gauge", "pods attached to the bridge", &self.pods),
             ("k8s_ovs_cni_errors_total", "counter", "CNI requests answered with an error", &self.cni_errors),
             ("k8s_ovs_flow_errors_total", "counter", "flow bundles the switch refused", &self.flow_errors),

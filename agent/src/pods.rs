@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use cni::spec::{CniResult, Interface, IpConfig, Route};
+
+use crate::bandwidth::{Limits, RuntimeBandwidth};
 use ovs_flows::Mac;
 
 /// One attachment: a container's interface (CNI's identity of an ADD).
@@ -28,6 +30,11 @@ pub struct PodRecord {
     pub ofport: u32,
     pub ip: Ipv4Addr,
     pub mac: Mac,
+    /// `runtimeConfig.bandwidth` of the ADD (kept: annotations can change
+    /// later, the runtime's value cannot).
+    pub runtime_bandwidth: Option<RuntimeBandwidth>,
+    /// The shaping installed now.
+    pub limits: Limits,
 }
 
 /// external_ids keys on the pod's OVS Interface.
@@ -39,6 +46,7 @@ pub mod ids {
     pub const NETNS: &str = "k8s-ovs-netns";
     pub const IP: &str = "k8s-ovs-ip";
     pub const MAC: &str = "k8s-ovs-mac";
+    pub const RUNTIME_BANDWIDTH: &str = "k8s-ovs-runtime-bandwidth";
 }
 
 impl PodRecord {
@@ -54,6 +62,11 @@ impl PodRecord {
             (ids::MAC, self.mac.to_string()),
         ]
         .into_iter()
+        .chain(
+            self.runtime_bandwidth
+                .and_then(|b| serde_json::to_string(&b).ok())
+                .map(|b| (ids::RUNTIME_BANDWIDTH, b)),
+        )
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -71,6 +84,10 @@ impl PodRecord {
             ofport,
             ip: get(ids::IP)?.parse().ok()?,
             mac: get(ids::MAC)?.parse().ok()?,
+            runtime_bandwidth: get(ids::RUNTIME_BANDWIDTH).and_then(|b| serde_json::from_str(&b).ok()),
+            // Re-derived after a restart: read from the kernel, then the
+            // annotations converge it.
+            limits: Limits::NONE,
         })
     }
 
@@ -137,6 +154,12 @@ mod tests {
             ofport: 7,
             ip: "172.11.0.5".parse().unwrap(),
             mac: mac_for_ip("172.11.0.5".parse().unwrap()),
+            runtime_bandwidth: Some(RuntimeBandwidth {
+                ingress_rate: 1000,
+                ingress_burst: 2000,
+                ..Default::default()
+            }),
+            limits: Limits::NONE,
         }
     }
 

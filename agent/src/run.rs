@@ -18,7 +18,7 @@ use crate::config::{AgentConfig, DatapathType};
 use crate::dataplane::{prefix_of, Dataplane, NodeSettings};
 use crate::etcd_source::{self, EtcdSettings, EtcdView};
 use crate::ipam::IpamStore;
-use crate::kube_source::{self, ServiceMap};
+use crate::kube_source::{self, PodAnnotations, ServiceMap};
 use crate::metrics::{self, Metrics};
 use crate::netlink::Netlink;
 use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortSpec};
@@ -169,14 +169,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         prefix_of(net.network),
         prefix_of(net.service_network),
     );
-    let node = NodeSettings {
-        bridge: cfg.bridge.clone(),
-        pod_mtu: cfg.pod_mtu(),
-        userspace_datapath: cfg.datapath_type == DatapathType::Netdev,
-    };
+    let node =
+        NodeSettings { bridge: cfg.bridge.clone(), pod_mtu: cfg.pod_mtu(), datapath: cfg.datapath_type };
     let mut dp = Dataplane::new(node, ovsdb, flows, host, ipam, state, round, metrics.clone());
     info!(pods = adopted.len(), round, "adopting pods found on the bridge");
     dp.adopt(adopted, other_ofports);
+    dp.read_adopted_shaping().await;
     dp.on_view_state(&view);
     let changed = dp.full_reconcile().await.context("initial flows")?;
     info!(changed, flows = dp.installed().len(), "flows reconciled");
@@ -186,9 +184,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     tokio::spawn(cni_server::serve(listener, cni_tx));
 
     let (svc_tx, mut svc_rx) = watch::channel(ServiceMap::new());
+    let (pods_tx, mut pods_rx) = watch::channel(PodAnnotations::new());
     if !cfg.no_kube {
         let client = kube_client(&cfg).await?;
-        tokio::spawn(kube_source::run_services(client, svc_tx));
+        dp.set_kube(client.clone());
+        tokio::spawn(kube_source::run_services(client.clone(), svc_tx));
+        tokio::spawn(kube_source::run_pods(client, cfg.node_name.clone(), pods_tx));
     }
     metrics.ready.store(true, Ordering::Relaxed);
     info!(socket = %cfg.cni_socket.display(), "agent ready");
@@ -205,6 +206,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
                     warn!(error = %e, "applying an etcd change failed; retrying on the next change or reconnect");
                 }
             }
+            Ok(()) = pods_rx.changed() => {
+                let p = pods_rx.borrow_and_update().clone();
+                dp.on_pods(&p).await;
+            }
             Ok(()) = svc_rx.changed() => {
                 let s = svc_rx.borrow_and_update().clone();
                 if let Err(e) = dp.on_services(&s).await {
@@ -220,6 +225,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
                         Ok(n) => info!(generation, replayed = n, "switch reconnected; flows replayed"),
                         Err(e) => warn!(error = %e, "replaying flows after a reconnect failed"),
                     }
+                    dp.reapply_shaping().await;
                 }
                 Ok(ConnEvent::Disconnected { reason }) => warn!(%reason, "switch connection lost"),
                 Ok(_) => {}

@@ -1,0 +1,141 @@
+//! Pod bandwidth end to end on the lab: annotations read by the agent (pod
+//! watch on the test apiserver), shaping installed at ADD through the CNI
+//! binary, changed live, removed live, gone after DEL; rates measured with
+//! iperf3 (first second omitted).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use lab::cluster::{cni, start_kube_api, Agent, CniCall};
+use lab::kube_api::KubeApi;
+use lab::{traffic, Lab, Netns};
+use serde_json::json;
+
+fn pod_object(name: &str, annotations: serde_json::Value) -> serde_json::Value {
+    json!({"kind": "Pod", "apiVersion": "v1",
+           "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+           "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]}})
+}
+
+fn add(lab: &mut Lab, name: &str) -> Result<(Netns, String, lab::cluster::CniOutput)> {
+    let netns = lab.pod_netns(name)?;
+    let out = cni(lab, 1, "ADD", &CniCall::pod(&format!("cid-{name}"), &netns, "shop", name))?;
+    let ip = out.stdout["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((netns, ip, out))
+}
+
+fn within(measured: f64, want: f64, tolerance: f64) -> bool {
+    (measured - want).abs() <= want * tolerance
+}
+
+/// Waits until the agent's shaping of `dev` (in `ns`) shows `want` in `tc qdisc show`.
+fn wait_qdisc(ns: &Netns, dev: &str, want: &str, present: bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = ns.exec(&["tc", "qdisc", "show", "dev", dev])?;
+        if q.contains(want) == present {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{dev}: waiting for {want:?} present={present}: {q}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lab_bandwidth_annotations_shape_pods_live() -> Result<()> {
+    let mut lab = Lab::start(1)?;
+    let api: KubeApi = start_kube_api(&lab)?;
+    lab.put_network_config("k8s-ovs-multitenant")?;
+    lab.put_node_subnet(1)?;
+    lab.put_netnamespace("shop", 100)?;
+    let url = api.url();
+    let agent = Agent::start(&lab, 1, &["--kube-url", &url])?;
+
+    // An invalid value fails the ADD with an error naming pod, annotation and value.
+    api.create(pod_object("bad", json!({"kubernetes.io/ingress-bandwidth": "-5M"})))?;
+    let (_, _, out) = add(&mut lab, "bad")?;
+    ensure!(out.code == Some(1) && out.stdout["code"] == 101, "bad annotation: {}", out.stdout);
+    let msg = out.stdout["msg"].as_str().unwrap_or_default();
+    ensure!(
+        msg.contains("shop/bad") && msg.contains("kubernetes.io/ingress-bandwidth") && msg.contains("-5M"),
+        "{msg}"
+    );
+
+    api.create(pod_object(
+        "shaped",
+        json!({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "5M"}),
+    ))?;
+    api.create(pod_object("free", json!({})))?;
+    api.create(pod_object("peer", json!({})))?;
+    let (shaped, shaped_ip, out) = add(&mut lab, "shaped")?;
+    ensure!(out.code == Some(0), "ADD shaped: {} {}", out.stdout, agent.log_tail());
+    let (free, free_ip, _) = add(&mut lab, "free")?;
+    let (peer, peer_ip, _) = add(&mut lab, "peer")?;
+    ensure!(traffic::reachable(&peer, &shaped_ip, Duration::from_secs(5))?);
+
+    let to_shaped = traffic::iperf3(&shaped, &shaped_ip, &peer, 4, false)?; // pod ingress
+    let from_shaped = traffic::iperf3(&peer, &peer_ip, &shaped, 4, false)?; // pod egress
+    let to_free = traffic::iperf3(&free, &free_ip, &peer, 4, false)?;
+    eprintln!("ingress 10M: {to_shaped:.2} Mbit/s, egress 5M: {from_shaped:.2}, unshaped: {to_free:.2}");
+    ensure!(within(to_shaped, 10.0, 0.15), "ingress 10M measured {to_shaped:.2}");
+    ensure!(within(from_shaped, 5.0, 0.15), "egress 5M measured {from_shaped:.2}");
+    ensure!(to_free >= 5.0 * to_shaped, "unshaped {to_free:.2} not 5x faster than {to_shaped:.2}");
+
+    // CHECK confirms the installed qdiscs match.
+    let mut check = CniCall::pod("cid-shaped", &shaped, "shop", "shaped");
+    let mut conf = lab.cni_conf(1);
+    conf["prevResult"] = out.stdout.clone();
+    check.conf = Some(conf);
+    ensure!(cni(&lab, 1, "CHECK", &check)?.code == Some(0), "CHECK of the shaped pod");
+
+    // Live change 10M -> 20M: the running pod is reshaped, not recreated.
+    let host_veth = out.stdout["interfaces"][0]["name"].as_str().unwrap_or_default().to_string();
+    api.update(pod_object(
+        "shaped",
+        json!({"kubernetes.io/ingress-bandwidth": "20M", "kubernetes.io/egress-bandwidth": "5M"}),
+    ))?;
+    wait_qdisc(&lab.node(1).netns, &host_veth, "rate 20Mbit", true)?;
+    let to_shaped_20 = traffic::iperf3(&shaped, &shaped_ip, &peer, 4, false)?;
+    eprintln!("ingress after the live change to 20M: {to_shaped_20:.2} Mbit/s");
+    ensure!(within(to_shaped_20, 20.0, 0.15), "ingress 20M measured {to_shaped_20:.2}");
+
+    // An invalid new value keeps the previous shaping.
+    api.update(pod_object(
+        "shaped",
+        json!({"kubernetes.io/ingress-bandwidth": "abc", "kubernetes.io/egress-bandwidth": "5M"}),
+    ))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab::cluster::agent_http(&lab, 1, "/metrics")?.contains("k8s_ovs_bandwidth_errors_total 1") {
+        ensure!(Instant::now() < deadline, "the invalid value was not reported");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(lab.node(1).netns.exec(&["tc", "qdisc", "show", "dev", &host_veth])?.contains("rate 20Mbit"));
+
+    // Removing the annotations restores full speed.
+    api.update(pod_object("shaped", json!({})))?;
+    wait_qdisc(&lab.node(1).netns, &host_veth, "tbf", false)?;
+    wait_qdisc(&shaped, "eth0", "tbf", false)?;
+    let unshaped_again = traffic::iperf3(&shaped, &shaped_ip, &peer, 4, false)?;
+    eprintln!("after removing the annotations: {unshaped_again:.2} Mbit/s");
+    ensure!(unshaped_again >= 5.0 * 10.0, "full speed back: {unshaped_again:.2}");
+
+    // Shaped again, then DEL: no qdisc or ifb remains.
+    api.update(pod_object(
+        "shaped",
+        json!({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "5M"}),
+    ))?;
+    wait_qdisc(&lab.node(1).netns, &host_veth, "tbf", true)?;
+    ensure!(cni(&lab, 1, "DEL", &CniCall::pod("cid-shaped", &shaped, "shop", "shaped"))?.code == Some(0));
+    let links = lab.node(1).netns.exec(&["ip", "-o", "link"])?;
+    ensure!(!links.contains(&host_veth) && !links.contains("ifb"), "left after DEL: {links}");
+    ensure!(!shaped.exec(&["tc", "qdisc", "show", "dev", "lo"])?.contains("tbf"));
+    let pod_links = shaped.exec(&["ip", "-o", "link"])?;
+    ensure!(!pod_links.contains("eth0"), "pod eth0 left: {pod_links}");
+    Ok(())
+}
