@@ -360,11 +360,17 @@ fn netns_key(ns: &str) -> String {
 
 /// Namespace `ns`'s record (waits for the controller to create it).
 fn record(c: &Cluster, ns: &str) -> Result<serde_json::Value> {
+    let raw = record_text(c, ns)?;
+    serde_json::from_str(&raw).with_context(|| format!("record of {ns}: {raw}"))
+}
+
+/// The record's value exactly as etcd holds it (K8S-OVS's field order).
+fn record_text(c: &Cluster, ns: &str) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let v = c.lab.etcdctl(&["get", "--print-value-only", &netns_key(ns)])?;
         if !v.trim().is_empty() {
-            return serde_json::from_str(v.trim()).with_context(|| format!("record of {ns}: {v}"));
+            return Ok(v.trim().to_string());
         }
         checkpoint()?;
         if Instant::now() > deadline {
@@ -399,9 +405,11 @@ fn operator_edit(
     let t = Instant::now();
     c.lab.etcdctl(&["put", &key, &value])?;
     let applied = loop {
-        let r = record(c, ns)?;
+        let raw = record_text(c, ns)?;
+        let r: serde_json::Value =
+            serde_json::from_str(&raw).with_context(|| format!("record of {ns}: {raw}"))?;
         if r["Action"] == "" {
-            break r;
+            break raw;
         }
         checkpoint()?;
         if t.elapsed() > Duration::from_secs(15) {
@@ -409,11 +417,7 @@ fn operator_edit(
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    println!(
-        "  controller applied it after {:.0} ms: {}",
-        t.elapsed().as_secs_f64() * 1e3,
-        serde_json::to_string(&applied)?
-    );
+    println!("  controller applied it after {:.0} ms: {}", t.elapsed().as_secs_f64() * 1e3, applied);
     wait_for_path(c, t, probe, "the put")
 }
 
