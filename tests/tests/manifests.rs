@@ -437,8 +437,14 @@ fn rbac_grants_read_only_what_each_daemon_watches() -> Result<()> {
     );
     ensure!(
         rules("k8s-ovs-agent")?
-            == set(&[("pods", "list"), ("pods", "watch"), ("services", "list"), ("services", "watch")]),
-        "agent: list/watch services and pods, nothing else"
+            == set(&[
+                ("pods", "get"),
+                ("pods", "list"),
+                ("pods", "watch"),
+                ("services", "list"),
+                ("services", "watch")
+            ]),
+        "agent: list/watch services, get/list/watch pods (agent/src/kube_source.rs, dataplane.rs), nothing else"
     );
     // Each daemon's ServiceAccount exists and is bound to its role.
     for (pod, role) in [(agent_pod(&m)?, "k8s-ovs-agent"), (controller_pod(&m)?, "k8s-ovs-controller")] {
