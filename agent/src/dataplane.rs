@@ -562,10 +562,14 @@ impl Dataplane {
         if !ports.iter().any(|p| p.name == rec.host_veth && p.ofport == Some(rec.ofport)) {
             return Err(unknown(format!("OVS port {} (ofport {}) is gone", rec.host_veth, rec.ofport)));
         }
-        let devices = self.devices(&rec.host_veth, &req.netns, &key.ifname);
-        tc::check(&self.host, &devices, &rec.limits)
-            .await
-            .map_err(|e| agent_error("the pod's bandwidth shaping is not as requested", e))?;
+        // Only shaping the agent installed is checked: without limits of its
+        // own the pod may be shaped by a chained plugin (upstream bandwidth).
+        if !rec.limits.is_none() {
+            let devices = self.devices(&rec.host_veth, &req.netns, &key.ifname);
+            tc::check(&self.host, &devices, &rec.limits)
+                .await
+                .map_err(|e| agent_error("the pod's bandwidth shaping is not as requested", e))?;
+        }
         Ok(())
     }
 

@@ -34,20 +34,7 @@ struct TestPod {
 /// Sets up br0 the way the agent does (vxlan0 = 1, tun0 = 2 with the gateway address).
 fn prepare_node(lab: &Lab, node: usize) -> Result<()> {
     let n = lab.node(node);
-    n.ovs.add_bridge("br0", &["fail_mode=secure", "protocols=OpenFlow10,OpenFlow13,OpenFlow15"])?;
-    n.ovs.vsctl(&[
-        "add-port",
-        "br0",
-        "vxlan0",
-        "--",
-        "set",
-        "interface",
-        "vxlan0",
-        "type=vxlan",
-        "options:remote_ip=flow",
-        "options:key=flow",
-        &format!("ofport_request={VXLAN_OFPORT}"),
-    ])?;
+    n.ovs.add_tunnel_bridge("br0", VXLAN_OFPORT)?;
     n.ovs.vsctl(&[
         "add-port",
         "br0",

@@ -101,6 +101,29 @@ impl Ovs {
         Ok(())
     }
 
+    /// Adds `br0`-style bridge `bridge` (netdev, fail_mode secure, OpenFlow
+    /// 1.0/1.3/1.5) with a flow-based VXLAN port `vxlan0` at `vxlan_ofport`
+    /// (`remote_ip=flow`, `key=flow`): what hand-built lab pipelines need.
+    pub fn add_tunnel_bridge(&self, bridge: &str, vxlan_ofport: u32) -> Result<()> {
+        self.add_bridge(bridge, &["fail_mode=secure", "protocols=OpenFlow10,OpenFlow13,OpenFlow15"])?;
+        let ofport = format!("ofport_request={vxlan_ofport}");
+        self.vsctl(&[
+            "add-port",
+            bridge,
+            "vxlan0",
+            "--",
+            "set",
+            "interface",
+            "vxlan0",
+            "type=vxlan",
+            "options:remote_ip=flow",
+            "options:key=flow",
+            &ofport,
+        ])?;
+        self.wait_ofport("vxlan0")?;
+        Ok(())
+    }
+
     /// Waits until an interface has an ofport (> 0); fails with the
     /// interface's `error` column if it never gets one.
     pub fn wait_ofport(&self, iface: &str) -> Result<u32> {

@@ -93,6 +93,11 @@ fn lab_bandwidth_annotations_shape_pods_live() -> Result<()> {
     conf["prevResult"] = out.stdout.clone();
     check.conf = Some(conf);
     ensure!(cni(&lab, 1, "CHECK", &check)?.code == Some(0), "CHECK of the shaped pod");
+    // ... and notices when the installed qdiscs no longer match.
+    let hv = out.stdout["interfaces"][0]["name"].as_str().unwrap_or_default().to_string();
+    lab.node(1).netns.exec(&["tc", "qdisc", "del", "dev", &hv, "root"])?;
+    let r = cni(&lab, 1, "CHECK", &check)?;
+    ensure!(r.code == Some(1), "CHECK after the tbf was removed by hand: {}", r.stdout);
 
     // Live change 10M -> 20M: the running pod is reshaped, not recreated.
     let host_veth = out.stdout["interfaces"][0]["name"].as_str().unwrap_or_default().to_string();

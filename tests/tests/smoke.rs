@@ -58,21 +58,7 @@ fn flows_for(node: usize, remote_ip: &str) -> Vec<String> {
 fn vxlan_carries_one_vni_across_nodes_and_keeps_vnis_apart() -> Result<()> {
     let mut lab = Lab::start(2)?;
     for n in &lab.nodes {
-        n.ovs.add_bridge("br0", &["fail_mode=secure", "protocols=OpenFlow10,OpenFlow13,OpenFlow15"])?;
-        n.ovs.vsctl(&[
-            "add-port",
-            "br0",
-            "vxlan0",
-            "--",
-            "set",
-            "interface",
-            "vxlan0",
-            "type=vxlan",
-            "options:remote_ip=flow",
-            "options:key=flow",
-            &format!("ofport_request={VXLAN_OFPORT}"),
-        ])?;
-        n.ovs.wait_ofport("vxlan0")?;
+        n.ovs.add_tunnel_bridge("br0", VXLAN_OFPORT)?;
     }
     let mut pods: Vec<Pod> = Vec::new();
     for p in PODS {
