@@ -132,11 +132,10 @@ pub fn host_veth_name(key: &PodKey) -> String {
     format!("{VETH_PREFIX}{:012x}", h & 0xffff_ffff_ffff)
 }
 
-/// The pod MAC derived from its IP (`0a:58:` + the four address bytes, as
-/// OpenShift SDN does): unique as long as the IP is, and readable in dumps.
+/// The pod MAC derived from its IP (`0a:58:` + the four address bytes, the
+/// netlink module's convention), in the flow model's type.
 pub fn mac_for_ip(ip: Ipv4Addr) -> Mac {
-    let o = ip.octets();
-    Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+    Mac(crate::netlink::MacAddr::from_ipv4(ip).0)
 }
 
 #[cfg(test)]
