@@ -4,7 +4,8 @@
 //! agent per node, each node with its own Open vSwitch), creates pods through
 //! the CNI binary in three namespaces, prints who reaches whom, then changes
 //! tenancy live the operator's way (`etcdctl put` of the record) and the
-//! friendly way (`k8s-ovs-ctl`), printing the matrix after each change. Every
+//! friendly way (`k8s-ovs-ctl`), printing the matrix after each change, and
+//! (full mode) shapes a running pod's bandwidth live, measured with iperf3. Every
 //! address lives inside network namespaces the lab created; nothing leaves
 //! the machine. Ctrl-C (or SIGTERM) stops after the current step and tears
 //! everything down.
@@ -319,9 +320,57 @@ fn stay_up(c: &Cluster) -> Result<()> {
 // "set 10 Mbit/s, measured 9.6 Mbit/s" lines. Keep it out of `--short` (the
 // measurement takes several seconds per direction).
 // ---------------------------------------------------------------------------
-fn bandwidth(_c: &Cluster) -> Result<()> {
-    heading("bandwidth shaping with iperf3");
-    println!("  not part of this build of the demo yet (placeholder in tests/src/bin/demo.rs)");
+/// The pod object an operator would edit (`kubectl annotate`), as the test
+/// apiserver serves it to the agents' pod watch.
+fn pod_object(p: &DemoPod, annotations: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": p.name, "namespace": p.namespace, "annotations": annotations},
+        "spec": {"nodeName": format!("n{}", p.node), "containers": [{"name": "app", "image": "demo"}]}})
+}
+
+/// Waits until the pod's own eth0 has (or no longer has) the egress tbf
+/// the agent installs on the userspace datapath.
+fn wait_shaping(p: &DemoPod, present: bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.netns.exec(&["tc", "qdisc", "show", "dev", "eth0"])?.contains("tbf") != present {
+        checkpoint()?;
+        ensure!(Instant::now() < deadline, "the agent did not reshape {} within 10 s", p.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn bandwidth(c: &Cluster) -> Result<()> {
+    checkpoint()?;
+    heading("bandwidth shaping, changed live on a running pod (iperf3, 3 s, first second omitted)");
+    let find = |n: &str| c.pods.iter().find(|p| p.name == n).context("demo pod");
+    let (shaped, peer) = (find("red1")?, find("red2")?);
+    let rate = |server: &DemoPod, client: &DemoPod| {
+        traffic::iperf3(&server.netns, &server.ip, &client.netns, 3, false)
+    };
+    println!("  {} -> {} unshaped: {:.1} Mbit/s", peer.name, shaped.name, rate(shaped, peer)?);
+    println!(
+        "  $ kubectl annotate pod {} kubernetes.io/ingress-bandwidth=10M kubernetes.io/egress-bandwidth=5M",
+        shaped.name
+    );
+    c._api.apply(pod_object(
+        shaped,
+        serde_json::json!({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "5M"}),
+    ))?;
+    wait_shaping(shaped, true)?;
+    println!("  to {} (limit 10M): {:.2} Mbit/s", shaped.name, rate(shaped, peer)?);
+    println!("  from {} (limit 5M): {:.2} Mbit/s", shaped.name, rate(peer, shaped)?);
+    println!(
+        "  $ kubectl annotate pod {} kubernetes.io/ingress-bandwidth- kubernetes.io/egress-bandwidth-",
+        shaped.name
+    );
+    c._api.apply(pod_object(shaped, serde_json::json!({})))?;
+    wait_shaping(shaped, false)?;
+    println!(
+        "  to {} again unshaped: {:.1} Mbit/s (same pod, never recreated)",
+        shaped.name,
+        rate(shaped, peer)?
+    );
     Ok(())
 }
 
