@@ -97,10 +97,6 @@ impl Dataplane {
         }
     }
 
-    pub fn state(&self) -> &NodeState {
-        &self.state
-    }
-
     pub fn installed(&self) -> &FlowSet {
         &self.installed
     }

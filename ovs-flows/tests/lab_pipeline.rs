@@ -99,18 +99,7 @@ fn lab_pipeline_isolates_tenants_across_nodes() -> Result<()> {
             let host_if = format!("veth-{name}");
             let pod = lab.add_pod(node, &name, &host_if, &format!("{ip}/16"), None)?;
             pod.netns.ip(&["route", "add", "default", "via", &state.gateway_ip.to_string()])?;
-            let ovs = &lab.node(node).ovs;
-            ovs.vsctl(&[
-                "add-port",
-                "br0",
-                &host_if,
-                "--",
-                "set",
-                "interface",
-                &host_if,
-                &format!("ofport_request={ofport}"),
-            ])?;
-            ovs.wait_ofport(&host_if)?;
+            lab.node(node).ovs.add_port_at("br0", &host_if, ofport)?;
             let mac: Mac = pod.mac.parse().context("pod mac")?;
             state.pods.insert(ofport, LocalPod { ofport, ip, mac, namespace: ns.to_string() });
             pods.push(TestPod { name, namespace: ns, netns: pod.netns.clone(), ip });

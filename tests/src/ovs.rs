@@ -124,6 +124,14 @@ impl Ovs {
         Ok(())
     }
 
+    /// Attaches an existing device `iface` to `bridge` asking for `ofport`;
+    /// returns the ofport ovs-vswitchd gave it.
+    pub fn add_port_at(&self, bridge: &str, iface: &str, ofport: u32) -> Result<u32> {
+        let request = format!("ofport_request={ofport}");
+        self.vsctl(&["add-port", bridge, iface, "--", "set", "interface", iface, &request])?;
+        self.wait_ofport(iface)
+    }
+
     /// Waits until an interface has an ofport (> 0); fails with the
     /// interface's `error` column if it never gets one.
     pub fn wait_ofport(&self, iface: &str) -> Result<u32> {

@@ -64,18 +64,7 @@ fn vxlan_carries_one_vni_across_nodes_and_keeps_vnis_apart() -> Result<()> {
     for p in PODS {
         let host_if = format!("veth-{}", p.name);
         let pod = lab.add_pod(p.node, p.name, &host_if, &format!("{}/16", p.ip), None)?;
-        let ovs = &lab.node(p.node).ovs;
-        ovs.vsctl(&[
-            "add-port",
-            "br0",
-            &host_if,
-            "--",
-            "set",
-            "interface",
-            &host_if,
-            &format!("ofport_request={}", p.ofport),
-        ])?;
-        assert_eq!(ovs.wait_ofport(&host_if)?, p.ofport);
+        assert_eq!(lab.node(p.node).ovs.add_port_at("br0", &host_if, p.ofport)?, p.ofport);
         pods.push(pod);
     }
     for n in &lab.nodes {
