@@ -10,7 +10,8 @@
 //! Baseline from the same run and etcd: a bare put observed on a watch (the
 //! floor of any etcd-driven change). The ratio says what the controller adds.
 //! Real etcd on loopback, the controller in-process watching the lab's test
-//! kube-apiserver. Results as JSON (default `bench/results/actions.json`).
+//! kube-apiserver. Results as JSON (default `bench/results/actions.json`),
+//! every sample included (`samples_ms`) for `--bin plot`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,7 +69,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Percentiles and the raw samples (to the microsecond, in the order
+/// measured, for `--bin plot`).
 fn summary(mut ms: Vec<f64>) -> Value {
+    let samples_ms: Vec<f64> = ms.iter().map(|v| (v * 1e3).round() / 1e3).collect();
     ms.sort_by(|a, b| a.total_cmp(b));
     let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
     json!({
@@ -78,6 +82,7 @@ fn summary(mut ms: Vec<f64>) -> Value {
         "p99_ms": percentile(&ms, 0.99),
         "max_ms": ms.last().copied().unwrap_or(0.0),
         "mean_ms": mean,
+        "samples_ms": samples_ms,
     })
 }
 

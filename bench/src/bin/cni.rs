@@ -8,7 +8,7 @@
 //! (the dev profile, opt-level 1: the binaries measured are the ones the tests
 //! run; the time goes to processes, netlink and OVS, not to our CPU).
 //! Figures: p50/p99 per command and the ratio ours/upstream; JSON in
-//! `bench/results/cni.json`.
+//! `bench/results/cni.json`, with every sample (`samples_ms`) for `--bin plot`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,10 +50,14 @@ impl Series {
         Series { name, samples: Vec::new() }
     }
 
+    /// Percentiles and the raw samples (ms to the microsecond, in the order
+    /// measured, for `--bin plot`); sorts the samples.
     fn summary(&mut self) -> serde_json::Value {
+        let samples_ms: Vec<f64> =
+            self.samples.iter().map(|d| (d.as_secs_f64() * 1e6).round() / 1e3).collect();
         self.samples.sort();
         json!({"p50_ms": percentile(&self.samples, 0.5), "p99_ms": percentile(&self.samples, 0.99),
-               "max_ms": percentile(&self.samples, 1.0), "n": self.samples.len()})
+               "max_ms": percentile(&self.samples, 1.0), "n": self.samples.len(), "samples_ms": samples_ms})
     }
 }
 
