@@ -6,4 +6,5 @@ fn main() {
     println!("  cargo run --release -p bench --bin flows   # flow programming: client vs ovs-ofctl");
     println!("  cargo build --workspace --bins && cargo run -p bench --bin cni   # CNI ADD/DEL vs bridge+host-local");
     println!("  cargo run -p bench --bin actions           # etcd edit -> action applied by the controller");
+    println!("  cargo run -p bench --bin plot              # latency CDFs (SVG) from cni + actions JSON");
 }

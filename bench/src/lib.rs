@@ -1,0 +1,3 @@
+//! Pieces the benchmark binaries share. Pure: no I/O, no clock.
+
+pub mod plot;
