@@ -290,8 +290,6 @@ fn panel(out: &mut String, p: &Panel, x0: f64, y0: f64, width: f64) {
         let mut sorted = s.samples_ms.clone();
         sorted.sort_by(f64::total_cmp);
         let ly = bottom + AXIS_H + 8.0 + k as f64 * LEGEND_ROW + LEGEND_ROW / 2.0;
-        // Figures right-aligned as in a narrow panel, near the names in a wide one.
-        let figures_x = left + w.min(PANEL_W - PLOT_LEFT - PLOT_RIGHT);
         let _ = writeln!(
             out,
             r#"<line x1="{left:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">p50 {} ms · p99 {} ms</text>"#,
@@ -299,7 +297,7 @@ fn panel(out: &mut String, p: &Panel, x0: f64, y0: f64, width: f64) {
             left + 32.0,
             ly + 4.0,
             esc(&s.name),
-            figures_x,
+            left + w,
             ly + 4.0,
             fmt_ms(percentile(&sorted, 0.5)),
             fmt_ms(percentile(&sorted, 0.99))
