@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "K8S_OVS_ETCD_PREFIX", default_value = etcd_schema::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_tls: etcd_schema::connect::EtcdTlsArgs,
     #[arg(long, default_value = "br0")]
     pub bridge: String,
     #[arg(long, value_enum, default_value = "system")]

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_schema::connect::EtcdTls;
 use etcd_schema::{
     parse_host_subnet, parse_net_namespace, parse_network_config, KeyKind, Keys, NetworkConfig,
 };
@@ -87,14 +88,11 @@ impl EtcdView {
 pub struct EtcdSettings {
     pub endpoints: Vec<String>,
     pub prefix: String,
+    pub tls: Option<EtcdTls>,
 }
 
 pub async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
-    let opts = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-    Client::connect(&s.endpoints, Some(opts)).await
+    etcd_schema::connect::connect(&s.endpoints, s.tls.as_ref(), Duration::from_secs(5)).await
 }
 
 /// Runs forever: list everything under the prefix, then watch from the next

@@ -118,7 +118,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
 
     let (view_tx, mut view_rx) = watch::channel(EtcdView::default());
-    let settings = EtcdSettings { endpoints: cfg.etcd_endpoints.clone(), prefix: cfg.etcd_prefix.clone() };
+    let tls = cfg.etcd_tls.load()?;
+    let settings =
+        EtcdSettings { endpoints: cfg.etcd_endpoints.clone(), prefix: cfg.etcd_prefix.clone(), tls };
     tokio::spawn(etcd_source::run(settings, view_tx));
     let view = wait_for_node(&mut view_rx, &cfg).await?;
     let (Some(net), Some(subnet)) = (view.config.clone(), view.subnets.get(&cfg.node_ip).copied()) else {

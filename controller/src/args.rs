@@ -1,12 +1,9 @@
 //! Command-line options shared by `k8s-ovs-controller` and `k8s-ovs-ctl`.
 
-use std::path::PathBuf;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
+use etcd_schema::connect::{EtcdTls, EtcdTlsArgs};
 use etcd_schema::DEFAULT_PREFIX;
-
-use crate::store::EtcdTls;
 
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
@@ -22,27 +19,14 @@ pub struct EtcdArgs {
     /// Key prefix of the network records (K8S-OVS's by default).
     #[arg(long, env = "K8S_OVS_PREFIX", default_value = DEFAULT_PREFIX)]
     pub prefix: String,
-    /// CA bundle (PEM) that signed etcd's server certificate; turns TLS on.
-    #[arg(long, env = "K8S_OVS_ETCD_CA")]
-    pub etcd_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd's --client-cert-auth.
-    #[arg(long, env = "K8S_OVS_ETCD_CERT", requires = "etcd_key")]
-    pub etcd_cert: Option<PathBuf>,
-    /// Key (PEM) of --etcd-cert.
-    #[arg(long, env = "K8S_OVS_ETCD_KEY", requires = "etcd_cert")]
-    pub etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls_files: EtcdTlsArgs,
 }
 
 impl EtcdArgs {
     /// The TLS files, read now so a wrong path fails at start.
     pub fn tls(&self) -> Result<Option<EtcdTls>> {
-        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-        let identity = match (&self.etcd_cert, &self.etcd_key) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            _ => None,
-        };
-        let ca = self.etcd_ca.as_ref().map(read).transpose()?;
-        Ok((ca.is_some() || identity.is_some()).then_some(EtcdTls { ca, identity }))
+        Ok(self.tls_files.load()?)
     }
 
     pub async fn connect(&self) -> Result<etcd_client::Client> {

@@ -4,22 +4,13 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use etcd_schema::{parse_network_config, Keys, NetworkConfig};
 
 use crate::model::Records;
 use crate::plan::{RecordWrite, Write};
 
-/// TLS material for etcd (PEM bytes).
-#[derive(Debug, Clone, Default)]
-pub struct EtcdTls {
-    /// CA that signed the server certificate (needed for any private CA).
-    pub ca: Option<Vec<u8>>,
-    /// Client certificate and key, for etcd's `--client-cert-auth`.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-}
+pub use etcd_schema::connect::EtcdTls;
 
 /// Connects to the first reachable endpoint (etcd-client balances over all).
 pub async fn connect(endpoints: &[String]) -> Result<Client> {
@@ -28,21 +19,7 @@ pub async fn connect(endpoints: &[String]) -> Result<Client> {
 
 /// `connect` with optional TLS (endpoints then use `https://`).
 pub async fn connect_with(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Client> {
-    let mut opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(10))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-    if let Some(tls) = tls {
-        let mut t = etcd_client::TlsOptions::new();
-        if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(etcd_client::Certificate::from_pem(ca));
-        }
-        if let Some((cert, key)) = &tls.identity {
-            t = t.identity(etcd_client::Identity::from_pem(cert, key));
-        }
-        opts = opts.with_tls(t);
-    }
-    Client::connect(endpoints, Some(opts))
+    etcd_schema::connect::connect(endpoints, tls, Duration::from_secs(10))
         .await
         .with_context(|| format!("connect to etcd at {}", endpoints.join(",")))
 }

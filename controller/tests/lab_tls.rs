@@ -3,104 +3,26 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use controller::run::{run, Settings};
 use controller::store::{self, EtcdTls};
+use lab::etcd::Etcd;
+use lab::pki::Pki;
 use support::*;
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("run openssl")?;
-    anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
-fn make_pki(dir: &Path) -> Result<()> {
-    let ca_ext =
-        ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"];
-    let mut ca = vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt"];
-    ca.extend(["-days", "1", "-subj", "/CN=k8s-ovs-test-ca"]);
-    ca.extend(ca_ext);
-    openssl(dir, &ca)?;
-    for (name, usage) in [("server", "serverAuth,clientAuth"), ("client", "clientAuth")] {
-        let ext = format!("{name}.ext");
-        std::fs::write(
-            dir.join(&ext),
-            format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
-        )?;
-        let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-            ],
-        )?;
-    }
-    Ok(())
-}
-
-fn start_tls_etcd(dir: &Path, port: u16) -> Result<Daemon> {
-    let client = format!("https://127.0.0.1:{port}");
-    let peer = format!("http://127.0.0.1:{}", port + 1);
-    let log = std::fs::File::create(dir.join("etcd.log"))?;
-    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let child = Command::new("etcd")
-        .args(["--name", "tls", "--data-dir", &p("data"), "--listen-client-urls", &client])
-        .args(["--advertise-client-urls", &client, "--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer, "--initial-cluster", &format!("tls={peer}")])
-        .args(["--cert-file", &p("server.crt"), "--key-file", &p("server.key")])
-        .args(["--trusted-ca-file", &p("ca.crt"), "--client-cert-auth", "--log-level", "warn"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("spawn etcd")?;
-    Ok(Daemon(child))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_controller_and_ctl_talk_tls_to_etcd() -> Result<()> {
     let dir = TempDir::new("etcd-tls")?;
-    make_pki(&dir.0)?;
-    let port = free_port_pair()?;
-    let _etcd = start_tls_etcd(&dir.0, port)?;
-    let endpoint = format!("https://127.0.0.1:{port}");
-    let read = |f: &str| std::fs::read(dir.0.join(f));
-    let tls =
-        EtcdTls { ca: Some(read("ca.crt")?), identity: Some((read("client.crt")?, read("client.key")?)) };
+    let pki = Pki::create(&dir.0.join("pki"), "127.0.0.1")?;
+    let etcd = Etcd::start_with(None, "127.0.0.1", free_port_pair()?, &dir.0, Some(&pki))?;
+    let endpoint = etcd.endpoint.clone();
+    let tls = EtcdTls {
+        ca: Some(pki.read("ca.crt")?),
+        identity: Some((pki.read("client.crt")?, pki.read("client.key")?)),
+    };
 
     let settings = Settings {
         endpoints: vec![endpoint.clone()],
@@ -132,7 +54,7 @@ async fn lab_controller_and_ctl_talk_tls_to_etcd() -> Result<()> {
             .arg("subnets")
             .output()
     };
-    let p = |f: &str| dir.0.join(f).to_string_lossy().into_owned();
+    let p = |f: &str| pki.path(f);
     let ok =
         ctl(&["--etcd-ca", &p("ca.crt"), "--etcd-cert", &p("client.crt"), "--etcd-key", &p("client.key")])?;
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));

@@ -13,7 +13,11 @@
 //! <prefix>/<Name>/leader                           controller leader election (k8s-ovs addition)
 //! ```
 //!
-//! Everything here is pure: parse, validate, build keys. No I/O.
+//! Everything here is pure: parse, validate, build keys. The one exception,
+//! `connect` (feature `client`), is how every binary dials etcd.
+
+#[cfg(feature = "client")]
+pub mod connect;
 
 mod keys;
 mod records;

@@ -148,6 +148,18 @@ impl Agent {
     /// Starts node `i`'s agent (netdev datapath, the node's own OVS, the lab's
     /// etcd) and waits until its CNI socket answers.
     pub fn start(lab: &Lab, i: usize, extra: &[&str]) -> Result<Agent> {
+        let mut args = Agent::args(lab, i);
+        args.extend(lab.etcd_flags());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let node = lab.node(i);
+        let daemon = Daemon::start(&node.netns, "k8s-ovs-agent", &args, node.dir.join("agent.log"))?;
+        let mut a = Agent { daemon, node: i };
+        a.wait_ready(lab, Duration::from_secs(30))?;
+        Ok(a)
+    }
+
+    /// Node `i`'s agent flags, all but how to reach etcd.
+    pub fn args(lab: &Lab, i: usize) -> Vec<String> {
         let node = lab.node(i);
         let (rundir, state, sock) = (node.ovs.rundir(), node.dir.join("agent-state"), lab.cni_socket(i));
         let mut args: Vec<String> = vec![
@@ -155,8 +167,6 @@ impl Agent {
             format!("n{i}"),
             "--node-ip".into(),
             node.ip.clone(),
-            "--etcd-endpoints".into(),
-            lab.etcd_endpoint(),
             "--datapath-type".into(),
             "netdev".into(),
             "--metrics-addr".into(),
@@ -166,11 +176,7 @@ impl Agent {
             args.push(flag.into());
             args.push(p.to_string_lossy().into_owned());
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let daemon = Daemon::start(&node.netns, "k8s-ovs-agent", &args, node.dir.join("agent.log"))?;
-        let mut a = Agent { daemon, node: i };
-        a.wait_ready(lab, Duration::from_secs(30))?;
-        Ok(a)
+        args
     }
 
     fn wait_ready(&mut self, lab: &Lab, timeout: Duration) -> Result<()> {
@@ -211,23 +217,23 @@ pub fn start_kube_api(lab: &Lab) -> Result<crate::kube_api::KubeApi> {
 /// A `k8s-ovs-controller` on the control host, against the lab's etcd and
 /// the given API server URL; it writes the network config itself.
 pub fn start_controller(lab: &Lab, kube_url: &str, id: &str, extra: &[&str]) -> Result<Daemon> {
-    let mut args: Vec<String> = [
-        "--etcd-endpoints",
-        &lab.etcd_endpoint(),
-        "--kube-url",
-        kube_url,
-        "--id",
-        id,
-        "--network",
-        NETWORK,
-        "--host-subnet-length",
-        "10",
-        "--service-network",
-        SERVICE_NETWORK,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = lab.etcd_flags();
+    args.extend(
+        [
+            "--kube-url",
+            kube_url,
+            "--id",
+            id,
+            "--network",
+            NETWORK,
+            "--host-subnet-length",
+            "10",
+            "--service-network",
+            SERVICE_NETWORK,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     args.extend(extra.iter().map(|s| s.to_string()));
     Daemon::start(&lab.ctl, "k8s-ovs-controller", &args, lab.dir.join(format!("controller-{id}.log")))
 }
@@ -236,8 +242,9 @@ pub fn start_controller(lab: &Lab, kube_url: &str, id: &str, extra: &[&str]) -> 
 pub fn ctl(lab: &Lab, args: &[&str]) -> Result<(Option<i32>, String, String)> {
     let b = bin("k8s-ovs-ctl")?;
     let b = b.to_string_lossy();
-    let ep = lab.etcd_endpoint();
-    let mut argv = vec![b.as_ref(), "--etcd-endpoints", ep.as_str()];
+    let etcd = lab.etcd_flags();
+    let mut argv = vec![b.as_ref()];
+    argv.extend(etcd.iter().map(String::as_str));
     argv.extend_from_slice(args);
     let o = lab.ctl.exec_full(&argv, Duration::from_secs(60))?;
     Ok((o.status, o.stdout, o.stderr))

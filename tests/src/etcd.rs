@@ -10,13 +10,16 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd;
 use crate::netns::{self, Netns};
+use crate::pki::Pki;
 
 #[derive(Debug)]
 pub struct Etcd {
     child: Child,
     netns: Option<Netns>,
-    /// `http://<ip>:<port>`, the client URL.
+    /// `http://<ip>:<port>` (`https://` with TLS), the client URL.
     pub endpoint: String,
+    /// Set when clients must present a certificate of this PKI.
+    pub tls: Option<Pki>,
     pub data_dir: PathBuf,
 }
 
@@ -24,9 +27,22 @@ impl Etcd {
     /// Starts etcd listening on `ip:client_port` (peer port = client + 1) in
     /// `netns` (None = the caller's own namespace), and waits until healthy.
     pub fn start(netns: Option<&Netns>, ip: &str, client_port: u16, dir: &Path) -> Result<Etcd> {
+        Etcd::start_with(netns, ip, client_port, dir, None)
+    }
+
+    /// `start`, and with `tls` etcd serves HTTPS with `pki`'s server
+    /// certificate and requires client certificates signed by its CA.
+    pub fn start_with(
+        netns: Option<&Netns>,
+        ip: &str,
+        client_port: u16,
+        dir: &Path,
+        tls: Option<&Pki>,
+    ) -> Result<Etcd> {
         let data_dir = dir.join("etcd-data");
         std::fs::create_dir_all(dir)?;
-        let client = format!("http://{ip}:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{ip}:{client_port}");
         let peer = format!("http://{ip}:{}", client_port + 1);
         let log = File::create(dir.join("etcd.log")).context("etcd log file")?;
         let data = data_dir.to_string_lossy().into_owned();
@@ -52,6 +68,15 @@ impl Etcd {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let mut args = args;
+        if let Some(pki) = tls {
+            for (flag, file) in
+                [("--cert-file", "server.crt"), ("--key-file", "server.key"), ("--trusted-ca-file", "ca.crt")]
+            {
+                args.extend([flag.to_string(), pki.path(file)]);
+            }
+            args.push("--client-cert-auth".into());
+        }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let argv = match netns {
             Some(ns) => ns.wrap(&argv).into_iter().map(str::to_string).collect::<Vec<_>>(),
@@ -65,7 +90,7 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .context("spawn etcd")?;
-        let mut etcd = Etcd { child, netns: netns.cloned(), endpoint: client, data_dir };
+        let mut etcd = Etcd { child, netns: netns.cloned(), endpoint: client, tls: tls.cloned(), data_dir };
         etcd.wait_healthy(Duration::from_secs(15))?;
         Ok(etcd)
     }
@@ -99,6 +124,15 @@ impl Etcd {
             "--endpoints",
             self.endpoint.as_str(),
         ];
+        let tls_flags: Vec<String> = match &self.tls {
+            Some(pki) => vec![
+                format!("--cacert={}", pki.path("ca.crt")),
+                format!("--cert={}", pki.path("client.crt")),
+                format!("--key={}", pki.path("client.key")),
+            ],
+            None => vec![],
+        };
+        v.extend(tls_flags.iter().map(String::as_str));
         v.extend_from_slice(args);
         let env = [("ETCDCTL_API", "3")];
         match &self.netns {

@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use crate::etcd::Etcd;
 use crate::netns::Netns;
 use crate::ovs::Ovs;
+use crate::pki::Pki;
 use crate::sweep;
 
 /// Prefix of every name a lab creates (namespaces, lab directory).
@@ -45,6 +46,8 @@ pub struct LabConfig {
     pub nodes: usize,
     /// Start etcd on the control host.
     pub etcd: bool,
+    /// etcd serves HTTPS and requires client certificates (`Lab::pki`).
+    pub etcd_tls: bool,
     /// Name prefix; tests of the sweep use their own so they never race a
     /// concurrently starting lab's sweep.
     pub prefix: String,
@@ -52,7 +55,7 @@ pub struct LabConfig {
 
 impl LabConfig {
     pub fn nodes(n: usize) -> LabConfig {
-        LabConfig { nodes: n, etcd: true, prefix: DEFAULT_PREFIX.into() }
+        LabConfig { nodes: n, etcd: true, etcd_tls: false, prefix: DEFAULT_PREFIX.into() }
     }
 }
 
@@ -132,7 +135,12 @@ impl Lab {
         ctl.ip(&["addr", "add", &format!("{CTL_IP}/24"), "dev", "eth0"])?;
         ctl.ip(&["link", "set", "eth0", "up"])?;
         if cfg.etcd {
-            lab.etcd = Some(Etcd::start(Some(&ctl), CTL_IP, ETCD_PORT, &lab.dir.join("ctl"))?);
+            let pki = match cfg.etcd_tls {
+                true => Some(Pki::create(&lab.dir.join("pki"), CTL_IP)?),
+                false => None,
+            };
+            let dir = lab.dir.join("ctl");
+            lab.etcd = Some(Etcd::start_with(Some(&ctl), CTL_IP, ETCD_PORT, &dir, pki.as_ref())?);
         }
         for i in 1..=cfg.nodes {
             lab.add_node(i)?;
@@ -187,7 +195,23 @@ impl Lab {
 
     /// etcd's client URL on the fabric (reachable from every node namespace).
     pub fn etcd_endpoint(&self) -> String {
-        format!("http://{CTL_IP}:{ETCD_PORT}")
+        match self.etcd.as_ref() {
+            Some(e) => e.endpoint.clone(),
+            None => format!("http://{CTL_IP}:{ETCD_PORT}"),
+        }
+    }
+
+    /// The PKI of a TLS etcd (`LabConfig::etcd_tls`).
+    pub fn pki(&self) -> Option<&Pki> {
+        self.etcd.as_ref()?.tls.as_ref()
+    }
+
+    /// `--etcd-endpoints <url>` plus, with TLS, the client certificate
+    /// flags: how every k8s-ovs binary of the lab reaches etcd.
+    pub fn etcd_flags(&self) -> Vec<String> {
+        let mut v = vec!["--etcd-endpoints".to_string(), self.etcd_endpoint()];
+        v.extend(self.pki().map(Pki::client_flags).unwrap_or_default());
+        v
     }
 
     /// `etcdctl` against the lab's etcd, run on the control host.

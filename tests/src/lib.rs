@@ -10,6 +10,7 @@ pub mod kube_api;
 mod lab;
 pub mod netns;
 pub mod ovs;
+pub mod pki;
 pub mod sweep;
 pub mod switch;
 pub mod traffic;

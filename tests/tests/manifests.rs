@@ -258,7 +258,7 @@ fn agent_daemonset_runs_privileged_on_the_host_network_with_its_mounts() -> Resu
     let agent = container(pod, "agent")?;
     let privileged = agent.security_context.as_ref().and_then(|s| s.privileged);
     ensure!(privileged == Some(true), "agent: privileged");
-    ensure!(words(agent).first().map(String::as_str) == Some("/usr/local/bin/k8s-ovs-agent"));
+    ensure!(words(agent).iter().any(|w| w == "/usr/local/bin/k8s-ovs-agent"), "runs k8s-ovs-agent");
 
     // The directories the flags name are the host's, at the same paths.
     for (flag, host) in [("--ovs-rundir", "/var/run/openvswitch"), ("--state-dir", "/var/lib/k8s-ovs")] {
@@ -347,12 +347,39 @@ fn controller_deployment_runs_two_replicas_and_reads_the_config() -> Result<()> 
     ensure!(pod.host_network == Some(true), "the controller runs before the pod network exists");
     let c = container(pod, "controller")?;
     ensure!(words(c).iter().any(|w| w == "/usr/local/bin/k8s-ovs-controller"), "runs k8s-ovs-controller");
-    // The TLS files come from the optional Secret at the path the script reads.
     let secret =
         pod.volumes.iter().flatten().find_map(|v| v.secret.as_ref()).context("the etcd TLS Secret volume")?;
-    ensure!(secret.secret_name.as_deref() == Some("k8s-ovs-etcd-tls") && secret.optional == Some(true));
-    ensure!(c.volume_mounts.iter().flatten().any(|v| v.mount_path == "/etc/k8s-ovs/etcd-tls"));
     ensure!(secret.default_mode == Some(0o444), "readable by the non-root controller");
+    Ok(())
+}
+
+#[test]
+fn both_daemons_take_etcd_tls_from_the_optional_secret() -> Result<()> {
+    let m = load()?;
+    for (pod, name) in [(agent_pod(&m)?, "agent"), (controller_pod(&m)?, "controller")] {
+        let c = container(pod, name)?;
+        let secret = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| v.secret.as_ref().map(|s| (&v.name, s)))
+            .with_context(|| format!("{name}: no etcd TLS Secret volume"))?;
+        ensure!(secret.1.secret_name.as_deref() == Some("k8s-ovs-etcd-tls"), "{name}: Secret name");
+        ensure!(secret.1.optional == Some(true), "{name}: the Secret must stay optional (plain etcd)");
+        let mount = c.volume_mounts.iter().flatten().find(|v| &v.name == secret.0);
+        ensure!(
+            mount.map(|v| v.mount_path.as_str()) == Some("/etc/k8s-ovs/etcd-tls"),
+            "{name}: the Secret is not mounted where the script reads it"
+        );
+        let f = flags(c);
+        for flag in ["--etcd-ca", "--etcd-cert", "--etcd-key"] {
+            ensure!(f.contains(flag), "{name}: never passes {flag}");
+        }
+        let script = words(c).join(" ");
+        for file in ["$tls/ca.crt", "$tls/tls.crt", "$tls/tls.key"] {
+            ensure!(script.contains(file), "{name}: does not use {file} of the Secret");
+        }
+    }
     Ok(())
 }
 
