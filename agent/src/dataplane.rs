@@ -17,6 +17,7 @@ use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::Client as FlowClient;
 use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, RemoteNode, FIRST_POD_OFPORT};
+use ovs_flows::trace::{NodePods, TracePod};
 use ovs_flows::{reconcile, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
 
@@ -99,6 +100,23 @@ impl Dataplane {
 
     pub fn installed(&self) -> &FlowSet {
         &self.installed
+    }
+
+    /// The pods as the switch sees them (for `/debug/pods`).
+    pub fn node_pods(&self) -> NodePods {
+        let pods = self
+            .pods
+            .values()
+            .map(|r| TracePod {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                ip: r.ip,
+                mac: r.mac.to_string(),
+                ofport: r.ofport,
+                vni: self.state.vni_of(&r.namespace),
+            })
+            .collect();
+        NodePods { node_ip: self.state.node_ip, bridge: self.settings.bridge.clone(), pods }
     }
 
     /// Adopts pods found on the bridge at start (from their external_ids):

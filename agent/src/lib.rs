@@ -7,13 +7,16 @@
 //! - edges: `ovsdb` (bridge and ports), `netlink` (veths, addresses, routes),
 //!   `ipam` (addresses kept on disk), `iptables` (masquerade, netdev guard);
 //! - `bandwidth`: pod rate limits (annotations, runtimeConfig) enforced with tc;
-//! - `pods` (how a pod is named and recorded), `metrics`, `config`.
+//! - `pods` (how a pod is named and recorded), `metrics`, `config`;
+//! - `http` (metrics, health, and the read-only `/debug/pods` and
+//!   `/debug/trace` behind `k8s-ovs-ctl trace`), `unixctl` (ovs-appctl's protocol).
 
 pub mod bandwidth;
 pub mod cni_server;
 pub mod config;
 pub mod dataplane;
 pub mod etcd_source;
+pub mod http;
 pub mod ipam;
 pub mod iptables;
 pub mod kube_source;
@@ -22,3 +25,4 @@ pub mod netlink;
 pub mod ovsdb;
 pub mod pods;
 pub mod run;
+pub mod unixctl;

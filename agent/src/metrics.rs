@@ -1,15 +1,9 @@
-//! Prometheus text metrics and the health endpoint, served on one small
-//! HTTP listener (`GET /metrics`, `GET /healthz`).
+//! Prometheus text metrics (served by `http` as `GET /metrics`).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tracing::warn;
 
 /// Bucket bounds in seconds (1 ms .. 5 s), for latencies.
 const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
@@ -129,37 +123,6 @@ impl Metrics {
             );
         }
         s
-    }
-}
-
-/// Serves `/metrics` and `/healthz` (200 once ready, else 503) on `addr`.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    loop {
-        let (mut s, _) = listener.accept().await?;
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", m.render()),
-                "/healthz" if m.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
-                "/healthz" => ("503 Service Unavailable", "not ready\n".to_string()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = s.write_all(resp.as_bytes()).await {
-                warn!(error = %e, "metrics write failed");
-            }
-        });
     }
 }
 

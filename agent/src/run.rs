@@ -17,9 +17,10 @@ use tracing::{error, info, warn};
 use crate::config::{AgentConfig, DatapathType};
 use crate::dataplane::{prefix_of, Dataplane, NodeSettings};
 use crate::etcd_source::{self, EtcdSettings, EtcdView};
+use crate::http::{self, HttpState, PodsRequest};
 use crate::ipam::IpamStore;
 use crate::kube_source::{self, PodAnnotations, ServiceMap};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::netlink::Netlink;
 use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortSpec};
 use crate::pods::PodRecord;
@@ -108,10 +109,17 @@ async fn setup_bridge(
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
+    let (pods_req_tx, mut pods_req_rx) = mpsc::channel::<PodsRequest>(16);
     {
-        let (addr, m) = (cfg.metrics_addr, metrics.clone());
+        let addr = cfg.metrics_addr;
+        let state = Arc::new(HttpState {
+            metrics: metrics.clone(),
+            pods: pods_req_tx,
+            ovs_rundir: cfg.ovs_rundir.clone(),
+            bridge: cfg.bridge.clone(),
+        });
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m).await {
+            if let Err(e) = http::serve(addr, state).await {
                 error!(error = %e, %addr, "metrics endpoint failed");
             }
         });
@@ -201,6 +209,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         tokio::select! {
             Some((req, reply)) = cni_rx.recv() => {
                 let _ = reply.send(dp.handle(req).await);
+            }
+            Some(reply) = pods_req_rx.recv() => {
+                let _ = reply.send(dp.node_pods());
             }
             Ok(()) = view_rx.changed() => {
                 let v = view_rx.borrow_and_update().clone();

@@ -3,7 +3,7 @@
 //!
 //! Pure core: [`alloc`], [`model`], [`plan`]. Shell: [`store`] (etcd),
 //! [`leader`] (election on an etcd lease), [`kube_watch`], [`run`], and the
-//! operator commands in [`ctl`].
+//! operator commands in [`ctl`] and [`trace`] (can two pods talk, and why).
 
 pub mod alloc;
 pub mod args;
@@ -14,3 +14,4 @@ pub mod model;
 pub mod plan;
 pub mod run;
 pub mod store;
+pub mod trace;

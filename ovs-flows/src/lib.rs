@@ -11,6 +11,8 @@
 //! - [`client`] – async client over `unix:<rundir>/<bridge>.mgmt` or TCP:
 //!   atomic bundles, flow dumps, delete by cookie, keepalive, reconnect.
 //! - [`reconcile`] – desired vs installed -> the fewest ops, as one bundle.
+//! - [`trace`] – `ofproto/trace` probes for "can pod A reach pod B" and
+//!   their answers read back into steps and an outcome.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +37,7 @@ pub mod ofp;
 pub mod pipeline;
 pub mod reconcile;
 pub mod samples;
+pub mod trace;
 
 pub use cookie::{Category, Cookie, CookieFilter};
 pub use flow::{Action, Field, FieldRange, Flow, FlowKey, FlowSet, Ipv4Prefix, Mac, Masked, Match, Reg};

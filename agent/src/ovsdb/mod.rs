@@ -24,7 +24,7 @@
 //! returns them so the agent can rebuild its state after a restart.
 
 mod datum;
-mod jsonrpc;
+pub(crate) mod jsonrpc;
 mod vswitch;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use controller::args::{init_tracing, EtcdArgs};
 use controller::ctl::{self, Outcome};
+use controller::trace;
 use etcd_schema::Action;
 
 #[derive(Debug, Parser)]
@@ -40,6 +41,20 @@ enum Command {
     List,
     /// Node subnets.
     Subnets,
+    /// Whether and why two pods can talk: etcd's VNIs beside what each
+    /// node's switch does with a probe packet (ofproto/trace via the agents).
+    /// Pods as namespace/name or IP. Exit code: 0 allowed, 3 denied,
+    /// 4 etcd and the switch disagree.
+    Trace {
+        src: String,
+        dst: String,
+        /// The agents' HTTP port (their --metrics-addr) on the node IPs.
+        #[arg(long, default_value_t = 9190)]
+        agent_port: u16,
+        /// Also print each node's full ofproto/trace output.
+        #[arg(long)]
+        raw: bool,
+    },
 }
 
 #[tokio::main]
@@ -73,6 +88,10 @@ async fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Command::Trace { src, dst, agent_port, raw } => {
+            let code = trace(&mut client, &keys, &config, (&src, &dst), agent_port, raw).await?;
+            std::process::exit(code);
+        }
     };
     let rev = ctl::request(&mut client, &keys, &namespace, action).await?;
     if !cli.wait {
@@ -84,4 +103,37 @@ async fn main() -> Result<()> {
         Outcome::Rejected(e) => bail!("rejected: {e}"),
     }
     Ok(())
+}
+
+async fn trace(
+    client: &mut etcd_client::Client,
+    keys: &etcd_schema::Keys,
+    config: &etcd_schema::NetworkConfig,
+    (src, dst): (&str, &str),
+    agent_port: u16,
+    raw: bool,
+) -> Result<i32> {
+    let node_ips: Vec<_> = ctl::subnets(client, keys, config)
+        .await?
+        .into_iter()
+        .filter_map(|s| s.ok())
+        .map(|s| s.host_ip)
+        .collect();
+    let (nodes, failed) = trace::node_pods(&node_ips, agent_port).await;
+    for f in &failed {
+        eprintln!("warning: {f}");
+    }
+    let (src, dst) = (trace::locate(src, &nodes)?, trace::locate(dst, &nodes)?);
+    let vnis: std::collections::BTreeMap<String, Option<u32>> =
+        ctl::list(client, keys).await?.into_iter().map(|r| (r.namespace, r.net_id)).collect();
+    let vni_of = |ns: &str| vnis.get(ns).copied().flatten();
+    let policy = trace::policy(
+        &config.plugin,
+        (&src.pod.namespace, vni_of(&src.pod.namespace)),
+        (&dst.pod.namespace, vni_of(&dst.pod.namespace)),
+    );
+    let legs = trace::run_legs(&src, &dst, agent_port).await?;
+    let (text, code) = trace::report(&src, &dst, &policy, &legs, raw);
+    print!("{text}");
+    Ok(code)
 }

@@ -1,0 +1,372 @@
+//! `k8s-ovs-ctl trace SRC DST`: can two pods talk, and why (not)?
+//!
+//! Two answers are put side by side. The policy, from etcd: the namespaces'
+//! VNIs (equal, or either global, or single-tenant mode). And the switch's:
+//! each node's agent runs `ofproto/trace` of an ICMP echo from SRC's port
+//! (and, across nodes, of the same packet arriving through the tunnel on
+//! DST's node) and the tables it crossed are read back. When the two
+//! disagree, the node is out of step with etcd: that is the bug to chase.
+//!
+//! The agents are found through etcd's node subnet records (HostIP) and
+//! asked over their HTTP listener: `/debug/pods`, `/debug/trace?flow=`.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use etcd_schema::{PluginName, GLOBAL_VNI};
+use ovs_flows::pipeline::table_name;
+use ovs_flows::trace::{self, NodePods, Outcome, Trace, TracePod};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What etcd says about the pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub allowed: bool,
+    pub reason: String,
+}
+
+/// The isolation rule: same VNI, or either side global (0); everything in
+/// single-tenant mode. `None`: the namespace has no VNI (yet).
+pub fn policy(plugin: &PluginName, src: (&str, Option<u32>), dst: (&str, Option<u32>)) -> Policy {
+    let (allowed, reason) = match (plugin, src.1, dst.1) {
+        (PluginName::Subnet, _, _) => {
+            (true, "single-tenant network (k8s-ovs-subnet): every pod reaches every pod".into())
+        }
+        (_, None, _) => (false, format!("namespace {} has no VNI in etcd (yet)", src.0)),
+        (_, _, None) => (false, format!("namespace {} has no VNI in etcd (yet)", dst.0)),
+        (_, Some(a), Some(b)) if a == b && src.0 == dst.0 => {
+            (true, format!("same namespace {} (VNI {a})", src.0))
+        }
+        (_, Some(a), Some(b)) if a == b => (true, format!("{} and {} share VNI {a}", src.0, dst.0)),
+        (_, Some(GLOBAL_VNI), Some(_)) => (true, format!("{} is global (VNI 0)", src.0)),
+        (_, Some(_), Some(GLOBAL_VNI)) => (true, format!("{} is global (VNI 0)", dst.0)),
+        (_, Some(a), Some(b)) => (
+            false,
+            format!("{} (VNI {a}) and {} (VNI {b}) differ and neither is global (VNI 0)", src.0, dst.0),
+        ),
+    };
+    Policy { allowed, reason }
+}
+
+/// A pod found on a node.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub pod: TracePod,
+    pub node_ip: Ipv4Addr,
+}
+
+/// `namespace/name` or an IP address, looked up in every node's pods.
+pub fn locate(reference: &str, nodes: &[NodePods]) -> Result<Located> {
+    let wanted = |p: &TracePod| match reference.parse::<Ipv4Addr>() {
+        Ok(ip) => p.ip == ip,
+        Err(_) => reference.split_once('/') == Some((p.namespace.as_str(), p.name.as_str())),
+    };
+    let mut found = nodes.iter().flat_map(|n| {
+        n.pods.iter().filter(|p| wanted(p)).map(|p| Located { pod: p.clone(), node_ip: n.node_ip })
+    });
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(one),
+        (Some(a), Some(b)) => {
+            bail!(
+                "{reference} is ambiguous: {}/{} on {} and {}/{} on {}",
+                a.pod.namespace,
+                a.pod.name,
+                a.node_ip,
+                b.pod.namespace,
+                b.pod.name,
+                b.node_ip
+            )
+        }
+        (None, _) => {
+            bail!("{reference}: no such pod on any node that answered (give namespace/name or the pod IP)")
+        }
+    }
+}
+
+/// One traced leg: on which node, with which probe, and what came back.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    pub node_ip: Ipv4Addr,
+    pub probe: String,
+    pub text: String,
+    pub trace: Trace,
+}
+
+/// The switch's answer over all legs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub delivered: bool,
+    pub detail: String,
+}
+
+/// Reads the legs: delivered when the last one outputs to DST's port on
+/// DST's node.
+pub fn delivery(legs: &[Leg], dst: &Located) -> Delivery {
+    let Some(last) = legs.last() else {
+        return Delivery { delivered: false, detail: "no trace".into() };
+    };
+    let at = last.node_ip;
+    let (delivered, detail) = match &last.trace.outcome {
+        Outcome::Output { port } if *port == dst.pod.ofport && at == dst.node_ip => {
+            (true, format!("delivered to port {port} ({}) on {at}", dst.pod.name))
+        }
+        Outcome::Output { port } if trace::is_gateway(*port) => {
+            (false, format!("sent to the node's gateway (port {port}, tun0) on {at}, not to the pod"))
+        }
+        Outcome::Output { port } => {
+            (false, format!("sent out of port {port} on {at}, not the pod's port {}", dst.pod.ofport))
+        }
+        Outcome::Tunnel { vni, remote } => (
+            false,
+            format!("tunnelled with VNI {vni} to {remote}, which is not the pod's node {}", dst.node_ip),
+        ),
+        Outcome::Dropped { table } => (
+            false,
+            format!(
+                "dropped in table {table} {} on {at}: {}",
+                table_name(*table),
+                trace::drop_meaning(*table)
+            ),
+        ),
+        Outcome::Unknown => (false, format!("the trace on {at} could not be read (see --raw)")),
+    };
+    Delivery { delivered, detail }
+}
+
+/// The printed report and the exit code: 0 both say yes, 3 both say no,
+/// 4 etcd and the switch disagree.
+pub fn report(src: &Located, dst: &Located, policy: &Policy, legs: &[Leg], raw: bool) -> (String, i32) {
+    let d = delivery(legs, dst);
+    let mut out = String::new();
+    let vni = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+    for (label, l) in [("from", src), ("to", dst)] {
+        let _ = writeln!(
+            out,
+            "{label:<6}{}/{}  {} on node {} (port {}, VNI {} on that node)",
+            l.pod.namespace,
+            l.pod.name,
+            l.pod.ip,
+            l.node_ip,
+            l.pod.ofport,
+            vni(l.pod.vni)
+        );
+    }
+    let _ = writeln!(out, "policy  {}: {}", if policy.allowed { "allowed" } else { "denied" }, policy.reason);
+    let _ = writeln!(out, "switch  {}", d.detail);
+    let _ = writeln!(out, "\npath (ofproto/trace on each node):");
+    for leg in legs {
+        for s in &leg.trace.steps {
+            let matched = if s.matched.is_empty() { "(any)" } else { s.matched.as_str() };
+            let prio = s.priority.map(|p| format!("priority {p}")).unwrap_or_default();
+            let actions: Vec<&str> =
+                s.actions.iter().filter(|a| !a.starts_with("->")).map(String::as_str).collect();
+            let _ = writeln!(
+                out,
+                "  {:<15} {:>2} {:<12} {:<13} {}  => {}",
+                leg.node_ip,
+                s.table,
+                table_name(s.table),
+                prio,
+                matched,
+                actions.join(", ")
+            );
+        }
+    }
+    let (verdict, code) = match (policy.allowed, d.delivered) {
+        (true, true) => ("ALLOWED: the pods can talk (the switch agrees with etcd)".to_string(), 0),
+        (false, false) => ("DENIED: the pods cannot talk (the switch agrees with etcd)".to_string(), 3),
+        (p, _) => (
+            format!(
+                "MISMATCH: etcd says {}, the switch {}; the agent is out of step with etcd \
+                 (check its log, k8s_ovs_flow_errors_total, and the VNIs above)",
+                if p { "allowed" } else { "denied" },
+                if d.delivered { "delivers" } else { "does not deliver" }
+            ),
+            4,
+        ),
+    };
+    let _ = writeln!(out, "\nverdict {verdict}");
+    if raw {
+        for leg in legs {
+            let _ = writeln!(
+                out,
+                "\n$ ovs-appctl ofproto/trace {}  # on {}\n{}",
+                leg.probe, leg.node_ip, leg.text
+            );
+        }
+    }
+    (out, code)
+}
+
+/// The probes to run: SRC's node first; across nodes, DST's node with the
+/// VNI the first leg put on the tunnel (known only after it ran).
+pub fn next_probe(src: &Located, dst: &Located, legs: &[Leg]) -> Option<(Ipv4Addr, String)> {
+    match legs {
+        [] => Some((src.node_ip, trace::pod_probe(&src.pod, &dst.pod))),
+        [first] => match first.trace.outcome {
+            Outcome::Tunnel { vni, remote } if remote == dst.node_ip && remote != src.node_ip => {
+                Some((remote, trace::tunnel_probe(vni, src.node_ip, remote, &src.pod, &dst.pod)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `GET http://<addr><path>` on the agent's plain-HTTP listener; the body
+/// of a 200, else an error with the agent's message.
+pub async fn http_get(addr: SocketAddrV4, path: &str) -> Result<String> {
+    let io = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(15), io)
+        .await
+        .with_context(|| format!("agent at {addr}: no answer within 15 s"))?
+        .with_context(|| format!("agent at {addr}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").with_context(|| format!("agent at {addr}: not HTTP"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        bail!("agent at {addr}: {path}: HTTP {status}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
+/// Asks every node's agent for its pods. Nodes whose agent does not answer
+/// are reported, not fatal (the pair may live elsewhere).
+pub async fn node_pods(node_ips: &[Ipv4Addr], port: u16) -> (Vec<NodePods>, Vec<String>) {
+    let asks = node_ips.iter().map(|ip| async move {
+        let body = http_get(SocketAddrV4::new(*ip, port), "/debug/pods").await?;
+        serde_json::from_str::<NodePods>(&body)
+            .with_context(|| format!("agent at {ip}: bad /debug/pods answer"))
+    });
+    let mut nodes = Vec::new();
+    let mut failed = Vec::new();
+    for r in futures::future::join_all(asks).await {
+        match r {
+            Ok(n) => nodes.push(n),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    (nodes, failed)
+}
+
+/// Runs the legs against the agents.
+pub async fn run_legs(src: &Located, dst: &Located, port: u16) -> Result<Vec<Leg>> {
+    let mut legs = Vec::new();
+    while let Some((node_ip, probe)) = next_probe(src, dst, &legs) {
+        let text = http_get(SocketAddrV4::new(node_ip, port), &format!("/debug/trace?flow={probe}")).await?;
+        let trace = trace::parse(&text);
+        legs.push(Leg { node_ip, probe, text, trace });
+    }
+    Ok(legs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn located(ns: &str, name: &str, ip: [u8; 4], ofport: u32, node: [u8; 4]) -> Located {
+        Located {
+            pod: TracePod {
+                namespace: ns.into(),
+                name: name.into(),
+                ip: Ipv4Addr::from(ip),
+                mac: "0a:58:0a:01:00:02".into(),
+                ofport,
+                vni: Some(100),
+            },
+            node_ip: Ipv4Addr::from(node),
+        }
+    }
+
+    fn leg(node: [u8; 4], text: &str) -> Leg {
+        Leg {
+            node_ip: Ipv4Addr::from(node),
+            probe: String::new(),
+            text: text.into(),
+            trace: trace::parse(text),
+        }
+    }
+
+    #[test]
+    fn policy_is_same_vni_or_global_or_single_tenant() {
+        let mt = PluginName::MultiTenant;
+        assert!(policy(&mt, ("red", Some(100)), ("red", Some(100))).allowed);
+        assert!(policy(&mt, ("red", Some(100)), ("blue", Some(100))).reason.contains("share VNI 100"));
+        assert!(policy(&mt, ("red", Some(0)), ("blue", Some(200))).allowed);
+        assert!(policy(&mt, ("red", Some(100)), ("kube-system", Some(0))).allowed);
+        let denied = policy(&mt, ("red", Some(100)), ("blue", Some(200)));
+        assert!(!denied.allowed && denied.reason.contains("differ"), "{denied:?}");
+        assert!(!policy(&mt, ("red", None), ("blue", Some(0))).allowed);
+        assert!(policy(&PluginName::Subnet, ("red", Some(100)), ("blue", Some(200))).allowed);
+    }
+
+    #[test]
+    fn locate_by_name_or_ip_and_refuse_unknown() -> Result<()> {
+        let n = NodePods {
+            node_ip: Ipv4Addr::new(172, 30, 0, 11),
+            bridge: "br0".into(),
+            pods: vec![located("red", "red1", [10, 1, 0, 2], 3, [0; 4]).pod],
+        };
+        let nodes = [n];
+        assert_eq!(locate("red/red1", &nodes)?.pod.ofport, 3);
+        assert_eq!(locate("10.1.0.2", &nodes)?.node_ip, Ipv4Addr::new(172, 30, 0, 11));
+        assert!(locate("red/red9", &nodes).is_err());
+        assert!(locate("red1", &nodes).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_cross_node_pair_is_traced_on_both_nodes_with_the_tunnel_vni() {
+        let src = located("red", "a", [10, 1, 0, 2], 3, [172, 30, 0, 11]);
+        let dst = located("red", "b", [10, 1, 4, 2], 5, [172, 30, 0, 12]);
+        let (node, probe) = next_probe(&src, &dst, &[]).expect("first leg");
+        assert_eq!(node, src.node_ip);
+        assert!(probe.starts_with("in_port=3,"));
+        let first = leg([172, 30, 0, 11], "70. ip, priority 100, cookie 0x1\n    set_field:172.30.0.12->tun_dst\n    move:NXM_NX_REG0[]->NXM_NX_TUN_ID[0..31]\n     -> NXM_NX_TUN_ID[0..31] is now 0x64\n    output:1\n");
+        let (node, probe) = next_probe(&src, &dst, std::slice::from_ref(&first)).expect("second leg");
+        assert_eq!(node, dst.node_ip);
+        assert!(
+            probe.starts_with("in_port=1,tun_id=0x64,tun_src=172.30.0.11,tun_dst=172.30.0.12,"),
+            "{probe}"
+        );
+        let second = leg([172, 30, 0, 12], "60. reg0=0x64,reg1=0x64, priority 200, cookie 0x1\n    output:NXM_NX_REG2[]\n     -> output port is 5\n");
+        let legs = [first, second];
+        assert_eq!(next_probe(&src, &dst, &legs), None);
+        assert!(delivery(&legs, &dst).delivered);
+        let allowed = policy(&PluginName::MultiTenant, ("red", Some(100)), ("red", Some(100)));
+        let (text, code) = report(&src, &dst, &allowed, &legs, false);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("ISOLATION") && text.contains("ALLOWED"), "{text}");
+    }
+
+    #[test]
+    fn a_drop_is_denied_and_a_disagreement_is_a_mismatch() {
+        let src = located("red", "a", [10, 1, 0, 2], 3, [172, 30, 0, 11]);
+        let dst = located("blue", "b", [10, 1, 0, 3], 4, [172, 30, 0, 11]);
+        let legs = [leg([172, 30, 0, 11], "60. priority 0, cookie 0x1\n    drop\n")];
+        let d = delivery(&legs, &dst);
+        assert!(!d.delivered && d.detail.contains("table 60 ISOLATION"), "{d:?}");
+        let denied = policy(&PluginName::MultiTenant, ("red", Some(100)), ("blue", Some(200)));
+        assert_eq!(report(&src, &dst, &denied, &legs, false).1, 3);
+        let allowed = policy(&PluginName::MultiTenant, ("red", Some(100)), ("blue", Some(100)));
+        let (text, code) = report(&src, &dst, &allowed, &legs, true);
+        assert_eq!(code, 4);
+        assert!(text.contains("MISMATCH") && text.contains("ofproto/trace"), "{text}");
+        // Delivered to another port than the pod's is not delivery.
+        let wrong = [leg(
+            [172, 30, 0, 11],
+            "60. priority 300, cookie 0x1\n    output:NXM_NX_REG2[]\n     -> output port is 9\n",
+        )];
+        assert!(!delivery(&wrong, &dst).delivered);
+    }
+}
