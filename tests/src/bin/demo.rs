@@ -243,10 +243,13 @@ fn tour(cli: &Cli, c: &Cluster) -> Result<()> {
     heading("namespaces and their VNIs, as the controller allocated them (k8s-ovs-ctl list)");
     print_ctl_list(c)?;
     show_matrix(c, "every namespace on its own VNI: pods reach only their own namespace")?;
+    heading("why not? k8s-ovs-ctl trace: etcd's VNIs beside each node's ofproto/trace");
+    explain(c, "red1", "blue2", false)?;
 
     heading("the operator's way: edit the record in etcd (K8S-OVS's etcdctl recipes)");
     operator_edit(c, "red", vni(c, "red")?, "join", "blue", ("red1", "blue2", true))?;
     show_matrix(c, "red joined blue: they share blue's VNI")?;
+    explain(c, "red1", "blue2", true)?;
     operator_edit(c, "red", vni(c, "red")?, "isolate", "", ("red1", "blue2", false))?;
     show_matrix(c, "red isolated: a VNI of its own again")?;
     operator_edit(c, "green", vni(c, "green")?, "global", "", ("green1", "red2", true))?;
@@ -503,6 +506,22 @@ fn wait_for_path(
         None if INTERRUPTED.load(Ordering::SeqCst) => bail!("interrupted"),
         None => bail!("{from} -> {to}: reachable={want} not seen within {deadline:?}"),
     }
+}
+
+/// `k8s-ovs-ctl trace` of a pair, printed; its verdict must be `allowed`
+/// (exit 0 allowed, 3 denied; anything else fails the demo).
+fn explain(c: &Cluster, from: &str, to: &str, allowed: bool) -> Result<()> {
+    checkpoint()?;
+    let (a, b) = (pod(c, from)?, pod(c, to)?);
+    let (src, dst) = (format!("{}/{}", a.namespace, a.name), format!("{}/{}", b.namespace, b.name));
+    println!("\n  $ k8s-ovs-ctl --etcd-endpoints {} trace {src} {dst}", c.lab.etcd_endpoint());
+    let (code, out, err) = ctl(&c.lab, &["trace", &src, &dst])?;
+    for line in out.lines() {
+        println!("  {line}");
+    }
+    let want = if allowed { 0 } else { 3 };
+    ensure!(code == Some(want), "k8s-ovs-ctl trace {src} {dst}: exit {code:?}, expected {want}: {err}");
+    Ok(())
 }
 
 fn pod<'a>(c: &'a Cluster, name: &str) -> Result<&'a DemoPod> {
