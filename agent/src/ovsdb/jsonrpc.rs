@@ -61,6 +61,17 @@ impl Framer {
 
 type Reply = Result<Value, OvsdbError>;
 
+/// How a [`Connection::request`] failed.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The connection was closed before the request was queued: the server
+    /// never saw it, so it may be sent again elsewhere.
+    NotSent,
+    /// Anything else, [`OvsdbError::Disconnected`] included: the request may
+    /// have reached the server (and a transaction may have committed).
+    Failed(OvsdbError),
+}
+
 #[derive(Default)]
 struct Routes {
     pending: HashMap<u64, oneshot::Sender<Reply>>,
@@ -142,27 +153,41 @@ impl Connection {
 
     /// Sends a request and waits for its reply's `result`.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, OvsdbError> {
+        self.request(method, params).await.map_err(|e| match e {
+            CallError::NotSent => OvsdbError::Disconnected,
+            CallError::Failed(e) => e,
+        })
+    }
+
+    /// [`Connection::call`], telling apart a request the server cannot have
+    /// seen (the connection was already closed) from one that failed after
+    /// it was queued: a lost connection then leaves its fate unknown.
+    pub(crate) async fn request(&self, method: &str, params: Value) -> Result<Value, CallError> {
         let id = self.shared.next_id();
         let (tx, rx) = oneshot::channel();
         {
             let mut r = self.shared.routes();
             if r.closed {
-                return Err(OvsdbError::Disconnected);
+                return Err(CallError::NotSent);
             }
             r.pending.insert(id, tx);
         }
         let msg = json!({"method": method, "params": params, "id": id});
         if let Err(e) = self.shared.send(&msg) {
             self.shared.routes().pending.remove(&id);
-            return Err(e);
+            // Not queued: either unencodable, or the writer is gone.
+            return Err(match e {
+                OvsdbError::Disconnected => CallError::NotSent,
+                e => CallError::Failed(e),
+            });
         }
         match rx.await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(OvsdbError::Rpc { error, .. })) => {
-                Err(OvsdbError::Rpc { method: method.to_string(), error })
+                Err(CallError::Failed(OvsdbError::Rpc { method: method.to_string(), error }))
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(OvsdbError::Disconnected),
+            Ok(Err(e)) => Err(CallError::Failed(e)),
+            Err(_) => Err(CallError::Failed(OvsdbError::Disconnected)),
         }
     }
 
@@ -358,5 +383,8 @@ mod tests {
         let err = conn.call("x", json!([])).await.expect_err("disconnected");
         assert!(matches!(err, OvsdbError::Disconnected), "{err:?}");
         assert!(conn.is_closed());
+        // Once closed is known, a request is refused before it is queued.
+        let refused = conn.request("y", json!([])).await.expect_err("closed");
+        assert!(matches!(refused, CallError::NotSent), "{refused:?}");
     }
 }

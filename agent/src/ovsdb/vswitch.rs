@@ -429,69 +429,99 @@ impl Client {
     /// (`cur_cfg >= next_cfg`) and the interface still has none, with its
     /// `error` column (empty for a bridge whose datapath did not open).
     pub async fn wait_ofport(&self, name: &str, timeout: Duration) -> Result<u32, OvsdbError> {
-        let what = || format!("interface {name} to get an ofport");
-        let mut monitor = self
-            .monitor(json!({
-                "Open_vSwitch": {"columns": ["cur_cfg", "next_cfg"]},
-                "Interface": {"columns": ["name", "ofport", "error"]},
-            }))
-            .await?;
+        let requests = json!({
+            "Open_vSwitch": {"columns": ["cur_cfg", "next_cfg"]},
+            "Interface": {"columns": ["name", "ofport", "error"]},
+        });
         let mut state = CfgWatch::default();
         let mut iface: HashMap<String, (Option<i64>, Option<String>)> = HashMap::new();
-        let outcome = tokio::time::timeout(timeout, async {
-            loop {
-                let updates = monitor.next().await?;
-                state.apply(&updates);
-                for (uuid, new) in table_rows(&updates, "Interface") {
-                    match new {
-                        Some(row) if row.get("name").and_then(Value::as_str) == Some(name) => {
-                            let ofport = row.get("ofport").and_then(as_opt_int);
-                            let error = row.get("error").and_then(as_opt_str).map(str::to_string);
-                            iface.insert(uuid, (ofport, error));
-                        }
-                        _ => {
-                            iface.remove(&uuid);
-                        }
+        let wait = self.watch(&requests, |updates, fresh| {
+            if fresh {
+                (state, iface) = Default::default();
+            }
+            state.apply(updates);
+            for (uuid, new) in table_rows(updates, "Interface") {
+                match new {
+                    Some(row) if row.get("name").and_then(Value::as_str) == Some(name) => {
+                        let ofport = row.get("ofport").and_then(as_opt_int);
+                        let error = row.get("error").and_then(as_opt_str).map(str::to_string);
+                        iface.insert(uuid, (ofport, error));
+                    }
+                    _ => {
+                        iface.remove(&uuid);
                     }
                 }
-                if let Some(p) = iface.values().find_map(|(p, _)| p.filter(|p| *p > 0)) {
-                    return u32::try_from(p)
-                        .map_err(|_| OvsdbError::Protocol(format!("ofport {p} out of range")));
-                }
-                if state.applied() {
-                    let error = match iface.values().next() {
-                        Some((_, e)) => e.clone().unwrap_or_default(),
-                        None => "no such interface".to_string(),
-                    };
-                    return Err(OvsdbError::Interface { name: name.to_string(), error });
-                }
             }
+            if let Some(p) = iface.values().find_map(|(p, _)| p.filter(|p| *p > 0)) {
+                return Some(
+                    u32::try_from(p).map_err(|_| OvsdbError::Protocol(format!("ofport {p} out of range"))),
+                );
+            }
+            state.applied().then(|| {
+                let error = match iface.values().next() {
+                    Some((_, e)) => e.clone().unwrap_or_default(),
+                    None => "no such interface".to_string(),
+                };
+                Err(OvsdbError::Interface { name: name.to_string(), error })
+            })
+        });
+        tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| {
+            Err(OvsdbError::Timeout { what: format!("interface {name} to get an ofport"), after: timeout })
         })
-        .await;
-        monitor.cancel().await;
-        outcome.unwrap_or_else(|_| Err(OvsdbError::Timeout { what: what(), after: timeout }))
     }
 
     /// Waits until ovs-vswitchd has applied every change committed so far.
     pub async fn wait_applied(&self, timeout: Duration) -> Result<(), OvsdbError> {
-        let mut monitor = self.monitor(json!({"Open_vSwitch": {"columns": ["cur_cfg", "next_cfg"]}})).await?;
+        let requests = json!({"Open_vSwitch": {"columns": ["cur_cfg", "next_cfg"]}});
         let mut state = CfgWatch::default();
-        let outcome = tokio::time::timeout(timeout, async {
-            loop {
-                state.apply(&monitor.next().await?);
-                if state.applied() {
-                    return Ok(());
-                }
+        let wait = self.watch(&requests, |updates, fresh| {
+            if fresh {
+                state = CfgWatch::default();
             }
-        })
-        .await;
-        monitor.cancel().await;
-        outcome.unwrap_or_else(|_| {
+            state.apply(updates);
+            state.applied().then_some(Ok(()))
+        });
+        tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| {
             Err(OvsdbError::Timeout {
                 what: "ovs-vswitchd to apply the configuration".into(),
                 after: timeout,
             })
         })
+    }
+
+    /// Feeds every table-updates object of a monitor on `requests` to `step`
+    /// until it returns a result. If the connection is lost, the monitor is
+    /// made again on a new one and `step` sees `fresh` (the first update of
+    /// a monitor holds the whole contents: state built so far is to be
+    /// dropped). No timeout of its own: callers wrap it, and dropping it
+    /// cancels the monitor.
+    async fn watch<T>(
+        &self,
+        requests: &Value,
+        mut step: impl FnMut(&Value, bool) -> Option<Result<T, OvsdbError>>,
+    ) -> Result<T, OvsdbError> {
+        loop {
+            let mut monitor = self.monitor(requests).await?;
+            let mut fresh = true;
+            let outcome = loop {
+                match monitor.next().await {
+                    Ok(updates) => {
+                        if let Some(done) = step(&updates, fresh) {
+                            break Some(done);
+                        }
+                        fresh = false;
+                    }
+                    Err(OvsdbError::Disconnected) => break None,
+                    Err(e) => break Some(Err(e)),
+                }
+            };
+            let Some(outcome) = outcome else {
+                tracing::warn!("OVSDB connection lost during a wait; watching again on a new one");
+                continue;
+            };
+            monitor.cancel().await;
+            return outcome;
+        }
     }
 }
 
