@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::ScratchOvs;
-use k8s_ovs_agent::ovsdb::{BridgeSpec, Change, Client, OvsdbError, PortSpec};
+use k8s_ovs_agent::ovsdb::{BridgeSpec, Change, Client, OvsdbError, PortSpec, RECONNECT_WINDOW};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -215,31 +215,106 @@ fn server_monitors(ovs: &ScratchOvs) -> Result<usize> {
     Ok(n.parse()?)
 }
 
-#[tokio::test]
-async fn lab_ovsdb_an_abandoned_wait_leaves_no_monitor_behind() -> Result<()> {
-    let (ovs, client) = setup("mon").await?;
+/// Bridge `br0` with port `p0` on a stopped ovs-vswitchd: nothing is ever
+/// applied, so a wait for `p0` cannot finish on its own. Also returns the
+/// server's monitor count (vswitchd's own monitor has left it).
+async fn setup_without_vswitchd(tag: &str) -> Result<(ScratchOvs, Client, usize)> {
+    let (ovs, client) = setup(tag).await?;
     client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
-    // Without ovs-vswitchd nothing is ever applied, so a wait cannot finish
-    // on its own (and vswitchd's own monitor leaves the count).
-    let vswitchd =
-        std::fs::read_to_string(ovs.ovs.rundir().join("ovs-vswitchd.pid"))?.trim().parse::<i32>()?;
-    ovs.ovs.appctl(&["-t", "ovs-vswitchd", "exit"])?;
-    while lab::netns::alive(vswitchd) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stop_vswitchd(&ovs).await?;
     client.ensure_port("br0", &PortSpec::new("p0", "internal")).await?;
     let baseline = server_monitors(&ovs)?;
+    Ok((ovs, client, baseline))
+}
+
+/// Drives `wait` until its monitor exists on the server; it must not finish.
+async fn until_watching<T: std::fmt::Debug>(
+    ovs: &ScratchOvs,
+    baseline: usize,
+    wait: &mut std::pin::Pin<Box<impl std::future::Future<Output = T>>>,
+) {
+    tokio::select! {
+        biased;
+        r = wait => panic!("the wait cannot finish: {r:?}"),
+        _ = async { while server_monitors(ovs).unwrap_or(0) <= baseline { tokio::task::yield_now().await } } => {}
+    }
+}
+
+#[tokio::test]
+async fn lab_ovsdb_an_abandoned_wait_leaves_no_monitor_behind() -> Result<()> {
+    let (ovs, client, baseline) = setup_without_vswitchd("mon").await?;
     // The caller gives up on a wait (drops its future) once the wait's
     // monitor exists on the server...
     let mut wait = Box::pin(client.wait_ofport("p0", WAIT));
-    tokio::select! {
-        biased;
-        r = &mut wait => panic!("the wait cannot finish: {r:?}"),
-        _ = async { while server_monitors(&ovs).unwrap_or(0) <= baseline { tokio::task::yield_now().await } } => {}
-    }
+    until_watching(&ovs, baseline, &mut wait).await;
     drop(wait);
     // ...and the queued cancel is processed before any later request.
     client.list_ports("br0").await?;
     assert_eq!(server_monitors(&ovs)?, baseline);
+    Ok(())
+}
+
+fn ovsdb_server_pid(ovs: &ScratchOvs) -> Result<i32> {
+    let pidfile = ovs.ovs.rundir().join("ovsdb-server.pid");
+    Ok(std::fs::read_to_string(pidfile)?.trim().parse()?)
+}
+
+/// Blocks until ovs-vswitchd is gone (`exit`, without cleanup: its bridges
+/// stay in the database).
+async fn stop_vswitchd(ovs: &ScratchOvs) -> Result<()> {
+    let pid = std::fs::read_to_string(ovs.ovs.rundir().join("ovs-vswitchd.pid"))?.trim().parse::<i32>()?;
+    ovs.ovs.appctl(&["-t", "ovs-vswitchd", "exit"])?;
+    while lab::netns::alive(pid) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_the_client_rides_out_an_ovsdb_server_restart() -> Result<()> {
+    let (ovs, client) = setup("restart").await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    client.add_port("br0", &PortSpec::new("before", "internal"), WAIT).await?;
+    let first_pid = ovsdb_server_pid(&ovs)?;
+
+    // While ovsdb-server is down a request fails, with the reason, in bounded time.
+    ovs.ovs.stop_ovsdb();
+    assert!(!lab::netns::alive(first_pid), "ovsdb-server {first_pid} still runs");
+    let t0 = std::time::Instant::now();
+    let err = client.list_ports("br0").await.expect_err("ovsdb-server is down");
+    let took = t0.elapsed();
+    assert!(matches!(err, OvsdbError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("is ovsdb-server running?"), "{err}");
+    assert!(took < RECONNECT_WINDOW + Duration::from_secs(2), "took {took:?}");
+
+    // Back on the same database: the same client carries on.
+    ovs.ovs.start_ovsdb()?;
+    assert_ne!(ovsdb_server_pid(&ovs)?, first_pid);
+    let ofport = client.add_port("br0", &PortSpec::new("after", "internal"), WAIT).await?;
+    assert_eq!(vsctl(&ovs, &["get", "interface", "after", "ofport"])?, ofport.to_string());
+    let names: Vec<String> = client.list_ports("br0").await?.into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["after", "before", "br0"]);
+    assert_eq!(client.reconnects(), 1);
+
+    // A restart between two requests (the common case) is not even an error.
+    ovs.ovs.restart_ovsdb()?;
+    assert!(client.del_port("br0", "before").await?);
+    client.wait_applied(WAIT).await?;
+    assert_eq!(vsctl(&ovs, &["list-ports", "br0"])?, "after");
+    assert_eq!(client.reconnects(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_ovsdb_a_wait_resumes_on_the_new_connection() -> Result<()> {
+    let (ovs, client, baseline) = setup_without_vswitchd("rewait").await?;
+    // The wait is still watching when ovsdb-server restarts under it.
+    let mut wait = Box::pin(client.wait_ofport("p0", Duration::from_secs(20)));
+    until_watching(&ovs, baseline, &mut wait).await;
+    ovs.ovs.restart_ovsdb()?;
+    ovs.ovs.restart_vswitchd()?;
+    let ofport = wait.await?;
+    assert_eq!(vsctl(&ovs, &["get", "interface", "p0", "ofport"])?, ofport.to_string());
+    assert_eq!(client.reconnects(), 1);
     Ok(())
 }

@@ -26,20 +26,8 @@ impl Ovs {
         }
         let ovs = Ovs { netns: netns.clone(), dir: dir.to_path_buf(), stopped: false };
         let db = dir.join("db/conf.db");
-        let db = db.to_string_lossy();
-        ovs.exec(&["ovsdb-tool", "create", &db, SCHEMA])?;
-        let rundir = ovs.rundir();
-        let logdir = dir.join("log");
-        let (r, l) = (rundir.to_string_lossy(), logdir.to_string_lossy());
-        ovs.exec(&[
-            "ovsdb-server",
-            &db,
-            &format!("--remote=punix:{r}/db.sock"),
-            &format!("--pidfile={r}/ovsdb-server.pid"),
-            "--detach",
-            "-vconsole:off",
-            &format!("--log-file={l}/ovsdb-server.log"),
-        ])?;
+        ovs.exec(&["ovsdb-tool", "create", &db.to_string_lossy(), SCHEMA])?;
+        ovs.start_ovsdb()?;
         ovs.vsctl(&["--no-wait", "init"])?;
         ovs.start_vswitchd()?;
         Ok(ovs)
@@ -158,6 +146,38 @@ impl Ovs {
             netns::terminate_pids(&[pid], Duration::from_secs(5));
         }
         self.start_vswitchd()
+    }
+
+    /// Stops ovsdb-server (by its PID, as a package upgrade or crash would)
+    /// and starts it again on the same database file and socket.
+    /// ovs-vswitchd keeps running and reconnects by itself.
+    pub fn restart_ovsdb(&self) -> Result<()> {
+        self.stop_ovsdb();
+        self.start_ovsdb()
+    }
+
+    /// Ends ovsdb-server by its PID and waits until it is gone: its socket
+    /// then refuses connections until [`Ovs::start_ovsdb`].
+    pub fn stop_ovsdb(&self) {
+        if let Some(pid) = self.pid("ovsdb-server") {
+            netns::terminate_pids(&[pid], Duration::from_secs(5));
+        }
+    }
+
+    /// Starts ovsdb-server on `db/conf.db`, listening on `run/db.sock`.
+    pub fn start_ovsdb(&self) -> Result<()> {
+        let (db, r, l) = (self.dir.join("db/conf.db"), self.rundir(), self.dir.join("log"));
+        let (db, r, l) = (db.to_string_lossy(), r.to_string_lossy(), l.to_string_lossy());
+        self.exec(&[
+            "ovsdb-server",
+            &db,
+            &format!("--remote=punix:{r}/db.sock"),
+            &format!("--pidfile={r}/ovsdb-server.pid"),
+            "--detach",
+            "-vconsole:off",
+            &format!("--log-file={l}/ovsdb-server.log"),
+        ])?;
+        Ok(())
     }
 
     fn start_vswitchd(&self) -> Result<()> {
