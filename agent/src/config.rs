@@ -64,6 +64,10 @@ pub struct AgentConfig {
     /// Run without a Kubernetes API (no services).
     #[arg(long)]
     pub no_kube: bool,
+    /// Every this many seconds the installed flows are read back and any
+    /// drift from the desired set repaired (0: never).
+    #[arg(long, default_value_t = 60)]
+    pub flow_resync_secs: u64,
     /// Install the masquerade rule for traffic leaving the cluster.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,

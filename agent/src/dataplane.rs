@@ -149,6 +149,19 @@ impl Dataplane {
         Ok(n)
     }
 
+    /// The periodic check that the switch still holds exactly our flows:
+    /// anything changed behind the agent's back (an `ovs-ofctl` by hand, a
+    /// bug) is put back, counted and logged. Steady state: one flow dump,
+    /// no bundle.
+    pub async fn resync(&mut self) -> anyhow::Result<usize> {
+        let drift = self.full_reconcile().await?;
+        if drift > 0 {
+            self.metrics.flow_drift.fetch_add(drift as u64, Ordering::Relaxed);
+            warn!(flows = drift, "the switch's flows drifted from the desired set; repaired");
+        }
+        Ok(drift)
+    }
+
     /// Sends the change from the installed flows to the pipeline of the
     /// current state, in one bundle. On failure nothing changed on the
     /// switch and `installed` stays as it was.
@@ -216,6 +229,7 @@ impl Dataplane {
             _ => {}
         }
         self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
+        self.metrics.ovsdb_reconnects.store(self.ovsdb.reconnects(), Ordering::Relaxed);
         match outcome {
             Ok(result) => Response::Ok { result },
             Err(e) => {

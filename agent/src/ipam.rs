@@ -102,9 +102,13 @@ impl Allocator {
         self.subnet
     }
 
-    /// The node gateway (tun0): the first usable address.
+    /// The node gateway (tun0): the first usable address (the pipeline's
+    /// rule, so the flows and the allocator agree on it).
     pub fn gateway(&self) -> Ipv4Addr {
-        gateway_of(self.subnet)
+        ovs_flows::pipeline::gateway_of(ovs_flows::Ipv4Prefix::new(
+            self.subnet.network(),
+            self.subnet.prefix(),
+        ))
     }
 
     /// How many addresses pods can get (usable addresses minus the gateway).
@@ -197,11 +201,6 @@ impl Allocator {
     fn in_pod_range(&self, ip: Ipv4Addr) -> bool {
         (self.first_pod_u32()..=self.last_pod_u32()).contains(&u32::from(ip))
     }
-}
-
-/// The gateway address of a node subnet: its first usable address.
-pub fn gateway_of(subnet: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
 }
 
 #[cfg(test)]

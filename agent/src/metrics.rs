@@ -59,6 +59,10 @@ pub struct Metrics {
     pub cni_errors: AtomicU64,
     pub flow_errors: AtomicU64,
     pub ovs_reconnects: AtomicU64,
+    /// The OVSDB client's reconnects (copied from it after each request).
+    pub ovsdb_reconnects: AtomicU64,
+    /// Flows the periodic resync had to add, change or delete: drift.
+    pub flow_drift: AtomicU64,
     pub bandwidth_errors: AtomicU64,
     /// Set once the agent serves CNI requests with a programmed bridge.
     pub ready: AtomicBool,
@@ -75,6 +79,8 @@ impl Default for Metrics {
             cni_errors: AtomicU64::new(0),
             flow_errors: AtomicU64::new(0),
             ovs_reconnects: AtomicU64::new(0),
+            ovsdb_reconnects: AtomicU64::new(0),
+            flow_drift: AtomicU64::new(0),
             bandwidth_errors: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         }
@@ -92,7 +98,7 @@ impl Metrics {
             "OpenFlow bundle latency (open to commit)",
         );
         self.bundle_flows.render(&mut s, "k8s_ovs_bundle_flows", "flow changes per bundle");
-        let gauges: [(&str, &str, &str, &AtomicU64); 6] = [
+        let gauges: [(&str, &str, &str, &AtomicU64); 8] = [
             (
                 "k8s_ovs_bandwidth_errors_total",
                 "counter",
@@ -107,6 +113,18 @@ impl Metrics {
                 "counter",
                 "OpenFlow reconnects (flows replayed)",
                 &self.ovs_reconnects,
+            ),
+            (
+                "k8s_ovs_ovsdb_reconnects_total",
+                "counter",
+                "OVSDB reconnects (ovsdb-server restarted or the connection broke)",
+                &self.ovsdb_reconnects,
+            ),
+            (
+                "k8s_ovs_flow_drift_total",
+                "counter",
+                "flows the periodic resync found changed behind the agent's back and repaired",
+                &self.flow_drift,
             ),
             (
                 "k8s_ovs_ready",

@@ -204,9 +204,18 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     metrics.ready.store(true, Ordering::Relaxed);
     info!(socket = %cfg.cni_socket.display(), "agent ready");
 
+    // A period of 0 disables the resync (the timer then never fires).
+    let period = Duration::from_secs(cfg.flow_resync_secs.max(1));
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            _ = resync.tick(), if cfg.flow_resync_secs > 0 => {
+                if let Err(e) = dp.resync().await {
+                    warn!(error = %e, "periodic flow resync failed; retrying at the next one");
+                }
+            }
             Some((req, reply)) = cni_rx.recv() => {
                 let _ = reply.send(dp.handle(req).await);
             }

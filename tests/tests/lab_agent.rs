@@ -20,6 +20,11 @@ struct TestPod {
 }
 
 fn start_cluster(plugin: &str, vnis: &[(&str, u32)]) -> Result<(Lab, Vec<Agent>)> {
+    start_cluster_with(plugin, vnis, &[])
+}
+
+/// `start_cluster` with extra agent flags.
+fn start_cluster_with(plugin: &str, vnis: &[(&str, u32)], flags: &[&str]) -> Result<(Lab, Vec<Agent>)> {
     let lab = Lab::start(2)?;
     lab.put_network_config(plugin)?;
     for i in 1..=2 {
@@ -28,7 +33,8 @@ fn start_cluster(plugin: &str, vnis: &[(&str, u32)]) -> Result<(Lab, Vec<Agent>)
     for (ns, vni) in vnis {
         lab.put_netnamespace(ns, *vni)?;
     }
-    let agents = (1..=2).map(|i| Agent::start(&lab, i, &["--no-kube"])).collect::<Result<Vec<_>>>()?;
+    let flags = [&["--no-kube"][..], flags].concat();
+    let agents = (1..=2).map(|i| Agent::start(&lab, i, &flags)).collect::<Result<Vec<_>>>()?;
     Ok((lab, agents))
 }
 
@@ -692,6 +698,42 @@ fn lab_agent_trace_explains_allowed_and_denied_pairs() -> Result<()> {
     // Unknown pods are refused with a clear message.
     let (code, err_out, err) = lab::cluster::ctl(&lab, &["trace", "red/nope", "red/red2"])?;
     ensure!(code == Some(1) && err.contains("red/nope: no such pod"), "{err_out}{err}");
+    Ok(())
+}
+
+/// Flows changed behind the agent's back (a deleted isolation flow, a
+/// stray flow carrying our cookie tag) are put back by the periodic resync;
+/// a foreign flow (another cookie) is left alone.
+#[test]
+fn lab_agent_resync_repairs_flow_drift() -> Result<()> {
+    let (mut lab, _agents) = start_cluster_with(
+        "k8s-ovs-multitenant",
+        &[("red", 100), ("blue", 200)],
+        &["--flow-resync-secs", "1"],
+    )?;
+    let red1 = add_pod(&mut lab, 1, "red", "red1")?;
+    let red2 = add_pod(&mut lab, 2, "red", "red2")?;
+    ensure!(traffic::reachable(&red1.netns, &red2.ip, Duration::from_secs(5))?);
+    let before = flows_without_cookies(&lab, 2)?;
+    let ovs = &lab.node(2).ovs;
+    ovs.ofctl("del-flows", "br0", &["--strict", "table=60,priority=200,reg0=0x64,reg1=0x64"])?;
+    // A stray flow in our cookie space (tag 0x4b), dropping red's traffic.
+    ovs.ofctl("add-flow", "br0", &["cookie=0x1024b000000aa,table=60,priority=250,reg0=0x64,actions=drop"])?;
+    ovs.ofctl("add-flow", "br0", &["cookie=0x77,table=0,priority=1,udp,tp_dst=9,actions=drop"])?;
+    ensure!(flows_without_cookies(&lab, 2)? != before, "the tampering changed nothing");
+    let tampered = Instant::now();
+    ensure!(
+        traffic::time_until(&red1.netns, &red2.ip, true, tampered, Duration::from_secs(10))?.is_some(),
+        "red1 -> red2 never came back after the tampering"
+    );
+    eprintln!("drift repaired and red1 -> red2 back {:?} after the tampering", tampered.elapsed());
+    let after: Vec<String> =
+        flows_without_cookies(&lab, 2)?.into_iter().filter(|f| !f.contains("tp_dst=9")).collect();
+    ensure!(after == before, "the flows differ after the resync");
+    let dump = lab.node(2).ovs.ofctl("dump-flows", "br0", &["--no-stats"])?;
+    ensure!(dump.contains("cookie=0x77,"), "the resync removed a foreign flow: {dump}");
+    let metrics = lab::cluster::agent_http(&lab, 2, "/metrics")?;
+    ensure!(metrics.contains("k8s_ovs_flow_drift_total 2"), "drift not counted as 2 flows: {metrics}");
     Ok(())
 }
 
