@@ -25,6 +25,7 @@ use crate::bandwidth::{self, tc, Limits, PodName, RuntimeBandwidth};
 use crate::config::DatapathType;
 use crate::etcd_source::EtcdView;
 use crate::ipam::{IpamStore, Owner};
+use crate::kube_events;
 use crate::kube_source::{PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
 use crate::netlink::{setup_pod_interface, MacAddr, Netlink, PodInterface};
@@ -43,6 +44,8 @@ pub struct NodeSettings {
     /// kernel is kept from answering on pod veths (see `iptables.rs`), and
     /// pod egress is shaped inside the pod (see `bandwidth::tc`).
     pub datapath: DatapathType,
+    /// The Kubernetes Node name (the source of the agent's Events).
+    pub node_name: String,
 }
 
 pub struct Dataplane {
@@ -59,6 +62,9 @@ pub struct Dataplane {
     other_ofports: std::collections::BTreeSet<u32>,
     /// Bandwidth annotations of this node's pods (kept current by the pod watch).
     annotations: PodAnnotations,
+    /// The last bandwidth error posted as an Event per pod, so a pod watch
+    /// update repeats no warning (cleared once the annotations are valid).
+    bandwidth_warned: BTreeMap<PodKey, String>,
     /// For reading a pod the watch has not delivered yet (ADD races it).
     kube: Option<kube::Client>,
     round: u16,
@@ -92,6 +98,7 @@ impl Dataplane {
             installed: FlowSet::new(),
             other_ofports: Default::default(),
             annotations: PodAnnotations::new(),
+            bandwidth_warned: BTreeMap::new(),
             kube: None,
             round,
             metrics,
@@ -478,7 +485,11 @@ impl Dataplane {
             let Some(rec) = self.pods.get(&k).cloned() else { continue };
             let pod = PodName::new(rec.namespace.clone(), rec.name.clone());
             let Some(a) = self.annotations.get(&(pod.namespace.clone(), pod.name.clone())) else { continue };
-            match Limits::resolve(&pod, a, rec.runtime_bandwidth.as_ref(), self.settings.pod_mtu) {
+            let resolved = Limits::resolve(&pod, a, rec.runtime_bandwidth.as_ref(), self.settings.pod_mtu);
+            if resolved.is_ok() {
+                self.bandwidth_warned.remove(&k);
+            }
+            match resolved {
                 Ok(l) if l == rec.limits => {}
                 Ok(l) => {
                     let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
@@ -496,8 +507,25 @@ impl Dataplane {
                     }
                 }
                 Err(e) => {
-                    self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "invalid bandwidth annotation; keeping the pod's current shaping");
+                    let message =
+                        format!("{e}; the pod keeps its current bandwidth shaping ({})", rec.limits);
+                    if self.bandwidth_warned.get(&k) != Some(&message) {
+                        self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "invalid bandwidth annotation; keeping the pod's current shaping");
+                        if let Some(client) = self.kube.clone() {
+                            let node = self.settings.node_name.clone();
+                            let reason = kube_events::INVALID_BANDWIDTH;
+                            kube_events::warn_pod(
+                                client,
+                                node,
+                                pod.namespace.clone(),
+                                pod.name.clone(),
+                                reason,
+                                message.clone(),
+                            );
+                        }
+                        self.bandwidth_warned.insert(k.clone(), message);
+                    }
                 }
             }
         }

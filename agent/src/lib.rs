@@ -4,6 +4,7 @@
 //! - `dataplane`: the node state and every change to it (pods, etcd, services),
 //!   each ending in one atomic flow bundle;
 //! - inputs: `cni_server` (the CNI plugin's socket), `etcd_source`, `kube_source`;
+//!   `kube_events` posts warnings on pods (an invalid bandwidth annotation);
 //! - edges: `ovsdb` (bridge and ports), `netlink` (veths, addresses, routes),
 //!   `ipam` (addresses kept on disk), `iptables` (masquerade, netdev guard);
 //! - `bandwidth`: pod rate limits (annotations, runtimeConfig) enforced with tc;
@@ -19,6 +20,7 @@ pub mod etcd_source;
 pub mod http;
 pub mod ipam;
 pub mod iptables;
+pub mod kube_events;
 pub mod kube_source;
 pub mod metrics;
 pub mod netlink;

@@ -179,8 +179,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         prefix_of(net.network),
         prefix_of(net.service_network),
     );
-    let node =
-        NodeSettings { bridge: cfg.bridge.clone(), pod_mtu: cfg.pod_mtu(), datapath: cfg.datapath_type };
+    let node = NodeSettings {
+        bridge: cfg.bridge.clone(),
+        pod_mtu: cfg.pod_mtu(),
+        datapath: cfg.datapath_type,
+        node_name: cfg.node_name.clone(),
+    };
     let mut dp = Dataplane::new(node, ovsdb, flows, host, ipam, state, round, metrics.clone());
     info!(pods = adopted.len(), round, "adopting pods found on the bridge");
     dp.adopt(adopted, other_ofports);

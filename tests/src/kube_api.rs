@@ -19,6 +19,9 @@
 //!   An object that stops matching is simply no longer sent (the real server
 //!   sends DELETED); tests here never move objects across a selector.
 //!
+//! - `POST /api/v1/namespaces/<ns>/events`: stores the Event (with
+//!   `generateName`) for tests to read with [`KubeApi::objects`].
+//!
 //! Plain HTTP/1.1 on std threads: one thread accepts, one per connection.
 //! It can listen inside a lab namespace: the socket is created by a thread
 //! that entered the namespace (a socket keeps the namespace it was made in)
@@ -45,15 +48,20 @@ pub enum Kind {
     Node,
     Pod,
     Service,
+    /// Only created (POST) by clients and read by tests.
+    Event,
 }
 
 impl Kind {
+    const ALL: [Kind; 5] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service, Kind::Event];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
+            Kind::Event => "Event",
         }
     }
 
@@ -63,19 +71,20 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Pod => "pods",
             Kind::Service => "services",
+            Kind::Event => "events",
         }
     }
 
     fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Service)
+        matches!(self, Kind::Pod | Kind::Service | Kind::Event)
     }
 
     fn from_name(s: &str) -> Option<Kind> {
-        [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service].into_iter().find(|k| k.name() == s)
+        Kind::ALL.into_iter().find(|k| k.name() == s)
     }
 
     fn from_plural(s: &str) -> Option<Kind> {
-        [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service].into_iter().find(|k| k.plural() == s)
+        Kind::ALL.into_iter().find(|k| k.plural() == s)
     }
 }
 
@@ -201,43 +210,13 @@ impl KubeApi {
         self.write(object, None)
     }
 
-    fn write(&self, mut object: Value, must_exist: Option<bool>) -> Result<Value> {
-        let kind_s = object["kind"].as_str().context("object without kind")?;
-        let kind = Kind::from_name(kind_s).with_context(|| format!("kind {kind_s} is not served"))?;
-        let name = object["metadata"]["name"].as_str().context("object without metadata.name")?.to_string();
-        let ns = if kind.namespaced() {
-            let ns = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-            object["metadata"]["namespace"] = json!(ns);
-            ns
-        } else {
-            String::new()
-        };
-        object["apiVersion"] = json!("v1");
-        let mut st = self.inner.lock();
-        let key = (kind, ns, name);
-        let existing = st.objects.get(&key).cloned();
-        match (must_exist, &existing) {
-            (Some(false), Some(_)) => bail!("{} {} already exists", kind.name(), key.2),
-            (Some(true), None) => bail!("{} {} not found", kind.name(), key.2),
-            _ => {}
-        }
-        st.rv += 1;
-        let rv = st.rv;
-        let uid = match existing.as_ref().and_then(|e| e["metadata"]["uid"].as_str()) {
-            Some(u) => u.to_string(),
-            None => {
-                st.uid += 1;
-                format!("00000000-0000-4000-8000-{:012}", st.uid)
-            }
-        };
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        object["metadata"]["uid"] = json!(uid);
-        let event = if existing.is_some() { "MODIFIED" } else { "ADDED" };
-        st.objects.insert(key, object.clone());
-        st.history.push(Change { rv, kind, event, object: object.clone() });
-        drop(st);
-        self.inner.changed.notify_all();
-        Ok(object)
+    fn write(&self, object: Value, must_exist: Option<bool>) -> Result<Value> {
+        write(&self.inner, object, must_exist)
+    }
+
+    /// Every stored object of `kind` (e.g. the Events clients posted).
+    pub fn objects(&self, kind: Kind) -> Vec<Value> {
+        self.inner.lock().objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(_, v)| v.clone()).collect()
     }
 
     /// Deletes an object (namespace: None for cluster-scoped kinds).
@@ -308,9 +287,58 @@ impl Drop for KubeApi {
     }
 }
 
+/// Stores an object (`must_exist`: Some(false) create, Some(true) replace,
+/// None either); fills resourceVersion and uid.
+fn write(inner: &Inner, mut object: Value, must_exist: Option<bool>) -> Result<Value> {
+    let kind_s = object["kind"].as_str().context("object without kind")?;
+    let kind = Kind::from_name(kind_s).with_context(|| format!("kind {kind_s} is not served"))?;
+    if object["metadata"]["name"].as_str().is_none() {
+        // generateName: the server appends a unique suffix.
+        let prefix = object["metadata"]["generateName"].as_str().context("object without metadata.name")?;
+        let n = inner.lock().uid + 1;
+        object["metadata"]["name"] = json!(format!("{prefix}{n:05}"));
+    }
+    let name = object["metadata"]["name"].as_str().context("object without metadata.name")?.to_string();
+    let ns = if kind.namespaced() {
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        object["metadata"]["namespace"] = json!(ns);
+        ns
+    } else {
+        String::new()
+    };
+    object["apiVersion"] = json!("v1");
+    let mut st = inner.lock();
+    let key = (kind, ns, name);
+    let existing = st.objects.get(&key).cloned();
+    match (must_exist, &existing) {
+        (Some(false), Some(_)) => bail!("{} {} already exists", kind.name(), key.2),
+        (Some(true), None) => bail!("{} {} not found", kind.name(), key.2),
+        _ => {}
+    }
+    st.rv += 1;
+    let rv = st.rv;
+    let uid = match existing.as_ref().and_then(|e| e["metadata"]["uid"].as_str()) {
+        Some(u) => u.to_string(),
+        None => {
+            st.uid += 1;
+            format!("00000000-0000-4000-8000-{:012}", st.uid)
+        }
+    };
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    object["metadata"]["uid"] = json!(uid);
+    let event = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+    st.objects.insert(key, object.clone());
+    st.history.push(Change { rv, kind, event, object: object.clone() });
+    drop(st);
+    inner.changed.notify_all();
+    Ok(object)
+}
+
 struct Request {
+    method: String,
     path: String,
     query: HashMap<String, String>,
+    body: Vec<u8>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -365,7 +393,7 @@ fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Opti
     let mut lines = head.lines();
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split_whitespace();
-    let (_method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let (method, target) = (parts.next().unwrap_or("GET").to_string(), parts.next().unwrap_or("/"));
     let mut content_length = 0usize;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
@@ -374,8 +402,8 @@ fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Opti
             }
         }
     }
+    let mut body = vec![0u8; content_length];
     if content_length > 0 {
-        let mut body = vec![0u8; content_length];
         reader.read_exact(&mut body)?;
     }
     let (path, qs) = target.split_once('?').unwrap_or((target, ""));
@@ -387,7 +415,7 @@ fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Opti
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    Ok(Some(Request { path: path.to_string(), query }))
+    Ok(Some(Request { method, path: path.to_string(), query, body }))
 }
 
 fn serve_connection(inner: &Inner, stream: TcpStream) -> Result<()> {
@@ -407,6 +435,19 @@ fn serve_connection(inner: &Inner, stream: TcpStream) -> Result<()> {
             Route::List { kind, namespace } => {
                 let body = list(inner, kind, namespace.as_deref(), &req);
                 respond(&mut out, 200, &body)?;
+            }
+            Route::Create { kind, namespace } => {
+                let created = serde_json::from_slice::<Value>(&req.body)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|mut o| {
+                        o["kind"] = json!(kind.name());
+                        o["metadata"]["namespace"] = json!(namespace);
+                        write(inner, o, Some(false))
+                    });
+                match created {
+                    Ok(o) => respond(&mut out, 201, &o)?,
+                    Err(e) => respond(&mut out, 400, &status(400, "BadRequest", &format!("{e:#}")))?,
+                }
             }
             Route::Get { kind, namespace, name } => {
                 let found =
@@ -434,8 +475,20 @@ fn serve_connection(inner: &Inner, stream: TcpStream) -> Result<()> {
 }
 
 enum Route {
-    List { kind: Kind, namespace: Option<String> },
-    Get { kind: Kind, namespace: Option<String>, name: String },
+    List {
+        kind: Kind,
+        namespace: Option<String>,
+    },
+    /// POST to a namespaced collection (what clients create here: Events).
+    Create {
+        kind: Kind,
+        namespace: String,
+    },
+    Get {
+        kind: Kind,
+        namespace: Option<String>,
+        name: String,
+    },
     Version,
     NotFound,
 }
@@ -453,6 +506,9 @@ fn route(req: &Request) -> Route {
             _ => Route::NotFound,
         },
         ["api", "v1", "namespaces", ns, plural] => match Kind::from_plural(plural) {
+            Some(kind) if kind.namespaced() && req.method == "POST" => {
+                Route::Create { kind, namespace: ns.to_string() }
+            }
             Some(kind) if kind.namespaced() => Route::List { kind, namespace: Some(ns.to_string()) },
             _ => Route::NotFound,
         },
@@ -475,6 +531,8 @@ fn respond(out: &mut TcpStream, code: u16, body: &Value) -> Result<()> {
     let text = body.to_string();
     let reason = match code {
         200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
         404 => "Not Found",
         _ => "Error",
     };
@@ -701,7 +759,9 @@ mod tests {
 
     #[test]
     fn routes_cover_cluster_and_namespaced_paths() {
-        let r = |p: &str| route(&Request { path: p.into(), query: HashMap::new() });
+        let r = |p: &str| {
+            route(&Request { method: "GET".into(), path: p.into(), query: HashMap::new(), body: vec![] })
+        };
         assert!(matches!(r("/api/v1/namespaces"), Route::List { kind: Kind::Namespace, namespace: None }));
         assert!(matches!(r("/api/v1/nodes/n1"), Route::Get { kind: Kind::Node, .. }));
         assert!(matches!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use lab::cluster::{cni, start_kube_api, Agent, CniCall};
-use lab::kube_api::KubeApi;
+use lab::kube_api::{Kind, KubeApi};
 use lab::{traffic, Lab, Netns};
 use serde_json::json;
 
@@ -121,6 +121,25 @@ fn lab_bandwidth_annotations_shape_pods_live() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     ensure!(lab.node(1).netns.exec(&["tc", "qdisc", "show", "dev", &host_veth])?.contains("rate 20Mbit"));
+    // ...and tells the pod's owner: a Warning Event on this pod (kubectl describe pod).
+    let events = || api.objects(Kind::Event);
+    while events().is_empty() {
+        ensure!(Instant::now() < deadline, "no Event posted for the invalid value");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uid = api.get(Kind::Pod, Some("shop"), "shaped").map(|p| p["metadata"]["uid"].clone());
+    let e = &events()[0];
+    ensure!(e["type"] == "Warning" && e["reason"] == "InvalidBandwidth", "{e}");
+    ensure!(e["involvedObject"]["kind"] == "Pod" && e["involvedObject"]["name"] == "shaped", "{e}");
+    ensure!(Some(&e["involvedObject"]["uid"]) == uid.as_ref(), "the Event is not tied to the pod's uid: {e}");
+    let msg = e["message"].as_str().unwrap_or_default();
+    ensure!(msg.contains("kubernetes.io/ingress-bandwidth") && msg.contains("abc"), "{msg}");
+    ensure!(e["source"]["host"] == "n1" && e["metadata"]["namespace"] == "shop", "{e}");
+    // Another pod's change re-runs the shaping pass: the warning is not repeated.
+    api.update(pod_object("free", json!({"kubernetes.io/ingress-bandwidth": "50M"})))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(events().len() == 1, "the warning was repeated: {:?}", events());
+    ensure!(lab::cluster::agent_http(&lab, 1, "/metrics")?.contains("k8s_ovs_bandwidth_errors_total 1"));
 
     // Removing the annotations restores full speed.
     api.update(pod_object("shaped", json!({})))?;

@@ -436,7 +436,7 @@ fn commands_use_real_binaries_flags_and_config_keys() -> Result<()> {
 }
 
 #[test]
-fn rbac_grants_read_only_what_each_daemon_watches() -> Result<()> {
+fn rbac_grants_only_what_each_daemon_watches_and_posts() -> Result<()> {
     let m = load()?;
     let rules = |name: &str| -> Result<BTreeSet<(String, String)>> {
         let role = m
@@ -465,13 +465,14 @@ fn rbac_grants_read_only_what_each_daemon_watches() -> Result<()> {
     ensure!(
         rules("k8s-ovs-agent")?
             == set(&[
+                ("events", "create"),
                 ("pods", "get"),
                 ("pods", "list"),
                 ("pods", "watch"),
                 ("services", "list"),
                 ("services", "watch")
             ]),
-        "agent: list/watch services, get/list/watch pods (agent/src/kube_source.rs, dataplane.rs), nothing else"
+        "agent: list/watch services, get/list/watch pods (agent/src/kube_source.rs, dataplane.rs), create events (kube_events.rs), nothing else"
     );
     // Each daemon's ServiceAccount exists and is bound to its role.
     for (pod, role) in [(agent_pod(&m)?, "k8s-ovs-agent"), (controller_pod(&m)?, "k8s-ovs-controller")] {

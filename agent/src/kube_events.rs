@@ -1,0 +1,100 @@
+//! Warnings the agent posts on a pod as Kubernetes Events, so whoever
+//! edited the pod sees what went wrong in `kubectl describe pod` (the log
+//! and the metrics are the node's view; the Event is the pod owner's).
+//! Fire and forget: an API server that is slow or refuses costs a log line,
+//! never the agent loop's time.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use tracing::{debug, warn};
+
+/// Why the agent warns (the Event's `reason`).
+pub const INVALID_BANDWIDTH: &str = "InvalidBandwidth";
+
+/// The Event for `pod` (its uid ties it to this incarnation of the pod).
+pub fn warning(pod: &Pod, node: &str, reason: &str, message: &str, now: Timestamp) -> Event {
+    let (ns, name) = (pod.metadata.namespace.clone(), pod.metadata.name.clone().unwrap_or_default());
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: ns.clone(),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: ns,
+            name: Some(name),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource { component: Some("k8s-ovs-agent".into()), host: Some(node.into()) }),
+        reporting_component: Some("k8s-ovs-agent".into()),
+        reporting_instance: Some(node.into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        action: Some("Shape".into()),
+        count: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Posts a warning on `namespace/name` in the background.
+pub fn warn_pod(
+    client: Client,
+    node: String,
+    namespace: String,
+    name: String,
+    reason: &'static str,
+    message: String,
+) {
+    tokio::spawn(async move {
+        let post = async {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+            let pod = pods.get(&name).await?;
+            let events: Api<Event> = Api::namespaced(client, &namespace);
+            let now = Timestamp::now();
+            events.create(&PostParams::default(), &warning(&pod, &node, reason, &message, now)).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), post).await {
+            Ok(Ok(_)) => debug!(pod = %format!("{namespace}/{name}"), reason, "event posted"),
+            Ok(Err(e)) => {
+                warn!(pod = %format!("{namespace}/{name}"), error = %e, "posting the pod's event failed")
+            }
+            Err(_) => warn!(pod = %format!("{namespace}/{name}"), "posting the pod's event timed out"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warning_points_at_this_incarnation_of_the_pod() {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web-1".into());
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.uid = Some("u-1".into());
+        let e = warning(&pod, "n1", INVALID_BANDWIDTH, "bad value", Timestamp::UNIX_EPOCH);
+        assert_eq!(e.metadata.generate_name.as_deref(), Some("web-1."));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
+        let o = &e.involved_object;
+        assert_eq!(
+            (o.kind.as_deref(), o.name.as_deref(), o.uid.as_deref()),
+            (Some("Pod"), Some("web-1"), Some("u-1"))
+        );
+        assert_eq!((e.type_.as_deref(), e.reason.as_deref()), (Some("Warning"), Some("InvalidBandwidth")));
+        assert_eq!(e.source.and_then(|s| s.host).as_deref(), Some("n1"));
+    }
+}
