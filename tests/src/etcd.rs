@@ -90,6 +90,11 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .context("spawn etcd")?;
+        if netns.is_none() {
+            // Outside any lab namespace nothing else would end it if the
+            // test process dies: let the sweep find it.
+            crate::sweep::record_owned(dir, child.id() as i32).context("record etcd's PID")?;
+        }
         let mut etcd = Etcd { child, netns: netns.cloned(), endpoint: client, tls: tls.cloned(), data_dir };
         etcd.wait_healthy(Duration::from_secs(15))?;
         Ok(etcd)
@@ -148,6 +153,18 @@ impl Etcd {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A client port on loopback whose successor (the peer port) is free too.
+pub fn free_port_pair() -> Result<u16> {
+    for _ in 0..20 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = a.local_addr()?.port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free pair of loopback ports")
 }
 
 impl Drop for Etcd {

@@ -53,9 +53,14 @@ fn crashing_lab_child() {
     let Some(report) = std::env::var_os(CRASH_ENV) else { return };
     let cfg = LabConfig { prefix: CRASH_PREFIX.into(), ..LabConfig::nodes(1) };
     let lab = Lab::start_with(cfg).expect("lab starts");
+    // And an etcd outside the lab's namespaces, on loopback (as the
+    // controller tests run theirs), recorded in the lab's directory.
+    let port = lab::etcd::free_port_pair().expect("free ports");
+    let loose = lab::etcd::Etcd::start(None, "127.0.0.1", port, &lab.dir.join("loose")).expect("loose etcd");
+    let pids: Vec<i32> = lab.daemon_pids().into_iter().chain([loose.pid()]).collect();
     let body = serde_json::json!({
         "namespaces": lab.namespace_names(),
-        "pids": lab.daemon_pids(),
+        "pids": pids,
         "dir": lab.dir,
     });
     std::fs::write(report, body.to_string()).expect("write report");
@@ -80,7 +85,7 @@ fn lab_sweep_removes_leftovers_of_a_killed_run() -> Result<()> {
 
     // The crash really left things behind ...
     assert_eq!(existing_namespaces(&names).len(), names.len(), "leftover namespaces");
-    assert_eq!(live(&pids).len(), 3, "ovsdb-server, ovs-vswitchd, etcd still run");
+    assert_eq!(live(&pids).len(), 4, "ovsdb-server, ovs-vswitchd, etcd, the loopback etcd still run");
     assert!(dir.exists());
     // ... and the sweep removes all of it.
     let removed = sweep::sweep(CRASH_PREFIX, &lab::base_dir());

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use controller::run::{run, Settings};
 use etcd_schema::{parse_net_namespace, Keys, NetNamespace, NetworkConfig, PluginName, RecordError};
+pub use lab::etcd::free_port_pair;
 use lab::etcd::Etcd;
 use lab::kube_api::KubeApi;
 use tokio::sync::oneshot;
@@ -37,17 +38,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-pub fn free_port_pair() -> Result<u16> {
-    for _ in 0..20 {
-        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = a.local_addr()?.port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free pair of loopback ports")
 }
 
 /// A private etcd on loopback (client port and port+1 for peers).
