@@ -46,7 +46,9 @@ enum Command {
     /// Pods as namespace/name or IP. Exit code: 0 allowed, 3 denied,
     /// 4 etcd and the switch disagree.
     Trace {
+        /// The sending pod: namespace/name, or its IP.
         src: String,
+        /// The receiving pod: namespace/name, or its IP.
         dst: String,
         /// The agents' HTTP port (their --metrics-addr) on the node IPs.
         #[arg(long, default_value_t = 9190)]
