@@ -24,7 +24,7 @@ impl DatapathType {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "k8s-ovs-agent", about = "k8s-ovs node agent: wires pods into Open vSwitch")]
+#[command(name = "k8s-ovs-agent", version, about = "k8s-ovs node agent: wires pods into Open vSwitch")]
 pub struct AgentConfig {
     /// This node's name (Kubernetes Node name).
     #[arg(long, env = "NODE_NAME")]

@@ -9,7 +9,7 @@ use etcd_schema::{NetworkConfig, PluginName, DEFAULT_NETWORK_NAME};
 use ipnetwork::Ipv4Network;
 
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "k8s-ovs-controller", version, about)]
 struct Cli {
     #[command(flatten)]
     etcd: EtcdArgs,

@@ -11,7 +11,11 @@ use controller::trace;
 use etcd_schema::Action;
 
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    name = "k8s-ovs-ctl",
+    version,
+    about = "The k8s-ovs operator CLI: tenant actions (join, isolate, global), list, subnets, and trace"
+)]
 struct Cli {
     #[command(flatten)]
     etcd: EtcdArgs,
