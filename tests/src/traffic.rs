@@ -129,6 +129,23 @@ pub fn probe(from: &Netns, ip: &str, wait: Duration) -> Result<bool> {
 /// Probes `ip` from `from` every few milliseconds until reachability equals
 /// `want`; returns how long after `since` the first such probe was sent, or
 /// `None` if that did not happen before `since + within`.
+/// For pairs that should reach each other but failed a first probe: probes
+/// each (in parallel) until it answers or `within` passes; returns how long
+/// each took (None: never). A pod whose ARP for a peer failed moments ago
+/// (before an edit allowed the pair) answers only after the kernel's next
+/// ARP retry, up to ~3 s later. Only for pairs that should connect: a pair
+/// that should stay apart never gets a second chance.
+pub fn retry_reach(pairs: &[(&Netns, &str)], within: Duration) -> Result<Vec<Option<Duration>>> {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|(from, ip)| s.spawn(move || time_until(from, ip, true, start, within)))
+            .collect();
+        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("probe thread panicked"))?).collect()
+    })
+}
+
 pub fn time_until(
     from: &Netns,
     ip: &str,

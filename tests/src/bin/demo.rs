@@ -572,12 +572,33 @@ fn show_matrix(c: &Cluster, title: &str) -> Result<()> {
         .iter()
         .map(|p| Row { pod: p.name.clone(), node: p.node, vni: vnis[p.namespace.as_str()] })
         .collect();
-    let matrix = Matrix { rows, reach };
+    let mut matrix = Matrix { rows, reach };
+    // A pod that failed to reach a peer moments ago (the matrix before an
+    // edit) holds an unresolved ARP entry for it and may need the kernel's
+    // next ARP retry (up to ~3 s) once the edit allows the pair. Such cells
+    // are probed again for a while; a pair that should be apart is never
+    // given a second chance.
+    let cells: Vec<(usize, usize)> =
+        matrix.mismatched_cells().into_iter().filter(|&(i, j)| matrix.reach[i][j] == Some(false)).collect();
+    let pairs: Vec<(&Netns, &str)> =
+        cells.iter().map(|&(i, j)| (&c.pods[i].netns, c.pods[j].ip.as_str())).collect();
+    let late = traffic::retry_reach(&pairs, Duration::from_secs(5))?;
     println!(
         "\n  reachability: {title}  (ping from row to column, {} pairs in {:.1} s)",
         n * (n - 1),
         t.elapsed().as_secs_f64()
     );
+    for (&(i, j), d) in cells.iter().zip(late) {
+        if let Some(d) = d {
+            matrix.reach[i][j] = Some(true);
+            println!(
+                "  ({} -> {} answered {:.1} s later: the pod's own ARP retry for a peer it could not reach before)",
+                c.pods[i].name,
+                c.pods[j].name,
+                d.as_secs_f64()
+            );
+        }
+    }
     print!("{}", matrix.render());
     let wrong = matrix.mismatches();
     ensure!(wrong.is_empty(), "reachability differs from the VNIs in etcd: {}", wrong.join(", "));
@@ -634,18 +655,31 @@ impl Matrix {
     }
 
     /// The pairs whose measured reachability differs from the policy.
-    fn mismatches(&self) -> Vec<String> {
+    /// (row, column) of every cell that differs from the policy.
+    fn mismatched_cells(&self) -> Vec<(usize, usize)> {
         let mut v = Vec::new();
         for (i, a) in self.rows.iter().enumerate() {
             for (j, b) in self.rows.iter().enumerate() {
-                if let Some(got) = self.reach[i][j] {
-                    if got != allowed(a.vni, b.vni) {
-                        v.push(format!("{} -> {} measured {got}", a.pod, b.pod));
-                    }
+                if self.reach[i][j].is_some_and(|got| got != allowed(a.vni, b.vni)) {
+                    v.push((i, j));
                 }
             }
         }
         v
+    }
+
+    fn mismatches(&self) -> Vec<String> {
+        self.mismatched_cells()
+            .into_iter()
+            .map(|(i, j)| {
+                format!(
+                    "{} -> {} measured {}",
+                    self.rows[i].pod,
+                    self.rows[j].pod,
+                    self.reach[i][j] == Some(true)
+                )
+            })
+            .collect()
     }
 }
 
