@@ -16,8 +16,8 @@ use cni::protocol::{Command, Request, Response};
 use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::Client as FlowClient;
-use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, RemoteNode, FIRST_POD_OFPORT};
-use ovs_flows::trace::{NodePods, TracePod};
+use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, FIRST_POD_OFPORT};
+use ovs_flows::trace::{NodePods, TracePod, TraceService};
 use ovs_flows::{reconcile, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
 
@@ -123,7 +123,25 @@ impl Dataplane {
                 vni: self.state.vni_of(&r.namespace),
             })
             .collect();
-        NodePods { node_ip: self.state.node_ip, bridge: self.settings.bridge.clone(), pods }
+        let services = self
+            .state
+            .services
+            .values()
+            .map(|s| TraceService {
+                namespace: s.namespace.clone(),
+                ip: s.ip,
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| match p.protocol {
+                        Protocol::Tcp => format!("tcp/{}", p.port),
+                        Protocol::Udp => format!("udp/{}", p.port),
+                    })
+                    .collect(),
+                vni: self.state.vni_of(&s.namespace),
+            })
+            .collect();
+        NodePods { node_ip: self.state.node_ip, bridge: self.settings.bridge.clone(), pods, services }
     }
 
     /// Adopts pods found on the bridge at start (from their external_ids):

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use etcd_schema::{PluginName, GLOBAL_VNI};
 use ovs_flows::pipeline::table_name;
-use ovs_flows::trace::{self, NodePods, Outcome, Trace, TracePod};
+use ovs_flows::trace::{self, NodePods, Outcome, Trace, TracePod, TraceService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -86,6 +86,44 @@ pub fn locate(reference: &str, nodes: &[NodePods]) -> Result<Located> {
     }
 }
 
+/// What the packet is sent to: a pod, or a ClusterIP service's port.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Pod(Located),
+    Service { service: TraceService, protocol: String, port: u16 },
+}
+
+impl Target {
+    /// The namespace whose VNI the policy compares.
+    pub fn namespace(&self) -> &str {
+        match self {
+            Target::Pod(l) => &l.pod.namespace,
+            Target::Service { service, .. } => &service.namespace,
+        }
+    }
+}
+
+/// `IP:PORT` or `IP:PORT/udp` (a service, TCP unless said), else a pod as
+/// for [`locate`].
+pub fn target(reference: &str, nodes: &[NodePods]) -> Result<Target> {
+    let Some((ip, rest)) = reference.split_once(':') else {
+        return Ok(Target::Pod(locate(reference, nodes)?));
+    };
+    let ip: Ipv4Addr = ip.parse().with_context(|| format!("{reference}: expected IP:PORT[/tcp|/udp]"))?;
+    let (port, protocol) = rest.split_once('/').unwrap_or((rest, "tcp"));
+    let port: u16 = port.parse().with_context(|| format!("{reference}: bad port {port}"))?;
+    if protocol != "tcp" && protocol != "udp" {
+        bail!("{reference}: protocol must be tcp or udp");
+    }
+    let service = nodes
+        .iter()
+        .flat_map(|n| &n.services)
+        .find(|s| s.ip == ip)
+        .with_context(|| format!("{ip}: no such service in the agents' SERVICE tables"))?
+        .clone();
+    Ok(Target::Service { service, protocol: protocol.to_string(), port })
+}
+
 /// One traced leg: on which node, with which probe, and what came back.
 #[derive(Debug, Clone)]
 pub struct Leg {
@@ -103,46 +141,63 @@ pub struct Delivery {
 }
 
 /// Reads the legs: delivered when the last one outputs to DST's port on
-/// DST's node.
-pub fn delivery(legs: &[Leg], dst: &Located) -> Delivery {
+/// DST's node; for a service, when it is handed to the gateway (tun0),
+/// where kube-proxy's rules take it to an endpoint.
+pub fn delivery(legs: &[Leg], dst: &Target) -> Delivery {
     let Some(last) = legs.last() else {
         return Delivery { delivered: false, detail: "no trace".into() };
     };
     let at = last.node_ip;
-    let (delivered, detail) = match &last.trace.outcome {
-        Outcome::Output { port } if *port == dst.pod.ofport && at == dst.node_ip => {
+    let outcome = &last.trace.outcome;
+    let (delivered, detail) = match (dst, outcome) {
+        (Target::Service { .. }, Outcome::Output { port }) if trace::is_gateway(*port) => {
+            (true, format!("handed to the gateway (tun0) on {at}, where kube-proxy's rules pick an endpoint"))
+        }
+        (Target::Service { .. }, other) => (false, outcome_text(other, at)),
+        (Target::Pod(dst), Outcome::Output { port }) if *port == dst.pod.ofport && at == dst.node_ip => {
             (true, format!("delivered to port {port} ({}) on {at}", dst.pod.name))
         }
-        Outcome::Output { port } if trace::is_gateway(*port) => {
+        (Target::Pod(_), Outcome::Output { port }) if trace::is_gateway(*port) => {
             (false, format!("sent to the node's gateway (port {port}, tun0) on {at}, not to the pod"))
         }
-        Outcome::Output { port } => {
+        (Target::Pod(dst), Outcome::Output { port }) => {
             (false, format!("sent out of port {port} on {at}, not the pod's port {}", dst.pod.ofport))
         }
-        Outcome::Tunnel { vni, remote } => (
+        (Target::Pod(dst), Outcome::Tunnel { vni, remote }) => (
             false,
             format!("tunnelled with VNI {vni} to {remote}, which is not the pod's node {}", dst.node_ip),
         ),
-        Outcome::Dropped { table } => (
-            false,
-            format!(
-                "dropped in table {table} {} on {at}: {}",
-                table_name(*table),
-                trace::drop_meaning(*table)
-            ),
-        ),
-        Outcome::Unknown => (false, format!("the trace on {at} could not be read (see --raw)")),
+        (Target::Pod(_), other) => (false, outcome_text(other, at)),
     };
     Delivery { delivered, detail }
 }
 
+fn outcome_text(outcome: &Outcome, at: Ipv4Addr) -> String {
+    match outcome {
+        Outcome::Output { port } => format!("sent out of port {port} on {at}"),
+        Outcome::Tunnel { vni, remote } => format!("tunnelled with VNI {vni} to {remote}"),
+        Outcome::Dropped { table } => {
+            format!(
+                "dropped in table {table} {} on {at}: {}",
+                table_name(*table),
+                trace::drop_meaning(*table)
+            )
+        }
+        Outcome::Unknown => format!("the trace on {at} could not be read (see --raw)"),
+    }
+}
+
 /// The printed report and the exit code: 0 both say yes, 3 both say no,
 /// 4 etcd and the switch disagree.
-pub fn report(src: &Located, dst: &Located, policy: &Policy, legs: &[Leg], raw: bool) -> (String, i32) {
+pub fn report(src: &Located, dst: &Target, policy: &Policy, legs: &[Leg], raw: bool) -> (String, i32) {
     let d = delivery(legs, dst);
     let mut out = String::new();
     let vni = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
-    for (label, l) in [("from", src), ("to", dst)] {
+    let pods: Vec<(&str, &Located)> = match dst {
+        Target::Pod(l) => vec![("from", src), ("to", l)],
+        Target::Service { .. } => vec![("from", src)],
+    };
+    for (label, l) in pods {
         let _ = writeln!(
             out,
             "{label:<6}{}/{}  {} on node {} (port {}, VNI {} on that node)",
@@ -152,6 +207,16 @@ pub fn report(src: &Located, dst: &Located, policy: &Policy, legs: &[Leg], raw: 
             l.node_ip,
             l.pod.ofport,
             vni(l.pod.vni)
+        );
+    }
+    if let Target::Service { service, protocol, port } = dst {
+        let _ = writeln!(
+            out,
+            "to    service {}:{port}/{protocol} in namespace {} (VNI {}; ports {})",
+            service.ip,
+            service.namespace,
+            vni(service.vni),
+            service.ports.join(" ")
         );
     }
     let _ = writeln!(out, "policy  {}: {}", if policy.allowed { "allowed" } else { "denied" }, policy.reason);
@@ -175,9 +240,15 @@ pub fn report(src: &Located, dst: &Located, policy: &Policy, legs: &[Leg], raw: 
             );
         }
     }
+    let can = |yes: bool| match (dst, yes) {
+        (Target::Pod(_), true) => "the pods can talk",
+        (Target::Pod(_), false) => "the pods cannot talk",
+        (Target::Service { .. }, true) => "the pod can reach the service",
+        (Target::Service { .. }, false) => "the pod cannot reach the service",
+    };
     let (verdict, code) = match (policy.allowed, d.delivered) {
-        (true, true) => ("ALLOWED: the pods can talk (the switch agrees with etcd)".to_string(), 0),
-        (false, false) => ("DENIED: the pods cannot talk (the switch agrees with etcd)".to_string(), 3),
+        (true, true) => (format!("ALLOWED: {} (the switch agrees with etcd)", can(true)), 0),
+        (false, false) => (format!("DENIED: {} (the switch agrees with etcd)", can(false)), 3),
         (p, _) => (
             format!(
                 "MISMATCH: etcd says {}, the switch {}; the agent is out of step with etcd \
@@ -203,7 +274,14 @@ pub fn report(src: &Located, dst: &Located, policy: &Policy, legs: &[Leg], raw: 
 
 /// The probes to run: SRC's node first; across nodes, DST's node with the
 /// VNI the first leg put on the tunnel (known only after it ran).
-pub fn next_probe(src: &Located, dst: &Located, legs: &[Leg]) -> Option<(Ipv4Addr, String)> {
+pub fn next_probe(src: &Located, dst: &Target, legs: &[Leg]) -> Option<(Ipv4Addr, String)> {
+    let dst = match dst {
+        Target::Pod(l) => l,
+        Target::Service { service, protocol, port } => {
+            let probe = trace::service_probe(&src.pod, service.ip, protocol, *port);
+            return legs.is_empty().then_some((src.node_ip, probe));
+        }
+    };
     match legs {
         [] => Some((src.node_ip, trace::pod_probe(&src.pod, &dst.pod))),
         [first] => match first.trace.outcome {
@@ -260,7 +338,7 @@ pub async fn node_pods(node_ips: &[Ipv4Addr], port: u16) -> (Vec<NodePods>, Vec<
 }
 
 /// Runs the legs against the agents.
-pub async fn run_legs(src: &Located, dst: &Located, port: u16) -> Result<Vec<Leg>> {
+pub async fn run_legs(src: &Located, dst: &Target, port: u16) -> Result<Vec<Leg>> {
     let mut legs = Vec::new();
     while let Some((node_ip, probe)) = next_probe(src, dst, &legs) {
         let text = http_get(SocketAddrV4::new(node_ip, port), &format!("/debug/trace?flow={probe}")).await?;
@@ -285,6 +363,15 @@ mod tests {
                 vni: Some(100),
             },
             node_ip: Ipv4Addr::from(node),
+        }
+    }
+
+    fn service() -> TraceService {
+        TraceService {
+            namespace: "red".into(),
+            ip: Ipv4Addr::new(10, 96, 5, 5),
+            ports: vec!["tcp/80".into()],
+            vni: Some(100),
         }
     }
 
@@ -316,25 +403,33 @@ mod tests {
             node_ip: Ipv4Addr::new(172, 30, 0, 11),
             bridge: "br0".into(),
             pods: vec![located("red", "red1", [10, 1, 0, 2], 3, [0; 4]).pod],
+            services: vec![service()],
         };
         let nodes = [n];
         assert_eq!(locate("red/red1", &nodes)?.pod.ofport, 3);
         assert_eq!(locate("10.1.0.2", &nodes)?.node_ip, Ipv4Addr::new(172, 30, 0, 11));
         assert!(locate("red/red9", &nodes).is_err());
         assert!(locate("red1", &nodes).is_err());
+        assert!(
+            matches!(target("10.96.5.5:80", &nodes)?, Target::Service { port: 80, ref protocol, .. } if protocol == "tcp")
+        );
+        assert!(matches!(target("10.96.5.5:53/udp", &nodes)?, Target::Service { port: 53, .. }));
+        assert!(target("10.96.9.9:80", &nodes).is_err(), "no such service");
+        assert!(target("10.96.5.5:http", &nodes).is_err() && target("10.96.5.5:80/sctp", &nodes).is_err());
+        assert!(matches!(target("red/red1", &nodes)?, Target::Pod(_)));
         Ok(())
     }
 
     #[test]
     fn a_cross_node_pair_is_traced_on_both_nodes_with_the_tunnel_vni() {
         let src = located("red", "a", [10, 1, 0, 2], 3, [172, 30, 0, 11]);
-        let dst = located("red", "b", [10, 1, 4, 2], 5, [172, 30, 0, 12]);
+        let dst = Target::Pod(located("red", "b", [10, 1, 4, 2], 5, [172, 30, 0, 12]));
         let (node, probe) = next_probe(&src, &dst, &[]).expect("first leg");
         assert_eq!(node, src.node_ip);
         assert!(probe.starts_with("in_port=3,"));
         let first = leg([172, 30, 0, 11], "70. ip, priority 100, cookie 0x1\n    set_field:172.30.0.12->tun_dst\n    move:NXM_NX_REG0[]->NXM_NX_TUN_ID[0..31]\n     -> NXM_NX_TUN_ID[0..31] is now 0x64\n    output:1\n");
         let (node, probe) = next_probe(&src, &dst, std::slice::from_ref(&first)).expect("second leg");
-        assert_eq!(node, dst.node_ip);
+        assert_eq!(node, Ipv4Addr::new(172, 30, 0, 12));
         assert!(
             probe.starts_with("in_port=1,tun_id=0x64,tun_src=172.30.0.11,tun_dst=172.30.0.12,"),
             "{probe}"
@@ -352,7 +447,7 @@ mod tests {
     #[test]
     fn a_drop_is_denied_and_a_disagreement_is_a_mismatch() {
         let src = located("red", "a", [10, 1, 0, 2], 3, [172, 30, 0, 11]);
-        let dst = located("blue", "b", [10, 1, 0, 3], 4, [172, 30, 0, 11]);
+        let dst = Target::Pod(located("blue", "b", [10, 1, 0, 3], 4, [172, 30, 0, 11]));
         let legs = [leg([172, 30, 0, 11], "60. priority 0, cookie 0x1\n    drop\n")];
         let d = delivery(&legs, &dst);
         assert!(!d.delivered && d.detail.contains("table 60 ISOLATION"), "{d:?}");
@@ -368,5 +463,31 @@ mod tests {
             "60. priority 300, cookie 0x1\n    output:NXM_NX_REG2[]\n     -> output port is 9\n",
         )];
         assert!(!delivery(&wrong, &dst).delivered);
+    }
+
+    #[test]
+    fn a_service_is_reached_through_the_gateway_or_dropped_by_service() {
+        let src = located("blue", "a", [10, 1, 0, 2], 3, [172, 30, 0, 11]);
+        let dst = Target::Service { service: service(), protocol: "tcp".into(), port: 80 };
+        let (node, probe) = next_probe(&src, &dst, &[]).expect("one leg");
+        assert_eq!(node, src.node_ip);
+        assert!(
+            probe.contains(",tcp,") && probe.ends_with("nw_dst=10.96.5.5,nw_ttl=64,tp_dst=80"),
+            "{probe}"
+        );
+        let dropped =
+            [leg([172, 30, 0, 11], "30. ip,nw_dst=10.96.0.0/12, priority 100, cookie 0x1\n    drop\n")];
+        assert_eq!(next_probe(&src, &dst, &dropped), None);
+        let d = delivery(&dropped, &dst);
+        assert!(!d.delivered && d.detail.contains("table 30 SERVICE"), "{d:?}");
+        let denied = policy(&PluginName::MultiTenant, ("blue", Some(200)), (dst.namespace(), Some(100)));
+        let (text, code) = report(&src, &dst, &denied, &dropped, false);
+        assert_eq!(code, 3, "{text}");
+        assert!(text.contains("to    service 10.96.5.5:80/tcp in namespace red"), "{text}");
+        let to_gw = [leg(
+            [172, 30, 0, 11],
+            "30. tcp,reg0=0x64,nw_dst=10.96.5.5,tp_dst=80, priority 200, cookie 0x1\n    output:2\n",
+        )];
+        assert!(delivery(&to_gw, &dst).delivered);
     }
 }

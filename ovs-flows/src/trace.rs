@@ -26,12 +26,36 @@ pub struct TracePod {
     pub vni: Option<u32>,
 }
 
-/// What a node's agent reports for tracing: its address, bridge and pods.
+/// A ClusterIP service as a node's pipeline knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceService {
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+    /// `tcp/80`, `udp/53`.
+    pub ports: Vec<String>,
+    /// The VNI of its namespace on this node; None while etcd has none.
+    pub vni: Option<u32>,
+}
+
+/// What a node's agent reports for tracing: its address, bridge, pods and
+/// the services its SERVICE table holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePods {
     pub node_ip: Ipv4Addr,
     pub bridge: String,
     pub pods: Vec<TracePod>,
+    #[serde(default)]
+    pub services: Vec<TraceService>,
+}
+
+/// The flow for `src` opening `protocol`/`port` on a service's cluster IP
+/// (`protocol`: `tcp` or `udp`). Only SERVICE looks past the addresses, and
+/// it matches the protocol and the port.
+pub fn service_probe(src: &TracePod, ip: Ipv4Addr, protocol: &str, port: u16) -> String {
+    format!(
+        "in_port={},{protocol},dl_src={},nw_src={},nw_dst={ip},nw_ttl=64,tp_dst={port}",
+        src.ofport, src.mac, src.ip
+    )
 }
 
 /// The flow `ofproto/trace` runs for `src` sending an ICMP echo to `dst`,
@@ -363,5 +387,11 @@ Datapath actions: drop
                 && !is_probe_text("")
                 && !is_probe_text("x&y")
         );
+        let svc = service_probe(&a, Ipv4Addr::new(10, 96, 5, 5), "tcp", 80);
+        assert_eq!(
+            svc,
+            "in_port=3,tcp,dl_src=0a:58:0a:01:00:02,nw_src=10.1.0.2,nw_dst=10.96.5.5,nw_ttl=64,tp_dst=80"
+        );
+        assert!(is_probe_text(&svc));
     }
 }

@@ -471,6 +471,17 @@ fn lab_agent_services_reach_only_their_vni_and_global_pods() -> Result<()> {
         )?,
         lab.node(1).ovs.ofctl("dump-flows", "br0", &["table=30"])?
     );
+    // k8s-ovs-ctl trace explains both: red's own service is handed to the
+    // gateway (kube-proxy), another tenant's packet dies in SERVICE.
+    let svc = format!("{vip}:{port}");
+    let (code, out, err) = lab::cluster::ctl(&lab, &["trace", "red/red1", &svc])?;
+    ensure!(code == Some(0) && out.contains("handed to the gateway (tun0)"), "{out}{err}");
+    ensure!(out.contains("same namespace red (VNI 100)") && out.contains("30 SERVICE"), "{out}");
+    let (code, out, err) = lab::cluster::ctl(&lab, &["trace", "blue/blue1", &svc])?;
+    eprintln!("$ k8s-ovs-ctl trace blue/blue1 {svc}\n{out}");
+    ensure!(code == Some(3) && out.contains("dropped in table 30 SERVICE"), "{out}{err}");
+    let (code, out, _) = lab::cluster::ctl(&lab, &["trace", "glob/glob1", &svc])?;
+    ensure!(code == Some(0) && out.contains("glob is global (VNI 0)"), "{out}");
     // Nor can a tenant route around isolation through the node: blue sends
     // to red's pod via the gateway (the node kernel must not forward it).
     blue.netns.ip(&["route", "add", &format!("{}/32", red.ip), "via", "172.11.0.1"])?;

@@ -52,7 +52,8 @@ enum Command {
     Trace {
         /// The sending pod: namespace/name, or its IP.
         src: String,
-        /// The receiving pod: namespace/name, or its IP.
+        /// The receiving pod (namespace/name, or its IP), or a service's
+        /// CLUSTER_IP:PORT (TCP; add /udp for UDP).
         dst: String,
         /// The agents' HTTP port (their --metrics-addr) on the node IPs.
         #[arg(long, default_value_t = 9190)]
@@ -129,14 +130,14 @@ async fn trace(
     for f in &failed {
         eprintln!("warning: {f}");
     }
-    let (src, dst) = (trace::locate(src, &nodes)?, trace::locate(dst, &nodes)?);
+    let (src, dst) = (trace::locate(src, &nodes)?, trace::target(dst, &nodes)?);
     let vnis: std::collections::BTreeMap<String, Option<u32>> =
         ctl::list(client, keys).await?.into_iter().map(|r| (r.namespace, r.net_id)).collect();
     let vni_of = |ns: &str| vnis.get(ns).copied().flatten();
     let policy = trace::policy(
         &config.plugin,
         (&src.pod.namespace, vni_of(&src.pod.namespace)),
-        (&dst.pod.namespace, vni_of(&dst.pod.namespace)),
+        (dst.namespace(), vni_of(dst.namespace())),
     );
     let legs = trace::run_legs(&src, &dst, agent_port).await?;
     let (text, code) = trace::report(&src, &dst, &policy, &legs, raw);
