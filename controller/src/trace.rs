@@ -1,11 +1,14 @@
-//! `k8s-ovs-ctl trace SRC DST`: can two pods talk, and why (not)?
+//! `k8s-ovs-ctl trace SRC DST`: can a pod reach another pod (or a Service's
+//! cluster IP and port), and why (not)?
 //!
 //! Two answers are put side by side. The policy, from etcd: the namespaces'
 //! VNIs (equal, or either global, or single-tenant mode). And the switch's:
-//! each node's agent runs `ofproto/trace` of an ICMP echo from SRC's port
-//! (and, across nodes, of the same packet arriving through the tunnel on
-//! DST's node) and the tables it crossed are read back. When the two
-//! disagree, the node is out of step with etcd: that is the bug to chase.
+//! each node's agent runs `ofproto/trace` of a probe from SRC's port (an
+//! ICMP echo to a pod; across nodes also the same packet arriving through
+//! the tunnel on DST's node; a TCP/UDP packet to a Service, which the
+//! SERVICE table hands to tun0 or drops) and the tables it crossed are read
+//! back. When the two disagree, the node is out of step with etcd: that is
+//! the bug to chase.
 //!
 //! The agents are found through etcd's node subnet records (HostIP) and
 //! asked over their HTTP listener: `/debug/pods`, `/debug/trace?flow=`.
