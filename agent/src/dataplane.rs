@@ -254,7 +254,6 @@ impl Dataplane {
             _ => {}
         }
         self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
-        self.metrics.ovsdb_reconnects.store(self.ovsdb.reconnects(), Ordering::Relaxed);
         match outcome {
             Ok(result) => Response::Ok { result },
             Err(e) => {

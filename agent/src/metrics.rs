@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Bucket bounds in seconds (1 ms .. 5 s), for latencies.
@@ -59,8 +59,8 @@ pub struct Metrics {
     pub cni_errors: AtomicU64,
     pub flow_errors: AtomicU64,
     pub ovs_reconnects: AtomicU64,
-    /// The OVSDB client's reconnects (copied from it after each request).
-    pub ovsdb_reconnects: AtomicU64,
+    /// The OVSDB client's reconnects (the client counts into it).
+    pub ovsdb_reconnects: Arc<AtomicU64>,
     /// Flows the periodic resync had to add, change or delete: drift.
     pub flow_drift: AtomicU64,
     pub bandwidth_errors: AtomicU64,
@@ -79,7 +79,7 @@ impl Default for Metrics {
             cni_errors: AtomicU64::new(0),
             flow_errors: AtomicU64::new(0),
             ovs_reconnects: AtomicU64::new(0),
-            ovsdb_reconnects: AtomicU64::new(0),
+            ovsdb_reconnects: Arc::new(AtomicU64::new(0)),
             flow_drift: AtomicU64::new(0),
             bandwidth_errors: AtomicU64::new(0),
             ready: AtomicBool::new(false),
@@ -118,7 +118,7 @@ impl Metrics {
                 "k8s_ovs_ovsdb_reconnects_total",
                 "counter",
                 "OVSDB reconnects (ovsdb-server restarted or the connection broke)",
-                &self.ovsdb_reconnects,
+                &*self.ovsdb_reconnects,
             ),
             (
                 "k8s_ovs_flow_drift_total",

@@ -136,7 +136,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     info!(%subnet, network = %net.network, plugin = net.plugin.as_str(), "node subnet known");
 
-    let ovsdb = OvsdbClient::connect(&cfg.ovsdb_endpoint()).await.context("OVSDB")?;
+    let ovsdb = OvsdbClient::connect(&cfg.ovsdb_endpoint())
+        .await
+        .context("OVSDB")?
+        .with_reconnect_counter(metrics.ovsdb_reconnects.clone());
     let host = Netlink::current().context("netlink")?;
     setup_bridge(&cfg, &ovsdb, &host, subnet, net.network).await?;
     if cfg.masquerade {

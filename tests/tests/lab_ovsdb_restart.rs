@@ -38,5 +38,7 @@ fn lab_ovsdb_restart_the_agent_wires_pods_after_ovsdb_server_restarts() -> Resul
     ensure!(ports.lines().count() == 3, "vxlan0, tun0 and b's port only: {ports}");
     let log = agent.log_tail();
     ensure!(log.matches("OVSDB reconnected").count() == 2, "two reconnects logged:\n{log}");
+    let metrics = lab::cluster::agent_http(&lab, 1, "/metrics")?;
+    ensure!(metrics.contains("k8s_ovs_ovsdb_reconnects_total 2"), "two reconnects counted:\n{metrics}");
     Ok(())
 }

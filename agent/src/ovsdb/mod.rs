@@ -105,7 +105,8 @@ pub struct Client {
     /// Held while reconnecting, so concurrent requests share one reconnect.
     reconnecting: tokio::sync::Mutex<()>,
     reconnect_window: Duration,
-    reconnects: AtomicU64,
+    /// Shareable, so the agent's metrics read it directly.
+    reconnects: Arc<AtomicU64>,
     next_monitor: AtomicU64,
 }
 
@@ -152,7 +153,7 @@ impl Client {
             conn: Mutex::new(Arc::new(conn)),
             reconnecting: tokio::sync::Mutex::new(()),
             reconnect_window: RECONNECT_WINDOW,
-            reconnects: AtomicU64::new(0),
+            reconnects: Arc::new(AtomicU64::new(0)),
             next_monitor: AtomicU64::new(0),
         }
     }
@@ -160,6 +161,12 @@ impl Client {
     /// Replaces [`RECONNECT_WINDOW`].
     pub fn with_reconnect_window(mut self, window: Duration) -> Client {
         self.reconnect_window = window;
+        self
+    }
+
+    /// Counts reconnects in `counter` (e.g. a metric) instead of a private one.
+    pub fn with_reconnect_counter(mut self, counter: Arc<AtomicU64>) -> Client {
+        self.reconnects = counter;
         self
     }
 
