@@ -83,9 +83,10 @@ async fn route(target: &str, state: &HttpState) -> Reply {
 
 async fn pods(state: &HttpState) -> Reply {
     let (tx, rx) = oneshot::channel();
-    let asked = state.pods.send(tx).await.is_ok();
+    // A send that fails drops `tx`, so `rx` ends at once: "not serving".
+    let _ = state.pods.send(tx).await;
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(pods)) if asked => match serde_json::to_string(&pods) {
+        Ok(Ok(pods)) => match serde_json::to_string(&pods) {
             Ok(body) => Reply { status: "200 OK", content_type: "application/json", body },
             Err(e) => Reply::text("500 Internal Server Error", format!("{e}\n")),
         },
