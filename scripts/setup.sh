@@ -14,6 +14,7 @@ PACKAGES=(
   openvswitch-switch      # ovsdb-server, ovs-vswitchd, ovs-vsctl, ovs-ofctl, ovs-appctl
   etcd-server etcd-client # etcd 3.4 + etcdctl
   iperf3                  # bandwidth measurements in tests and benches
+  dnsmasq-base            # a real DNS server behind the kube-dns ClusterIP in tests and the demo
   protobuf-compiler libprotobuf-dev # protoc + well-known .proto includes, to build etcd-client
   iproute2 iptables tcpdump ethtool iputils-ping iputils-arping
   containernetworking-plugins # upstream bridge/host-local/bandwidth/portmap: reference + chaining
@@ -61,6 +62,7 @@ check ovsdb-tool     ovsdb-tool --version || fail=1
 check etcd           etcd --version || fail=1
 check etcdctl        env ETCDCTL_API=3 etcdctl version || fail=1
 check iperf3         iperf3 --version || fail=1
+check dnsmasq        dnsmasq --version || fail=1
 check protoc         protoc --version || fail=1
 check ip             ip -V || fail=1
 check tc             tc -V || fail=1

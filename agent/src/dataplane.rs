@@ -18,7 +18,7 @@ use ipnetwork::Ipv4Network;
 use ovs_flows::client::Client as FlowClient;
 use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, FIRST_POD_OFPORT};
 use ovs_flows::trace::{NodePods, TracePod, TraceService};
-use ovs_flows::{reconcile, FlowSet, Ipv4Prefix};
+use ovs_flows::{reconcile, Category, CookieFilter, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
 
 use crate::bandwidth::{self, tc, Limits, PodName, RuntimeBandwidth};
@@ -69,6 +69,12 @@ pub struct Dataplane {
     kube: Option<kube::Client>,
     round: u16,
     metrics: Arc<Metrics>,
+    /// Until the first Service list arrives after a start, the service flows
+    /// the switch already holds (from the previous agent) are the best
+    /// knowledge there is: they are kept, so pods keep their ClusterIPs
+    /// (kube-dns's too) while the apiserver is slow or down. `None` once the
+    /// services are known.
+    kept_service_flows: Option<FlowSet>,
 }
 
 fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
@@ -102,7 +108,27 @@ impl Dataplane {
             kube: None,
             round,
             metrics,
+            kept_service_flows: None,
         }
+    }
+
+    /// Services will come from a watch: keep the switch's service flows
+    /// until its first list (see `kept_service_flows`).
+    pub fn await_services(&mut self) {
+        self.kept_service_flows = Some(FlowSet::new());
+    }
+
+    /// The flows the switch must hold: the pipeline of the current state,
+    /// plus, while the services are not known yet, the service flows kept
+    /// from before.
+    fn desired(&self) -> FlowSet {
+        let mut desired = pipeline(&self.state, self.round);
+        for f in self.kept_service_flows.iter().flat_map(FlowSet::iter) {
+            if !desired.contains(&f.key()) {
+                desired.insert(f.clone());
+            }
+        }
+        desired
     }
 
     pub fn installed(&self) -> &FlowSet {
@@ -164,10 +190,15 @@ impl Dataplane {
     /// round: every flow re-added with its new cookie, older rounds' leftovers
     /// deleted, no flush) and after ovs-vswitchd reconnects.
     pub async fn full_reconcile(&mut self) -> anyhow::Result<usize> {
-        let desired = pipeline(&self.state, self.round);
         let t = Instant::now();
-        let stats = reconcile::reconcile(&self.flows, &desired).await?;
-        let n = stats.added + stats.modified + stats.deleted;
+        let installed = self.flows.dump_flows(None, CookieFilter::ours()).await?;
+        if let Some(kept) = self.kept_service_flows.as_mut() {
+            kept.extend(installed.iter().filter(|f| f.cookie.category() == Some(Category::Service)).cloned());
+        }
+        let desired = self.desired();
+        let ops = reconcile::diff(&desired, &installed);
+        self.flows.bundle(&ops).await?;
+        let n = ops.len();
         self.metrics.bundle_seconds.observe_duration(t.elapsed());
         self.metrics.bundle_flows.observe(n as f64);
         self.installed = desired;
@@ -192,7 +223,7 @@ impl Dataplane {
     /// switch and `installed` stays as it was.
     async fn sync_flows(&mut self) -> anyhow::Result<()> {
         let t = Instant::now();
-        let desired = pipeline(&self.state, self.round);
+        let desired = self.desired();
         let ops = reconcile::delta(&self.installed, &desired);
         let computed = t.elapsed();
         if ops.is_empty() {
@@ -233,8 +264,12 @@ impl Dataplane {
             .collect();
     }
 
+    /// A complete service map (the watch's first list, or any change after it).
     pub async fn on_services(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
         self.state.services = services.clone();
+        if self.kept_service_flows.take().is_some() {
+            info!(services = services.len(), "services listed; service flows follow the apiserver again");
+        }
         self.sync_flows().await
     }
 
@@ -366,7 +401,7 @@ impl Dataplane {
         self.state
             .pods
             .insert(rec.ofport, LocalPod { ofport: rec.ofport, ip, mac, namespace: rec.namespace.clone() });
-        let desired = pipeline(&self.state, self.round);
+        let desired = self.desired();
         let ops = reconcile::delta(&self.installed, &desired);
         let (port, flows) = tokio::join!(
             self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT),

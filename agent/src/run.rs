@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::{Client as FlowClient, ClientOptions, ConnEvent, Endpoint};
 use ovs_flows::pipeline::{gateway_of, Mode, NodeState, GATEWAY_OFPORT, VXLAN_OFPORT};
+use ovs_flows::Mac;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -71,6 +72,7 @@ async fn setup_bridge(
     host: &Netlink,
     subnet: Ipv4Network,
     cluster: Ipv4Network,
+    service: Ipv4Network,
 ) -> Result<()> {
     let spec = BridgeSpec::new(&cfg.bridge, cfg.datapath_type.as_str());
     ovsdb.ensure_bridge(&spec, Duration::from_secs(10)).await.context("bridge")?;
@@ -97,10 +99,23 @@ async fn setup_bridge(
     let gw = gateway_of(prefix_of(subnet));
     let gw_net = Ipv4Network::new(gw, cluster.prefix()).context("gateway address")?;
     host.add_ipv4(GATEWAY_PORT, gw_net).await.context("tun0 address")?;
-    host.set_mac_mtu(GATEWAY_PORT, None, Some(cfg.pod_mtu())).await.context("tun0 mtu")?;
+    // The pipeline addresses what it hands the kernel to this MAC.
+    let mac = crate::netlink::MacAddr(Mac::for_ipv4(gw).0);
+    host.set_mac_mtu(GATEWAY_PORT, Some(mac), Some(cfg.pod_mtu())).await.context("tun0 mac and mtu")?;
     host.set_up(GATEWAY_PORT).await.context("tun0 up")?;
     if cfg.datapath_type == DatapathType::Netdev {
         host.offloads_off(GATEWAY_PORT).context("tun0 offloads")?;
+    }
+    // The node's own connections to a ClusterIP leave through tun0 with the
+    // gateway address as their source (OpenShift SDN's route), so after
+    // kube-proxy's DNAT the endpoint's reply comes back to this node whether
+    // or not kube-proxy masquerades them.
+    host.set_device_route(service, GATEWAY_PORT).await.context("service network route")?;
+    // kube-proxy's DNAT sends a pod's service traffic back out of tun0, the
+    // interface it came in on: no ICMP redirects to the pod for it.
+    for dev in ["all", GATEWAY_PORT] {
+        let path = format!("/proc/sys/net/ipv4/conf/{dev}/send_redirects");
+        std::fs::write(&path, "0").with_context(|| format!("write {path}"))?;
     }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enable IPv4 forwarding")?;
     Ok(())
@@ -141,7 +156,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         .context("OVSDB")?
         .with_reconnect_counter(metrics.ovsdb_reconnects.clone());
     let host = Netlink::current().context("netlink")?;
-    setup_bridge(&cfg, &ovsdb, &host, subnet, net.network).await?;
+    setup_bridge(&cfg, &ovsdb, &host, subnet, net.network, net.service_network).await?;
     if cfg.masquerade {
         iptables::ensure_masquerade(net.network).await.context("masquerade rule")?;
     }
@@ -193,6 +208,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     dp.adopt(adopted, other_ofports);
     dp.read_adopted_shaping().await;
     dp.on_view_state(&view);
+    if !cfg.no_kube {
+        dp.await_services();
+    }
     let changed = dp.full_reconcile().await.context("initial flows")?;
     info!(changed, flows = dp.installed().len(), "flows reconciled");
 

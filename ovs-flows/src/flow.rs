@@ -18,6 +18,28 @@ pub const ETH_TYPE_IPV6: u16 = 0x86dd;
 pub const IP_PROTO_ICMP: u8 = 1;
 pub const IP_PROTO_TCP: u8 = 6;
 pub const IP_PROTO_UDP: u8 = 17;
+/// Connection-tracking state bits (`ct_state`), in the order OVS prints them.
+pub mod ct_state {
+    pub const NEW: u32 = 0x01;
+    pub const EST: u32 = 0x02;
+    pub const REL: u32 = 0x04;
+    pub const RPL: u32 = 0x08;
+    pub const INV: u32 = 0x10;
+    pub const TRK: u32 = 0x20;
+    pub const SNAT: u32 = 0x40;
+    pub const DNAT: u32 = 0x80;
+    /// (bit, name) as `ovs-ofctl` prints `ct_state=+est+trk`.
+    pub const NAMES: [(u32, &str); 8] = [
+        (NEW, "new"),
+        (EST, "est"),
+        (REL, "rel"),
+        (RPL, "rpl"),
+        (INV, "inv"),
+        (TRK, "trk"),
+        (SNAT, "snat"),
+        (DNAT, "dnat"),
+    ];
+}
 /// OVS's default priority: `dump-flows` omits it.
 pub const DEFAULT_PRIORITY: u16 = 0x8000;
 
@@ -47,6 +69,14 @@ impl Mac {
     pub fn from_u64(v: u64) -> Mac {
         let b = v.to_be_bytes();
         Mac([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    /// The address k8s-ovs gives an interface holding `ip`: `0a:58` (locally
+    /// administered, as other CNIs do) followed by the address, so a pod's
+    /// and the gateway's MAC follow from their IPs and never collide.
+    pub fn for_ipv4(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]])
     }
 }
 
@@ -207,6 +237,9 @@ pub struct Match {
     pub tun_src: Option<Ipv4Addr>,
     pub tun_dst: Option<Ipv4Addr>,
     pub regs: [Option<Masked<u32>>; 8],
+    /// Connection-tracking state bits ([`ct_state`]) with the mask of those that matter.
+    pub ct_state: Option<Masked<u32>>,
+    pub ct_mark: Option<Masked<u32>>,
 }
 
 impl Match {
@@ -331,6 +364,17 @@ impl Match {
         self
     }
 
+    /// `ct_state`: the bits of `set` must be on, those of `clear` off.
+    pub fn ct_state(mut self, set: u32, clear: u32) -> Self {
+        self.ct_state = Some(Masked::<u32>::new(set, set | clear));
+        self
+    }
+
+    pub fn ct_mark(mut self, value: u32, mask: u32) -> Self {
+        self.ct_mark = Some(Masked::<u32>::new(value, mask));
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == Match::default()
     }
@@ -373,6 +417,19 @@ impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut skip_type = false;
         let mut skip_proto = false;
+        // match_format prints the conntrack fields before the protocol.
+        if let Some(m) = self.ct_state {
+            f.write_str("ct_state=")?;
+            for (bit, name) in ct_state::NAMES {
+                if m.mask & bit != 0 {
+                    write!(f, "{}{name}", if m.value & bit != 0 { '+' } else { '-' })?;
+                }
+            }
+            f.write_str(",")?;
+        }
+        if let Some(m) = self.ct_mark {
+            write_masked32(f, "ct_mark", m)?;
+        }
         if let Some(t) = self.eth_type {
             skip_type = true;
             match t {
@@ -484,6 +541,8 @@ pub enum Field {
     ArpTpa,
     ArpSha,
     ArpTha,
+    /// The connection's mark (`ct_mark`), set inside `ct(commit,exec(...))`.
+    CtMark,
 }
 
 /// How OVS prints a field's value in `set_field`.
@@ -498,7 +557,7 @@ pub(crate) enum ValueFormat {
 impl Field {
     pub fn width(self) -> u16 {
         match self {
-            Field::Reg(_) | Field::TunSrc | Field::TunDst | Field::IpSrc | Field::IpDst => 32,
+            Field::Reg(_) | Field::TunSrc | Field::TunDst | Field::IpSrc | Field::IpDst | Field::CtMark => 32,
             Field::ArpSpa | Field::ArpTpa => 32,
             Field::TunId => 64,
             Field::EthSrc | Field::EthDst | Field::ArpSha | Field::ArpTha => 48,
@@ -522,6 +581,7 @@ impl Field {
             Field::ArpTpa => "NXM_OF_ARP_TPA".into(),
             Field::ArpSha => "NXM_NX_ARP_SHA".into(),
             Field::ArpTha => "NXM_NX_ARP_THA".into(),
+            Field::CtMark => "NXM_NX_CT_MARK".into(),
         }
     }
 
@@ -541,12 +601,13 @@ impl Field {
             Field::ArpTpa => "arp_tpa".into(),
             Field::ArpSha => "arp_sha".into(),
             Field::ArpTha => "arp_tha".into(),
+            Field::CtMark => "ct_mark".into(),
         }
     }
 
     pub(crate) fn value_format(self) -> ValueFormat {
         match self {
-            Field::Reg(_) | Field::TunId => ValueFormat::Hex,
+            Field::Reg(_) | Field::TunId | Field::CtMark => ValueFormat::Hex,
             Field::ArpOp => ValueFormat::Decimal,
             Field::TunSrc | Field::TunDst | Field::IpSrc | Field::IpDst | Field::ArpSpa | Field::ArpTpa => {
                 ValueFormat::Ipv4
@@ -629,6 +690,21 @@ pub enum Action {
     GotoTable(u8),
     /// `dec_ttl`.
     DecTtl,
+    /// `ct(...)`: send the packet through the connection tracker of `zone`;
+    /// with `commit` the connection is remembered (and `exec` actions, only
+    /// `set_field` of `ct_mark` here, set its mark); with `table` the tracked
+    /// packet continues there (its `ct_state` known), else the untracked
+    /// original goes on with the next action.
+    Ct(Box<Conntrack>),
+}
+
+/// The arguments of [`Action::Ct`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Conntrack {
+    pub commit: bool,
+    pub table: Option<u8>,
+    pub zone: u16,
+    pub exec: Vec<Action>,
 }
 
 impl Action {
@@ -654,6 +730,18 @@ impl Action {
 
     pub fn move_field(src: FieldRange, dst: FieldRange) -> Action {
         Action::Move { src, dst }
+    }
+
+    /// `ct(table=T,zone=Z)`: look the packet up and continue in `table`.
+    pub fn ct_lookup(zone: u16, table: u8) -> Action {
+        Action::Ct(Box::new(Conntrack { commit: false, table: Some(table), zone, exec: vec![] }))
+    }
+
+    /// `ct(commit,zone=Z,exec(set_field:MARK->ct_mark))`: remember the
+    /// connection with a mark; the packet goes on with the next action.
+    pub fn ct_commit(zone: u16, mark: u32) -> Action {
+        let exec = vec![Action::SetField { dst: Field::CtMark.all(), value: mark.into() }];
+        Action::Ct(Box::new(Conntrack { commit: true, table: None, zone, exec }))
     }
 }
 
@@ -688,6 +776,24 @@ impl fmt::Display for Action {
             Action::Resubmit(t) => write!(f, "resubmit(,{t})"),
             Action::GotoTable(t) => write!(f, "goto_table:{t}"),
             Action::DecTtl => f.write_str("dec_ttl"),
+            // format_CT: commit, table, zone, exec(...), without a trailing comma.
+            Action::Ct(ct) => {
+                let mut parts = Vec::new();
+                if ct.commit {
+                    parts.push("commit".to_string());
+                }
+                if let Some(t) = ct.table {
+                    parts.push(format!("table={t}"));
+                }
+                if ct.zone != 0 {
+                    parts.push(format!("zone={}", ct.zone));
+                }
+                if !ct.exec.is_empty() {
+                    let inner: Vec<String> = ct.exec.iter().map(ToString::to_string).collect();
+                    parts.push(format!("exec({})", inner.join(",")));
+                }
+                write!(f, "ct({})", parts.join(","))
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use crate::cookie::{Category, Cookie};
-use crate::flow::{port, Action, Field, Flow, Ipv4Prefix, Mac, Match, Reg, IP_PROTO_ICMP};
+use crate::flow::{ct_state, port, Action, Field, Flow, Ipv4Prefix, Mac, Match, Reg, IP_PROTO_ICMP};
 
 fn range(f: Field, a: u16, b: u16) -> crate::flow::FieldRange {
     // The constants below are in range; fall back to the whole field rather
@@ -130,6 +130,23 @@ pub fn every_feature() -> Vec<Flow> {
                 Action::Move { src: range(Field::Reg(Reg::R1), 5, 5), dst: range(Field::Reg(Reg::R2), 3, 3) },
                 Action::OutputReg(range(Field::Reg(Reg::R3), 0, 15)),
             ],
+        ),
+        // Connection tracking: commit with a mark, look up and recirculate,
+        // match the state and the mark.
+        Flow::new(
+            20,
+            61,
+            c(15),
+            Match::new().ip().in_port(2),
+            vec![Action::ct_commit(64000, 1), Action::GotoTable(30)],
+        ),
+        Flow::new(20, 60, c(16), Match::new().ip().ct_state(0, ct_state::TRK), vec![Action::ct_lookup(64000, 30)]),
+        Flow::new(
+            30,
+            100,
+            c(17),
+            Match::new().ip().ct_state(ct_state::TRK | ct_state::EST | ct_state::RPL, ct_state::NEW).ct_mark(1, 1),
+            vec![Action::set_eth_dst(mac(2)), Action::Output(2)],
         ),
     ]
 }

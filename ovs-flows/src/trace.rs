@@ -241,6 +241,7 @@ pub fn drop_meaning(table: u8) -> &'static str {
     match Table::from_id(table) {
         Some(Table::Classifier) => "the packet entered on no known port",
         Some(Table::TunnelIn) => "the tunnel source is not a known node",
+        Some(Table::GatewayIn) | Some(Table::GatewayReply) => "the pipeline's defaults were changed by hand",
         Some(Table::SpoofGuard) => {
             "the source port, MAC and IP do not match the pod's flow (changed or spoofed address, or the pod's flows are missing)"
         }

@@ -328,6 +328,24 @@ impl Netlink {
             .map_err(nl_err(format!("add default route via {gateway}")))
     }
 
+    /// Installs (or replaces) an on-link route to `dest` through the link
+    /// `name` (`ip route replace DEST dev NAME`).
+    pub async fn set_device_route(&self, dest: Ipv4Network, name: &str) -> Result<(), NetlinkError> {
+        let link = self.require_link(name).await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest.network(), dest.prefix())
+            .output_interface(link.index)
+            .scope(netlink_packet_route::route::RouteScope::Link)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!("add route {dest} dev {name}")))
+    }
+
     /// Deletes a link (a veth takes its peer with it). Returns whether it
     /// existed: gone is success.
     pub async fn del_link(&self, name: &str) -> Result<bool, NetlinkError> {

@@ -5,7 +5,7 @@
 use super::oxm::{self, field_from_header, nxm_header, put_field, range_from_header, read_header, read_tlv};
 use super::wire::{pad_to_8, patch_u16, put_u16, put_u32, Reader};
 use super::CodecError;
-use crate::flow::{port, Action, Field, FieldRange};
+use crate::flow::{port, Action, Conntrack, Field, FieldRange};
 
 const OFPIT_GOTO_TABLE: u16 = 1;
 const OFPIT_APPLY_ACTIONS: u16 = 4;
@@ -25,6 +25,11 @@ const NXAST_OUTPUT_REG: u16 = 15;
 const NXAST_DEC_TTL: u16 = 18;
 const NXAST_OUTPUT_REG2: u16 = 32;
 const NXAST_REG_LOAD2: u16 = 33;
+const NXAST_CT: u16 = 35;
+/// `nx_action_conntrack.flags`: commit the connection.
+const NX_CT_F_COMMIT: u16 = 1;
+/// `nx_action_conntrack.recirc_table` when the packet is not recirculated.
+const NX_CT_RECIRC_NONE: u8 = 0xff;
 /// OpenFlow 1.0 `OFPP_IN_PORT`, which resubmit uses for "the current in_port".
 const OFPP10_IN_PORT: u16 = 0xfff8;
 
@@ -138,6 +143,25 @@ fn encode_action(buf: &mut Vec<u8>, a: &Action) -> Result<(), CodecError> {
             put_u16(buf, OFPAT_DEC_NW_TTL);
             put_u16(buf, 8);
             put_u32(buf, 0);
+        }
+        // nx_action_conntrack: flags, zone_src (0: immediate zone), zone,
+        // recirc_table, pad[3], alg, then the nested actions.
+        Action::Ct(ct) => {
+            nx_start(buf, NXAST_CT);
+            put_u16(buf, if ct.commit { NX_CT_F_COMMIT } else { 0 });
+            put_u32(buf, 0);
+            put_u16(buf, ct.zone);
+            buf.extend_from_slice(&[ct.table.unwrap_or(NX_CT_RECIRC_NONE), 0, 0, 0]);
+            put_u16(buf, 0);
+            for a in &ct.exec {
+                if !matches!(a, Action::SetField { .. }) {
+                    return Err(CodecError::Invalid(format!("ct exec takes only set_field, not {a}")));
+                }
+                encode_action(buf, a)?;
+            }
+            let len = u16::try_from(buf.len() - start)
+                .map_err(|_| CodecError::Invalid("ct action too long".into()))?;
+            patch_u16(buf, start + 2, len);
         }
     }
     Ok(())
@@ -280,6 +304,25 @@ fn decode_nx_action(b: &mut Reader<'_>) -> Result<Action, CodecError> {
             Action::OutputReg(range(field, ofs, (on & 0x3f) + 1)?)
         }
         NXAST_DEC_TTL => Action::DecTtl,
+        NXAST_CT => {
+            let flags = b.u16()?;
+            let zone_src = b.u32()?;
+            let zone = b.u16()?;
+            let table = b.u8()?;
+            b.skip(3)?;
+            let alg = b.u16()?;
+            if flags & !NX_CT_F_COMMIT != 0 || zone_src != 0 || alg != 0 {
+                return Err(CodecError::Unsupported(format!(
+                    "ct flags {flags:#x}, zone field {zone_src:#x}, alg {alg}"
+                )));
+            }
+            let mut exec = Vec::new();
+            while !b.is_empty() {
+                decode_action(b, &mut exec)?;
+            }
+            let table = (table != NX_CT_RECIRC_NONE).then_some(table);
+            Action::Ct(Box::new(Conntrack { commit: flags & NX_CT_F_COMMIT != 0, table, zone, exec }))
+        }
         s => return Err(CodecError::Unsupported(format!("Nicira action subtype {s}"))),
     })
 }

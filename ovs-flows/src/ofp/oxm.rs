@@ -49,6 +49,8 @@ const NX_ARP_SHA: u8 = 17;
 const NX_ARP_THA: u8 = 18;
 const NX_TUN_IPV4_SRC: u8 = 31;
 const NX_TUN_IPV4_DST: u8 = 32;
+const NX_CT_STATE: u8 = 105;
+const NX_CT_MARK: u8 = 107;
 const NXOF_IN_PORT: u8 = 0;
 const NXOF_ETH_DST: u8 = 1;
 const NXOF_ETH_SRC: u8 = 2;
@@ -82,6 +84,7 @@ fn field_id(f: Field) -> (u16, u8) {
         Field::ArpTpa => (OXM_OF, OF_ARP_TPA),
         Field::ArpSha => (OXM_OF, OF_ARP_SHA),
         Field::ArpTha => (OXM_OF, OF_ARP_THA),
+        Field::CtMark => (NXM_NX, NX_CT_MARK),
     }
 }
 
@@ -144,6 +147,7 @@ pub fn field_from_header(h: u32) -> Result<Field, CodecError> {
         (NXM_OF, NXOF_ARP_TPA) | (OXM_OF, OF_ARP_TPA) => Some(Field::ArpTpa),
         (NXM_NX, NX_ARP_SHA) | (OXM_OF, OF_ARP_SHA) => Some(Field::ArpSha),
         (NXM_NX, NX_ARP_THA) | (OXM_OF, OF_ARP_THA) => Some(Field::ArpTha),
+        (NXM_NX, NX_CT_MARK) => Some(Field::CtMark),
         _ => None,
     };
     f.ok_or_else(|| CodecError::Unsupported(format!("field header {h:#010x}")))
@@ -287,6 +291,12 @@ pub fn encode_match(buf: &mut Vec<u8>, m: &Match) -> Result<(), CodecError> {
             put_tlv(buf, NXM_NX, i as u8, 4, r.value.into(), r.mask.into());
         }
     }
+    if let Some(c) = m.ct_state {
+        put_tlv(buf, NXM_NX, NX_CT_STATE, 4, c.value.into(), c.mask.into());
+    }
+    if let Some(c) = m.ct_mark {
+        put_tlv(buf, NXM_NX, NX_CT_MARK, 4, c.value.into(), c.mask.into());
+    }
     let len = buf.len() - start;
     let len16 = u16::try_from(len).map_err(|_| CodecError::Invalid("match too long".into()))?;
     patch_u16(buf, start + 2, len16);
@@ -340,6 +350,12 @@ pub fn decode_match(r: &mut Reader<'_>) -> Result<Match, CodecError> {
             }
             (NXM_NX, NX_TUN_IPV4_SRC) => m.tun_src = Some(Ipv4Addr::from(exact(&t, "tun_src")? as u32)),
             (NXM_NX, NX_TUN_IPV4_DST) => m.tun_dst = Some(Ipv4Addr::from(exact(&t, "tun_dst")? as u32)),
+            (NXM_NX, NX_CT_STATE) if t.nbytes == 4 => {
+                m.ct_state = Some(Masked::<u32>::new(t.value as u32, t.mask as u32))
+            }
+            (NXM_NX, NX_CT_MARK) if t.nbytes == 4 => {
+                m.ct_mark = Some(Masked::<u32>::new(t.value as u32, t.mask as u32))
+            }
             (NXM_NX, n @ 0..=7) if t.nbytes == 4 => {
                 m.regs[usize::from(n)] = Some(Masked::<u32>::new(t.value as u32, t.mask as u32))
             }

@@ -5,12 +5,14 @@
 //! Packet walk (multi-tenant):
 //! ```text
 //! CLASSIFIER ─ vxlan0 ─> TUNNEL_IN (known node? tun_id -> REG_SRC_VNI) ─────────────┐
-//!            ─ tun0 ───> (REG_SRC_VNI = 0) ──────────────────────────┐                │
+//!            ─ tun0 ───> GATEWAY_IN (a local pod's DNATed traffic: its VNI, ct commit;
+//!                                    else REG_SRC_VNI = 0) ───────────┐                │
 //!            ─ pod ────> SPOOF_GUARD (port+MAC+IP; pod VNI -> REG_SRC_VNI)         │
 //!                          ├─ ip ──> SERVICE (service VNI check) ─> ROUTING          │
 //!                          └─ arp ─────────────────────────────────> ROUTING         │
 //!   ROUTING: gateway -> tun0 | local subnet -> LOCAL_POD | cluster -> REMOTE_NODE | else tun0
-//!   LOCAL_POD (<- also TUNNEL_IN): REG_DST_VNI, REG_DST_PORT of the pod -> ISOLATION
+//!   LOCAL_POD (<- also TUNNEL_IN): REG_DST_VNI, REG_DST_PORT of the pod -> GATEWAY_REPLY
+//!   GATEWAY_REPLY: reply of a connection committed in GATEWAY_IN -> tun0; else ISOLATION
 //!   ISOLATION: src VNI = dst VNI, or either is 0 -> output:REG_DST_PORT; else drop
 //!   REMOTE_NODE: tun_id = REG_SRC_VNI, tun_dst = node IP -> vxlan0
 //! ```
@@ -19,10 +21,16 @@ mod state;
 
 pub use state::{LocalPod, Mode, NodeState, Protocol, RemoteNode, Service, ServicePort, GLOBAL_VNI};
 
+/// The conntrack zone of the connections the node's kernel sends into the
+/// bridge (GATEWAY_IN commits them, GATEWAY_REPLY looks their replies up).
+pub const CT_ZONE: u16 = 64000;
+/// The `ct_mark` bit of a connection that entered the bridge from tun0.
+pub const CT_MARK_FROM_GATEWAY: u32 = 0x1;
+
 use std::net::Ipv4Addr;
 
 use crate::cookie::{Category, Cookie};
-use crate::flow::{Action, Field, FieldRange, Flow, FlowSet, Ipv4Prefix, Match, Reg};
+use crate::flow::{ct_state, Action, Field, FieldRange, Flow, FlowSet, Ipv4Prefix, Match, Reg};
 
 /// The fixed OpenFlow port of the VXLAN port (`vxlan0`).
 pub const VXLAN_OFPORT: u32 = 1;
@@ -39,6 +47,9 @@ pub enum Table {
     Classifier = 0,
     /// Tunnel traffic: accepted only from known nodes; VNI from tun_id.
     TunnelIn = 10,
+    /// Traffic from the node (tun0): a local pod's service traffic after
+    /// kube-proxy's DNAT keeps the pod's VNI and is committed to conntrack.
+    GatewayIn = 15,
     /// Pod anti-spoofing (port + MAC + IP, ARP sender); the pod's VNI.
     SpoofGuard = 20,
     /// ClusterIP traffic: only from the service's VNI or a global pod.
@@ -47,6 +58,9 @@ pub enum Table {
     Routing = 40,
     /// Destination is a local pod (or the gateway): its VNI and port.
     LocalPod = 50,
+    /// Replies of connections committed in GATEWAY_IN go back to the node
+    /// kernel, which undoes kube-proxy's DNAT.
+    GatewayReply = 55,
     /// The isolation point: source VNI vs destination VNI.
     Isolation = 60,
     /// Destination is another node's subnet: into the tunnel.
@@ -54,13 +68,15 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 10] = [
         Table::Classifier,
         Table::TunnelIn,
+        Table::GatewayIn,
         Table::SpoofGuard,
         Table::Service,
         Table::Routing,
         Table::LocalPod,
+        Table::GatewayReply,
         Table::Isolation,
         Table::RemoteNode,
     ];
@@ -73,10 +89,12 @@ impl Table {
         match self {
             Table::Classifier => "CLASSIFIER",
             Table::TunnelIn => "TUNNEL_IN",
+            Table::GatewayIn => "GATEWAY_IN",
             Table::SpoofGuard => "SPOOF_GUARD",
             Table::Service => "SERVICE",
             Table::Routing => "ROUTING",
             Table::LocalPod => "LOCAL_POD",
+            Table::GatewayReply => "GATEWAY_REPLY",
             Table::Isolation => "ISOLATION",
             Table::RemoteNode => "REMOTE_NODE",
         }
@@ -151,9 +169,10 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
             remote_node_flows(&mut b, node);
         }
     }
+    let to_kernel = to_gateway(state);
     for svc in state.services.values() {
         if let Some(vni) = state.vni_of(&svc.namespace) {
-            service_flows(&mut b, svc, vni);
+            service_flows(&mut b, svc, vni, &to_kernel);
         }
     }
     b.flows
@@ -164,14 +183,22 @@ fn static_flows(b: &mut Builder) {
     use Table::*;
     // CLASSIFIER
     b.add(Classifier, 200, PIPELINE, Match::new().in_port(VXLAN_OFPORT), vec![goto(TunnelIn)]);
-    b.add(
-        Classifier,
-        200,
-        PIPELINE,
-        Match::new().in_port(GATEWAY_OFPORT),
-        vec![Action::load_reg(REG_SRC_VNI, GLOBAL_VNI), goto(Routing)],
-    );
+    b.add(Classifier, 200, PIPELINE, Match::new().in_port(GATEWAY_OFPORT), vec![goto(GatewayIn)]);
     b.add(Classifier, 0, PIPELINE, Match::new(), vec![goto(SpoofGuard)]);
+    // GATEWAY_IN: whatever no local pod's flow claims is the node itself (its
+    // own connections, masqueraded traffic, un-DNATed replies): global.
+    b.add(GatewayIn, 0, PIPELINE, Match::new(), vec![Action::load_reg(REG_SRC_VNI, GLOBAL_VNI), goto(Routing)]);
+    // GATEWAY_REPLY: traffic from the gateway needs no steering; other IP
+    // to a local pod is looked up in the zone GATEWAY_IN commits to.
+    b.add(GatewayReply, 300, PIPELINE, Match::new().in_port(GATEWAY_OFPORT), vec![goto(Isolation)]);
+    b.add(
+        GatewayReply,
+        100,
+        PIPELINE,
+        Match::new().ip().ct_state(0, ct_state::TRK),
+        vec![Action::ct_lookup(CT_ZONE, GatewayReply.id())],
+    );
+    b.add(GatewayReply, 0, PIPELINE, Match::new(), vec![goto(Isolation)]);
     // Defaults: whatever no flow claims is dropped.
     for t in [TunnelIn, SpoofGuard, LocalPod, Isolation, RemoteNode] {
         b.add(t, 0, PIPELINE, Match::new(), vec![Action::Drop]);
@@ -188,6 +215,7 @@ fn static_flows(b: &mut Builder) {
 fn node_flows(b: &mut Builder, s: &NodeState) {
     use Table::*;
     let gw = Ipv4Prefix::host(s.gateway_ip);
+    let to_kernel = to_gateway(s);
     // SERVICE: a global pod reaches every service; other ClusterIP traffic
     // needs a per-service flow, else it is dropped.
     b.add(
@@ -195,18 +223,32 @@ fn node_flows(b: &mut Builder, s: &NodeState) {
         300,
         NODE,
         Match::new().ip().reg(REG_SRC_VNI, GLOBAL_VNI).nw_dst(s.service_cidr),
-        vec![Action::Output(GATEWAY_OFPORT)],
+        to_kernel.clone(),
     );
     b.add(Service, 100, NODE, Match::new().ip().nw_dst(s.service_cidr), vec![Action::Drop]);
     // ROUTING
-    b.add(Routing, 300, NODE, Match::new().ip().nw_dst(gw), vec![Action::Output(GATEWAY_OFPORT)]);
+    b.add(Routing, 300, NODE, Match::new().ip().nw_dst(gw), to_kernel.clone());
     b.add(Routing, 300, NODE, Match::new().arp().arp_tpa(gw), vec![Action::Output(GATEWAY_OFPORT)]);
     b.add(Routing, 200, NODE, Match::new().ip().nw_dst(s.subnet), vec![goto(LocalPod)]);
     b.add(Routing, 200, NODE, Match::new().arp().arp_tpa(s.subnet), vec![goto(LocalPod)]);
     b.add(Routing, 100, NODE, Match::new().ip().nw_dst(s.cluster_cidr), vec![goto(RemoteNode)]);
     b.add(Routing, 100, NODE, Match::new().arp().arp_tpa(s.cluster_cidr), vec![goto(RemoteNode)]);
     // Anything else IP leaves the cluster through the gateway (masqueraded there).
-    b.add(Routing, 50, NODE, Match::new().ip(), vec![Action::Output(GATEWAY_OFPORT)]);
+    b.add(Routing, 50, NODE, Match::new().ip(), to_kernel.clone());
+    // GATEWAY_REPLY: the reply of a connection that entered from tun0 (a
+    // local pod's service connection after kube-proxy's DNAT) goes back to
+    // the kernel, whose conntrack turns the endpoint's address back into the
+    // ClusterIP; sent straight to the client it would be dropped there.
+    b.add(
+        GatewayReply,
+        200,
+        NODE,
+        Match::new()
+            .ip()
+            .ct_state(ct_state::TRK | ct_state::EST | ct_state::RPL, 0)
+            .ct_mark(CT_MARK_FROM_GATEWAY, CT_MARK_FROM_GATEWAY),
+        to_kernel,
+    );
     // LOCAL_POD: the gateway as a destination arriving over the tunnel
     // (another node's pods reaching this node's host).
     let to_gw = vec![
@@ -218,10 +260,34 @@ fn node_flows(b: &mut Builder, s: &NodeState) {
     b.add(LocalPod, 100, NODE, Match::new().arp().arp_tpa(gw), to_gw);
 }
 
+/// Into the node kernel: addressed to tun0's MAC, whatever MAC the sender
+/// used (a pod's neighbour cache may hold another one after an ICMP
+/// redirect or an agent upgrade), so the kernel never discards it as
+/// "not for this host".
+fn to_gateway(s: &NodeState) -> Vec<Action> {
+    vec![Action::set_eth_dst(s.gateway_mac), Action::Output(GATEWAY_OFPORT)]
+}
+
 fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
     use Table::*;
     let owner = (Category::Pod, p.ofport);
     let ip = Ipv4Prefix::host(p.ip);
+    // GATEWAY_IN: the pod's own address coming back from the node kernel is
+    // its service traffic after kube-proxy's DNAT (kube-proxy masquerades
+    // only hairpin and off-cluster sources). It keeps the pod's VNI, so the
+    // endpoint's ISOLATION decides as for pod-to-pod traffic, and it is
+    // committed, so GATEWAY_REPLY sends the endpoint's reply back to the kernel.
+    b.add(
+        GatewayIn,
+        100,
+        owner,
+        Match::new().ip().nw_src(ip),
+        vec![
+            Action::load_reg(REG_SRC_VNI, vni),
+            Action::ct_commit(CT_ZONE, CT_MARK_FROM_GATEWAY),
+            goto(Routing),
+        ],
+    );
     // SPOOF_GUARD: only the pod's own MAC and IP leave its port, and its ARP
     // must state them too; anything else from the port is dropped.
     b.add(
@@ -238,11 +304,15 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
         Match::new().arp().in_port(p.ofport).dl_src(p.mac).arp_spa(ip).arp_sha(p.mac),
         vec![Action::load_reg(REG_SRC_VNI, vni), goto(Routing)],
     );
-    // LOCAL_POD
-    let to_pod =
-        vec![Action::load_reg(REG_DST_VNI, vni), Action::load_reg(REG_DST_PORT, p.ofport), goto(Isolation)];
-    b.add(LocalPod, 100, owner, Match::new().ip().nw_dst(ip), to_pod.clone());
-    b.add(LocalPod, 100, owner, Match::new().arp().arp_tpa(ip), to_pod);
+    // LOCAL_POD: IP passes GATEWAY_REPLY (it may be a reply to steer back
+    // to the kernel); ARP goes straight to ISOLATION.
+    let dst = [Action::load_reg(REG_DST_VNI, vni), Action::load_reg(REG_DST_PORT, p.ofport)];
+    let mut to_pod_ip = dst.to_vec();
+    to_pod_ip.push(goto(GatewayReply));
+    let mut to_pod_arp = dst.to_vec();
+    to_pod_arp.push(goto(Isolation));
+    b.add(LocalPod, 100, owner, Match::new().ip().nw_dst(ip), to_pod_ip);
+    b.add(LocalPod, 100, owner, Match::new().arp().arp_tpa(ip), to_pod_arp);
 }
 
 fn remote_node_flows(b: &mut Builder, n: &RemoteNode) {
@@ -267,8 +337,9 @@ fn remote_node_flows(b: &mut Builder, n: &RemoteNode) {
     b.add(RemoteNode, 100, owner, Match::new().arp().arp_tpa(n.subnet), out);
 }
 
-fn service_flows(b: &mut Builder, s: &Service, vni: u32) {
+fn service_flows(b: &mut Builder, s: &Service, vni: u32, to_kernel: &[Action]) {
     let owner = (Category::Service, u32::from(s.ip));
+    let to_kernel = to_kernel.to_vec();
     for port in &s.ports {
         let mut m = match port.protocol {
             Protocol::Tcp => Match::new().tcp(),
@@ -279,7 +350,7 @@ fn service_flows(b: &mut Builder, s: &Service, vni: u32) {
         if vni != GLOBAL_VNI {
             m = m.reg(REG_SRC_VNI, vni);
         }
-        b.add(Table::Service, 200, owner, m, vec![Action::Output(GATEWAY_OFPORT)]);
+        b.add(Table::Service, 200, owner, m, to_kernel.clone());
     }
 }
 

@@ -68,6 +68,9 @@ pub struct NodeState {
     pub subnet: Ipv4Prefix,
     /// The gateway (tun0) address: the first address of `subnet`.
     pub gateway_ip: Ipv4Addr,
+    /// tun0's MAC ([`Mac::for_ipv4`] of the gateway address; the agent sets it):
+    /// frames the pipeline hands to the node kernel are addressed to it.
+    pub gateway_mac: Mac,
     /// The whole pod network (etcd config `Network`).
     pub cluster_cidr: Ipv4Prefix,
     /// ClusterIP range (etcd config `ServiceNetwork`).
@@ -98,6 +101,7 @@ impl NodeState {
             node_ip,
             subnet,
             gateway_ip,
+            gateway_mac: Mac::for_ipv4(gateway_ip),
             cluster_cidr,
             service_cidr,
             pods: BTreeMap::new(),
