@@ -268,7 +268,7 @@ impl Dataplane {
     pub async fn on_services(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
         self.state.services = services.clone();
         if self.kept_service_flows.take().is_some() {
-            info!(services = services.len(), "services listed; service flows follow the apiserver again");
+            info!(services = services.len(), "first Service list: service flows follow the apiserver again");
         }
         self.sync_flows().await
     }

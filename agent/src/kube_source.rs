@@ -13,7 +13,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use ovs_flows::pipeline::{Protocol, Service, ServicePort};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 /// Services by cluster IP.
 pub type ServiceMap = BTreeMap<Ipv4Addr, Service>;
@@ -56,7 +56,7 @@ pub async fn run_services(client: Client, out: watch::Sender<ServiceMap>) {
             }
             Ok(Event::InitDone) => {
                 if let Some(m) = relist.take() {
-                    debug!(services = m.len(), "services listed");
+                    info!(services = m.len(), "services listed");
                     out.send_replace(m);
                 }
             }

@@ -140,12 +140,21 @@ pub fn every_feature() -> Vec<Flow> {
             Match::new().ip().in_port(2),
             vec![Action::ct_commit(64000, 1), Action::GotoTable(30)],
         ),
-        Flow::new(20, 60, c(16), Match::new().ip().ct_state(0, ct_state::TRK), vec![Action::ct_lookup(64000, 30)]),
+        Flow::new(
+            20,
+            60,
+            c(16),
+            Match::new().ip().ct_state(0, ct_state::TRK),
+            vec![Action::ct_lookup(64000, 30)],
+        ),
         Flow::new(
             30,
             100,
             c(17),
-            Match::new().ip().ct_state(ct_state::TRK | ct_state::EST | ct_state::RPL, ct_state::NEW).ct_mark(1, 1),
+            Match::new()
+                .ip()
+                .ct_state(ct_state::TRK | ct_state::EST | ct_state::RPL, ct_state::NEW)
+                .ct_mark(1, 1),
             vec![Action::set_eth_dst(mac(2)), Action::Output(2)],
         ),
     ]

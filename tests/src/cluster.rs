@@ -209,6 +209,41 @@ impl Agent {
     }
 }
 
+/// A pod wired by the CNI plugin (ADD exec'd as a runtime does).
+#[derive(Debug, Clone)]
+pub struct CniPod {
+    pub name: String,
+    pub namespace: String,
+    pub node: usize,
+    pub netns: crate::Netns,
+    pub ip: String,
+    pub cid: String,
+}
+
+/// Creates pod `namespace/name` on node `node` through the CNI binary and
+/// checks the result is a well-formed CNI 1.0 result for its sandbox.
+pub fn add_pod(lab: &mut Lab, node: usize, namespace: &str, name: &str) -> Result<CniPod> {
+    let netns = lab.pod_netns(name)?;
+    let cid = format!("cid-{name}");
+    let out = cni(lab, node, "ADD", &CniCall::pod(&cid, &netns, namespace, name))?;
+    if out.code != Some(0) {
+        bail!("ADD {name} failed: {} {}", out.stdout, out.stderr);
+    }
+    let r = &out.stdout;
+    if r["cniVersion"] != "1.0.0" {
+        bail!("result version: {r}");
+    }
+    let iface = r["ips"][0]["interface"].as_u64().unwrap_or(99) as usize;
+    if r["interfaces"][iface]["sandbox"] != netns.path().to_string_lossy().as_ref()
+        || !r["interfaces"][iface]["mac"].is_string()
+    {
+        bail!("sandbox or mac missing from the result: {r}");
+    }
+    let addr = r["ips"][0]["address"].as_str().unwrap_or_default();
+    let ip = addr.split('/').next().unwrap_or_default().to_string();
+    Ok(CniPod { name: name.into(), namespace: namespace.into(), node, netns, ip, cid })
+}
+
 /// The lab's Kubernetes API server on the control host (`http://<ctl>:6443`).
 pub fn start_kube_api(lab: &Lab) -> Result<crate::kube_api::KubeApi> {
     crate::kube_api::KubeApi::start_in(&lab.ctl, crate::CTL_IP, 6443)

@@ -21,6 +21,13 @@
 //!
 //! - `POST /api/v1/namespaces/<ns>/events`: stores the Event (with
 //!   `generateName`) for tests to read with [`KubeApi::objects`].
+//! - EndpointSlices (`discovery.k8s.io/v1`) under
+//!   `/apis/discovery.k8s.io/v1/[namespaces/<ns>/]endpointslices`, written
+//!   by tests as the EndpointSlice controller writes them (see
+//!   [`crate::kube_proxy::endpoint_slice`]).
+//! - [`KubeApi::set_down`] is an outage: while down, every connection is
+//!   closed as soon as it is accepted and open watches end, as clients of a
+//!   crashed apiserver see it; the objects survive.
 //!
 //! Plain HTTP/1.1 on std threads: one thread accepts, one per connection.
 //! It can listen inside a lab namespace: the socket is created by a thread
@@ -50,10 +57,29 @@ pub enum Kind {
     Service,
     /// Only created (POST) by clients and read by tests.
     Event,
+    /// discovery.k8s.io/v1.
+    EndpointSlice,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service, Kind::Event];
+    const ALL: [Kind; 6] =
+        [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service, Kind::Event, Kind::EndpointSlice];
+
+    /// The group/version objects of the kind carry.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    /// Where the kind is served: the core group or a named one.
+    fn group(self) -> Option<&'static str> {
+        match self {
+            Kind::EndpointSlice => Some("discovery.k8s.io"),
+            _ => None,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -62,6 +88,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::Event => "Event",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -72,11 +99,12 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Service => "services",
             Kind::Event => "events",
+            Kind::EndpointSlice => "endpointslices",
         }
     }
 
     fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Service | Kind::Event)
+        matches!(self, Kind::Pod | Kind::Service | Kind::Event | Kind::EndpointSlice)
     }
 
     fn from_name(s: &str) -> Option<Kind> {
@@ -117,6 +145,8 @@ struct Inner {
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
+    /// An outage (see [`KubeApi::set_down`]).
+    down: AtomicBool,
 }
 
 impl Inner {
@@ -164,11 +194,14 @@ impl KubeApi {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            down: AtomicBool::new(false),
         });
         let acc_inner = inner.clone();
         let accept = std::thread::spawn(move || {
             while !acc_inner.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
+                    // Down: the connection is closed at once (the client sees a reset or EOF).
+                    Ok((stream, _)) if acc_inner.down.load(Ordering::Relaxed) => drop(stream),
                     Ok((stream, _)) => {
                         let conn_inner = acc_inner.clone();
                         std::thread::spawn(move || {
@@ -249,6 +282,20 @@ impl KubeApi {
         self.inner.changed.notify_all();
     }
 
+    /// Takes the server down (`true`: connections are closed on accept and
+    /// open watches end) or brings it back; the objects are kept.
+    pub fn set_down(&self, down: bool) {
+        self.inner.down.store(down, Ordering::Relaxed);
+        self.inner.changed.notify_all();
+    }
+
+    /// A handle on the stored objects for in-process stand-ins of other
+    /// cluster components (kube-proxy), which keep working while the server
+    /// is down, as the real ones keep their last state.
+    pub fn store(&self) -> Store {
+        Store { inner: self.inner.clone() }
+    }
+
     /// How many lists / watches of `kind` were served (to see relists).
     pub fn list_count(&self, kind: Kind) -> u64 {
         self.inner.lock().lists.get(&kind).copied().unwrap_or(0)
@@ -274,6 +321,36 @@ impl KubeApi {
             "spec": {},
             "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}
         }))
+    }
+}
+
+/// See [`KubeApi::store`].
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// The store's current resourceVersion (bumped by every change).
+    pub fn revision(&self) -> u64 {
+        self.inner.lock().rv
+    }
+
+    pub fn objects(&self, kind: Kind) -> Vec<Value> {
+        self.inner.lock().objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Waits until the revision is past `rv` (or `timeout`, or the server stops).
+    pub fn wait_newer(&self, rv: u64, timeout: Duration) {
+        let st = self.inner.lock();
+        let _ = self
+            .inner
+            .changed
+            .wait_timeout_while(st, timeout, |st| st.rv <= rv && !self.inner.stop.load(Ordering::Relaxed));
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.inner.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -306,7 +383,7 @@ fn write(inner: &Inner, mut object: Value, must_exist: Option<bool>) -> Result<V
     } else {
         String::new()
     };
-    object["apiVersion"] = json!("v1");
+    object["apiVersion"] = json!(kind.api_version());
     let mut st = inner.lock();
     let key = (kind, ns, name);
     let existing = st.objects.get(&key).cloned();
@@ -372,7 +449,7 @@ fn percent_decode(s: &str) -> String {
 fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Option<Request>> {
     let mut head = String::new();
     loop {
-        if inner.stop.load(Ordering::Relaxed) {
+        if inner.stop.load(Ordering::Relaxed) || inner.down.load(Ordering::Relaxed) {
             return Ok(None);
         }
         match reader.read_line(&mut head) {
@@ -495,7 +572,35 @@ enum Route {
 
 fn route(req: &Request) -> Route {
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    // A named group (`/apis/<group>/v1/...`) is routed like the core group,
+    // for the kinds that live in it.
+    if let ["apis", group, "v1", rest @ ..] = segs.as_slice() {
+        let mut core = vec!["api", "v1"];
+        core.extend_from_slice(rest);
+        return match route_core(req, &core) {
+            Route::List { kind, .. } | Route::Create { kind, .. } | Route::Get { kind, .. }
+                if kind.group() != Some(group) =>
+            {
+                Route::NotFound
+            }
+            r => r,
+        };
+    }
     match segs.as_slice() {
+        ["api", "v1", plural, ..] if Kind::from_plural(plural).is_some_and(|k| k.group().is_some()) => {
+            Route::NotFound
+        }
+        ["api", "v1", "namespaces", _, plural, ..]
+            if Kind::from_plural(plural).is_some_and(|k| k.group().is_some()) =>
+        {
+            Route::NotFound
+        }
+        _ => route_core(req, &segs),
+    }
+}
+
+fn route_core(req: &Request, segs: &[&str]) -> Route {
+    match segs {
         ["version"] => Route::Version,
         ["api", "v1", plural] => match Kind::from_plural(plural) {
             Some(kind) => Route::List { kind, namespace: None },
@@ -629,7 +734,7 @@ fn list(inner: &Inner, kind: Kind, namespace: Option<&str>, req: &Request) -> Va
         st.objects.iter().filter(|((k, _, _), o)| filter.matches(*k, o)).map(|(_, o)| o.clone()).collect();
     json!({
         "kind": format!("{}List", kind.name()),
-        "apiVersion": "v1",
+        "apiVersion": kind.api_version(),
         "metadata": {"resourceVersion": st.rv.to_string()},
         "items": items,
     })
@@ -693,6 +798,7 @@ fn watch(
             let mut st = inner.lock();
             loop {
                 if inner.stop.load(Ordering::Relaxed)
+                    || inner.down.load(Ordering::Relaxed)
                     || st.generation != generation
                     || Instant::now() >= deadline
                 {
@@ -719,7 +825,7 @@ fn watch(
             }
         };
         if events.is_empty() {
-            let mark = json!({"kind": kind.name(), "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}});
+            let mark = json!({"kind": kind.name(), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
             chunk(out, &json!({"type": "BOOKMARK", "object": mark}))?;
         }
         for e in &events {

@@ -124,4 +124,6 @@ pub(crate) fn destroy_by_name(name: &str) {
         terminate_pids(&pids, Duration::from_secs(2));
     }
     cmd::run_quiet(&["ip", "netns", "del", name]);
+    // `ip netns exec` bind-mounts /etc/netns/<name>/* (a pod's resolv.conf).
+    let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(name));
 }

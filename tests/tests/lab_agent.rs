@@ -7,17 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use lab::cluster::{cni, node_subnet, upstream, Agent, CniCall, Daemon};
+use lab::cluster::{add_pod, cni, node_subnet, upstream, Agent, CniCall, CniPod, Daemon};
 use lab::{traffic, Lab, LabConfig, Netns};
-
-struct TestPod {
-    name: String,
-    namespace: String,
-    node: usize,
-    netns: Netns,
-    ip: String,
-    cid: String,
-}
 
 fn start_cluster(plugin: &str, vnis: &[(&str, u32)]) -> Result<(Lab, Vec<Agent>)> {
     start_cluster_with(plugin, vnis, &[])
@@ -38,23 +29,8 @@ fn start_cluster_with(plugin: &str, vnis: &[(&str, u32)], flags: &[&str]) -> Res
     Ok((lab, agents))
 }
 
-fn add_pod(lab: &mut Lab, node: usize, namespace: &str, name: &str) -> Result<TestPod> {
-    let netns = lab.pod_netns(name)?;
-    let cid = format!("cid-{name}");
-    let out = cni(lab, node, "ADD", &CniCall::pod(&cid, &netns, namespace, name))?;
-    ensure!(out.code == Some(0), "ADD {name} failed: {} {}", out.stdout, out.stderr);
-    let r = &out.stdout;
-    ensure!(r["cniVersion"] == "1.0.0", "result version: {r}");
-    let iface = r["ips"][0]["interface"].as_u64().unwrap_or(99) as usize;
-    ensure!(r["interfaces"][iface]["sandbox"] == netns.path().to_string_lossy().as_ref(), "sandbox: {r}");
-    ensure!(r["interfaces"][iface]["mac"].is_string(), "mac: {r}");
-    let addr = r["ips"][0]["address"].as_str().unwrap_or_default();
-    let ip = addr.split('/').next().unwrap_or_default().to_string();
-    Ok(TestPod { name: name.into(), namespace: namespace.into(), node, netns, ip, cid })
-}
-
 /// All-pairs reachability, measured in parallel.
-fn matrix(pods: &[TestPod]) -> Result<BTreeMap<(String, String), bool>> {
+fn matrix(pods: &[CniPod]) -> Result<BTreeMap<(String, String), bool>> {
     let mut m = BTreeMap::new();
     std::thread::scope(|s| -> Result<()> {
         let mut hs = Vec::new();
@@ -74,7 +50,7 @@ fn matrix(pods: &[TestPod]) -> Result<BTreeMap<(String, String), bool>> {
     Ok(m)
 }
 
-fn check_policy(pods: &[TestPod], vni: &BTreeMap<&str, u32>) -> Result<()> {
+fn check_policy(pods: &[CniPod], vni: &BTreeMap<&str, u32>) -> Result<()> {
     let measured = matrix(pods)?;
     let mut wrong = Vec::new();
     let mut late = Vec::new();
@@ -178,7 +154,7 @@ fn lab_agent_single_tenant_all_pairs_connect() -> Result<()> {
     Ok(())
 }
 
-fn ip_of(p: &TestPod) -> std::net::Ipv4Addr {
+fn ip_of(p: &CniPod) -> std::net::Ipv4Addr {
     p.ip.parse().expect("pod ip")
 }
 
@@ -305,7 +281,7 @@ fn lab_agent_replays_flows_when_vswitchd_restarts() -> Result<()> {
 }
 
 /// Packets from `src_ip` counted by an iptables rule in the pod (INPUT).
-fn count_from(p: &TestPod, src_ip: &str) -> Result<u64> {
+fn count_from(p: &CniPod, src_ip: &str) -> Result<u64> {
     let out = p.netns.exec(&["iptables", "-w", "5", "-L", "INPUT", "-v", "-x", "-n"])?;
     Ok(out
         .lines()
@@ -367,134 +343,6 @@ fn lab_agent_isolation_holds_while_namespaces_join_and_isolate() -> Result<()> {
 }
 
 /// Whether a TCP connection from `from` to `ip:port` is accepted within 3 s.
-fn tcp_connects(from: &Netns, ip: &str, port: u16) -> Result<bool> {
-    let script = format!("exec 3<>/dev/tcp/{ip}/{port}");
-    Ok(from.exec_full(&["timeout", "3", "bash", "-c", &script], Duration::from_secs(10))?.success())
-}
-
-#[test]
-fn lab_agent_services_reach_only_their_vni_and_global_pods() -> Result<()> {
-    let lab0 = Lab::start(2)?;
-    let api = lab::kube_api::KubeApi::start_in(&lab0.ctl, lab::CTL_IP, 6443)?;
-    let mut lab = lab0;
-    lab.put_network_config("k8s-ovs-multitenant")?;
-    for i in 1..=2 {
-        lab.put_node_subnet(i)?;
-    }
-    for (ns, vni) in [("red", 100), ("blue", 200), ("glob", 0)] {
-        lab.put_netnamespace(ns, vni)?;
-    }
-    let url = api.url();
-    let _agents =
-        (1..=2).map(|i| Agent::start(&lab, i, &["--kube-url", &url])).collect::<Result<Vec<_>>>()?;
-    let backend = add_pod(&mut lab, 2, "red", "backend")?;
-    let red = add_pod(&mut lab, 1, "red", "red1")?;
-    let blue = add_pod(&mut lab, 1, "blue", "blue1")?;
-    let glob = add_pod(&mut lab, 1, "glob", "glob1")?;
-    // The backend listens on 5201; the service is 10.96.5.5:80.
-    let srv = backend.netns.wrap(&["iperf3", "-s", "-B", &backend.ip, "-p", "5201"]);
-    let _server = std::process::Command::new(srv[0])
-        .args(&srv[1..])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    ensure!(traffic::reachable(&red.netns, &backend.ip, Duration::from_secs(5))?);
-    let (vip, port) = ("10.96.5.5", 80u16);
-    api.create(serde_json::json!({
-        "kind": "Service", "apiVersion": "v1",
-        "metadata": {"name": "web", "namespace": "red"},
-        "spec": {"clusterIP": vip, "ports": [{"port": port, "protocol": "TCP"}]}
-    }))?;
-    // What kube-proxy installs on node 1: DNAT to the endpoint, masquerade so
-    // the reply comes back through this node's conntrack.
-    let n1 = &lab.node(1).netns;
-    let to = format!("{}:5201", backend.ip);
-    n1.exec(&[
-        "iptables",
-        "-w",
-        "5",
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-d",
-        vip,
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &to,
-    ])?;
-    n1.exec(&[
-        "iptables",
-        "-w",
-        "5",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-d",
-        &backend.ip,
-        "-p",
-        "tcp",
-        "--dport",
-        "5201",
-        "-j",
-        "MASQUERADE",
-    ])?;
-    // The agent programs the service once its watch delivers it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !tcp_connects(&red.netns, vip, port)? {
-        if Instant::now() > deadline {
-            let n1 = &lab.node(1);
-            let n2 = &lab.node(2);
-            eprintln!("NAT {}", n1.netns.exec(&["iptables", "-t", "nat", "-L", "-v", "-n"])?);
-            eprintln!("RAW {}", n1.netns.exec(&["iptables", "-t", "raw", "-L", "-v", "-n"])?);
-            eprintln!("TUN0 {}", n1.netns.exec(&["ip", "-s", "link", "show", "tun0"])?);
-            eprintln!("N1 {}", n1.ovs.ofctl("dump-flows", "br0", &[])?);
-            eprintln!("N2 {}", n2.ovs.ofctl("dump-flows", "br0", &[])?);
-            eprintln!("NEIGH {}", n1.netns.exec(&["ip", "neigh"])?);
-            anyhow::bail!("red pod never reached its service");
-        }
-    }
-    ensure!(tcp_connects(&glob.netns, vip, port)?, "a global pod reaches every service");
-    ensure!(
-        !tcp_connects(&blue.netns, vip, port)?,
-        "another tenant must not reach red's service; flows:\n{}\n{:?}\n{}",
-        lab.node(1).ovs.ofctl("dump-flows", "br0", &["table=30"])?,
-        blue.netns.exec_full(
-            &["timeout", "3", "bash", "-c", "exec 3<>/dev/tcp/10.96.5.5/80; echo connected; ss -tn"],
-            Duration::from_secs(10)
-        )?,
-        lab.node(1).ovs.ofctl("dump-flows", "br0", &["table=30"])?
-    );
-    // k8s-ovs-ctl trace explains both: red's own service is handed to the
-    // gateway (kube-proxy), another tenant's packet dies in SERVICE.
-    let svc = format!("{vip}:{port}");
-    let (code, out, err) = lab::cluster::ctl(&lab, &["trace", "red/red1", &svc])?;
-    ensure!(code == Some(0) && out.contains("handed to the gateway (tun0)"), "{out}{err}");
-    ensure!(out.contains("same namespace red (VNI 100)") && out.contains("30 SERVICE"), "{out}");
-    let (code, out, err) = lab::cluster::ctl(&lab, &["trace", "blue/blue1", &svc])?;
-    eprintln!("$ k8s-ovs-ctl trace blue/blue1 {svc}\n{out}");
-    ensure!(code == Some(3) && out.contains("dropped in table 30 SERVICE"), "{out}{err}");
-    let (code, out, _) = lab::cluster::ctl(&lab, &["trace", "glob/glob1", &svc])?;
-    ensure!(code == Some(0) && out.contains("glob is global (VNI 0)"), "{out}");
-    // Nor can a tenant route around isolation through the node: blue sends
-    // to red's pod via the gateway (the node kernel must not forward it).
-    blue.netns.ip(&["route", "add", &format!("{}/32", red.ip), "via", "172.11.0.1"])?;
-    ensure!(traffic::unreachable(&blue.netns, &red.ip, 3)?, "blue reached red through the gateway");
-    // Deleting the service removes its flow: red is cut off too.
-    api.delete(lab::kube_api::Kind::Service, Some("red"), "web")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tcp_connects(&red.netns, vip, port)? {
-        ensure!(Instant::now() < deadline, "service flow not removed");
-    }
-    Ok(())
-}
-
 #[test]
 fn lab_agent_cni_edge_cases() -> Result<()> {
     let (mut lab, mut agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;

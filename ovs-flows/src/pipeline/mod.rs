@@ -187,7 +187,13 @@ fn static_flows(b: &mut Builder) {
     b.add(Classifier, 0, PIPELINE, Match::new(), vec![goto(SpoofGuard)]);
     // GATEWAY_IN: whatever no local pod's flow claims is the node itself (its
     // own connections, masqueraded traffic, un-DNATed replies): global.
-    b.add(GatewayIn, 0, PIPELINE, Match::new(), vec![Action::load_reg(REG_SRC_VNI, GLOBAL_VNI), goto(Routing)]);
+    b.add(
+        GatewayIn,
+        0,
+        PIPELINE,
+        Match::new(),
+        vec![Action::load_reg(REG_SRC_VNI, GLOBAL_VNI), goto(Routing)],
+    );
     // GATEWAY_REPLY: traffic from the gateway needs no steering; other IP
     // to a local pod is looked up in the zone GATEWAY_IN commits to.
     b.add(GatewayReply, 300, PIPELINE, Match::new().in_port(GATEWAY_OFPORT), vec![goto(Isolation)]);
