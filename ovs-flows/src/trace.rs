@@ -133,19 +133,39 @@ pub struct Trace {
 /// its actions; the outputs and the tunnel fields give the outcome.
 pub fn parse(text: &str) -> Trace {
     let mut steps: Vec<Step> = Vec::new();
+    // The bridge the trace starts in; a native tunnel's output is traced on
+    // into the underlay bridge (`bridge("br-phy")`, nested or not): that is
+    // not our pipeline, and ends the reading.
+    let mut bridge: Option<&str> = None;
+    // Between a pass's summary (`Final flow:` ...) and the next section: a
+    // `ct(table=...)` recirculation resumes the trace in a section of its
+    // own (`recirc(0x..) - resume conntrack ...`), in the same bridge.
+    let mut between = false;
     for line in text.lines() {
-        // A native tunnel's output is traced on into the underlay bridge
-        // (`bridge("br-phy")`, nested or not): that is not our pipeline.
-        let next_bridge = line.trim_start().starts_with("bridge(") && !steps.is_empty();
-        if next_bridge || line.starts_with("Final flow:") || line.starts_with("Datapath actions:") {
-            break;
+        let t = line.trim_start();
+        if between {
+            between = !(t.starts_with("recirc(") && t.contains("resume conntrack"));
+            continue;
+        }
+        if let Some(b) = t.strip_prefix("bridge(") {
+            match bridge {
+                None if steps.is_empty() => bridge = Some(b),
+                Some(first) if first == b => {}
+                _ => break,
+            }
+            continue;
+        }
+        if line.starts_with("Final flow:") || line.starts_with("Datapath actions:") {
+            between = true;
+            continue;
         }
         if let Some(step) = step_header(line) {
             steps.push(step);
         } else if let Some(last) = steps.last_mut() {
-            let l = line.trim();
-            if !l.is_empty() && line.starts_with(' ') {
-                last.actions.push(l.to_string());
+            // `thaw` / `Resuming from table N` open a resumed section.
+            if !t.is_empty() && line.starts_with(' ') && t != "thaw" && !t.starts_with("Resuming from table")
+            {
+                last.actions.push(t.to_string());
             }
         }
     }
@@ -334,6 +354,68 @@ Datapath actions: 3
 Final flow: icmp,reg0=0xd,reg1=0xe,reg2=0x4,in_port=3
 Datapath actions: drop
 ";
+
+    /// A packet to a local pod passes GATEWAY_REPLY's conntrack lookup: the
+    /// trace resumes after the recirculation (as OVS 3.1 prints it).
+    const RECIRCULATED: &str = "Flow: icmp,in_port=3,vlan_tci=0x0000,dl_src=0a:58:ac:0b:00:02,dl_dst=0a:58:ac:0b:00:03,nw_src=172.11.0.2,nw_dst=172.11.0.3,nw_tos=0,nw_ecn=0,nw_ttl=64,nw_frag=no,icmp_type=8,icmp_code=0
+
+bridge(\"br0\")
+-------------
+ 0. priority 0, cookie 0x1014b00000000
+    goto_table:20
+20. ip,in_port=3,dl_src=0a:58:ac:0b:00:02,nw_src=172.11.0.2, priority 100, cookie 0x1024b00000003
+    set_field:0x64->reg0
+    goto_table:30
+30. priority 0, cookie 0x1014b00000000
+    goto_table:40
+40. ip,nw_dst=172.11.0.0/22, priority 200, cookie 0x1064b00000000
+    goto_table:50
+50. ip,nw_dst=172.11.0.3, priority 100, cookie 0x1024b00000004
+    set_field:0x64->reg1
+    set_field:0x4->reg2
+    goto_table:55
+55. ct_state=-trk,ip, priority 100, cookie 0x1014b00000000
+    ct(table=55,zone=64000)
+    drop
+     -> A clone of the packet is forked to recirculate. The forked pipeline will be resumed at table 55.
+     -> Sets the packet to an untracked state, and clears all the conntrack fields.
+
+Final flow: icmp,reg0=0x64,reg1=0x64,reg2=0x4,in_port=3,vlan_tci=0x0000
+Megaflow: recirc_id=0,eth,icmp,in_port=3,dl_src=0a:58:ac:0b:00:02,nw_src=172.11.0.2,nw_dst=172.11.0.3,nw_frag=no
+Datapath actions: ct(zone=64000),recirc(0x1)
+
+===============================================================================
+recirc(0x1) - resume conntrack with default ct_state=trk|new (use --ct-next to customize)
+===============================================================================
+
+Flow: recirc_id=0x1,ct_state=new|trk,ct_zone=64000,eth,icmp,reg0=0x64,reg1=0x64,reg2=0x4,in_port=3
+
+bridge(\"br0\")
+-------------
+    thaw
+        Resuming from table 55
+55. priority 0, cookie 0x1014b00000000
+    goto_table:60
+60. reg0=0x64,reg1=0x64, priority 200, cookie 0x1044b00000064
+    output:NXM_NX_REG2[]
+     -> output port is 4
+
+Final flow: unchanged
+Megaflow: recirc_id=0x1,ct_state=-rpl+trk,eth,ip,reg0=0x64,reg1=0x64,in_port=3,nw_frag=no
+Datapath actions: 4
+";
+
+    #[test]
+    fn a_trace_goes_on_after_a_conntrack_recirculation() {
+        let t = parse(RECIRCULATED);
+        assert_eq!(t.outcome, Outcome::Output { port: 4 });
+        let tables: Vec<u8> = t.steps.iter().map(|s| s.table).collect();
+        assert_eq!(tables, vec![0, 20, 30, 40, 50, 55, 55, 60]);
+        assert!(t.steps.iter().all(|s| s.actions.iter().all(|a| a != "thaw")));
+        // Cut before the resumed section, the same trace ends in the lookup.
+        let first_pass = RECIRCULATED.split("=====").next().unwrap_or_default();
+        assert_eq!(parse(first_pass).outcome, Outcome::Dropped { table: 55 });
+    }
 
     #[test]
     fn a_tunnelled_packet_carries_the_senders_vni_to_the_node() {

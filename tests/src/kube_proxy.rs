@@ -565,7 +565,8 @@ mod tests {
         let svc = web(json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]));
         let slice = endpoint_slice("red", "web", &[("172.11.4.3", "n2", "web-1")], &[("http", "TCP", 8080)]);
         let cfg = ProxyConfig { cluster_cidr: Some("172.11.0.0/16".into()), masquerade_all: false };
-        let (r, chains) = rules(&[svc.clone()], &[slice.clone()], &cfg, "n1", &BTreeSet::new());
+        let (r, chains) =
+            rules(std::slice::from_ref(&svc), std::slice::from_ref(&slice), &cfg, "n1", &BTreeSet::new());
         let svc_chain = chain("KUBE-SVC-", "red/web:httptcp");
         let sep = chain("KUBE-SEP-", "red/web:httptcp172.11.4.3:8080");
         assert!(chains.contains(&svc_chain) && chains.contains(&sep) && chains.len() == 2, "{chains:?}");
@@ -580,7 +581,7 @@ mod tests {
             assert!(r.lines().any(|l| l == want), "missing {want}\n{r}");
         }
         // The NodePort jump is the last rule of KUBE-SERVICES.
-        let last = r.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last().unwrap_or_default();
+        let last = r.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap_or_default();
         assert!(last.contains("KUBE-NODEPORTS"), "{last}");
         // Without --cluster-cidr there is no masquerade rule for cluster sources.
         let (r, _) = rules(&[svc], &[slice], &ProxyConfig::default(), "n1", &BTreeSet::new());
@@ -600,7 +601,8 @@ mod tests {
             &[("172.11.0.5", "n1", "a"), ("172.11.4.6", "n2", "b"), ("172.11.4.7", "n2", "c")],
             &[("dns", "UDP", 53)],
         );
-        let (r, _) = rules(&[dns.clone()], &[slice], &ProxyConfig::default(), "n1", &BTreeSet::new());
+        let (r, _) =
+            rules(std::slice::from_ref(&dns), &[slice], &ProxyConfig::default(), "n1", &BTreeSet::new());
         let probs: Vec<&str> = r.lines().filter(|l| l.contains("--probability")).collect();
         assert_eq!(probs.len(), 2, "{r}");
         assert!(probs[0].contains("0.33333333333") && probs[1].contains("0.50000000000"), "{probs:?}");

@@ -44,6 +44,7 @@ fn peer_ip(answer: &str) -> &str {
 /// hairpin and the node's own connections, through the rules kube-proxy
 /// writes with `clusterCIDR` set or not.
 fn cluster_ip_paths(proxy: ProxyConfig) -> Result<()> {
+    let masquerade_all = proxy.masquerade_all;
     let mut s = ServiceLab::start(2, &[("red", 100)], proxy)?;
     let ep2 = s.add_pod(2, "red", "ep2")?;
     let ep1 = s.add_pod(1, "red", "ep1")?;
@@ -67,8 +68,11 @@ fn cluster_ip_paths(proxy: ProxyConfig) -> Result<()> {
                     client.name
                 );
                 // kube-proxy does not masquerade cluster sources: the
-                // endpoint sees the client pod itself.
-                ensure!(peer_ip(&a) == client.ip, "{} seen as {a}", client.name);
+                // endpoint sees the client pod itself (with masqueradeAll,
+                // the client node's gateway).
+                let gw = if client.node == 1 { "172.11.0.1" } else { "172.11.4.1" };
+                let want = if masquerade_all { gw } else { client.ip.as_str() };
+                ensure!(peer_ip(&a) == want, "{} seen as {a}", client.name);
             }
         }
     }
@@ -98,6 +102,11 @@ fn lab_services_cluster_ip_with_kubeadm_cluster_cidr() -> Result<()> {
 #[test]
 fn lab_services_cluster_ip_without_cluster_cidr() -> Result<()> {
     cluster_ip_paths(ProxyConfig::default())
+}
+
+#[test]
+fn lab_services_cluster_ip_with_masquerade_all() -> Result<()> {
+    cluster_ip_paths(ProxyConfig { cluster_cidr: Some(lab::cluster::NETWORK.into()), masquerade_all: true })
 }
 
 /// Isolation at the VIP and at the endpoint: own tenant allowed, another
@@ -240,6 +249,17 @@ fn lab_services_dns_and_node_ports() -> Result<()> {
         let a = wait_answer(&s.lab.ctl, "tcp", ip, 30080, WITHIN)?.context("fabric host via NodePort")?;
         ensure!(a.starts_with("web "), "{a}");
     }
+    // An externalIP, routed to node 1 by the network (the operator's job):
+    // the same, for the fabric host and for blue.
+    let mut web_svc = s.api.get(lab::kube_api::Kind::Service, Some("red"), "web").context("web")?;
+    web_svc["spec"]["externalIPs"] = serde_json::json!(["192.0.2.50"]);
+    s.api.update(web_svc)?;
+    s.proxy_synced()?;
+    s.lab.ctl.ip(&["route", "add", "192.0.2.50/32", "via", &n1])?;
+    let a =
+        wait_answer(&s.lab.ctl, "tcp", "192.0.2.50", 80, WITHIN)?.context("fabric host via externalIP")?;
+    ensure!(a.starts_with("web "), "{a}");
+    ensure!(answer(&blue1, "tcp", "192.0.2.50", 80)?.starts_with("web "), "blue via externalIP");
     // The ClusterIP itself stays closed to blue.
     ensure!(refused(&blue1.netns, "tcp", "10.96.5.5", 80)?, "NodePort must not open the ClusterIP");
     Ok(())
