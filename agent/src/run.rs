@@ -126,7 +126,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
 
     let (view_tx, mut view_rx) = watch::channel(EtcdView::default());
-    let tls = cfg.etcd_tls.load()?;
+    let tls = cfg.etcd_tls.load(&cfg.etcd_endpoints)?;
     let settings =
         EtcdSettings { endpoints: cfg.etcd_endpoints.clone(), prefix: cfg.etcd_prefix.clone(), tls };
     tokio::spawn(etcd_source::run(settings, view_tx));

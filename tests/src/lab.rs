@@ -207,10 +207,14 @@ impl Lab {
     }
 
     /// `--etcd-endpoints <url>` plus, with TLS, the client certificate
-    /// flags: how every k8s-ovs binary of the lab reaches etcd.
+    /// flags, without TLS `--etcd-insecure` (the lab's plain etcd is on the
+    /// fabric, not loopback): how every k8s-ovs binary of the lab reaches etcd.
     pub fn etcd_flags(&self) -> Vec<String> {
         let mut v = vec!["--etcd-endpoints".to_string(), self.etcd_endpoint()];
-        v.extend(self.pki().map(Pki::client_flags).unwrap_or_default());
+        match self.pki() {
+            Some(pki) => v.extend(pki.client_flags()),
+            None => v.push("--etcd-insecure".to_string()),
+        }
         v
     }
 
