@@ -117,6 +117,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             pods: pods_req_tx,
             ovs_rundir: cfg.ovs_rundir.clone(),
             bridge: cfg.bridge.clone(),
+            debug: http::DebugGate::new(cfg.debug_token_file.clone()),
         });
         tokio::spawn(async move {
             if let Err(e) = http::serve(addr, state).await {

@@ -126,6 +126,7 @@ impl Lab {
             pods: Vec::new(),
             namespaces: Vec::new(),
         };
+        lab.write_debug_token()?;
         lab.namespaces.push(Netns::create(&fabric.name)?);
         fabric.ip(&["link", "add", "name", "fabric", "type", "bridge"])?;
         fabric.ip(&["link", "set", "fabric", "up"])?;
@@ -199,6 +200,34 @@ impl Lab {
             Some(e) => e.endpoint.clone(),
             None => format!("http://{CTL_IP}:{ETCD_PORT}"),
         }
+    }
+
+    /// The file holding the lab's agent debug token (`--debug-token-file`
+    /// of its agents and of `k8s-ovs-ctl`).
+    pub fn debug_token_file(&self) -> PathBuf {
+        self.dir.join("debug-token")
+    }
+
+    /// The token itself.
+    pub fn debug_token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.debug_token_file())?.trim().to_string())
+    }
+
+    fn write_debug_token(&self) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::time::{SystemTime, UNIX_EPOCH};
+        // Unguessable enough for a lab that lives a minute; production
+        // tokens come from a Secret (docs/operations.md).
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        let token = format!("lab-{}-{nanos:x}", self.name);
+        let mut f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.debug_token_file())
+            .context("create the lab's debug token file")?;
+        std::io::Write::write_all(&mut f, token.as_bytes())?;
+        Ok(())
     }
 
     /// The PKI of a TLS etcd (`LabConfig::etcd_tls`).
