@@ -131,7 +131,16 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let settings =
         EtcdSettings { endpoints: cfg.etcd_endpoints.clone(), prefix: cfg.etcd_prefix.clone(), tls };
     tokio::spawn(etcd_source::run(settings, view_tx));
-    let view = wait_for_node(&mut view_rx, &cfg).await?;
+    // Shutdown is watched from here on: an agent waiting for its subnet
+    // (possibly forever) must still stop when told.
+    tokio::pin!(shutdown);
+    let view = tokio::select! {
+        v = wait_for_node(&mut view_rx, &cfg) => v?,
+        () = &mut shutdown => {
+            info!("shutting down while waiting for this node's subnet");
+            return Ok(());
+        }
+    };
     let (Some(net), Some(subnet)) = (view.config.clone(), view.subnets.get(&cfg.node_ip).copied()) else {
         bail!("etcd view incomplete");
     };
@@ -216,7 +225,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let period = Duration::from_secs(cfg.flow_resync_secs.max(1));
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = resync.tick(), if cfg.flow_resync_secs > 0 => {
