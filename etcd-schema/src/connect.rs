@@ -201,4 +201,21 @@ mod tests {
         let insecure = EtcdTlsArgs { etcd_insecure: true, ..EtcdTlsArgs::default() };
         assert!(matches!(insecure.load(&eps), Ok(None)));
     }
+
+    #[test]
+    fn the_insecure_env_reads_true_and_false_as_the_manifests_write_them() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            tls: EtcdTlsArgs,
+        }
+        // nextest runs each test in its own process: the variable is ours.
+        for (value, want) in [("true", true), ("false", false)] {
+            std::env::set_var("K8S_OVS_ETCD_INSECURE", value);
+            let cli = Cli::try_parse_from(["x"]).expect("parse");
+            assert_eq!(cli.tls.etcd_insecure, want, "{value}");
+        }
+        std::env::remove_var("K8S_OVS_ETCD_INSECURE");
+    }
 }

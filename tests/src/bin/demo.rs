@@ -518,7 +518,11 @@ fn explain(c: &Cluster, from: &str, to: &str, allowed: bool) -> Result<()> {
     checkpoint()?;
     let (a, b) = (pod(c, from)?, pod(c, to)?);
     let (src, dst) = (format!("{}/{}", a.namespace, a.name), format!("{}/{}", b.namespace, b.name));
-    println!("\n  $ k8s-ovs-ctl --etcd-endpoints {} trace {src} {dst}", c.lab.etcd_endpoint());
+    println!(
+        "\n  $ k8s-ovs-ctl --etcd-endpoints {} --etcd-insecure --debug-token-file {} trace {src} {dst}",
+        c.lab.etcd_endpoint(),
+        c.lab.debug_token_file().display()
+    );
     let (code, out, err) = ctl(&c.lab, &["trace", &src, &dst])?;
     for line in out.lines() {
         println!("  {line}");
