@@ -55,9 +55,14 @@ pub struct AgentConfig {
     /// MTU of the underlay; pods get 50 less (VXLAN overhead).
     #[arg(long, default_value_t = 1500)]
     pub underlay_mtu: u32,
-    /// Where `/metrics` and `/healthz` are served.
+    /// Where `/metrics` and `/healthz` are served (and `/debug/*` for
+    /// `k8s-ovs-ctl trace`, to callers with the debug token).
     #[arg(long, default_value = "0.0.0.0:9190")]
     pub metrics_addr: SocketAddr,
+    /// File holding the bearer token `/debug/*` requires (re-read on each
+    /// request). Without it `/debug/*` is disabled (403).
+    #[arg(long, env = "K8S_OVS_DEBUG_TOKEN_FILE")]
+    pub debug_token_file: Option<PathBuf>,
     /// Kubernetes API URL without auth (tests); otherwise kubeconfig or in-cluster config.
     #[arg(long, env = "K8S_OVS_KUBE_URL")]
     pub kube_url: Option<String>,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use etcd_schema::connect::EtcdTls;
 use etcd_schema::{
-    parse_host_subnet, parse_net_namespace, parse_network_config, KeyKind, Keys, NetworkConfig,
+    parse_host_subnet, parse_net_namespace, parse_network_config, record_text, KeyKind, Keys, NetworkConfig,
 };
 use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
@@ -33,11 +33,12 @@ pub struct EtcdView {
 }
 
 impl EtcdView {
-    /// Applies one key's new raw value (`None` = deleted). Invalid values
-    /// keep the previous state.
-    pub fn apply(&mut self, prefix: &str, key: &str, value: Option<&str>) {
+    /// Applies one key's new raw value (`None` = deleted). Invalid values,
+    /// a value that is not UTF-8 included, keep the previous state.
+    pub fn apply(&mut self, prefix: &str, key: &str, value: Option<&[u8]>) {
+        let value = value.map(|v| record_text(key, v));
         if key == Keys::config_key(prefix) {
-            match value.map(|v| parse_network_config(key, v)) {
+            match value.map(|v| v.and_then(|v| parse_network_config(key, v))) {
                 Some(Ok(c)) => self.config = Some(c),
                 Some(Err(e)) => {
                     warn!(error = %e, "ignoring invalid network config; keeping the last good one")
@@ -52,7 +53,7 @@ impl EtcdView {
         match parsed.kind {
             KeyKind::Subnet => {
                 let Ok(ip) = parsed.name.parse::<Ipv4Addr>() else { return };
-                match value.map(|v| parse_host_subnet(key, &parsed.name, v, &cfg)) {
+                match value.map(|v| v.and_then(|v| parse_host_subnet(key, &parsed.name, v, &cfg))) {
                     Some(Ok(hs)) => match hs.subnet {
                         Some(s) => {
                             self.subnets.insert(ip, s);
@@ -61,25 +62,72 @@ impl EtcdView {
                             self.subnets.remove(&ip);
                         }
                     },
-                    Some(Err(e)) => warn!(error = %e, "ignoring invalid subnet record"),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "ignoring invalid subnet record; keeping its last subnet")
+                    }
                     None => {
                         self.subnets.remove(&ip);
                     }
                 }
             }
-            KeyKind::NetNamespace => match value.map(|v| parse_net_namespace(key, &parsed.name, v)) {
-                Some(Ok(ns)) => {
-                    self.vnis.insert(parsed.name, ns.net_id);
+            KeyKind::NetNamespace => {
+                match value.map(|v| v.and_then(|v| parse_net_namespace(key, &parsed.name, v))) {
+                    Some(Ok(ns)) => {
+                        self.vnis.insert(parsed.name, ns.net_id);
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "ignoring invalid netnamespace record; keeping its last VNI")
+                    }
+                    None => {
+                        self.vnis.remove(&parsed.name);
+                    }
                 }
-                Some(Err(e)) => {
-                    warn!(error = %e, "ignoring invalid netnamespace record; keeping its last VNI")
-                }
-                None => {
-                    self.vnis.remove(&parsed.name);
-                }
-            },
+            }
             _ => {}
         }
+    }
+
+    /// The view after a full list (`listed`: every key under the prefix and
+    /// its raw value), given the view before it. A record absent from the
+    /// list is gone; a record present but invalid right now keeps its value
+    /// from `prev`, exactly as on the watch, and so does the config: a
+    /// relist must not cost a namespace its VNI or a node its subnet just
+    /// because someone wrote garbage while the watch was down.
+    pub fn relisted(prev: &EtcdView, prefix: &str, listed: &[(String, Vec<u8>)]) -> EtcdView {
+        let config_key = Keys::config_key(prefix);
+        let mut view = EtcdView { config: prev.config.clone(), synced: true, ..EtcdView::default() };
+        // Config first: the other keys are parsed against it.
+        match listed.iter().find(|(k, _)| *k == config_key) {
+            Some((k, v)) => view.apply(prefix, k, Some(v)),
+            None if view.config.is_some() => warn!("no network config at relist; keeping the last good one"),
+            None => {}
+        }
+        // Seed every record still present with its last value; the valid
+        // ones are overwritten below, the invalid ones keep it.
+        if let Some(cfg) = &view.config {
+            let keys = Keys::new(prefix, &cfg.name);
+            for (k, _) in listed {
+                let Some(parsed) = keys.parse(k) else { continue };
+                match parsed.kind {
+                    KeyKind::Subnet => {
+                        let Ok(ip) = parsed.name.parse::<Ipv4Addr>() else { continue };
+                        if let Some(s) = prev.subnets.get(&ip) {
+                            view.subnets.insert(ip, *s);
+                        }
+                    }
+                    KeyKind::NetNamespace => {
+                        if let Some(id) = prev.vnis.get(&parsed.name) {
+                            view.vnis.insert(parsed.name, *id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (k, v) in listed.iter().filter(|(k, _)| *k != config_key) {
+            view.apply(prefix, k, Some(v));
+        }
+        view
     }
 }
 
@@ -117,23 +165,14 @@ async fn list_and_watch(s: &EtcdSettings, out: &watch::Sender<EtcdView>) -> Resu
     let prefix = s.prefix.trim_end_matches('/').to_string();
     let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    // Config first: the other keys are parsed against it.
-    let mut view = EtcdView { synced: true, ..EtcdView::default() };
-    let mut kvs: Vec<(String, String)> = resp
+    // Keys of this schema are UTF-8: another key is not ours. Values are
+    // judged by `apply` (a non-UTF-8 value is a bad record, not an absent one).
+    let listed: Vec<(String, Vec<u8>)> = resp
         .kvs()
         .iter()
-        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value_str().ok()?.to_string())))
+        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
         .collect();
-    kvs.sort_by_key(|(k, _)| *k != Keys::config_key(&prefix));
-    for (k, v) in &kvs {
-        view.apply(&prefix, k, Some(v));
-    }
-    // Keep values of records that are invalid now (last safe state) from the
-    // view we had before the reconnect.
-    let prev = out.borrow().clone();
-    if view.config.is_none() {
-        view.config = prev.config.clone();
-    }
+    let view = EtcdView::relisted(&out.borrow(), &prefix, &listed);
     info!(revision, namespaces = view.vnis.len(), subnets = view.subnets.len(), "etcd listed");
     out.send_replace(view);
 
@@ -150,7 +189,7 @@ async fn list_and_watch(s: &EtcdSettings, out: &watch::Sender<EtcdView>) -> Resu
                 let Some(kv) = ev.kv() else { continue };
                 let Ok(key) = kv.key_str() else { continue };
                 match ev.event_type() {
-                    EventType::Put => view.apply(&prefix, key, kv.value_str().ok()),
+                    EventType::Put => view.apply(&prefix, key, Some(kv.value())),
                     EventType::Delete => view.apply(&prefix, key, None),
                 }
             }
@@ -173,34 +212,104 @@ mod tests {
         v.apply(
             P,
             &format!("{P}/k8ssdn/netnamespaces/red"),
-            Some(r#"{"NetName":"red","NetID":100,"Action":"","Namespace":""}"#),
+            Some(br#"{"NetName":"red","NetID":100,"Action":"","Namespace":""}"#),
         );
         assert!(v.vnis.is_empty());
-        v.apply(P, &format!("{P}/config"), Some(CONFIG));
+        v.apply(P, &format!("{P}/config"), Some(CONFIG.as_bytes()));
         let ns = format!("{P}/k8ssdn/netnamespaces/red");
-        v.apply(P, &ns, Some(r#"{"NetName":"red","NetID":100,"Action":"","Namespace":""}"#));
+        v.apply(P, &ns, Some(br#"{"NetName":"red","NetID":100,"Action":"","Namespace":""}"#));
         assert_eq!(v.vnis.get("red"), Some(&100));
         // A bad edit keeps the VNI.
-        v.apply(P, &ns, Some(r#"{"NetName":"red","NetID":99999999,"Action":"","Namespace":""}"#));
-        v.apply(P, &ns, Some("{not json"));
+        v.apply(P, &ns, Some(br#"{"NetName":"red","NetID":99999999,"Action":"","Namespace":""}"#));
+        v.apply(P, &ns, Some(b"{not json"));
         assert_eq!(v.vnis.get("red"), Some(&100));
         v.apply(P, &ns, None);
         assert!(v.vnis.is_empty());
 
         let sk = format!("{P}/k8ssdn/subnets/192.0.2.7");
-        v.apply(P, &sk, Some(r#"{"Host":"node1","HostIP":"192.0.2.7","Subnet":"","Assign":true}"#));
+        v.apply(P, &sk, Some(br#"{"Host":"node1","HostIP":"192.0.2.7","Subnet":"","Assign":true}"#));
         assert!(v.subnets.is_empty(), "not allocated yet");
         v.apply(
             P,
             &sk,
-            Some(r#"{"Host":"node1","HostIP":"192.0.2.7","Subnet":"172.11.4.0/22","Assign":true}"#),
+            Some(br#"{"Host":"node1","HostIP":"192.0.2.7","Subnet":"172.11.4.0/22","Assign":true}"#),
         );
         assert_eq!(
             v.subnets.get(&"192.0.2.7".parse().unwrap()).map(|n| n.to_string()).as_deref(),
             Some("172.11.4.0/22")
         );
         // Invalid config keeps the last good one.
-        v.apply(P, &format!("{P}/config"), Some(r#"{"Name":"x"}"#));
+        v.apply(P, &format!("{P}/config"), Some(br#"{"Name":"x"}"#));
         assert_eq!(v.config.as_ref().map(|c| c.name.as_str()), Some("k8ssdn"));
+    }
+
+    fn netns(name: &str, id: u32) -> (String, Vec<u8>) {
+        let v = format!(r#"{{"NetName":"{name}","NetID":{id},"Action":"","Namespace":""}}"#);
+        (format!("{P}/k8ssdn/netnamespaces/{name}"), v.into_bytes())
+    }
+
+    fn subnet(ip: &str, s: &str) -> (String, Vec<u8>) {
+        let v = format!(r#"{{"Host":"n","HostIP":"{ip}","Subnet":"{s}","Assign":false}}"#);
+        (format!("{P}/k8ssdn/subnets/{ip}"), v.into_bytes())
+    }
+
+    fn config() -> (String, Vec<u8>) {
+        (format!("{P}/config"), CONFIG.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_on_the_watch_keeps_the_vni() {
+        let mut v = EtcdView::default();
+        v.apply(P, &config().0, Some(&config().1));
+        let (key, value) = netns("red", 100);
+        v.apply(P, &key, Some(&value));
+        v.apply(P, &key, Some(b"{\"NetName\":\"red\xff\",\"NetID\":200}"));
+        assert_eq!(v.vnis.get("red"), Some(&100), "a non-UTF-8 value is a bad record, not a delete");
+    }
+
+    #[test]
+    fn a_relist_keeps_the_last_good_value_of_every_record_invalid_now() {
+        let good = vec![
+            config(),
+            netns("red", 100),
+            netns("blue", 200),
+            netns("green", 300),
+            netns("gone", 400),
+            subnet("192.0.2.7", "172.11.4.0/22"),
+            subnet("192.0.2.8", "172.11.8.0/22"),
+        ];
+        let first = EtcdView::relisted(&EtcdView::default(), P, &good);
+        assert!(first.synced);
+        assert_eq!(first.vnis.len(), 4);
+        assert_eq!(first.subnets.len(), 2);
+
+        // While the watch was down: red became invalid JSON, blue not UTF-8,
+        // green changed for real, gone was deleted, a subnet record was
+        // mangled, the config too.
+        let mut bad = vec![
+            (format!("{P}/config"), br#"{"Name":"k8ssdn"}"#.to_vec()),
+            (netns("red", 0).0, b"{not json".to_vec()),
+            (netns("blue", 0).0, b"{\"NetName\":\"blue\xff\",\"NetID\":5}".to_vec()),
+            netns("green", 301),
+            (subnet("192.0.2.7", "").0, b"\xff\xfe".to_vec()),
+            subnet("192.0.2.8", "172.11.8.0/22"),
+        ];
+        let second = EtcdView::relisted(&first, P, &bad);
+        assert_eq!(second.config, first.config, "an invalid config keeps the last good one");
+        let want: BTreeMap<String, u32> =
+            [("red", 100), ("blue", 200), ("green", 301)].map(|(n, id)| (n.to_string(), id)).into();
+        assert_eq!(second.vnis, want, "invalid records keep their VNI, valid ones change, deleted ones go");
+        assert_eq!(second.subnets, first.subnets, "an invalid subnet record keeps its subnet");
+
+        // With no config at all in the list the last one stays too, and the
+        // records are still read against it.
+        bad.remove(0);
+        assert_eq!(EtcdView::relisted(&first, P, &bad), second);
+
+        // A record invalid at the first list ever has no last value: it is
+        // simply not there (and the agent waits for the controller's fix).
+        let fresh =
+            EtcdView::relisted(&EtcdView::default(), P, &[config(), (netns("red", 0).0, b"{".to_vec())]);
+        assert!(fresh.vnis.is_empty());
     }
 }

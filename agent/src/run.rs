@@ -132,6 +132,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             pods: pods_req_tx,
             ovs_rundir: cfg.ovs_rundir.clone(),
             bridge: cfg.bridge.clone(),
+            debug: http::DebugGate::new(cfg.debug_token_file.clone()),
         });
         tokio::spawn(async move {
             if let Err(e) = http::serve(addr, state).await {
@@ -141,11 +142,20 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
 
     let (view_tx, mut view_rx) = watch::channel(EtcdView::default());
-    let tls = cfg.etcd_tls.load()?;
+    let tls = cfg.etcd_tls.load(&cfg.etcd_endpoints)?;
     let settings =
         EtcdSettings { endpoints: cfg.etcd_endpoints.clone(), prefix: cfg.etcd_prefix.clone(), tls };
     tokio::spawn(etcd_source::run(settings, view_tx));
-    let view = wait_for_node(&mut view_rx, &cfg).await?;
+    // Shutdown is watched from here on: an agent waiting for its subnet
+    // (possibly forever) must still stop when told.
+    tokio::pin!(shutdown);
+    let view = tokio::select! {
+        v = wait_for_node(&mut view_rx, &cfg) => v?,
+        () = &mut shutdown => {
+            info!("shutting down while waiting for this node's subnet");
+            return Ok(());
+        }
+    };
     let (Some(net), Some(subnet)) = (view.config.clone(), view.subnets.get(&cfg.node_ip).copied()) else {
         bail!("etcd view incomplete");
     };
@@ -233,7 +243,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let period = Duration::from_secs(cfg.flow_resync_secs.max(1));
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = resync.tick(), if cfg.flow_resync_secs > 0 => {

@@ -24,9 +24,10 @@ pub struct EtcdArgs {
 }
 
 impl EtcdArgs {
-    /// The TLS files, read now so a wrong path fails at start.
+    /// The TLS files, read now so a wrong path fails at start; refuses a
+    /// plain-http endpoint off loopback unless --etcd-insecure.
     pub fn tls(&self) -> Result<Option<EtcdTls>> {
-        Ok(self.tls_files.load()?)
+        Ok(self.tls_files.load(&self.endpoints)?)
     }
 
     pub async fn connect(&self) -> Result<etcd_client::Client> {

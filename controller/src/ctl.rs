@@ -16,7 +16,7 @@ use crate::store;
 
 /// Reads the config (for the network name) and builds the keys.
 pub async fn network(client: &mut Client, prefix: &str) -> Result<(NetworkConfig, Keys)> {
-    let config = store::ensure_config(client, prefix, None).await?;
+    let config = store::ensure_config(client, prefix, None, None).await?;
     let keys = Keys::new(prefix, &config.name);
     Ok((config, keys))
 }

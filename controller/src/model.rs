@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use etcd_schema::{
-    parse_host_subnet, parse_net_namespace, HostSubnet, KeyKind, Keys, NetNamespace, NetworkConfig,
-    RecordError, SchemaError,
+    parse_host_subnet, parse_net_namespace, record_text, HostSubnet, KeyKind, Keys, NetNamespace,
+    NetworkConfig, RecordError, SchemaError,
 };
 
 /// One record as etcd holds it.
@@ -35,7 +35,7 @@ pub struct Records {
 impl Records {
     /// Takes a record as read at startup (or by a new leader): whatever
     /// valid state it holds becomes the safe state.
-    pub fn load(&mut self, keys: &Keys, config: &NetworkConfig, key: &str, value: &str, rev: i64) {
+    pub fn load(&mut self, keys: &Keys, config: &NetworkConfig, key: &str, value: &[u8], rev: i64) {
         self.observe_put(keys, config, key, value, rev);
         let Some(k) = keys.parse(key) else { return };
         match k.kind {
@@ -56,24 +56,49 @@ impl Records {
     }
 
     /// A put seen on the etcd watch (an operator's edit or an echo of ours).
-    pub fn observe_put(&mut self, keys: &Keys, config: &NetworkConfig, key: &str, value: &str, rev: i64) {
+    /// A value that is not UTF-8 is a bad record (restored like any other),
+    /// not a missing one.
+    pub fn observe_put(&mut self, keys: &Keys, config: &NetworkConfig, key: &str, value: &[u8], rev: i64) {
         let Some(k) = keys.parse(key) else { return };
-        let raw = value.to_string();
+        let raw = String::from_utf8_lossy(value).into_owned();
+        let text = record_text(key, value);
         match k.kind {
             KeyKind::NetNamespace => {
-                let parsed = parse_net_namespace(key, &k.name, value);
+                let parsed = text.and_then(|v| parse_net_namespace(key, &k.name, v));
                 self.netns.insert(k.name, Entry { rev, raw, parsed });
             }
             KeyKind::Subnet => {
-                let parsed = parse_host_subnet(key, &k.name, value, config);
+                let parsed = text.and_then(|v| parse_host_subnet(key, &k.name, v, config));
                 self.subnets.insert(k.name, Entry { rev, raw, parsed });
             }
             KeyKind::NetNamespaceError | KeyKind::SubnetError => {
                 let edit_rev =
-                    serde_json::from_str::<RecordError>(value).map(|e| e.edit_revision).unwrap_or(-1);
+                    serde_json::from_slice::<RecordError>(value).map(|e| e.edit_revision).unwrap_or(-1);
                 self.errors.insert(key.to_string(), edit_rev);
             }
             KeyKind::Config | KeyKind::Leader => {}
+        }
+    }
+
+    /// After a relist (a new session: reconnect, lost leadership, a
+    /// compacted watch), a record that is invalid right now and whose last
+    /// valid version etcd's history no longer holds keeps the safe state
+    /// this controller knew before: the restore then goes back to the
+    /// namespace's real VNI (or the node's subnet), not to a fresh one.
+    pub fn keep_safe_states_from(&mut self, prev: &Records) {
+        for (name, e) in &self.netns {
+            if e.parsed.is_err() && !self.safe_netns.contains_key(name) {
+                if let Some(id) = prev.safe_netns.get(name) {
+                    self.safe_netns.insert(name.clone(), *id);
+                }
+            }
+        }
+        for (ip, e) in &self.subnets {
+            if e.parsed.is_err() && !self.safe_subnets.contains_key(ip) {
+                if let Some(s) = prev.safe_subnets.get(ip) {
+                    self.safe_subnets.insert(ip.clone(), s.clone());
+                }
+            }
         }
     }
 
@@ -100,7 +125,7 @@ impl Records {
     pub fn committed(&mut self, keys: &Keys, config: &NetworkConfig, write: &crate::plan::Write, rev: i64) {
         use crate::plan::RecordWrite;
         match &write.record {
-            RecordWrite::Put(value) => self.load(keys, config, &write.key, value, rev),
+            RecordWrite::Put(value) => self.load(keys, config, &write.key, value.as_bytes(), rev),
             RecordWrite::Delete => self.observe_delete(keys, &write.key),
             RecordWrite::Keep => {}
         }

@@ -62,7 +62,7 @@ impl World {
     /// An operator's `etcdctl put`.
     fn put(&mut self, key: &str, value: &str) {
         self.rev += 1;
-        self.records.observe_put(&self.keys, &self.config, key, value, self.rev);
+        self.records.observe_put(&self.keys, &self.config, key, value.as_bytes(), self.rev);
     }
 
     fn edit(&mut self, ns: &str, value: &str) {
@@ -199,14 +199,14 @@ fn startup_resync_keeps_valid_records() {
         &w.keys,
         &w.config,
         "/p/k8ssdn/netnamespaces/a",
-        r#"{"NetName":"a","NetID":300924,"Action":"","Namespace":""}"#,
+        br#"{"NetName":"a","NetID":300924,"Action":"","Namespace":""}"#,
         5,
     );
     w.records.load(
         &w.keys,
         &w.config,
         "/p/k8ssdn/netnamespaces/old",
-        r#"{"NetName":"old","NetID":11,"Action":"","Namespace":""}"#,
+        br#"{"NetName":"old","NetID":11,"Action":"","Namespace":""}"#,
         6,
     );
     let writes = w.settle();
@@ -271,4 +271,39 @@ fn single_tenant_mode_manages_subnets_only() {
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert!(w.records.netns.is_empty(), "no VNIs in k8s-ovs-subnet mode");
     assert!(subnet_of(&w, "192.0.2.1").is_some());
+}
+
+#[test]
+fn a_value_that_is_not_utf8_is_restored_like_any_bad_edit() {
+    let mut w = World::new(&["a", "b"]);
+    w.settle();
+    let a = w.id("a");
+    let key = w.keys.netnamespace("a");
+    w.rev += 1;
+    w.records.observe_put(&w.keys, &w.config, &key, b"{\"NetName\":\"a\xff\",\"NetID\":5}", w.rev);
+    let writes = w.settle();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(w.id("a"), a, "restored to its VNI, not re-created with a fresh one");
+    assert!(w.error_of("a").is_some_and(|e| e.contains("not UTF-8")), "{:?}", w.error_of("a"));
+}
+
+#[test]
+fn a_relist_restores_invalid_records_to_the_safe_state_known_before() {
+    let mut w = World::new(&["a", "b"]);
+    node(&mut w, "n1", "192.0.2.1");
+    w.settle();
+    let (a, b) = (w.id("a"), w.id("b"));
+    let subnet = subnet_of(&w, "192.0.2.1");
+    // A new session lists records that went bad meanwhile (and etcd's
+    // history no longer has their last valid version).
+    let before = std::mem::take(&mut w.records);
+    let (ka, kb, ks) = (w.keys.netnamespace("a"), w.keys.netnamespace("b"), w.keys.subnet("192.0.2.1"));
+    w.records.load(&w.keys, &w.config, &ka, b"{not json", 50);
+    w.records.load(&w.keys, &w.config, &kb, b"\xff\xfe", 51);
+    w.records.load(&w.keys, &w.config, &ks, b"{\"Host\":", 52);
+    w.records.keep_safe_states_from(&before);
+    w.settle();
+    assert_eq!((w.id("a"), w.id("b")), (a, b), "each namespace back at its own VNI");
+    assert_eq!(subnet_of(&w, "192.0.2.1"), subnet, "the node keeps its subnet");
+    assert!(w.settle().is_empty());
 }

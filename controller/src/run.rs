@@ -88,8 +88,11 @@ pub async fn run(
     };
     let main = async {
         let mut backoff = Backoff::default();
+        // What the last session knew, so the next one keeps the last good
+        // config and safe states of records that are invalid at its relist.
+        let mut known = Known::default();
         loop {
-            match session(&settings, &shared, stop_rx.clone()).await {
+            match session(&settings, &shared, stop_rx.clone(), &mut known).await {
                 Ok(Ended::Shutdown) => return Ok(()),
                 Ok(Ended::LostLeadership) => {
                     tracing::warn!("lost leadership; campaigning again");
@@ -116,9 +119,28 @@ pub async fn run(
     main.await
 }
 
-async fn session(settings: &Settings, shared: &SharedView, mut stop: watch::Receiver<bool>) -> Result<Ended> {
+/// Carried from one session to the next.
+#[derive(Default)]
+struct Known {
+    config: Option<NetworkConfig>,
+    records: crate::model::Records,
+}
+
+async fn session(
+    settings: &Settings,
+    shared: &SharedView,
+    mut stop: watch::Receiver<bool>,
+    known: &mut Known,
+) -> Result<Ended> {
     let mut client = store::connect_with(&settings.endpoints, settings.etcd_tls.as_ref()).await?;
-    let config = store::ensure_config(&mut client, &settings.prefix, settings.bootstrap.as_ref()).await?;
+    let config = store::ensure_config(
+        &mut client,
+        &settings.prefix,
+        settings.bootstrap.as_ref(),
+        known.config.as_ref(),
+    )
+    .await?;
+    known.config = Some(config.clone());
     let keys = Keys::new(&settings.prefix, &config.name);
     let leader_key = keys.leader();
     let leadership = tokio::select! {
@@ -127,12 +149,18 @@ async fn session(settings: &Settings, shared: &SharedView, mut stop: watch::Rece
     };
     tracing::info!(id = %settings.id, "leading");
     let mut leadership = leadership;
-    let result = lead(&mut client, &keys, &config, settings, shared, &mut leadership, &mut stop).await;
+    let result =
+        lead(&mut client, &keys, &config, settings, shared, &mut leadership, &mut stop, &mut known.records)
+            .await;
     // Every way out resigns, so the other controller need not wait for the TTL.
     leadership.resign(&mut client).await;
     result
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one session's parts, each borrowed differently; a struct would only rename them"
+)]
 async fn lead(
     client: &mut Client,
     keys: &Keys,
@@ -141,8 +169,11 @@ async fn lead(
     shared: &SharedView,
     leadership: &mut Leadership,
     stop: &mut watch::Receiver<bool>,
+    records: &mut crate::model::Records,
 ) -> Result<Ended> {
-    let (mut records, rev) = store::load(client, keys, config).await?;
+    let (mut fresh, rev) = store::load(client, keys, config).await?;
+    fresh.keep_safe_states_from(records);
+    *records = fresh;
     let mut stream = client
         .watch(keys.network_dir(), Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)))
         .await
@@ -153,22 +184,20 @@ async fn lead(
     let fence = leadership.fence.clone();
     loop {
         let kube = shared.snapshot();
-        let inputs = Inputs { keys, config, records: &records, kube: &kube, policy: &policy };
+        let inputs = Inputs { keys, config, records, kube: &kube, policy: &policy };
         let writes = plan::plan(&inputs, &mut vnis, &mut subnets);
         // Batched: a burst of edits (or a resync) costs one round trip per
         // batch, not per record; a batch with a stale record falls back to
         // one transaction per write.
         for chunk in writes.chunks(store::BATCH) {
             if chunk.len() > 1 {
-                if let Some(rev) =
-                    store::apply_batch(client, keys, config, &mut records, chunk, &fence).await?
-                {
+                if let Some(rev) = store::apply_batch(client, keys, config, records, chunk, &fence).await? {
                     chunk.iter().for_each(|w| log_committed(w, rev));
                     continue;
                 }
             }
             for w in chunk {
-                match store::apply(client, keys, config, &mut records, w, &fence).await? {
+                match store::apply(client, keys, config, records, w, &fence).await? {
                     Applied::Committed(rev) => log_committed(w, rev),
                     // The view changed under the plan: replan with what etcd holds now.
                     Applied::Stale => tracing::debug!(key = %w.key, "record changed meanwhile; replanning"),
@@ -179,14 +208,14 @@ async fn lead(
         tokio::select! {
             msg = stream.message() => {
                 let resp = msg.context("etcd watch")?.context("etcd watch ended")?;
-                if let Some(ended) = observe(&resp, keys, config, &mut records, &fence)? {
+                if let Some(ended) = observe(&resp, keys, config, records, &fence)? {
                     return Ok(ended);
                 }
                 // Take in whatever else already arrived, so a burst of edits
                 // is planned (and written) together rather than one by one.
                 while let Some(msg) = stream.message().now_or_never() {
                     let resp = msg.context("etcd watch")?.context("etcd watch ended")?;
-                    if let Some(ended) = observe(&resp, keys, config, &mut records, &fence)? {
+                    if let Some(ended) = observe(&resp, keys, config, records, &fence)? {
                         return Ok(ended);
                     }
                 }
@@ -221,11 +250,9 @@ fn observe(
         }
         match ev.event_type() {
             EventType::Put => {
-                if let Some((k, v)) = store::kv_text(kv) {
-                    // Echoes of our own writes are already in `records`.
-                    if records_rev(records, keys, k) != Some(kv.mod_revision()) {
-                        records.observe_put(keys, config, k, v, kv.mod_revision());
-                    }
+                // Echoes of our own writes are already in `records`.
+                if records_rev(records, keys, key) != Some(kv.mod_revision()) {
+                    records.observe_put(keys, config, key, kv.value(), kv.mod_revision());
                 }
             }
             EventType::Delete => records.observe_delete(keys, key),

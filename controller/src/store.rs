@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
-use etcd_schema::{parse_network_config, Keys, NetworkConfig};
+use etcd_schema::{parse_network_config, record_text, Keys, NetworkConfig};
 
 use crate::model::Records;
 use crate::plan::{RecordWrite, Write};
@@ -31,17 +31,27 @@ pub fn kv_text(kv: &KeyValue) -> Option<(&str, &str)> {
 
 /// Reads `<prefix>/config`. When absent and `bootstrap` is given, writes it
 /// (only if still absent, so two starting controllers agree on one config).
+/// When it is invalid (or not UTF-8) and `last_good` is given, that one is
+/// used: a bad edit of the config never stops a controller that knew it.
 pub async fn ensure_config(
     client: &mut Client,
     prefix: &str,
     bootstrap: Option<&NetworkConfig>,
+    last_good: Option<&NetworkConfig>,
 ) -> Result<NetworkConfig> {
     let key = Keys::config_key(prefix);
     loop {
         let resp = client.get(key.as_str(), None).await.context("read the network config")?;
         if let Some(kv) = resp.kvs().first() {
-            let raw = kv.value_str().context("config is not UTF-8")?;
-            return parse_network_config(&key, raw).map_err(anyhow::Error::from);
+            let parsed = record_text(&key, kv.value()).and_then(|raw| parse_network_config(&key, raw));
+            return match (parsed, last_good) {
+                (Ok(c), _) => Ok(c),
+                (Err(e), Some(last)) => {
+                    tracing::warn!(error = %e, "invalid network config; keeping the last good one");
+                    Ok(last.clone())
+                }
+                (Err(e), None) => Err(e.into()),
+            };
         }
         let Some(cfg) = bootstrap else {
             bail!("no network config at {key}; write it with etcdctl or start the controller with --network");
@@ -62,8 +72,9 @@ pub async fn load(client: &mut Client, keys: &Keys, config: &NetworkConfig) -> R
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut records = Records::default();
     for kv in resp.kvs() {
-        if let Some((k, v)) = kv_text(kv) {
-            records.load(keys, config, k, v, kv.mod_revision());
+        // A value that is not UTF-8 is loaded as a bad record (restored), not skipped.
+        if let Ok(k) = kv.key_str() {
+            records.load(keys, config, k, kv.value(), kv.mod_revision());
         }
     }
     recover_safe_states(client, keys, config, &mut records).await;
@@ -97,9 +108,8 @@ async fn recover_safe_states(
                 break;
             };
             let Some(kv) = resp.kvs().first() else { break };
-            let Some((_, value)) = kv_text(kv) else { break };
             let mut old = Records::default();
-            old.load(keys, config, &key, value, kv.mod_revision());
+            old.load(keys, config, &key, kv.value(), kv.mod_revision());
             if let Some((name, id)) = old.safe_netns.into_iter().next() {
                 tracing::info!(%key, net_id = id, "recovered the last valid version from etcd history");
                 records.safe_netns.insert(name, id);
@@ -221,8 +231,8 @@ pub async fn apply(
     }
     match record.as_ref().and_then(|g| g.kvs().first()) {
         Some(kv) => {
-            if let Some((k, v)) = kv_text(kv) {
-                records.observe_put(keys, config, k, v, kv.mod_revision());
+            if let Ok(k) = kv.key_str() {
+                records.observe_put(keys, config, k, kv.value(), kv.mod_revision());
             }
         }
         None => records.observe_delete(keys, &write.key),

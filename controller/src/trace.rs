@@ -297,13 +297,17 @@ pub fn next_probe(src: &Located, dst: &Target, legs: &[Leg]) -> Option<(Ipv4Addr
     }
 }
 
-/// `GET http://<addr><path>` on the agent's plain-HTTP listener; the body
-/// of a 200, else an error with the agent's message.
-pub async fn http_get(addr: SocketAddrV4, path: &str) -> Result<String> {
+/// `GET http://<addr><path>` on the agent's plain-HTTP listener, with the
+/// agents' debug token as a bearer token; the body of a 200, else an error
+/// with the agent's message.
+pub async fn http_get(addr: SocketAddrV4, path: &str, token: Option<&str>) -> Result<String> {
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
     let io = async {
         let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
@@ -323,9 +327,13 @@ pub async fn http_get(addr: SocketAddrV4, path: &str) -> Result<String> {
 
 /// Asks every node's agent for its pods. Nodes whose agent does not answer
 /// are reported, not fatal (the pair may live elsewhere).
-pub async fn node_pods(node_ips: &[Ipv4Addr], port: u16) -> (Vec<NodePods>, Vec<String>) {
+pub async fn node_pods(
+    node_ips: &[Ipv4Addr],
+    port: u16,
+    token: Option<&str>,
+) -> (Vec<NodePods>, Vec<String>) {
     let asks = node_ips.iter().map(|ip| async move {
-        let body = http_get(SocketAddrV4::new(*ip, port), "/debug/pods").await?;
+        let body = http_get(SocketAddrV4::new(*ip, port), "/debug/pods", token).await?;
         serde_json::from_str::<NodePods>(&body)
             .with_context(|| format!("agent at {ip}: bad /debug/pods answer"))
     });
@@ -341,10 +349,11 @@ pub async fn node_pods(node_ips: &[Ipv4Addr], port: u16) -> (Vec<NodePods>, Vec<
 }
 
 /// Runs the legs against the agents.
-pub async fn run_legs(src: &Located, dst: &Target, port: u16) -> Result<Vec<Leg>> {
+pub async fn run_legs(src: &Located, dst: &Target, port: u16, token: Option<&str>) -> Result<Vec<Leg>> {
     let mut legs = Vec::new();
     while let Some((node_ip, probe)) = next_probe(src, dst, &legs) {
-        let text = http_get(SocketAddrV4::new(node_ip, port), &format!("/debug/trace?flow={probe}")).await?;
+        let path = format!("/debug/trace?flow={probe}");
+        let text = http_get(SocketAddrV4::new(node_ip, port), &path, token).await?;
         let trace = trace::parse(&text);
         legs.push(Leg { node_ip, probe, text, trace });
     }

@@ -38,8 +38,16 @@ fn lab_controller_runs_on_the_control_host() -> Result<()> {
 
     let log = std::fs::File::create(lab.dir.join("controller.log"))?;
     let (bin, ep, url) = (env!("CARGO_BIN_EXE_k8s-ovs-controller"), lab.etcd_endpoint(), api.url());
-    let argv =
-        lab.ctl.wrap(&[bin, "--etcd-endpoints", &ep, "--kube-url", &url, "--network", "172.11.0.0/16"]);
+    let argv = lab.ctl.wrap(&[
+        bin,
+        "--etcd-endpoints",
+        &ep,
+        "--etcd-insecure",
+        "--kube-url",
+        &url,
+        "--network",
+        "172.11.0.0/16",
+    ]);
     let child = Command::new(argv[0])
         .args(&argv[1..])
         .stdout(log.try_clone()?)
@@ -64,7 +72,8 @@ fn lab_controller_runs_on_the_control_host() -> Result<()> {
 
     // The operator on a node: k8s-ovs-ctl over the fabric.
     let ctl = env!("CARGO_BIN_EXE_k8s-ovs-ctl");
-    let out = lab.node(1).netns.exec(&[ctl, "--endpoints", &ep, "--wait", "global", "web"])?;
+    let out =
+        lab.node(1).netns.exec(&[ctl, "--endpoints", &ep, "--etcd-insecure", "--wait", "global", "web"])?;
     assert_eq!(out.trim(), "web: NetID 0");
 
     // A node-local client of the apiserver (as the agent will be): its pods only.

@@ -21,13 +21,78 @@ pub struct EtcdTlsArgs {
     /// Key (PEM) of --etcd-cert.
     #[arg(long, env = "K8S_OVS_ETCD_KEY", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
+    /// Allow plain-http etcd endpoints that are not on loopback. Anyone on
+    /// the path (a pod included) can then read and write the records:
+    /// labs only.
+    #[arg(long, env = "K8S_OVS_ETCD_INSECURE")]
+    pub etcd_insecure: bool,
 }
 
 impl EtcdTlsArgs {
-    /// The files' contents (see [`EtcdTls::from_files`]).
-    pub fn load(&self) -> Result<Option<EtcdTls>, TlsFileError> {
-        EtcdTls::from_files(self.etcd_ca.as_deref(), self.etcd_cert.as_deref(), self.etcd_key.as_deref())
+    /// The files' contents (see [`EtcdTls::from_files`]), once `endpoints`
+    /// passed [`check_plaintext`]: every binary loads its TLS material here,
+    /// so none can dial a plain remote etcd by accident.
+    pub fn load(&self, endpoints: &[String]) -> Result<Option<EtcdTls>, EtcdArgsError> {
+        let tls = EtcdTls::from_files(
+            self.etcd_ca.as_deref(),
+            self.etcd_cert.as_deref(),
+            self.etcd_key.as_deref(),
+        )?;
+        if !self.etcd_insecure {
+            check_plaintext(endpoints, tls.is_some())?;
+        }
+        Ok(tls)
     }
+}
+
+/// Why the etcd flags cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdArgsError {
+    #[error(transparent)]
+    TlsFile(#[from] TlsFileError),
+    #[error(transparent)]
+    Plaintext(#[from] PlaintextEndpoint),
+}
+
+/// A plain-http endpoint off loopback, refused without `--etcd-insecure`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing plain-http etcd endpoint {endpoint}: it is not on loopback, so anyone on the network \
+     (a pod included) could read and write the records; use https:// with --etcd-ca/--etcd-cert/--etcd-key, \
+     or pass --etcd-insecure (K8S_OVS_ETCD_INSECURE=true) to accept it"
+)]
+pub struct PlaintextEndpoint {
+    pub endpoint: String,
+}
+
+/// Refuses the first endpoint that would be dialled without TLS (`http://`,
+/// or no scheme without TLS material, as etcd-client reads it) on an
+/// address that is not loopback.
+pub fn check_plaintext(endpoints: &[String], tls: bool) -> Result<(), PlaintextEndpoint> {
+    for ep in endpoints {
+        let rest = match ep.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some(_) => continue,
+            None if tls => continue,
+            None => ep.as_str(),
+        };
+        if !is_loopback_authority(rest) {
+            return Err(PlaintextEndpoint { endpoint: ep.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port][/...]` (host a name, an IPv4 address or `[IPv6]`) names
+/// this machine's loopback.
+fn is_loopback_authority(rest: &str) -> bool {
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// TLS material for etcd (PEM bytes).
@@ -95,4 +160,62 @@ pub async fn connect(
         opts = opts.with_tls(tls.options());
     }
     Client::connect(endpoints, Some(opts)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_only() {
+        let ok = [
+            "http://127.0.0.1:2379",
+            "http://127.3.4.5:2379/",
+            "http://localhost:2379",
+            "HTTP://[::1]:2379",
+            "127.0.0.1:2379",
+            "https://10.0.0.1:2379",
+        ];
+        assert_eq!(check_plaintext(&eps(&ok), false), Ok(()));
+        for bad in
+            ["http://10.0.0.1:2379", "10.0.0.1:2379", "http://etcd.example:2379", "http://[fd00::1]:2379"]
+        {
+            let e = check_plaintext(&eps(&["https://10.0.0.2:2379", bad]), false).expect_err(bad);
+            assert_eq!(e.endpoint, bad);
+            assert!(e.to_string().contains("--etcd-insecure"), "{e}");
+        }
+        // No scheme with TLS material is dialled as https by etcd-client.
+        assert_eq!(check_plaintext(&eps(&["10.0.0.1:2379"]), true), Ok(()));
+        assert!(check_plaintext(&eps(&["http://10.0.0.1:2379"]), true).is_err());
+    }
+
+    #[test]
+    fn insecure_flag_lets_plain_http_through() {
+        let eps = eps(&["http://10.0.0.1:2379"]);
+        let strict = EtcdTlsArgs::default();
+        assert!(matches!(strict.load(&eps), Err(EtcdArgsError::Plaintext(_))));
+        let insecure = EtcdTlsArgs { etcd_insecure: true, ..EtcdTlsArgs::default() };
+        assert!(matches!(insecure.load(&eps), Ok(None)));
+    }
+
+    #[test]
+    fn the_insecure_env_reads_true_and_false_as_the_manifests_write_them() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            tls: EtcdTlsArgs,
+        }
+        // nextest runs each test in its own process: the variable is ours.
+        for (value, want) in [("true", true), ("false", false)] {
+            std::env::set_var("K8S_OVS_ETCD_INSECURE", value);
+            let cli = Cli::try_parse_from(["x"]).expect("parse");
+            assert_eq!(cli.tls.etcd_insecure, want, "{value}");
+        }
+        std::env::remove_var("K8S_OVS_ETCD_INSECURE");
+    }
 }

@@ -25,7 +25,7 @@ mod vni;
 
 pub use keys::{Key, KeyKind, Keys, DEFAULT_NETWORK_NAME, DEFAULT_PREFIX};
 pub use records::{
-    parse_host_subnet, parse_net_namespace, parse_network_config, Action, HostSubnet, NetNamespace,
-    NetworkConfig, PluginName, RecordError, SchemaError,
+    parse_host_subnet, parse_net_namespace, parse_network_config, record_text, Action, HostSubnet,
+    NetNamespace, NetworkConfig, PluginName, RecordError, SchemaError,
 };
 pub use vni::{is_allocatable_vni, validate_vni, GLOBAL_VNI, MAX_VNI, MIN_VNI, RESERVED_VNIS};

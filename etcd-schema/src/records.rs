@@ -15,6 +15,10 @@ use crate::vni::validate_vni;
 pub enum SchemaError {
     #[error("{key}: malformed JSON: {message}")]
     Json { key: String, message: String },
+    /// etcd values are bytes; a record that is not UTF-8 is a bad record
+    /// (its last good value stays), never mistaken for a deleted one.
+    #[error("{key}: the value is not UTF-8")]
+    NotUtf8 { key: String },
     #[error("{key}: the value is not a JSON object")]
     NotObject { key: String },
     #[error("{key}: field {field} is missing")]
@@ -296,6 +300,11 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The text of a record's raw etcd value, or `NotUtf8`.
+pub fn record_text<'a>(key: &str, value: &'a [u8]) -> Result<&'a str, SchemaError> {
+    std::str::from_utf8(value).map_err(|_| SchemaError::NotUtf8 { key: key.to_string() })
+}
+
 /// Parses and validates `<prefix>/config`.
 pub fn parse_network_config(key: &str, raw: &str) -> Result<NetworkConfig, SchemaError> {
     let f = Fields::parse(key, raw)?;
@@ -436,6 +445,14 @@ mod tests {
         let a: Value = serde_json::from_str(a).expect("json a");
         let b: Value = serde_json::from_str(b).expect("json b");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_a_named_error() {
+        assert_eq!(record_text("/p/k", NETNS.as_bytes()), Ok(NETNS));
+        let e = record_text("/p/k", b"{\"NetName\":\"a\xff\"}").expect_err("not UTF-8");
+        assert_eq!(e, SchemaError::NotUtf8 { key: "/p/k".into() });
+        assert_eq!(e.to_string(), "/p/k: the value is not UTF-8");
     }
 
     #[test]

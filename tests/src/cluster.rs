@@ -172,7 +172,13 @@ impl Agent {
             "--metrics-addr".into(),
             format!("{}:9190", node.ip),
         ];
-        for (flag, p) in [("--ovs-rundir", &rundir), ("--state-dir", &state), ("--cni-socket", &sock)] {
+        let token = lab.debug_token_file();
+        for (flag, p) in [
+            ("--ovs-rundir", &rundir),
+            ("--state-dir", &state),
+            ("--cni-socket", &sock),
+            ("--debug-token-file", &token),
+        ] {
             args.push(flag.into());
             args.push(p.to_string_lossy().into_owned());
         }
@@ -277,7 +283,8 @@ pub fn start_controller(lab: &Lab, kube_url: &str, id: &str, extra: &[&str]) -> 
 pub fn ctl(lab: &Lab, args: &[&str]) -> Result<(Option<i32>, String, String)> {
     let b = bin("k8s-ovs-ctl")?;
     let b = b.to_string_lossy();
-    let etcd = lab.etcd_flags();
+    let mut etcd = lab.etcd_flags();
+    etcd.extend(["--debug-token-file".to_string(), lab.debug_token_file().to_string_lossy().into_owned()]);
     let mut argv = vec![b.as_ref()];
     argv.extend(etcd.iter().map(String::as_str));
     argv.extend_from_slice(args);
@@ -397,9 +404,15 @@ fn exec_plugin(
 /// `GET <path>` from node `i`'s agent metrics listener (`/metrics`, `/healthz`),
 /// fetched from inside the node namespace; returns the whole HTTP response.
 pub fn agent_http(lab: &Lab, i: usize, path: &str) -> Result<String> {
+    http_get_from(&lab.node(i).netns, &lab.node(i).ip, path, None)
+}
+
+/// `GET http://<ip>:9190<path>` from inside `netns` (a node's or a pod's),
+/// with `token` as a bearer token if given; the whole HTTP response.
+pub fn http_get_from(netns: &crate::Netns, ip: &str, path: &str, token: Option<&str>) -> Result<String> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\\r\\n")).unwrap_or_default();
     let script = format!(
-        "exec 3<>/dev/tcp/{}/9190 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
-        lab.node(i).ip
+        "exec 3<>/dev/tcp/{ip}/9190 && printf 'GET {path} HTTP/1.0\\r\\n{auth}\\r\\n' >&3 && cat <&3"
     );
-    lab.node(i).netns.exec(&["timeout", "5", "bash", "-c", &script])
+    netns.exec(&["timeout", "5", "bash", "-c", &script])
 }

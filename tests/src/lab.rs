@@ -126,6 +126,7 @@ impl Lab {
             pods: Vec::new(),
             namespaces: Vec::new(),
         };
+        lab.write_debug_token()?;
         lab.namespaces.push(Netns::create(&fabric.name)?);
         fabric.ip(&["link", "add", "name", "fabric", "type", "bridge"])?;
         fabric.ip(&["link", "set", "fabric", "up"])?;
@@ -201,16 +202,48 @@ impl Lab {
         }
     }
 
+    /// The file holding the lab's agent debug token (`--debug-token-file`
+    /// of its agents and of `k8s-ovs-ctl`).
+    pub fn debug_token_file(&self) -> PathBuf {
+        self.dir.join("debug-token")
+    }
+
+    /// The token itself.
+    pub fn debug_token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.debug_token_file())?.trim().to_string())
+    }
+
+    fn write_debug_token(&self) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::time::{SystemTime, UNIX_EPOCH};
+        // Unguessable enough for a lab that lives a minute; production
+        // tokens come from a Secret (docs/operations.md).
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        let token = format!("lab-{}-{nanos:x}", self.name);
+        let mut f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.debug_token_file())
+            .context("create the lab's debug token file")?;
+        std::io::Write::write_all(&mut f, token.as_bytes())?;
+        Ok(())
+    }
+
     /// The PKI of a TLS etcd (`LabConfig::etcd_tls`).
     pub fn pki(&self) -> Option<&Pki> {
         self.etcd.as_ref()?.tls.as_ref()
     }
 
     /// `--etcd-endpoints <url>` plus, with TLS, the client certificate
-    /// flags: how every k8s-ovs binary of the lab reaches etcd.
+    /// flags, without TLS `--etcd-insecure` (the lab's plain etcd is on the
+    /// fabric, not loopback): how every k8s-ovs binary of the lab reaches etcd.
     pub fn etcd_flags(&self) -> Vec<String> {
         let mut v = vec!["--etcd-endpoints".to_string(), self.etcd_endpoint()];
-        v.extend(self.pki().map(Pki::client_flags).unwrap_or_default());
+        match self.pki() {
+            Some(pki) => v.extend(pki.client_flags()),
+            None => v.push("--etcd-insecure".to_string()),
+        }
         v
     }
 

@@ -353,22 +353,62 @@ fn controller_deployment_runs_two_replicas_and_reads_the_config() -> Result<()> 
     Ok(())
 }
 
+/// The Secret volume named `secret` of `pod` and where `c` mounts it.
+fn secret_mount<'a>(
+    pod: &'a PodSpec,
+    c: &'a Container,
+    secret: &str,
+) -> Result<(&'a k8s_openapi::api::core::v1::SecretVolumeSource, String)> {
+    let (vol, src) = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.secret.as_ref().filter(|s| s.secret_name.as_deref() == Some(secret)).map(|s| (v, s)))
+        .with_context(|| format!("{}: no volume of Secret {secret}", c.name))?;
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == vol.name)
+        .with_context(|| format!("{}: Secret {secret} is not mounted", c.name))?;
+    Ok((src, mount.mount_path.clone()))
+}
+
+/// The value of a plain `env` entry, or the ConfigMap key it is read from.
+fn env_of<'a>(c: &'a Container, name: &str) -> (Option<&'a str>, Option<&'a str>) {
+    let e = c.env.iter().flatten().find(|e| e.name == name);
+    let value = e.and_then(|e| e.value.as_deref());
+    let key = e
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.config_map_key_ref.as_ref())
+        .map(|k| k.key.as_str());
+    (value, key)
+}
+
 #[test]
-fn both_daemons_take_etcd_tls_from_the_optional_secret() -> Result<()> {
+fn both_daemons_require_etcd_tls_by_default_and_plain_etcd_is_an_explicit_opt_in() -> Result<()> {
     let m = load()?;
-    for (pod, name) in [(agent_pod(&m)?, "agent"), (controller_pod(&m)?, "controller")] {
+    let data = m.config_maps[0].data.as_ref().context("ConfigMap data")?;
+    let endpoints = data.get("etcd-endpoints").context("etcd-endpoints")?;
+    ensure!(
+        endpoints.split(',').all(|e| e.trim().starts_with("https://")),
+        "the shipped endpoints must be https: {endpoints}"
+    );
+    ensure!(
+        data.get("etcd-insecure").map(String::as_str) == Some("false"),
+        "etcd-insecure must ship \"false\""
+    );
+    // One certificate (etcd user) each: the agents' only reads.
+    let daemons = [
+        (agent_pod(&m)?, "agent", "k8s-ovs-agent-etcd-tls"),
+        (controller_pod(&m)?, "controller", "k8s-ovs-etcd-tls"),
+    ];
+    for (pod, name, secret_name) in daemons {
         let c = container(pod, name)?;
-        let secret = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find_map(|v| v.secret.as_ref().map(|s| (&v.name, s)))
-            .with_context(|| format!("{name}: no etcd TLS Secret volume"))?;
-        ensure!(secret.1.secret_name.as_deref() == Some("k8s-ovs-etcd-tls"), "{name}: Secret name");
-        ensure!(secret.1.optional == Some(true), "{name}: the Secret must stay optional (plain etcd)");
-        let mount = c.volume_mounts.iter().flatten().find(|v| &v.name == secret.0);
+        let (secret, path) = secret_mount(pod, c, secret_name)?;
+        ensure!(secret.optional != Some(true), "{name}: the etcd TLS Secret must be required");
         ensure!(
-            mount.map(|v| v.mount_path.as_str()) == Some("/etc/k8s-ovs/etcd-tls"),
+            path == "/etc/k8s-ovs/etcd-tls",
             "{name}: the Secret is not mounted where the script reads it"
         );
         let f = flags(c);
@@ -379,7 +419,26 @@ fn both_daemons_take_etcd_tls_from_the_optional_secret() -> Result<()> {
         for file in ["$tls/ca.crt", "$tls/tls.crt", "$tls/tls.key"] {
             ensure!(script.contains(file), "{name}: does not use {file} of the Secret");
         }
+        ensure!(
+            env_of(c, "K8S_OVS_ETCD_INSECURE").1 == Some("etcd-insecure"),
+            "{name}: K8S_OVS_ETCD_INSECURE must come from the ConfigMap's etcd-insecure"
+        );
     }
+    Ok(())
+}
+
+#[test]
+fn agent_debug_token_comes_from_an_optional_secret() -> Result<()> {
+    let m = load()?;
+    let pod = agent_pod(&m)?;
+    let c = container(pod, "agent")?;
+    let file = env_of(c, "K8S_OVS_DEBUG_TOKEN_FILE").0.context("K8S_OVS_DEBUG_TOKEN_FILE")?;
+    let (secret, dir) = secret_mount(pod, c, "k8s-ovs-debug-token")?;
+    ensure!(Path::new(file).parent() == Some(Path::new(&dir)), "{file} is not in the Secret's mount {dir}");
+    let key = Path::new(file).file_name().context("token file name")?.to_string_lossy();
+    ensure!(key == "token", "the token file is the Secret's key `token` (docs/operations.md)");
+    ensure!(secret.optional == Some(true), "without the Secret the agent runs with /debug/* off");
+    ensure!(secret.default_mode == Some(0o400), "the token is readable by the agent only");
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use controller::args::{init_tracing, EtcdArgs};
 use controller::ctl::{self, Outcome};
@@ -25,6 +25,10 @@ struct Cli {
     /// How long --wait waits.
     #[arg(long, global = true, default_value_t = 30)]
     timeout_secs: u64,
+    /// The agents' debug token (the file of their --debug-token-file),
+    /// sent as a bearer token to /debug/* by trace.
+    #[arg(long, global = true, env = "K8S_OVS_DEBUG_TOKEN_FILE")]
+    debug_token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,7 +100,17 @@ async fn main() -> Result<()> {
             return Ok(());
         }
         Command::Trace { src, dst, agent_port, raw } => {
-            let code = trace(&mut client, &keys, &config, (&src, &dst), agent_port, raw).await?;
+            let token = match &cli.debug_token_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("read the debug token file {}", p.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let agents = (agent_port, token.as_deref());
+            let code = trace(&mut client, &keys, &config, (&src, &dst), agents, raw).await?;
             std::process::exit(code);
         }
     };
@@ -117,7 +131,7 @@ async fn trace(
     keys: &etcd_schema::Keys,
     config: &etcd_schema::NetworkConfig,
     (src, dst): (&str, &str),
-    agent_port: u16,
+    (agent_port, token): (u16, Option<&str>),
     raw: bool,
 ) -> Result<i32> {
     let node_ips: Vec<_> = ctl::subnets(client, keys, config)
@@ -126,7 +140,7 @@ async fn trace(
         .filter_map(|s| s.ok())
         .map(|s| s.host_ip)
         .collect();
-    let (nodes, failed) = trace::node_pods(&node_ips, agent_port).await;
+    let (nodes, failed) = trace::node_pods(&node_ips, agent_port, token).await;
     for f in &failed {
         eprintln!("warning: {f}");
     }
@@ -139,7 +153,7 @@ async fn trace(
         (&src.pod.namespace, vni_of(&src.pod.namespace)),
         (dst.namespace(), vni_of(dst.namespace())),
     );
-    let legs = trace::run_legs(&src, &dst, agent_port).await?;
+    let legs = trace::run_legs(&src, &dst, agent_port, token).await?;
     let (text, code) = trace::report(&src, &dst, &policy, &legs, raw);
     print!("{text}");
     Ok(code)

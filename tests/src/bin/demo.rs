@@ -284,7 +284,7 @@ fn stay_up(c: &Cluster) -> Result<()> {
         c.lab.etcd_endpoint()
     );
     println!(
-        "  ctl:      ip netns exec {} {} --etcd-endpoints {} list",
+        "  ctl:      ip netns exec {} {} --etcd-endpoints {} --etcd-insecure list",
         c.lab.ctl.name,
         lab::cluster::bin("k8s-ovs-ctl")?.display(),
         c.lab.etcd_endpoint()
@@ -476,7 +476,11 @@ fn operator_edit(
 /// `k8s-ovs-ctl --wait <args>`, printed as the operator types it.
 fn ctl_action(c: &Cluster, args: &[&str], probe: (&str, &str, bool)) -> Result<()> {
     checkpoint()?;
-    println!("\n  $ k8s-ovs-ctl --etcd-endpoints {} --wait {}", c.lab.etcd_endpoint(), args.join(" "));
+    println!(
+        "\n  $ k8s-ovs-ctl --etcd-endpoints {} --etcd-insecure --wait {}",
+        c.lab.etcd_endpoint(),
+        args.join(" ")
+    );
     let t = Instant::now();
     let mut argv = vec!["--wait"];
     argv.extend_from_slice(args);
@@ -514,7 +518,11 @@ fn explain(c: &Cluster, from: &str, to: &str, allowed: bool) -> Result<()> {
     checkpoint()?;
     let (a, b) = (pod(c, from)?, pod(c, to)?);
     let (src, dst) = (format!("{}/{}", a.namespace, a.name), format!("{}/{}", b.namespace, b.name));
-    println!("\n  $ k8s-ovs-ctl --etcd-endpoints {} trace {src} {dst}", c.lab.etcd_endpoint());
+    println!(
+        "\n  $ k8s-ovs-ctl --etcd-endpoints {} --etcd-insecure --debug-token-file {} trace {src} {dst}",
+        c.lab.etcd_endpoint(),
+        c.lab.debug_token_file().display()
+    );
     let (code, out, err) = ctl(&c.lab, &["trace", &src, &dst])?;
     for line in out.lines() {
         println!("  {line}");
@@ -532,7 +540,7 @@ fn print_ctl_list(c: &Cluster) -> Result<()> {
     checkpoint()?;
     let (code, out, err) = ctl(&c.lab, &["list"])?;
     ensure!(code == Some(0), "k8s-ovs-ctl list: {out}{err}");
-    println!("  $ k8s-ovs-ctl --etcd-endpoints {} list", c.lab.etcd_endpoint());
+    println!("  $ k8s-ovs-ctl --etcd-endpoints {} --etcd-insecure list", c.lab.etcd_endpoint());
     for line in out.lines() {
         println!("  {line}");
     }
