@@ -15,6 +15,7 @@ PACKAGES=(
   etcd-server etcd-client # etcd 3.4 + etcdctl
   iperf3                  # bandwidth measurements in tests and benches
   dnsmasq-base            # a real DNS server behind the kube-dns ClusterIP in tests and the demo
+  python3-minimal         # raw AF_PACKET frames (VLAN-tagged) in the hostile-tenant tests
   protobuf-compiler libprotobuf-dev # protoc + well-known .proto includes, to build etcd-client
   iproute2 iptables tcpdump ethtool iputils-ping iputils-arping
   containernetworking-plugins # upstream bridge/host-local/bandwidth/portmap: reference + chaining
@@ -63,6 +64,7 @@ check etcd           etcd --version || fail=1
 check etcdctl        env ETCDCTL_API=3 etcdctl version || fail=1
 check iperf3         iperf3 --version || fail=1
 check dnsmasq        dnsmasq --version || fail=1
+check python3        python3 -c 'import socket; socket.AF_PACKET' || fail=1
 check protoc         protoc --version || fail=1
 check ip             ip -V || fail=1
 check tc             tc -V || fail=1

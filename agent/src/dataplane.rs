@@ -16,7 +16,9 @@ use cni::protocol::{Command, Request, Response};
 use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::Client as FlowClient;
-use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, FIRST_POD_OFPORT};
+use ovs_flows::pipeline::{
+    pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, Table, FIRST_POD_OFPORT,
+};
 use ovs_flows::trace::{NodePods, TracePod, TraceService};
 use ovs_flows::{reconcile, Category, CookieFilter, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
@@ -191,13 +193,18 @@ impl Dataplane {
     /// deleted, no flush) and after ovs-vswitchd reconnects.
     pub async fn full_reconcile(&mut self) -> anyhow::Result<usize> {
         let t = Instant::now();
-        let installed = self.flows.dump_flows(None, CookieFilter::ours()).await?;
+        // Every flow, whoever wrote it: br0 belongs to the agent.
+        let installed = self.flows.dump_flows(None, CookieFilter::ANY).await?;
         if let Some(kept) = self.kept_service_flows.as_mut() {
             kept.extend(installed.iter().filter(|f| f.cookie.category() == Some(Category::Service)).cloned());
         }
         let desired = self.desired();
-        let ops = reconcile::diff(&desired, &installed);
+        let tables: Vec<u8> = Table::ALL.iter().map(|t| t.id()).collect();
+        let (ops, foreign) = reconcile::diff_owning(&desired, &installed, &tables);
         self.flows.bundle(&ops).await?;
+        if foreign > 0 {
+            warn!(flows = foreign, "removed flows k8s-ovs did not write from its tables");
+        }
         let n = ops.len();
         self.metrics.bundle_seconds.observe_duration(t.elapsed());
         self.metrics.bundle_flows.observe(n as f64);

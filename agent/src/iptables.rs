@@ -4,7 +4,9 @@
 //! - masquerade: pods reaching outside the cluster leave behind the node's
 //!   address;
 //! - on the userspace (netdev) datapath only: the node kernel drops what it
-//!   receives on pod veths (see [`ensure_pod_port_drop`]).
+//!   receives on pod veths (see [`ensure_pod_port_drop`]);
+//! - no VXLAN datagram from the pipeline into the node kernel (see
+//!   [`ensure_no_vxlan_from_gateway`]).
 
 use anyhow::{bail, Context, Result};
 use ipnetwork::Ipv4Network;
@@ -36,6 +38,25 @@ pub fn masquerade_rule(cluster: Ipv4Network) -> Vec<String> {
 pub fn pod_port_drop_rule(veth_prefix: &str) -> Vec<String> {
     let iface = format!("{veth_prefix}+");
     strings(&["-i", &iface, "-m", "comment", "--comment", "k8s-ovs: pod veths belong to OVS", "-j", "DROP"])
+}
+
+/// `-t raw PREROUTING`: UDP to the VXLAN port arriving from tun0, dropped.
+pub fn no_vxlan_from_gateway_rule(gateway: &str, vxlan_port: u16) -> Vec<String> {
+    let port = vxlan_port.to_string();
+    strings(&[
+        "-i",
+        gateway,
+        "-p",
+        "udp",
+        "--dport",
+        &port,
+        "-m",
+        "comment",
+        "--comment",
+        "k8s-ovs: no VXLAN from pods",
+        "-j",
+        "DROP",
+    ])
 }
 
 async fn iptables(table: &str, op: &str, chain: &str, rule: &[String]) -> Result<bool> {
@@ -73,4 +94,14 @@ pub async fn ensure_masquerade(cluster: Ipv4Network) -> Result<()> {
 /// gateway with the veth's MAC.
 pub async fn ensure_pod_port_drop(veth_prefix: &str) -> Result<()> {
     ensure("raw", "PREROUTING", pod_port_drop_rule(veth_prefix)).await
+}
+
+/// Everything that enters the node kernel from tun0 comes from a pod or was
+/// routed through the pipeline. A pod's datagram to any node address's
+/// VXLAN port (this node's, another node's once masqueraded, a gateway's
+/// through the tunnel) would be decapsulated by a node with a VNI of the
+/// pod's choosing; it is dropped here, before NAT and before any VXLAN
+/// socket sees it (the pipeline drops those to node addresses already).
+pub async fn ensure_no_vxlan_from_gateway(gateway: &str, vxlan_port: u16) -> Result<()> {
+    ensure("raw", "PREROUTING", no_vxlan_from_gateway_rule(gateway, vxlan_port)).await
 }

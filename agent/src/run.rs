@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::{Client as FlowClient, ClientOptions, ConnEvent, Endpoint};
-use ovs_flows::pipeline::{gateway_of, Mode, NodeState, GATEWAY_OFPORT, VXLAN_OFPORT};
+use ovs_flows::pipeline::{gateway_of, Mode, NodeState, GATEWAY_OFPORT, VXLAN_OFPORT, VXLAN_UDP_PORT};
 use ovs_flows::Mac;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -80,7 +80,7 @@ async fn setup_bridge(
         PortSpec::new(VXLAN_PORT, "vxlan")
             .option("remote_ip", "flow")
             .option("key", "flow")
-            .option("dst_port", "4789")
+            .option("dst_port", &VXLAN_UDP_PORT.to_string())
             .ofport_request(VXLAN_OFPORT as u16),
         // OVS would size an internal port to the smallest MTU on the bridge.
         PortSpec::new(GATEWAY_PORT, "internal")
@@ -173,6 +173,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     if cfg.datapath_type == DatapathType::Netdev {
         iptables::ensure_pod_port_drop(VETH_PREFIX).await.context("pod veth guard")?;
     }
+    iptables::ensure_no_vxlan_from_gateway(GATEWAY_PORT, VXLAN_UDP_PORT).await.context("VXLAN guard")?;
 
     let previous = ovsdb.bridge_external_id(&cfg.bridge, ROUND_KEY).await?;
     let round = next_round(previous.as_deref());

@@ -222,6 +222,8 @@ impl fmt::Display for Hex {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Match {
     pub in_port: Option<u32>,
+    /// Only frames without an 802.1Q tag (`vlan_tci=0x0000/0x1fff`).
+    pub untagged: bool,
     pub eth_type: Option<u16>,
     pub dl_src: Option<Mac>,
     pub dl_dst: Option<Mac>,
@@ -249,6 +251,14 @@ impl Match {
 
     pub fn in_port(mut self, port: u32) -> Self {
         self.in_port = Some(port);
+        self
+    }
+
+    /// Frames without a VLAN tag only: a pod's traffic is untagged, and a
+    /// tagged frame would otherwise pass an `ip`/`arp` match with its
+    /// inner ethertype.
+    pub fn untagged(mut self) -> Self {
+        self.untagged = true;
         self
     }
 
@@ -464,6 +474,9 @@ impl fmt::Display for Match {
         }
         if let Some(p) = self.in_port {
             write!(f, "in_port={},", PortName(p))?;
+        }
+        if self.untagged {
+            f.write_str("vlan_tci=0x0000/0x1fff,")?;
         }
         if let Some(m) = self.dl_src {
             write!(f, "dl_src={m},")?;

@@ -67,6 +67,23 @@ pub fn diff(desired: &FlowSet, installed: &[Flow]) -> Vec<FlowOp> {
     ops
 }
 
+/// [`diff`] for a bridge the caller owns outright: every flow in `tables`
+/// that is not desired goes, whoever wrote it (a hand-added
+/// `priority=1000,actions=NORMAL` would bypass every table after it). Flows
+/// in other tables stay: no flow of ours leads there, so no packet meets
+/// them. Returns the ops and how many of them delete a foreign flow.
+pub fn diff_owning(desired: &FlowSet, installed: &[Flow], tables: &[u8]) -> (Vec<FlowOp>, usize) {
+    let mut ops = diff(desired, installed);
+    let mut foreign: Vec<&Flow> = installed
+        .iter()
+        .filter(|f| !f.cookie.is_ours() && tables.contains(&f.table) && !desired.contains(&f.key()))
+        .collect();
+    foreign.sort_by_key(|f| f.key());
+    let n = foreign.len();
+    ops.extend(foreign.into_iter().map(|f| FlowOp::DeleteStrict(f.clone())));
+    (ops, n)
+}
+
 /// The incremental form: `old` and `new` are the desired flows of the owners
 /// that changed (a pod added or removed, a namespace's VNI changed, a remote
 /// node added or removed), and `old` is what is installed for them.
@@ -150,6 +167,22 @@ mod tests {
         let want: FlowSet = [flow(0, 1, 1, 9)].into_iter().collect();
         let ops = diff(&want, &[foreign, also_foreign, flow(0, 1, 1, 9)]);
         assert!(ops.is_empty(), "{ops:?}");
+    }
+
+    #[test]
+    fn an_owned_bridge_loses_foreign_flows_in_its_tables_only() {
+        let normal =
+            Flow::new(0, 1000, Cookie(0), Match::new(), vec![Action::Output(crate::flow::port::NORMAL)]);
+        let elsewhere = Flow::new(200, 5, Cookie(0x77), Match::new(), vec![]);
+        let want: FlowSet = [flow(0, 1, 1, 9)].into_iter().collect();
+        let (ops, foreign) = diff_owning(&want, &[normal.clone(), elsewhere, flow(0, 1, 1, 9)], &[0, 10]);
+        assert_eq!(ops, vec![FlowOp::DeleteStrict(normal)]);
+        assert_eq!(foreign, 1);
+        // One with a desired identity is replaced, not deleted.
+        let mut taken = flow(0, 1, 1, 9);
+        taken.cookie = Cookie(0);
+        let (ops, foreign) = diff_owning(&want, &[taken], &[0]);
+        assert_eq!((ops, foreign), (vec![FlowOp::Add(flow(0, 1, 1, 9))], 0));
     }
 
     #[test]

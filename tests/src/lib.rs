@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod cmd;
 pub mod etcd;
+pub mod forge;
 pub mod kube_api;
 pub mod kube_proxy;
 mod lab;

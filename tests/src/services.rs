@@ -35,6 +35,16 @@ impl ServiceLab {
     /// A multi-tenant `nodes`-node lab with the namespaces' VNIs in etcd, the
     /// apiserver, an agent per node watching it and kube-proxy with `proxy`.
     pub fn start(nodes: usize, vnis: &[(&str, u32)], proxy: ProxyConfig) -> Result<ServiceLab> {
+        ServiceLab::start_with(nodes, vnis, proxy, &[])
+    }
+
+    /// [`ServiceLab::start`] with extra agent flags.
+    pub fn start_with(
+        nodes: usize,
+        vnis: &[(&str, u32)],
+        proxy: ProxyConfig,
+        agent_flags: &[&str],
+    ) -> Result<ServiceLab> {
         let lab = Lab::start(nodes)?;
         let api = cluster::start_kube_api(&lab)?;
         lab.put_network_config("k8s-ovs-multitenant")?;
@@ -45,8 +55,8 @@ impl ServiceLab {
             lab.put_netnamespace(ns, *vni)?;
         }
         let url = api.url();
-        let agents =
-            (1..=nodes).map(|i| Agent::start(&lab, i, &["--kube-url", &url])).collect::<Result<Vec<_>>>()?;
+        let flags = [&["--kube-url", url.as_str()][..], agent_flags].concat();
+        let agents = (1..=nodes).map(|i| Agent::start(&lab, i, &flags)).collect::<Result<Vec<_>>>()?;
         let nodes_for_proxy = (1..=nodes).map(|i| (lab.node(i).netns.clone(), format!("n{i}"))).collect();
         let proxy = Some(KubeProxy::start(api.store(), nodes_for_proxy, proxy)?);
         Ok(ServiceLab { agents, proxy, api, servers: Vec::new(), lab })

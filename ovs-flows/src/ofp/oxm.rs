@@ -32,6 +32,7 @@ const OF_IN_PORT: u8 = 0;
 const OF_ETH_DST: u8 = 3;
 const OF_ETH_SRC: u8 = 4;
 const OF_ETH_TYPE: u8 = 5;
+const OF_VLAN_VID: u8 = 6;
 const OF_IP_PROTO: u8 = 10;
 const OF_IPV4_SRC: u8 = 11;
 const OF_IPV4_DST: u8 = 12;
@@ -55,6 +56,7 @@ const NXOF_IN_PORT: u8 = 0;
 const NXOF_ETH_DST: u8 = 1;
 const NXOF_ETH_SRC: u8 = 2;
 const NXOF_ETH_TYPE: u8 = 3;
+const NXOF_VLAN_TCI: u8 = 4;
 const NXOF_IP_PROTO: u8 = 6;
 const NXOF_IP_SRC: u8 = 7;
 const NXOF_IP_DST: u8 = 8;
@@ -234,6 +236,10 @@ pub fn encode_match(buf: &mut Vec<u8>, m: &Match) -> Result<(), CodecError> {
     if let Some(mac) = m.dl_src {
         put_tlv(buf, OXM_OF, OF_ETH_SRC, 6, mac.to_u64(), all);
     }
+    if m.untagged {
+        // OFPVID_NONE, exact: no 802.1Q header.
+        put_tlv(buf, OXM_OF, OF_VLAN_VID, 2, 0, all);
+    }
     if let Some(t) = m.eth_type {
         put_tlv(buf, OXM_OF, OF_ETH_TYPE, 2, t.into(), all);
     }
@@ -331,6 +337,11 @@ pub fn decode_match(r: &mut Reader<'_>) -> Result<Match, CodecError> {
             (OXM_OF, OF_ETH_TYPE) | (NXM_OF, NXOF_ETH_TYPE) => {
                 m.eth_type = Some(exact(&t, "eth_type")? as u16)
             }
+            // "no tag": OFPVID_NONE exact, or NXM's vlan_tci=0/0x1fff.
+            (OXM_OF, OF_VLAN_VID) if t.value == 0 && (t.mask == 0xffff || t.mask == 0x1fff) => {
+                m.untagged = true
+            }
+            (NXM_OF, NXOF_VLAN_TCI) if t.value == 0 && t.mask & 0x1fff == 0x1fff => m.untagged = true,
             (OXM_OF, OF_IP_PROTO) | (NXM_OF, NXOF_IP_PROTO) => {
                 m.ip_proto = Some(exact(&t, "ip_proto")? as u8)
             }

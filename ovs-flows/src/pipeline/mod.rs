@@ -38,6 +38,8 @@ pub const VXLAN_OFPORT: u32 = 1;
 pub const GATEWAY_OFPORT: u32 = 2;
 /// The first ofport a pod can get (the agent requests ports from here on).
 pub const FIRST_POD_OFPORT: u32 = 3;
+/// The UDP port of the VXLAN underlay (`vxlan0`'s `dst_port`).
+pub const VXLAN_UDP_PORT: u16 = 4789;
 
 /// The tables, declared once, in packet order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -232,7 +234,20 @@ fn node_flows(b: &mut Builder, s: &NodeState) {
         to_kernel.clone(),
     );
     b.add(Service, 100, NODE, Match::new().ip().nw_dst(s.service_cidr), vec![Action::Drop]);
-    // ROUTING
+    // ROUTING: a pod's datagram to a node's VXLAN port would be decapsulated
+    // there with a VNI of the sender's choosing (this node's own address
+    // here; the other nodes' in their REMOTE_NODE owner's flows).
+    b.add(Routing, 400, NODE, vxlan_to(s.node_ip), vec![Action::Drop]);
+    // No multicast or limited broadcast from pods into the node kernel (the
+    // pipeline never floods, so nothing else would receive them).
+    b.add(
+        Routing,
+        400,
+        NODE,
+        Match::new().ip().nw_dst(Ipv4Prefix::new(Ipv4Addr::new(224, 0, 0, 0), 4)),
+        vec![Action::Drop],
+    );
+    b.add(Routing, 400, NODE, Match::new().ip().nw_dst(Ipv4Addr::BROADCAST), vec![Action::Drop]);
     b.add(Routing, 300, NODE, Match::new().ip().nw_dst(gw), to_kernel.clone());
     b.add(Routing, 300, NODE, Match::new().arp().arp_tpa(gw), vec![Action::Output(GATEWAY_OFPORT)]);
     b.add(Routing, 200, NODE, Match::new().ip().nw_dst(s.subnet), vec![goto(LocalPod)]);
@@ -294,20 +309,22 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
             goto(Routing),
         ],
     );
-    // SPOOF_GUARD: only the pod's own MAC and IP leave its port, and its ARP
-    // must state them too; anything else from the port is dropped.
+    // SPOOF_GUARD: only the pod's own MAC and IP leave its port, untagged,
+    // and its ARP must state them too; anything else from the port is
+    // dropped (a VLAN-tagged frame would carry its payload past a switch
+    // that trunks VLANs).
     b.add(
         SpoofGuard,
         100,
         owner,
-        Match::new().ip().in_port(p.ofport).dl_src(p.mac).nw_src(ip),
+        Match::new().ip().in_port(p.ofport).untagged().dl_src(p.mac).nw_src(ip),
         vec![Action::load_reg(REG_SRC_VNI, vni), goto(Service)],
     );
     b.add(
         SpoofGuard,
         100,
         owner,
-        Match::new().arp().in_port(p.ofport).dl_src(p.mac).arp_spa(ip).arp_sha(p.mac),
+        Match::new().arp().in_port(p.ofport).untagged().dl_src(p.mac).arp_spa(ip).arp_sha(p.mac),
         vec![Action::load_reg(REG_SRC_VNI, vni), goto(Routing)],
     );
     // LOCAL_POD: IP passes GATEWAY_REPLY (it may be a reply to steer back
@@ -321,18 +338,25 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
     b.add(LocalPod, 100, owner, Match::new().arp().arp_tpa(ip), to_pod_arp);
 }
 
+/// A pod's UDP to `node`'s VXLAN port.
+fn vxlan_to(node: Ipv4Addr) -> Match {
+    Match::new().udp().nw_dst(node).tp_dst(VXLAN_UDP_PORT)
+}
+
 fn remote_node_flows(b: &mut Builder, n: &RemoteNode) {
     use Table::*;
     let owner = (Category::RemoteNode, u32::from(n.ip));
-    // TUNNEL_IN: tunnel traffic only from a node we know; its VNI is tun_id.
-    // Straight to LOCAL_POD: what arrives by tunnel is never sent on again.
-    b.add(
-        TunnelIn,
-        100,
-        owner,
-        Match::new().tun_src(n.ip),
-        vec![Action::move_field(tun_id_low32(), reg(REG_SRC_VNI)), goto(LocalPod)],
-    );
+    // TUNNEL_IN: tunnel traffic only from a node we know, and only what that
+    // node may send: its pods and its gateway (its subnet), or the node
+    // itself. A datagram forged into the underlay carries another source;
+    // its VNI (tun_id) is never taken. Straight to LOCAL_POD: what arrives
+    // by tunnel is never sent on again.
+    let accept = vec![Action::move_field(tun_id_low32(), reg(REG_SRC_VNI)), goto(LocalPod)];
+    b.add(TunnelIn, 100, owner, Match::new().ip().tun_src(n.ip).nw_src(n.subnet), accept.clone());
+    b.add(TunnelIn, 100, owner, Match::new().ip().tun_src(n.ip).nw_src(n.ip), accept.clone());
+    b.add(TunnelIn, 100, owner, Match::new().arp().tun_src(n.ip).arp_spa(n.subnet), accept);
+    // ROUTING: no pod datagram to the node's VXLAN port.
+    b.add(Routing, 400, owner, vxlan_to(n.ip), vec![Action::Drop]);
     // REMOTE_NODE: the node's subnet goes into the tunnel keyed by the source VNI.
     let out = vec![
         Action::move_field(reg(REG_SRC_VNI), tun_id_low32()),

@@ -119,6 +119,8 @@ fn ask_tcp(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
 
 fn ask_udp(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
+    // Broadcast destinations too (the hostile tests send to 255.255.255.255).
+    s.set_broadcast(true)?;
     s.set_read_timeout(Some(timeout))?;
     s.connect(addr)?;
     s.send(b"hello\n")?;
