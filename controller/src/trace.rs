@@ -192,7 +192,16 @@ fn outcome_text(outcome: &Outcome, at: Ipv4Addr) -> String {
 
 /// The printed report and the exit code: 0 both say yes, 3 both say no,
 /// 4 etcd and the switch disagree.
-pub fn report(src: &Located, dst: &Target, policy: &Policy, legs: &[Leg], raw: bool) -> (String, i32) {
+/// A Service's traced `endpoints` (when known) join the verdict: allowed
+/// when the ClusterIP and at least one endpoint are.
+pub fn report(
+    src: &Located,
+    dst: &Target,
+    policy: &Policy,
+    legs: &[Leg],
+    endpoints: Option<&[EndpointTrace]>,
+    raw: bool,
+) -> (String, i32) {
     let d = delivery(legs, dst);
     let mut out = String::new();
     let vni = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
@@ -249,7 +258,14 @@ pub fn report(src: &Located, dst: &Target, policy: &Policy, legs: &[Leg], raw: b
         (Target::Service { .. }, true) => "the pod can reach the service",
         (Target::Service { .. }, false) => "the pod cannot reach the service",
     };
-    let (verdict, code) = match (policy.allowed, d.delivered) {
+    let (mut allowed, mut delivered) = (policy.allowed, d.delivered);
+    if let Some(eps) = endpoints {
+        let (section, ep_allowed, ep_delivered) = report_endpoints(eps);
+        out.push_str(&section);
+        allowed &= ep_allowed;
+        delivered &= ep_delivered;
+    }
+    let (verdict, code) = match (allowed, delivered) {
         (true, true) => (format!("ALLOWED: {} (the switch agrees with etcd)", can(true)), 0),
         (false, false) => (format!("DENIED: {} (the switch agrees with etcd)", can(false)), 3),
         (p, _) => (
@@ -257,7 +273,7 @@ pub fn report(src: &Located, dst: &Target, policy: &Policy, legs: &[Leg], raw: b
                 "MISMATCH: etcd says {}, the switch {}; the agent is out of step with etcd \
                  (check its log, k8s_ovs_flow_errors_total, and the VNIs above)",
                 if p { "allowed" } else { "denied" },
-                if d.delivered { "delivers" } else { "does not deliver" }
+                if delivered { "delivers" } else { "does not deliver" }
             ),
             4,
         ),
@@ -301,6 +317,23 @@ pub fn next_probe(src: &Located, dst: &Target, legs: &[Leg]) -> Option<(Ipv4Addr
 /// agents' debug token as a bearer token; the body of a 200, else an error
 /// with the agent's message.
 pub async fn http_get(addr: SocketAddrV4, path: &str, token: Option<&str>) -> Result<String> {
+    // The agent rate-limits /debug/trace (a few per second): a trace of
+    // several legs waits for its turn instead of failing.
+    let mut waited = Duration::ZERO;
+    loop {
+        match http_get_once(addr, path, token).await? {
+            (429, body) if waited < Duration::from_secs(10) => {
+                tracing::debug!(%addr, body = body.trim(), "rate-limited; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                waited += Duration::from_millis(500);
+            }
+            (200, body) => return Ok(body),
+            (status, body) => bail!("agent at {addr}: {path}: HTTP {status}: {}", body.trim()),
+        }
+    }
+}
+
+async fn http_get_once(addr: SocketAddrV4, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
     let io = async {
         let mut s = TcpStream::connect(addr).await?;
@@ -318,11 +351,8 @@ pub async fn http_get(addr: SocketAddrV4, path: &str, token: Option<&str>) -> Re
         .with_context(|| format!("agent at {addr}"))?;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").with_context(|| format!("agent at {addr}: not HTTP"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        bail!("agent at {addr}: {path}: HTTP {status}: {}", body.trim());
-    }
-    Ok(body.to_string())
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_string()))
 }
 
 /// Asks every node's agent for its pods. Nodes whose agent does not answer
@@ -350,14 +380,197 @@ pub async fn node_pods(
 
 /// Runs the legs against the agents.
 pub async fn run_legs(src: &Located, dst: &Target, port: u16, token: Option<&str>) -> Result<Vec<Leg>> {
+    run_probes(|legs| next_probe(src, dst, legs), port, token).await
+}
+
+/// Runs the probes `next` asks for, one leg after the other.
+async fn run_probes(
+    next: impl Fn(&[Leg]) -> Option<(Ipv4Addr, String)>,
+    port: u16,
+    token: Option<&str>,
+) -> Result<Vec<Leg>> {
     let mut legs = Vec::new();
-    while let Some((node_ip, probe)) = next_probe(src, dst, &legs) {
+    while let Some((node_ip, probe)) = next(&legs) {
         let path = format!("/debug/trace?flow={probe}");
         let text = http_get(SocketAddrV4::new(node_ip, port), &path, token).await?;
         let trace = trace::parse(&text);
         legs.push(Leg { node_ip, probe, text, trace });
     }
     Ok(legs)
+}
+
+/// One endpoint of a traced Service: where kube-proxy may DNAT the
+/// connection, and what the pipeline does with it there.
+#[derive(Debug, Clone)]
+pub struct EndpointTrace {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// The endpoint pod, if an agent has it.
+    pub pod: Option<Located>,
+    pub policy: Option<Policy>,
+    pub legs: Vec<Leg>,
+}
+
+impl EndpointTrace {
+    fn delivered(&self) -> bool {
+        self.pod.as_ref().is_some_and(|p| delivery(&self.legs, &Target::Pod(p.clone())).delivered)
+    }
+}
+
+/// The endpoints kube-proxy picks from for `port`/`protocol` of `svc`:
+/// the ready addresses of its EndpointSlices, at the target port of the
+/// slice port named like the service port.
+pub fn endpoints_of(
+    svc: &k8s_openapi::api::core::v1::Service,
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+    port: u16,
+    protocol: &str,
+) -> Vec<(Ipv4Addr, u16)> {
+    let proto = protocol.to_uppercase();
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let Some(sp) = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|ps| {
+        ps.iter().find(|p| p.port == i32::from(port) && p.protocol.as_deref().unwrap_or("TCP") == proto)
+    }) else {
+        return vec![];
+    };
+    let port_name = sp.name.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    for slice in slices {
+        let labels = slice.metadata.labels.as_ref();
+        if labels.and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str) != Some(name)
+            || slice.address_type != "IPv4"
+        {
+            continue;
+        }
+        let target = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == proto
+        });
+        let Some(target) = target.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else { continue };
+        for ep in slice.endpoints.iter().flatten() {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            out.extend(ep.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()).map(|ip| (ip, target)));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The probes for a DNATed service connection from `client` to `endpoint`:
+/// from tun0 on the client's node, then, across nodes, the tunnel leg.
+pub fn next_endpoint_probe(
+    client: &Located,
+    gateway_mac: &str,
+    endpoint: &Located,
+    (protocol, port): (&str, u16),
+    legs: &[Leg],
+) -> Option<(Ipv4Addr, String)> {
+    match legs {
+        [] => Some((
+            client.node_ip,
+            trace::gateway_probe(client.pod.ip, gateway_mac, &endpoint.pod, protocol, port),
+        )),
+        [first] => match first.trace.outcome {
+            Outcome::Tunnel { vni, remote } if remote == endpoint.node_ip && remote != client.node_ip => {
+                Some((
+                    remote,
+                    trace::gateway_tunnel_probe(
+                        vni,
+                        (client.node_ip, remote),
+                        client.pod.ip,
+                        gateway_mac,
+                        &endpoint.pod,
+                        (protocol, port),
+                    ),
+                ))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Traces each endpoint: where kube-proxy's DNAT takes the connection.
+pub async fn trace_endpoints(
+    client: &Located,
+    gateway_mac: &str,
+    endpoints: &[(Ipv4Addr, u16)],
+    nodes: &[NodePods],
+    protocol: &str,
+    policy_of: impl Fn(&str) -> Policy,
+    (agent_port, token): (u16, Option<&str>),
+) -> Result<Vec<EndpointTrace>> {
+    let mut out = Vec::new();
+    for (ip, port) in endpoints {
+        let pod = locate(&ip.to_string(), nodes).ok();
+        let (policy, legs) = match &pod {
+            Some(ep) => {
+                let next =
+                    |legs: &[Leg]| next_endpoint_probe(client, gateway_mac, ep, (protocol, *port), legs);
+                (Some(policy_of(&ep.pod.namespace)), run_probes(next, agent_port, token).await?)
+            }
+            None => (None, vec![]),
+        };
+        out.push(EndpointTrace { ip: *ip, port: *port, pod, policy, legs });
+    }
+    Ok(out)
+}
+
+/// The endpoints section of a Service's report, and whether some endpoint
+/// is allowed by etcd and delivered by the switch (for the verdict).
+pub fn report_endpoints(endpoints: &[EndpointTrace]) -> (String, bool, bool) {
+    let mut out = String::from(
+        "
+endpoints (kube-proxy DNATs to one of them in the node; the packet keeps the client's VNI):
+",
+    );
+    if endpoints.is_empty() {
+        out.push_str(
+            "  none: kube-proxy rejects the connection
+",
+        );
+    }
+    for ep in endpoints {
+        match (&ep.pod, &ep.policy) {
+            (Some(pod), Some(policy)) => {
+                let d = delivery(&ep.legs, &Target::Pod(pod.clone()));
+                let _ = writeln!(
+                    out,
+                    "  {}:{} {}/{} on {}: policy {}: {}; switch {}",
+                    ep.ip,
+                    ep.port,
+                    pod.pod.namespace,
+                    pod.pod.name,
+                    pod.node_ip,
+                    if policy.allowed { "allowed" } else { "denied" },
+                    policy.reason,
+                    d.detail
+                );
+                for leg in &ep.legs {
+                    for s in &leg.trace.steps {
+                        let matched = if s.matched.is_empty() { "(any)" } else { s.matched.as_str() };
+                        let _ = writeln!(
+                            out,
+                            "      {:<15} {:>2} {:<13} {}",
+                            leg.node_ip,
+                            s.table,
+                            table_name(s.table),
+                            matched
+                        );
+                    }
+                }
+            }
+            _ => {
+                let _ = writeln!(out, "  {}:{}: not a pod any agent knows (not traced)", ep.ip, ep.port);
+            }
+        }
+    }
+    let allowed = endpoints.iter().any(|e| e.policy.as_ref().is_some_and(|p| p.allowed));
+    let delivered = endpoints.iter().any(EndpointTrace::delivered);
+    (out, allowed, delivered)
 }
 
 #[cfg(test)]
@@ -451,7 +664,7 @@ mod tests {
         assert_eq!(next_probe(&src, &dst, &legs), None);
         assert!(delivery(&legs, &dst).delivered);
         let allowed = policy(&PluginName::MultiTenant, ("red", Some(100)), ("red", Some(100)));
-        let (text, code) = report(&src, &dst, &allowed, &legs, false);
+        let (text, code) = report(&src, &dst, &allowed, &legs, None, false);
         assert_eq!(code, 0, "{text}");
         assert!(text.contains("ISOLATION") && text.contains("ALLOWED"), "{text}");
     }
@@ -464,9 +677,9 @@ mod tests {
         let d = delivery(&legs, &dst);
         assert!(!d.delivered && d.detail.contains("table 60 ISOLATION"), "{d:?}");
         let denied = policy(&PluginName::MultiTenant, ("red", Some(100)), ("blue", Some(200)));
-        assert_eq!(report(&src, &dst, &denied, &legs, false).1, 3);
+        assert_eq!(report(&src, &dst, &denied, &legs, None, false).1, 3);
         let allowed = policy(&PluginName::MultiTenant, ("red", Some(100)), ("blue", Some(100)));
-        let (text, code) = report(&src, &dst, &allowed, &legs, true);
+        let (text, code) = report(&src, &dst, &allowed, &legs, None, true);
         assert_eq!(code, 4);
         assert!(text.contains("MISMATCH") && text.contains("ofproto/trace"), "{text}");
         // Delivered to another port than the pod's is not delivery.
@@ -493,7 +706,7 @@ mod tests {
         let d = delivery(&dropped, &dst);
         assert!(!d.delivered && d.detail.contains("table 30 SERVICE"), "{d:?}");
         let denied = policy(&PluginName::MultiTenant, ("blue", Some(200)), (dst.namespace(), Some(100)));
-        let (text, code) = report(&src, &dst, &denied, &dropped, false);
+        let (text, code) = report(&src, &dst, &denied, &dropped, None, false);
         assert_eq!(code, 3, "{text}");
         assert!(text.contains("to    service 10.96.5.5:80/tcp in namespace red"), "{text}");
         let to_gw = [leg(
@@ -501,5 +714,35 @@ mod tests {
             "30. tcp,reg0=0x64,nw_dst=10.96.5.5,tp_dst=80, priority 200, cookie 0x1\n    output:2\n",
         )];
         assert!(delivery(&to_gw, &dst).delivered);
+    }
+
+    #[test]
+    fn endpoints_come_from_the_slices_of_the_service_port() -> Result<()> {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "red"},
+            "spec": {"clusterIP": "10.96.5.5", "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }))?;
+        let slice = |svc_name: &str, ready: bool| -> Result<k8s_openapi::api::discovery::v1::EndpointSlice> {
+            Ok(serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("{svc_name}-x"), "labels": {"kubernetes.io/service-name": svc_name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["172.11.4.3"], "conditions": {"ready": ready}},
+                              {"addresses": ["172.11.0.9"]}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}]
+            }))?)
+        };
+        let slices = [slice("web", true)?, slice("other", true)?];
+        let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap_or(Ipv4Addr::UNSPECIFIED) };
+        assert_eq!(
+            endpoints_of(&svc, &slices, 80, "tcp"),
+            vec![(ip("172.11.0.9"), 8080), (ip("172.11.4.3"), 8080)]
+        );
+        assert_eq!(endpoints_of(&svc, &slices, 53, "udp").len(), 2);
+        assert!(endpoints_of(&svc, &slices, 81, "tcp").is_empty(), "no such service port");
+        // Not ready: kube-proxy leaves it out.
+        assert_eq!(endpoints_of(&svc, &[slice("web", false)?], 80, "tcp"), vec![(ip("172.11.0.9"), 8080)]);
+        Ok(())
     }
 }

@@ -58,6 +58,42 @@ pub fn service_probe(src: &TracePod, ip: Ipv4Addr, protocol: &str, port: u16) ->
     )
 }
 
+/// A service connection after kube-proxy's DNAT, as the client's node
+/// kernel sends it back into the bridge: from tun0 (addressed from the
+/// gateway's MAC to the endpoint's), with the client pod's address as the
+/// source, to the endpoint's address and target port.
+pub fn gateway_probe(
+    client: Ipv4Addr,
+    gateway_mac: &str,
+    endpoint: &TracePod,
+    protocol: &str,
+    port: u16,
+) -> String {
+    format!("in_port={GATEWAY_OFPORT},{}", l4_packet(client, gateway_mac, endpoint, protocol, port))
+}
+
+/// [`gateway_probe`]'s packet as the endpoint's node receives it from the tunnel.
+pub fn gateway_tunnel_probe(
+    vni: u32,
+    (src_node, dst_node): (Ipv4Addr, Ipv4Addr),
+    client: Ipv4Addr,
+    gateway_mac: &str,
+    endpoint: &TracePod,
+    (protocol, port): (&str, u16),
+) -> String {
+    format!(
+        "in_port={VXLAN_OFPORT},tun_id={vni:#x},tun_src={src_node},tun_dst={dst_node},{}",
+        l4_packet(client, gateway_mac, endpoint, protocol, port)
+    )
+}
+
+fn l4_packet(client: Ipv4Addr, src_mac: &str, endpoint: &TracePod, protocol: &str, port: u16) -> String {
+    format!(
+        "{protocol},dl_src={src_mac},dl_dst={},nw_src={client},nw_dst={},nw_ttl=64,tp_dst={port}",
+        endpoint.mac, endpoint.ip
+    )
+}
+
 /// The flow `ofproto/trace` runs for `src` sending an ICMP echo to `dst`,
 /// entering the switch at `src`'s port (on `src`'s node). Pods reach the
 /// whole cluster range on-link, so the frame is addressed to `dst`'s MAC.

@@ -178,13 +178,30 @@ fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
     ensure!(answer(&blue1, "tcp", &blue_near.ip, 8080)?.starts_with("bluenear "));
     // k8s-ovs-ctl trace explains both: red's own service is handed to the
     // gateway (kube-proxy), another tenant's packet dies in SERVICE.
-    let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "red/red1", "10.96.5.5:80"])?;
+    let url = s.api.url();
+    let (code, out, err) =
+        lab::cluster::ctl(&s.lab, &["trace", "red/red1", "10.96.5.5:80", "--kube-url", &url])?;
+    eprintln!("$ k8s-ovs-ctl trace red/red1 10.96.5.5:80\n{out}{err}");
     ensure!(code == Some(0) && out.contains("handed to the gateway (tun0)"), "{out}{err}");
     ensure!(out.contains("same namespace red (VNI 100)") && out.contains("30 SERVICE"), "{out}");
+    // ...and on to the endpoint: through kube-proxy's DNAT, delivered on node 2.
+    ensure!(
+        out.contains(&format!("{}:8080 red/web on", web.ip)) && out.contains("delivered to port"),
+        "{out}"
+    );
+    ensure!(out.contains("15 GATEWAY_IN") && out.contains("60 ISOLATION"), "{out}");
+    // The foreign endpoint: allowed at the ClusterIP, refused at the endpoint.
+    let (code, out, err) =
+        lab::cluster::ctl(&s.lab, &["trace", "red/red1", "10.96.5.7:80", "--kube-url", &url])?;
+    eprintln!("$ k8s-ovs-ctl trace red/red1 10.96.5.7:80\n{out}{err}");
+    ensure!(code == Some(3), "a Service into another tenant must trace as denied: {out}{err}");
+    ensure!(out.contains("policy denied") && out.contains("dropped in table 60 ISOLATION"), "{out}");
     let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "blue/blue1", "10.96.5.5:80"])?;
     ensure!(code == Some(3) && out.contains("dropped in table 30 SERVICE"), "{out}{err}");
-    let (code, out, _) = lab::cluster::ctl(&s.lab, &["trace", "glob/glob1", "10.96.5.5:80"])?;
-    ensure!(code == Some(0) && out.contains("glob is global (VNI 0)"), "{out}");
+    // Without a Kubernetes API to ask, the trace stops at the ClusterIP.
+    let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "glob/glob1", "10.96.5.5:80"])?;
+    ensure!(code == Some(0) && out.contains("glob is global (VNI 0)"), "{out}{err}");
+    ensure!(err.contains("the endpoints were not followed"), "{err}");
     // Nor can a tenant route around isolation through the node: red sends
     // to blue's pod via the gateway (the node kernel must not forward it).
     red1.netns.ip(&["route", "add", &format!("{}/32", blue_near.ip), "via", "172.11.0.1"])?;

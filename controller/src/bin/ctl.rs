@@ -9,6 +9,8 @@ use controller::args::{init_tracing, EtcdArgs};
 use controller::ctl::{self, Outcome};
 use controller::trace;
 use etcd_schema::Action;
+use ovs_flows::pipeline::gateway_of;
+use ovs_flows::{Ipv4Prefix, Mac};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +67,11 @@ enum Command {
         /// Also print each node's full ofproto/trace output.
         #[arg(long)]
         raw: bool,
+        /// Kubernetes API URL (without auth) for a Service's EndpointSlices,
+        /// to follow it to its endpoints; else the kubeconfig or in-cluster
+        /// config, if any.
+        #[arg(long, env = "K8S_OVS_KUBE_URL")]
+        kube_url: Option<String>,
     },
 }
 
@@ -99,7 +106,7 @@ async fn main() -> Result<()> {
             }
             return Ok(());
         }
-        Command::Trace { src, dst, agent_port, raw } => {
+        Command::Trace { src, dst, agent_port, raw, kube_url } => {
             let token = match &cli.debug_token_file {
                 Some(p) => Some(
                     std::fs::read_to_string(p)
@@ -110,7 +117,8 @@ async fn main() -> Result<()> {
                 None => None,
             };
             let agents = (agent_port, token.as_deref());
-            let code = trace(&mut client, &keys, &config, (&src, &dst), agents, raw).await?;
+            let code =
+                trace(&mut client, &keys, &config, (&src, &dst), agents, kube_url.as_deref(), raw).await?;
             std::process::exit(code);
         }
     };
@@ -132,14 +140,12 @@ async fn trace(
     config: &etcd_schema::NetworkConfig,
     (src, dst): (&str, &str),
     (agent_port, token): (u16, Option<&str>),
+    kube_url: Option<&str>,
     raw: bool,
 ) -> Result<i32> {
-    let node_ips: Vec<_> = ctl::subnets(client, keys, config)
-        .await?
-        .into_iter()
-        .filter_map(|s| s.ok())
-        .map(|s| s.host_ip)
-        .collect();
+    let subnets: Vec<_> =
+        ctl::subnets(client, keys, config).await?.into_iter().filter_map(|s| s.ok()).collect();
+    let node_ips: Vec<_> = subnets.iter().map(|s| s.host_ip).collect();
     let (nodes, failed) = trace::node_pods(&node_ips, agent_port, token).await;
     for f in &failed {
         eprintln!("warning: {f}");
@@ -148,13 +154,62 @@ async fn trace(
     let vnis: std::collections::BTreeMap<String, Option<u32>> =
         ctl::list(client, keys).await?.into_iter().map(|r| (r.namespace, r.net_id)).collect();
     let vni_of = |ns: &str| vnis.get(ns).copied().flatten();
-    let policy = trace::policy(
-        &config.plugin,
-        (&src.pod.namespace, vni_of(&src.pod.namespace)),
-        (dst.namespace(), vni_of(dst.namespace())),
-    );
+    let policy_to = |ns: &str| {
+        trace::policy(&config.plugin, (&src.pod.namespace, vni_of(&src.pod.namespace)), (ns, vni_of(ns)))
+    };
+    let policy = policy_to(dst.namespace());
     let legs = trace::run_legs(&src, &dst, agent_port, token).await?;
-    let (text, code) = trace::report(&src, &dst, &policy, &legs, raw);
+    // A Service handed to the gateway goes on through kube-proxy's DNAT:
+    // follow it to each endpoint (the switch decides again there).
+    let mut endpoints = None;
+    if let trace::Target::Service { service, protocol, port } = &dst {
+        let at_gateway = trace::delivery(&legs, &dst).delivered;
+        let gateway_mac =
+            subnets.iter().find(|s| s.host_ip == src.node_ip).and_then(|s| s.subnet).map(|net| {
+                Mac::for_ipv4(gateway_of(Ipv4Prefix::new(net.network(), net.prefix()))).to_string()
+            });
+        match (at_gateway, gateway_mac, service_endpoints(kube_url, service, *port, protocol).await) {
+            (true, Some(mac), Ok(eps)) => {
+                let agents = (agent_port, token);
+                endpoints = Some(
+                    trace::trace_endpoints(&src, &mac, &eps, &nodes, protocol, policy_to, agents).await?,
+                );
+            }
+            (true, _, Err(e)) => eprintln!("note: the endpoints were not followed: {e:#}"),
+            _ => {}
+        }
+    }
+    let (text, code) = trace::report(&src, &dst, &policy, &legs, endpoints.as_deref(), raw);
     print!("{text}");
     Ok(code)
+}
+
+/// The endpoints of the Service with `service`'s cluster IP, from the
+/// Kubernetes API (the objects kube-proxy follows).
+async fn service_endpoints(
+    kube_url: Option<&str>,
+    service: &ovs_flows::trace::TraceService,
+    port: u16,
+    protocol: &str,
+) -> Result<Vec<(std::net::Ipv4Addr, u16)>> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let config = match kube_url {
+        Some(url) => kube::Config::new(url.parse().context("--kube-url")?),
+        None => kube::Config::infer().await.context("no --kube-url and no kubeconfig")?,
+    };
+    let client = kube::Client::try_from(config).context("kube client")?;
+    let services: kube::Api<Service> = kube::Api::namespaced(client.clone(), &service.namespace);
+    let ip = service.ip.to_string();
+    let list = services.list(&Default::default()).await.context("list Services")?;
+    let svc = list
+        .items
+        .into_iter()
+        .find(|s| s.spec.as_ref().and_then(|sp| sp.cluster_ip.as_deref()) == Some(ip.as_str()))
+        .with_context(|| format!("no Service with cluster IP {ip} in {}", service.namespace))?;
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client, &service.namespace);
+    let params = kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+    let slices = slices.list(&params).await.context("list EndpointSlices")?;
+    Ok(trace::endpoints_of(&svc, &slices.items, port, protocol))
 }
