@@ -69,31 +69,13 @@ impl ServiceLab {
     /// Starts `lab-echo serve` in `pod` on `proto` ("tcp"/"udp") `port`,
     /// answering with the pod's name, and waits until it answers locally.
     pub fn serve(&mut self, pod: &CniPod, proto: &str, port: u16) -> Result<()> {
-        let bin = cluster::bin("lab-echo")?;
-        let bin = bin.to_string_lossy().to_string();
-        let addr = format!("{}:{port}", pod.ip);
-        let argv = pod.netns.wrap(&[&bin, "serve", proto, &addr, &pod.name]);
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start lab-echo")?;
-        self.servers.push(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while ask(&pod.netns, proto, &pod.ip, port)?.is_none() {
-            if Instant::now() > deadline {
-                bail!("{} did not start serving {proto} {addr}", pod.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.servers.push(spawn_echo(&pod.netns, &pod.ip, proto, port, &pod.name)?);
         Ok(())
     }
 
-    /// A Service `namespace/name` with `cluster_ip` and `ports` (type
-    /// NodePort when a port has a node port: `node_ports[i]` for `ports[i]`),
-    /// and, when `endpoints` is given, its EndpointSlice as the EndpointSlice
-    /// controller writes it for pods its selector picks.
+    /// A Service `namespace/name` (see [`apply_service`]) and, when
+    /// `endpoints` is given, its EndpointSlice as the EndpointSlice
+    /// controller writes it for the pods its selector picks.
     pub fn service(
         &self,
         namespace: &str,
@@ -103,26 +85,7 @@ impl ServiceLab {
         node_ports: &[u16],
         endpoints: Option<&[&CniPod]>,
     ) -> Result<()> {
-        let mut spec_ports = Vec::new();
-        for (i, (pname, proto, port, target)) in ports.iter().enumerate() {
-            let mut p = json!({"name": pname, "protocol": proto, "port": port, "targetPort": target});
-            if let Some(np) = node_ports.get(i) {
-                p["nodePort"] = json!(np);
-            }
-            spec_ports.push(p);
-        }
-        let typ = if node_ports.is_empty() { "ClusterIP" } else { "NodePort" };
-        let mut spec = json!({"type": typ, "clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "ports": spec_ports,
-                              "sessionAffinity": "None", "internalTrafficPolicy": "Cluster"});
-        if typ == "NodePort" {
-            spec["externalTrafficPolicy"] = json!("Cluster");
-        }
-        if endpoints.is_some() {
-            spec["selector"] = json!({"app": name});
-        }
-        self.api.apply(
-            json!({"kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}),
-        )?;
+        apply_service(&self.api, (namespace, name), cluster_ip, ports, node_ports, endpoints.is_some())?;
         if let Some(eps) = endpoints {
             self.endpoints(namespace, name, ports, eps)?;
         }
@@ -141,9 +104,7 @@ impl ServiceLab {
         let nodes: Vec<String> = pods.iter().map(|p| format!("n{}", p.node)).collect();
         let eps: Vec<(&str, &str, &str)> =
             pods.iter().zip(&nodes).map(|(p, n)| (p.ip.as_str(), n.as_str(), p.name.as_str())).collect();
-        let slice_ports: Vec<(&str, &str, u16)> = ports.iter().map(|(n, p, _, t)| (*n, *p, *t)).collect();
-        self.api.apply(kube_proxy::endpoint_slice(namespace, name, &eps, &slice_ports))?;
-        Ok(())
+        apply_endpoints(&self.api, (namespace, name), ports, &eps)
     }
 
     /// Waits until kube-proxy has the rules of every object written so far.
@@ -154,34 +115,109 @@ impl ServiceLab {
         }
     }
 
-    /// Starts dnsmasq in `pod` (UDP 53 on its IP) answering `records`
-    /// (name, IPv4) and nothing else: the cluster DNS server behind kube-dns.
+    /// Starts dnsmasq in `pod`: the cluster DNS server (see [`spawn_dns`]).
     pub fn serve_dns(&mut self, pod: &CniPod, records: &[(&str, &str)]) -> Result<()> {
-        let mut args = vec![
-            "dnsmasq".to_string(),
-            "-k".into(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--user=root".into(),
-            "--bind-interfaces".into(),
-            format!("--listen-address={}", pod.ip),
-            "--port=53".into(),
-            "--pid-file=".into(),
-        ];
-        args.extend(records.iter().map(|(n, ip)| format!("--host-record={n},{ip}")));
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let argv = pod.netns.wrap(&argv);
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start dnsmasq")?;
-        self.servers.push(child);
-        std::thread::sleep(Duration::from_millis(300));
+        self.servers.push(spawn_dns(&pod.netns, &pod.ip, records)?);
         Ok(())
     }
+}
+
+/// A Service `namespace/name` with `cluster_ip` and `ports`, as a user
+/// applies it (type NodePort when `node_ports` gives a node port for
+/// `ports[i]`; a selector when `selector`, else selector-less).
+pub fn apply_service(
+    api: &KubeApi,
+    (namespace, name): (&str, &str),
+    cluster_ip: &str,
+    ports: &[PortSpec<'_>],
+    node_ports: &[u16],
+    selector: bool,
+) -> Result<()> {
+    let mut spec_ports = Vec::new();
+    for (i, (pname, proto, port, target)) in ports.iter().enumerate() {
+        let mut p = json!({"name": pname, "protocol": proto, "port": port, "targetPort": target});
+        if let Some(np) = node_ports.get(i) {
+            p["nodePort"] = json!(np);
+        }
+        spec_ports.push(p);
+    }
+    let typ = if node_ports.is_empty() { "ClusterIP" } else { "NodePort" };
+    let mut spec = json!({"type": typ, "clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "ports": spec_ports,
+                          "sessionAffinity": "None", "internalTrafficPolicy": "Cluster"});
+    if typ == "NodePort" {
+        spec["externalTrafficPolicy"] = json!("Cluster");
+    }
+    if selector {
+        spec["selector"] = json!({"app": name});
+    }
+    api.apply(json!({"kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}))?;
+    Ok(())
+}
+
+/// The EndpointSlice of `namespace/name`: `endpoints` (ip, node name, pod
+/// name) ready at the ports' target ports.
+pub fn apply_endpoints(
+    api: &KubeApi,
+    (namespace, name): (&str, &str),
+    ports: &[PortSpec<'_>],
+    endpoints: &[(&str, &str, &str)],
+) -> Result<()> {
+    let slice_ports: Vec<(&str, &str, u16)> = ports.iter().map(|(n, p, _, t)| (*n, *p, *t)).collect();
+    api.apply(kube_proxy::endpoint_slice(namespace, name, endpoints, &slice_ports))?;
+    Ok(())
+}
+
+/// Starts `lab-echo serve` in `netns` on `ip:port` answering as `name`,
+/// once it answers locally. The caller ends the child.
+pub fn spawn_echo(netns: &Netns, ip: &str, proto: &str, port: u16, name: &str) -> Result<Child> {
+    let bin = cluster::bin("lab-echo")?.to_string_lossy().to_string();
+    let addr = format!("{ip}:{port}");
+    let argv = netns.wrap(&[&bin, "serve", proto, &addr, name]);
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start lab-echo")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ask(netns, proto, ip, port)?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name} did not start serving {proto} {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// Starts dnsmasq in `netns` (UDP 53 on `ip`) answering `records` (name,
+/// IPv4) and nothing else: the cluster DNS server behind kube-dns. The
+/// caller ends the child.
+pub fn spawn_dns(netns: &Netns, ip: &str, records: &[(&str, &str)]) -> Result<Child> {
+    let mut args = vec![
+        "dnsmasq".to_string(),
+        "-k".into(),
+        "--conf-file=/dev/null".into(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--user=root".into(),
+        "--bind-interfaces".into(),
+        format!("--listen-address={ip}"),
+        "--port=53".into(),
+        "--pid-file=".into(),
+    ];
+    args.extend(records.iter().map(|(n, a)| format!("--host-record={n},{a}")));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = netns.wrap(&argv);
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start dnsmasq")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
 }
 
 impl Drop for ServiceLab {

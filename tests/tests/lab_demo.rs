@@ -54,6 +54,9 @@ fn lab_demo_short_runs_end_to_end() -> Result<()> {
         "$ k8s-ovs-ctl --etcd-endpoints",
         "--wait join blue --to red",
         "0 global",
+        "-> 10.96.5.5   (dnsmasq in kube-system/coredns on n2",
+        "(red/web): answered \"red2 peer=172.11.0.",
+        "(red/web): refused",
         "everything torn down",
     ] {
         ensure!(stdout.contains(needle), "demo output lacks {needle:?}:\n{stdout}");

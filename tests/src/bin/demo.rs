@@ -25,6 +25,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use lab::cluster::{cni, ctl, start_controller, start_kube_api, Agent, CniCall, Daemon, NAME, PREFIX};
 use lab::kube_api::KubeApi;
+use lab::kube_proxy::{KubeProxy, ProxyConfig};
+use lab::services;
 use lab::{traffic, Lab, Netns};
 
 #[derive(Debug, Parser)]
@@ -162,12 +164,30 @@ struct DemoPod {
 /// Everything the demo started. Fields drop in declaration order: the
 /// daemons stop before the lab removes their namespaces and OVS instances.
 struct Cluster {
+    _servers: Servers,
+    _proxy: KubeProxy,
     _agents: Vec<Agent>,
     _controller: Daemon,
     _api: KubeApi,
     pods: Vec<DemoPod>,
     lab: Lab,
 }
+
+/// Servers started in pods (dnsmasq, lab-echo), ended by PID on drop.
+struct Servers(Vec<std::process::Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// red/web's ClusterIP; its endpoint is red2 (TCP 8080).
+const WEB_IP: &str = "10.96.5.5";
+const WEB_NAME: &str = "web.red.svc.cluster.local";
 
 fn demo(cli: &Cli) -> Result<()> {
     let cluster = start_cluster()?;
@@ -236,7 +256,75 @@ fn start_cluster() -> Result<Cluster> {
             pods.push(DemoPod { name, namespace: ns.into(), node, netns, ip });
         }
     }
-    Ok(Cluster { _agents: agents, _controller: controller, _api: api, pods, lab })
+    heading("services as a cluster runs them: kube-proxy's own rules, cluster DNS behind a ClusterIP");
+    checkpoint()?;
+    let t = step("kube-proxy on n1 and n2 (the lab's stand-in: the iptables rules kube-proxy writes)");
+    let nodes = (1..=2).map(|i| (lab.node(i).netns.clone(), format!("n{i}"))).collect();
+    let cidr = ProxyConfig { cluster_cidr: Some(lab::cluster::NETWORK.into()), masquerade_all: false };
+    let proxy = KubeProxy::start(api.store(), nodes, cidr)?;
+    done(t);
+    let t = step(
+        "kube-system/coredns on n2 (dnsmasq) behind kube-dns 10.96.0.10; red/web 10.96.5.5:80 -> red2:8080",
+    );
+    let dns = lab::cluster::add_pod(&mut lab, 2, "kube-system", "coredns")?;
+    let mut servers = Servers(vec![services::spawn_dns(&dns.netns, &dns.ip, &[(WEB_NAME, WEB_IP)])?]);
+    let red2 = pods.iter().find(|p| p.name == "red2").context("red2")?;
+    servers.0.push(services::spawn_echo(&red2.netns, &red2.ip, "tcp", 8080, "red2")?);
+    let dns_ports = [("dns", "UDP", 53, 53)];
+    services::apply_service(&api, ("kube-system", "kube-dns"), services::KUBE_DNS_IP, &dns_ports, &[], true)?;
+    services::apply_endpoints(&api, ("kube-system", "kube-dns"), &dns_ports, &[(&dns.ip, "n2", "coredns")])?;
+    let web_ports = [("http", "TCP", 80, 8080)];
+    services::apply_service(&api, ("red", "web"), WEB_IP, &web_ports, &[], true)?;
+    services::apply_endpoints(&api, ("red", "web"), &web_ports, &[(&red2.ip, "n2", "red2")])?;
+    proxy.wait_synced(Duration::from_secs(10))?;
+    done(t);
+    Ok(Cluster {
+        _servers: servers,
+        _proxy: proxy,
+        _agents: agents,
+        _controller: controller,
+        _api: api,
+        pods,
+        lab,
+    })
+}
+
+/// A name resolved from red1 through kube-dns, red's own service reached
+/// by that name, and blue refused it.
+fn services_tour(c: &Cluster) -> Result<()> {
+    heading("DNS and a Service: through kube-proxy's DNAT, isolation at the ClusterIP and at the endpoint");
+    for name in ["red1", "blue1"] {
+        checkpoint()?;
+        let p = pod(c, name)?;
+        services::use_cluster_dns(&p.netns)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            match services::resolve(&p.netns, WEB_NAME)? {
+                Some(a) => break a,
+                None if Instant::now() < deadline => continue,
+                None => bail!("{name} could not resolve {WEB_NAME} through {}", services::KUBE_DNS_IP),
+            }
+        };
+        println!(
+            "  {name:<6} $ getent ahostsv4 {WEB_NAME}  -> {got}   (dnsmasq in kube-system/coredns on n2, via kube-dns {})",
+            services::KUBE_DNS_IP
+        );
+        ensure!(got == WEB_IP, "{name} resolved {WEB_NAME} to {got}");
+    }
+    let red1 = pod(c, "red1")?;
+    let answer = services::wait_answer(&red1.netns, "tcp", WEB_IP, 80, Duration::from_secs(10))?
+        .context("red1 got no answer from red/web")?;
+    println!(
+        "  red1   -> {WEB_IP}:80 (red/web): answered \"{answer}\"  (the endpoint red2 sees red1 itself)"
+    );
+    let blue1 = pod(c, "blue1")?;
+    let refused =
+        (0..3).all(|_| services::ask(&blue1.netns, "tcp", WEB_IP, 80).map(|a| a.is_none()).unwrap_or(false));
+    ensure!(refused, "blue1 reached red/web");
+    println!(
+        "  blue1  -> {WEB_IP}:80 (red/web): refused (blue's VNI is not red's: dropped in table 30 SERVICE)"
+    );
+    Ok(())
 }
 
 fn tour(cli: &Cli, c: &Cluster) -> Result<()> {
@@ -245,6 +333,7 @@ fn tour(cli: &Cli, c: &Cluster) -> Result<()> {
     show_matrix(c, "every namespace on its own VNI: pods reach only their own namespace")?;
     heading("why not? k8s-ovs-ctl trace: etcd's VNIs beside each node's ofproto/trace");
     explain(c, "red1", "blue2", false)?;
+    services_tour(c)?;
 
     heading("the operator's way: edit the record in etcd (K8S-OVS's etcdctl recipes)");
     operator_edit(c, "red", vni(c, "red")?, "join", "blue", ("red1", "blue2", true))?;
