@@ -263,8 +263,8 @@ fn observe(
 
 fn log_committed(w: &plan::Write, rev: i64) {
     match &w.error {
-        Some(e) => tracing::error!(key = %w.key, rev, "rejected edit: {}", e.error),
-        None => tracing::info!(key = %w.key, rev, "{}", w.why),
+        plan::ErrorWrite::Put(e) => tracing::error!(key = %w.key, rev, "rejected edit: {}", e.error),
+        plan::ErrorWrite::Clear | plan::ErrorWrite::Keep => tracing::info!(key = %w.key, rev, "{}", w.why),
     }
 }
 
@@ -273,6 +273,7 @@ fn records_rev(records: &crate::model::Records, keys: &Keys, key: &str) -> Optio
     match k.kind {
         KeyKind::NetNamespace => records.netns.get(&k.name).map(|e| e.rev),
         KeyKind::Subnet => records.subnets.get(&k.name).map(|e| e.rev),
+        KeyKind::AppliedNetNamespace => records.applied.get(&k.name).map(|e| e.rev),
         _ => None,
     }
 }
