@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use etcd_schema::{
     Action, HostSubnet, Keys, NetNamespace, NetworkConfig, PluginName, RecordError, GLOBAL_VNI,
@@ -102,16 +103,51 @@ pub struct Inputs<'a> {
     pub records: &'a Records,
     pub kube: &'a KubeView,
     pub policy: &'a Policy,
+    pub now: Instant,
+}
+
+/// How long a node that still exists but reports no InternalIP keeps its
+/// subnet record: a kubelet restarting, or a node briefly without its
+/// address, must not cost the node its subnet (the other nodes would drop
+/// its tunnel flows, and it would come back with a new subnet its agent
+/// refuses). The clock starts when the planner first sees the node so.
+#[derive(Debug, Clone)]
+pub struct SubnetGrace {
+    pub period: Duration,
+    /// Host IP of the record -> when its node was first seen without an IP.
+    since: BTreeMap<String, Instant>,
+}
+
+impl SubnetGrace {
+    pub fn new(period: Duration) -> SubnetGrace {
+        SubnetGrace { period, since: BTreeMap::new() }
+    }
+
+    /// Whether the record of `ip` stays for now (starts its clock).
+    fn keep(&mut self, ip: &str, now: Instant) -> bool {
+        let since = *self.since.entry(ip.to_string()).or_insert(now);
+        now.duration_since(since) < self.period
+    }
+
+    /// When the next grace runs out: the controller plans again then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.since.values().map(|s| *s + self.period).min()
+    }
 }
 
 /// All writes that bring etcd to the desired state. Applying them and
 /// planning again yields nothing (the plan is idempotent).
-pub fn plan(inp: &Inputs<'_>, vnis: &mut VniAllocator, subnets: &mut SubnetAllocator) -> Vec<Write> {
+pub fn plan(
+    inp: &Inputs<'_>,
+    vnis: &mut VniAllocator,
+    subnets: &mut SubnetAllocator,
+    grace: &mut SubnetGrace,
+) -> Vec<Write> {
     let mut out = Vec::new();
     if inp.config.plugin == PluginName::MultiTenant {
         plan_netnamespaces(inp, vnis, &mut out);
     }
-    plan_subnets(inp, subnets, &mut out);
+    plan_subnets(inp, subnets, grace, &mut out);
     out
 }
 
@@ -390,9 +426,21 @@ fn sync_applied(inp: &Inputs<'_>, ids: &BTreeMap<String, u32>, start: usize, out
     }
 }
 
-fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Write>) {
+fn plan_subnets(
+    inp: &Inputs<'_>,
+    alloc: &mut SubnetAllocator,
+    grace: &mut SubnetGrace,
+    out: &mut Vec<Write>,
+) {
     let recs = inp.records;
     let nodes = inp.kube.nodes.as_ref();
+    // Clocks of records whose node has its IP back (or is gone) stop.
+    let ip_missing = |host: &str| nodes.is_some_and(|n| n.get(host).is_some_and(|ip| ip.is_none()));
+    grace.since.retain(|ip, _| {
+        recs.subnets
+            .get(ip)
+            .is_some_and(|e| e.parsed.as_ref().is_ok_and(|r| !r.assign && ip_missing(&r.host)))
+    });
     // Who holds which subnet now: the safe holder first, so a duplicate typed
     // by hand loses against the record that had it.
     let mut holder: BTreeMap<Ipv4Network, String> = BTreeMap::new();
@@ -451,6 +499,9 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
         };
         let node_backed = !rec.assign;
         if node_backed && nodes.is_some() && node_at(ip).is_none_or(|n| *n != rec.host) {
+            if ip_missing(&rec.host) && grace.keep(ip, inp.now) {
+                continue;
+            }
             out.push(write(
                 subnet_keys(inp, ip),
                 entry.rev,

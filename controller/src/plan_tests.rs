@@ -13,6 +13,8 @@ struct World {
     policy: Policy,
     vnis: VniAllocator,
     subnets: SubnetAllocator,
+    grace: SubnetGrace,
+    now: std::time::Instant,
     rev: i64,
     /// Error text shown beside each record (error key -> text).
     shown: BTreeMap<String, String>,
@@ -33,6 +35,8 @@ impl World {
             policy: Policy::new(["admin".to_string()]),
             vnis: VniAllocator::default(),
             subnets,
+            grace: SubnetGrace::new(std::time::Duration::from_secs(300)),
+            now: std::time::Instant::now(),
             rev: 1,
             shown: BTreeMap::new(),
         }
@@ -61,8 +65,9 @@ impl World {
             records: &self.records,
             kube: &self.kube,
             policy: &self.policy,
+            now: self.now,
         };
-        let writes = plan(&inputs, &mut self.vnis, &mut self.subnets);
+        let writes = plan(&inputs, &mut self.vnis, &mut self.subnets, &mut self.grace);
         for w in &writes {
             self.rev += 1;
             self.records.committed(&self.keys, &self.config, w, self.rev);
@@ -456,4 +461,35 @@ fn the_applied_copy_of_a_vanished_namespace_goes_with_it() {
     let gone = writes.iter().find(|x| x.key == w.keys.netnamespace("red")).expect("collected");
     assert_eq!(gone.applied, Some((w.keys.applied_netnamespace("red"), RecordWrite::Delete)));
     assert!(w.records.applied.is_empty() && w.records.safe_netns.is_empty());
+}
+
+#[test]
+fn a_node_without_its_internal_ip_keeps_its_subnet_for_the_grace_period() {
+    let mut w = World::new(&[]);
+    node(&mut w, "n1", "192.0.2.1");
+    node(&mut w, "n2", "192.0.2.2");
+    w.settle();
+    let subnet = subnet_of(&w, "192.0.2.1");
+    assert!(subnet.is_some());
+    // n1 reports no InternalIP for a while: its subnet stays.
+    w.kube.nodes.as_mut().map(|n| n.insert("n1".into(), None));
+    assert!(w.settle().is_empty(), "nothing released inside the grace");
+    w.now += std::time::Duration::from_secs(299);
+    assert!(w.settle().is_empty());
+    assert_eq!(w.grace.next_deadline(), Some(w.now + std::time::Duration::from_secs(1)));
+    // Back with the same IP: kept, and the clock is gone.
+    node(&mut w, "n1", "192.0.2.1");
+    assert!(w.settle().is_empty());
+    assert_eq!((subnet_of(&w, "192.0.2.1"), w.grace.next_deadline()), (subnet.clone(), None));
+    // Gone for longer than the grace: released then, not before.
+    w.kube.nodes.as_mut().map(|n| n.insert("n1".into(), None));
+    w.settle();
+    w.now += std::time::Duration::from_secs(300);
+    let writes = w.settle();
+    assert!(writes.iter().any(|x| x.record == RecordWrite::Delete && x.key == w.keys.subnet("192.0.2.1")));
+    assert_eq!(subnet_of(&w, "192.0.2.1"), None);
+    // A node deleted outright releases at once, as before.
+    w.kube.nodes.as_mut().map(|n| n.remove("n2"));
+    w.settle();
+    assert_eq!(subnet_of(&w, "192.0.2.2"), None);
 }
