@@ -6,6 +6,14 @@
 //! working on the last one while etcd is unreachable. A record that fails
 //! validation keeps its last good value (the controller reports the error
 //! beside it); it never removes a namespace's VNI or a node's subnet.
+//!
+//! A namespace's VNI comes from the controller's validated copy of its
+//! record (`applied/netnamespaces/<ns>`, which only the controller may
+//! write), never from the operator's record itself: a NetID typed by hand,
+//! or a record re-created with another tenant's NetID, reaches no switch.
+//! Until the controller has marked `applied/` complete (a cluster upgraded
+//! from a version without it), a namespace without an applied copy falls
+//! back to its record's NetID, as before.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -26,8 +34,16 @@ pub struct EtcdView {
     pub config: Option<NetworkConfig>,
     /// Allocated node subnets by host IP.
     pub subnets: BTreeMap<Ipv4Addr, Ipv4Network>,
-    /// Namespace -> VNI.
+    /// Namespace -> VNI: what the switch programs (see `effective_vni`).
     pub vnis: BTreeMap<String, u32>,
+    /// Namespace -> NetID of the operator-facing record (used only before
+    /// `applied_complete`).
+    pub record_vnis: BTreeMap<String, u32>,
+    /// Namespace -> NetID of the controller's validated copy.
+    pub applied_vnis: BTreeMap<String, u32>,
+    /// The controller has written every namespace's applied copy. Sticky:
+    /// once seen, a deleted marker never brings the records' NetIDs back.
+    pub applied_complete: bool,
     /// Whether the view reflects a completed list (false until the first).
     pub synced: bool,
 }
@@ -70,21 +86,55 @@ impl EtcdView {
                     }
                 }
             }
-            KeyKind::NetNamespace => {
+            KeyKind::NetNamespace | KeyKind::AppliedNetNamespace => {
+                let map = if parsed.kind == KeyKind::NetNamespace {
+                    &mut self.record_vnis
+                } else {
+                    &mut self.applied_vnis
+                };
                 match value.map(|v| v.and_then(|v| parse_net_namespace(key, &parsed.name, v))) {
                     Some(Ok(ns)) => {
-                        self.vnis.insert(parsed.name, ns.net_id);
+                        map.insert(parsed.name.clone(), ns.net_id);
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "ignoring invalid netnamespace record; keeping its last VNI")
                     }
                     None => {
-                        self.vnis.remove(&parsed.name);
+                        map.remove(&parsed.name);
                     }
                 }
+                self.refresh_vni(&parsed.name);
             }
+            KeyKind::AppliedComplete => match value {
+                Some(_) if !self.applied_complete => {
+                    info!("the controller's applied records are complete; VNIs come from them alone");
+                    self.applied_complete = true;
+                    self.vnis = self.applied_vnis.clone();
+                }
+                Some(_) => {}
+                None => warn!(key, "applied/complete deleted; still taking VNIs from applied records only"),
+            },
             _ => {}
         }
+    }
+
+    /// The VNI the switch programs for `name`: the controller's applied
+    /// copy; before `applied/` is complete (an upgrade), the record's NetID
+    /// for a namespace the controller has not copied yet.
+    fn effective_vni(&self, name: &str) -> Option<u32> {
+        let applied = self.applied_vnis.get(name).copied();
+        if self.applied_complete {
+            applied
+        } else {
+            applied.or_else(|| self.record_vnis.get(name).copied())
+        }
+    }
+
+    fn refresh_vni(&mut self, name: &str) {
+        match self.effective_vni(name) {
+            Some(id) => self.vnis.insert(name.to_string(), id),
+            None => self.vnis.remove(name),
+        };
     }
 
     /// The view after a full list (`listed`: every key under the prefix and
@@ -95,7 +145,12 @@ impl EtcdView {
     /// because someone wrote garbage while the watch was down.
     pub fn relisted(prev: &EtcdView, prefix: &str, listed: &[(String, Vec<u8>)]) -> EtcdView {
         let config_key = Keys::config_key(prefix);
-        let mut view = EtcdView { config: prev.config.clone(), synced: true, ..EtcdView::default() };
+        let mut view = EtcdView {
+            config: prev.config.clone(),
+            applied_complete: prev.applied_complete,
+            synced: true,
+            ..EtcdView::default()
+        };
         // Config first: the other keys are parsed against it.
         match listed.iter().find(|(k, _)| *k == config_key) {
             Some((k, v)) => view.apply(prefix, k, Some(v)),
@@ -116,13 +171,21 @@ impl EtcdView {
                         }
                     }
                     KeyKind::NetNamespace => {
-                        if let Some(id) = prev.vnis.get(&parsed.name) {
-                            view.vnis.insert(parsed.name, *id);
+                        if let Some(id) = prev.record_vnis.get(&parsed.name) {
+                            view.record_vnis.insert(parsed.name, *id);
+                        }
+                    }
+                    KeyKind::AppliedNetNamespace => {
+                        if let Some(id) = prev.applied_vnis.get(&parsed.name) {
+                            view.applied_vnis.insert(parsed.name, *id);
                         }
                     }
                     _ => {}
                 }
             }
+            let names: Vec<String> =
+                view.record_vnis.keys().chain(view.applied_vnis.keys()).cloned().collect();
+            names.iter().for_each(|n| view.refresh_vni(n));
         }
         for (k, v) in listed.iter().filter(|(k, _)| *k != config_key) {
             view.apply(prefix, k, Some(v));
@@ -311,5 +374,76 @@ mod tests {
         let fresh =
             EtcdView::relisted(&EtcdView::default(), P, &[config(), (netns("red", 0).0, b"{".to_vec())]);
         assert!(fresh.vnis.is_empty());
+    }
+
+    fn applied(name: &str, id: u32) -> (String, Vec<u8>) {
+        let (key, value) = netns(name, id);
+        (key.replace("/k8ssdn/netnamespaces/", "/k8ssdn/applied/netnamespaces/"), value)
+    }
+
+    fn complete() -> (String, Vec<u8>) {
+        (format!("{P}/k8ssdn/applied/complete"), b"{}".to_vec())
+    }
+
+    fn put(v: &mut EtcdView, (key, value): (String, Vec<u8>)) {
+        v.apply(P, &key, Some(&value));
+    }
+
+    #[test]
+    fn a_hand_written_net_id_never_reaches_the_view() {
+        let mut v = EtcdView::relisted(
+            &EtcdView::default(),
+            P,
+            &[config(), complete(), netns("red", 100), applied("red", 100)],
+        );
+        assert_eq!(v.vnis.get("red"), Some(&100));
+        // The operator types blue's NetID into red's record, Action empty.
+        put(&mut v, netns("red", 200));
+        assert_eq!(v.vnis.get("red"), Some(&100), "only the controller's applied copy gives a VNI");
+        // Deleted and re-created with another tenant's NetID: same.
+        v.apply(P, &netns("red", 0).0, None);
+        assert_eq!(v.vnis.get("red"), Some(&100), "a deleted record does not take the VNI away");
+        put(&mut v, netns("red", 200));
+        assert_eq!(v.vnis.get("red"), Some(&100));
+        // A record with no applied copy at all gives nothing.
+        put(&mut v, netns("mallory", 200));
+        assert_eq!(v.vnis.get("mallory"), None);
+        // The controller's write is what changes it, and its delete removes it.
+        put(&mut v, applied("red", 200));
+        assert_eq!(v.vnis.get("red"), Some(&200));
+        v.apply(P, &applied("red", 0).0, None);
+        assert_eq!(v.vnis.get("red"), None);
+        // The same at a relist.
+        let again =
+            EtcdView::relisted(&v, P, &[config(), complete(), netns("red", 300), applied("blue", 200)]);
+        assert_eq!(again.vnis, [("blue".to_string(), 200)].into());
+    }
+
+    #[test]
+    fn before_applied_is_complete_records_give_vnis_and_after_only_applied_copies() {
+        // An upgraded cluster whose controller has not written applied/ yet.
+        let mut v =
+            EtcdView::relisted(&EtcdView::default(), P, &[config(), netns("red", 100), netns("blue", 200)]);
+        assert_eq!(v.vnis.len(), 2, "before the controller's copies exist the records' NetIDs stand");
+        // The controller copies one namespace: its copy wins over the record.
+        put(&mut v, applied("red", 100));
+        put(&mut v, netns("red", 200));
+        assert_eq!(v.vnis.get("red"), Some(&100));
+        // Marked complete: a namespace without a copy has no VNI any more,
+        // and a deleted marker does not bring the records back.
+        put(&mut v, complete());
+        assert_eq!(v.vnis, [("red".to_string(), 100)].into());
+        v.apply(P, &complete().0, None);
+        put(&mut v, netns("blue", 300));
+        assert_eq!(v.vnis, [("red".to_string(), 100)].into());
+        let relisted = EtcdView::relisted(
+            &v,
+            P,
+            &[config(), netns("red", 200), netns("blue", 300), applied("red", 100)],
+        );
+        assert_eq!(relisted.vnis, [("red".to_string(), 100)].into(), "sticky across a relist too");
+        // An invalid applied copy at a relist keeps its last good value.
+        let bad = (applied("red", 0).0, b"{".to_vec());
+        assert_eq!(EtcdView::relisted(&relisted, P, &[config(), bad]).vnis.get("red"), Some(&100));
     }
 }

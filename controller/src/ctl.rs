@@ -108,7 +108,9 @@ pub async fn wait(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceRow {
     pub namespace: String,
-    /// None when the record is invalid right now.
+    /// The NetID agents program: the controller's applied copy; without one
+    /// (before an upgraded controller wrote it) the record's. None when
+    /// neither is valid.
     pub net_id: Option<u32>,
     pub pending: String,
     pub error: String,
@@ -117,6 +119,7 @@ pub struct NamespaceRow {
 pub async fn list(client: &mut Client, keys: &Keys) -> Result<Vec<NamespaceRow>> {
     let all = read_all(client, keys).await?;
     let mut rows: std::collections::BTreeMap<String, NamespaceRow> = Default::default();
+    let mut applied: std::collections::BTreeMap<String, u32> = Default::default();
     let row = |name: &str| NamespaceRow {
         namespace: name.to_string(),
         net_id: None,
@@ -141,6 +144,11 @@ pub async fn list(client: &mut Client, keys: &Keys) -> Result<Vec<NamespaceRow>>
                     Err(e) => r.pending = format!("(invalid: {e})"),
                 }
             }
+            KeyKind::AppliedNetNamespace => {
+                if let Ok(rec) = parse_net_namespace(k, &parsed.name, v) {
+                    applied.insert(parsed.name.clone(), rec.net_id);
+                }
+            }
             KeyKind::NetNamespaceError => {
                 let r = rows.entry(parsed.name.clone()).or_insert_with(|| row(&parsed.name));
                 r.error =
@@ -148,6 +156,9 @@ pub async fn list(client: &mut Client, keys: &Keys) -> Result<Vec<NamespaceRow>>
             }
             _ => {}
         }
+    }
+    for (name, id) in applied {
+        rows.entry(name.clone()).or_insert_with(|| row(&name)).net_id = Some(id);
     }
     Ok(rows.into_values().collect())
 }

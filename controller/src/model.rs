@@ -27,6 +27,12 @@ pub struct Records {
     /// bad edit is rolled back to.
     pub safe_netns: BTreeMap<String, u32>,
     pub safe_subnets: BTreeMap<String, HostSubnet>,
+    /// The controller's validated copies (`applied/netnamespaces/<ns>`), as
+    /// etcd holds them: what agents program. A valid one is the namespace's
+    /// safe state, also while its operator record is deleted or re-created.
+    pub applied: BTreeMap<String, Entry<NetNamespace>>,
+    /// `applied/complete` exists: every namespace has its applied copy.
+    pub applied_complete: bool,
     /// Error records present (full key -> EditRevision), so an unchanged
     /// bad record is reported once, not on every plan.
     pub errors: BTreeMap<String, i64>,
@@ -39,8 +45,15 @@ impl Records {
         self.observe_put(keys, config, key, value, rev);
         let Some(k) = keys.parse(key) else { return };
         match k.kind {
-            KeyKind::NetNamespace => {
+            // The applied copy, when valid, is the safe state: a record typed
+            // while no controller ran does not override what agents program.
+            KeyKind::NetNamespace if !self.has_valid_applied(&k.name) => {
                 if let Some(Ok(rec)) = self.netns.get(&k.name).map(|e| &e.parsed) {
+                    self.safe_netns.insert(k.name, rec.net_id);
+                }
+            }
+            KeyKind::AppliedNetNamespace => {
+                if let Some(Ok(rec)) = self.applied.get(&k.name).map(|e| &e.parsed) {
                     self.safe_netns.insert(k.name, rec.net_id);
                 }
             }
@@ -67,6 +80,13 @@ impl Records {
                 let parsed = text.and_then(|v| parse_net_namespace(key, &k.name, v));
                 self.netns.insert(k.name, Entry { rev, raw, parsed });
             }
+            // Seen, not trusted: a copy that differs from the safe state is
+            // rewritten by the plan (only the controller's role may write it).
+            KeyKind::AppliedNetNamespace => {
+                let parsed = text.and_then(|v| parse_net_namespace(key, &k.name, v));
+                self.applied.insert(k.name, Entry { rev, raw, parsed });
+            }
+            KeyKind::AppliedComplete => self.applied_complete = true,
             KeyKind::Subnet => {
                 let parsed = text.and_then(|v| parse_host_subnet(key, &k.name, v, config));
                 self.subnets.insert(k.name, Entry { rev, raw, parsed });
@@ -78,6 +98,10 @@ impl Records {
             }
             KeyKind::Config | KeyKind::Leader => {}
         }
+    }
+
+    fn has_valid_applied(&self, name: &str) -> bool {
+        self.applied.get(name).is_some_and(|e| e.parsed.is_ok())
     }
 
     /// After a relist (a new session: reconnect, lost leadership, a
@@ -107,8 +131,20 @@ impl Records {
         match k.kind {
             KeyKind::NetNamespace => {
                 self.netns.remove(&k.name);
-                self.safe_netns.remove(&k.name);
+                // A deleted record does not end the namespace's network: its
+                // applied copy stands, and a re-created record is judged
+                // against it (another tenant's NetID is rolled back).
+                if !self.has_valid_applied(&k.name) {
+                    self.safe_netns.remove(&k.name);
+                }
             }
+            KeyKind::AppliedNetNamespace => {
+                self.applied.remove(&k.name);
+                if !self.netns.contains_key(&k.name) {
+                    self.safe_netns.remove(&k.name);
+                }
+            }
+            KeyKind::AppliedComplete => self.applied_complete = false,
             KeyKind::Subnet => {
                 self.subnets.remove(&k.name);
                 self.safe_subnets.remove(&k.name);
@@ -123,19 +159,29 @@ impl Records {
     /// The controller's own write committed at `rev`: its record is the new
     /// safe state.
     pub fn committed(&mut self, keys: &Keys, config: &NetworkConfig, write: &crate::plan::Write, rev: i64) {
-        use crate::plan::RecordWrite;
+        use crate::plan::{ErrorWrite, RecordWrite};
+        // The applied copy first: a record's delete keeps the safe state only
+        // while a copy stands.
+        if let Some((key, op)) = &write.applied {
+            match op {
+                RecordWrite::Put(value) => self.load(keys, config, key, value.as_bytes(), rev),
+                RecordWrite::Delete => self.observe_delete(keys, key),
+                RecordWrite::Keep => {}
+            }
+        }
         match &write.record {
             RecordWrite::Put(value) => self.load(keys, config, &write.key, value.as_bytes(), rev),
             RecordWrite::Delete => self.observe_delete(keys, &write.key),
             RecordWrite::Keep => {}
         }
         match &write.error {
-            Some(e) => {
+            ErrorWrite::Put(e) => {
                 self.errors.insert(write.error_key.clone(), e.edit_revision);
             }
-            None => {
+            ErrorWrite::Clear => {
                 self.errors.remove(&write.error_key);
             }
+            ErrorWrite::Keep => {}
         }
     }
 }

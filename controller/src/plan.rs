@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use etcd_schema::{
     Action, HostSubnet, Keys, NetNamespace, NetworkConfig, PluginName, RecordError, GLOBAL_VNI,
@@ -23,7 +24,18 @@ pub enum RecordWrite {
     Keep,
 }
 
-/// One transaction: the record (if still at `expect_rev`) and its error key.
+/// What happens to the error key beside the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorWrite {
+    Put(RecordError),
+    Clear,
+    Keep,
+}
+
+/// One transaction: the record (if still at `expect_rev`), its error key
+/// and, for a net namespace, the controller's applied copy that agents
+/// program: the copy changes only in the same fenced transaction as the
+/// validated record, so no unvalidated NetID is ever in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub key: String,
@@ -31,8 +43,9 @@ pub struct Write {
     pub expect_rev: i64,
     pub record: RecordWrite,
     pub error_key: String,
-    /// `Some`: put this error beside the record; `None`: clear it.
-    pub error: Option<RecordError>,
+    pub error: ErrorWrite,
+    /// `applied/netnamespaces/<ns>` and what happens to it.
+    pub applied: Option<(String, RecordWrite)>,
     /// What this write does, for the log.
     pub why: String,
 }
@@ -90,16 +103,51 @@ pub struct Inputs<'a> {
     pub records: &'a Records,
     pub kube: &'a KubeView,
     pub policy: &'a Policy,
+    pub now: Instant,
+}
+
+/// How long a node that still exists but reports no InternalIP keeps its
+/// subnet record: a kubelet restarting, or a node briefly without its
+/// address, must not cost the node its subnet (the other nodes would drop
+/// its tunnel flows, and it would come back with a new subnet its agent
+/// refuses). The clock starts when the planner first sees the node so.
+#[derive(Debug, Clone)]
+pub struct SubnetGrace {
+    pub period: Duration,
+    /// Host IP of the record -> when its node was first seen without an IP.
+    since: BTreeMap<String, Instant>,
+}
+
+impl SubnetGrace {
+    pub fn new(period: Duration) -> SubnetGrace {
+        SubnetGrace { period, since: BTreeMap::new() }
+    }
+
+    /// Whether the record of `ip` stays for now (starts its clock).
+    fn keep(&mut self, ip: &str, now: Instant) -> bool {
+        let since = *self.since.entry(ip.to_string()).or_insert(now);
+        now.duration_since(since) < self.period
+    }
+
+    /// When the next grace runs out: the controller plans again then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.since.values().map(|s| *s + self.period).min()
+    }
 }
 
 /// All writes that bring etcd to the desired state. Applying them and
 /// planning again yields nothing (the plan is idempotent).
-pub fn plan(inp: &Inputs<'_>, vnis: &mut VniAllocator, subnets: &mut SubnetAllocator) -> Vec<Write> {
+pub fn plan(
+    inp: &Inputs<'_>,
+    vnis: &mut VniAllocator,
+    subnets: &mut SubnetAllocator,
+    grace: &mut SubnetGrace,
+) -> Vec<Write> {
     let mut out = Vec::new();
     if inp.config.plugin == PluginName::MultiTenant {
         plan_netnamespaces(inp, vnis, &mut out);
     }
-    plan_subnets(inp, subnets, &mut out);
+    plan_subnets(inp, subnets, grace, &mut out);
     out
 }
 
@@ -121,7 +169,23 @@ fn write(
     error: Option<RecordError>,
     why: String,
 ) -> Write {
-    Write { key, expect_rev: rev, record, error_key, error, why }
+    let error = error.map_or(ErrorWrite::Clear, ErrorWrite::Put);
+    Write { key, expect_rev: rev, record, error_key, error, applied: None, why }
+}
+
+/// A net namespace write: the applied copy follows the record (the
+/// controller only ever puts validated records without an action).
+fn netns_write(
+    inp: &Inputs<'_>,
+    name: &str,
+    rev: i64,
+    record: RecordWrite,
+    error: Option<RecordError>,
+    why: String,
+) -> Write {
+    let mut w = write(netns_keys(inp, name), rev, record.clone(), error, why);
+    w.applied = Some((inp.keys.applied_netnamespace(name), record));
+    w
 }
 
 fn rejected(message: String, raw: &str, rev: i64) -> Option<RecordError> {
@@ -130,7 +194,9 @@ fn rejected(message: String, raw: &str, rev: i64) -> Option<RecordError> {
 
 fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<Write>) {
     let recs = inp.records;
-    // The NetID each namespace holds now: its safe one when an edit is pending.
+    let start = out.len();
+    // The NetID each namespace holds now: its safe one when an edit is
+    // pending, or while its record is deleted (the applied copy stands).
     let mut ids: BTreeMap<String, u32> = recs
         .netns
         .iter()
@@ -139,6 +205,9 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
             Some((n.clone(), id))
         })
         .collect();
+    for (n, id) in &recs.safe_netns {
+        ids.entry(n.clone()).or_insert(*id);
+    }
     vnis.reset_in_use(ids.values().copied());
     let known = inp.kube.namespaces.as_ref();
 
@@ -153,8 +222,9 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 edit_revision: entry.rev,
             });
             ids.remove(name);
-            out.push(write(
-                netns_keys(inp, name),
+            out.push(netns_write(
+                inp,
+                name,
                 entry.rev,
                 RecordWrite::Delete,
                 error,
@@ -178,8 +248,9 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 };
                 ids.insert(name.clone(), id);
                 let error = rejected(e.to_string(), &entry.raw, entry.rev);
-                out.push(write(
-                    netns_keys(inp, name),
+                out.push(netns_write(
+                    inp,
+                    name,
                     entry.rev,
                     restore_to(id),
                     error,
@@ -193,8 +264,9 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 "{key}: field NetID = {}: changed without an action (was {s}); use join, isolate or global",
                 rec.net_id
             );
-            out.push(write(
-                netns_keys(inp, name),
+            out.push(netns_write(
+                inp,
+                name,
                 entry.rev,
                 restore_to(s),
                 rejected(msg, &entry.raw, entry.rev),
@@ -207,8 +279,9 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 let msg =
                     format!("{key}: field Action: {name} is an admin namespace and stays global (NetID 0)");
                 let error = rejected(msg, &entry.raw, entry.rev);
-                out.push(write(
-                    netns_keys(inp, name),
+                out.push(netns_write(
+                    inp,
+                    name,
                     entry.rev,
                     restore_to(GLOBAL_VNI),
                     error,
@@ -216,8 +289,9 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 ));
             } else if rec.net_id != GLOBAL_VNI {
                 ids.insert(name.clone(), GLOBAL_VNI);
-                out.push(write(
-                    netns_keys(inp, name),
+                out.push(netns_write(
+                    inp,
+                    name,
                     entry.rev,
                     restore_to(GLOBAL_VNI),
                     None,
@@ -226,25 +300,67 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
             }
             continue;
         }
+        if safe.is_none() && rec.action.is_none() {
+            // A record the controller never validated (created by hand, or
+            // re-created while no controller ran): its NetID may be typed,
+            // and another tenant's or global one is never taken over.
+            let holder = ids.iter().find(|(n, &id)| *n != name && id == rec.net_id).map(|(n, _)| n.clone());
+            if rec.net_id == GLOBAL_VNI || holder.is_some() {
+                let Ok(id) = vnis.allocate() else { continue };
+                ids.insert(name.clone(), id);
+                let held = holder.map_or_else(|| "global".to_string(), |h| format!("held by namespace {h}"));
+                let msg = format!(
+                    "{key}: field NetID = {}: {held}; a new record gets its own NetID (use join or global)",
+                    rec.net_id
+                );
+                let why = format!("give new record {name} NetID {id}");
+                out.push(netns_write(
+                    inp,
+                    name,
+                    entry.rev,
+                    restore_to(id),
+                    rejected(msg, &entry.raw, entry.rev),
+                    why,
+                ));
+                continue;
+            }
+        }
         let Some(action) = &rec.action else { continue };
         match apply_action(name, rec.net_id, action, &ids, vnis) {
             Ok(id) => {
                 ids.insert(name.clone(), id);
                 let why = format!("{action:?} on {name}: NetID {} -> {id}", rec.net_id);
-                out.push(write(netns_keys(inp, name), entry.rev, restore_to(id), None, why));
+                out.push(netns_write(inp, name, entry.rev, restore_to(id), None, why));
             }
             Err(msg) => {
                 let error = rejected(format!("{key}: {msg}"), &entry.raw, entry.rev);
                 let why = format!("refuse {action:?} on {name}");
-                out.push(write(netns_keys(inp, name), entry.rev, restore_to(rec.net_id), error, why));
+                out.push(netns_write(inp, name, entry.rev, restore_to(rec.net_id), error, why));
             }
         }
     }
 
-    let Some(known) = known else { return };
+    if let Some(known) = known {
+        create_missing(inp, known, &mut ids, vnis, out);
+    }
+    sync_applied(inp, &ids, start, out);
+}
+
+/// Records for namespaces that have none: a namespace whose record was
+/// deleted by hand gets it back with the NetID it still holds.
+fn create_missing(
+    inp: &Inputs<'_>,
+    known: &BTreeSet<String>,
+    ids: &mut BTreeMap<String, u32>,
+    vnis: &mut VniAllocator,
+    out: &mut Vec<Write>,
+) {
+    let recs = inp.records;
     for name in known.iter().filter(|n| !recs.netns.contains_key(*n)) {
         let id = if inp.policy.is_admin(name) {
             GLOBAL_VNI
+        } else if let Some(&id) = recs.safe_netns.get(name) {
+            id
         } else {
             match vnis.allocate() {
                 Ok(id) => id,
@@ -256,19 +372,75 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
         };
         ids.insert(name.clone(), id);
         let record = RecordWrite::Put(NetNamespace::new(name, id).to_json());
-        out.push(write(
-            netns_keys(inp, name),
-            0,
-            record,
-            None,
-            format!("create record of {name} with NetID {id}"),
-        ));
+        out.push(netns_write(inp, name, 0, record, None, format!("create record of {name} with NetID {id}")));
     }
 }
 
-fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Write>) {
+/// The applied copies of the records this plan does not write anyway: put
+/// where missing or different from the validated NetID (an upgrade from a
+/// version without them, a copy lost or written by someone else), deleted
+/// where the namespace is gone; then, once all agree, `applied/complete`.
+fn sync_applied(inp: &Inputs<'_>, ids: &BTreeMap<String, u32>, start: usize, out: &mut Vec<Write>) {
+    let recs = inp.records;
+    let touched: BTreeSet<String> = out[start..].iter().map(|w| w.key.clone()).collect();
+    let known = inp.kube.namespaces.as_ref();
+    let keep = |name: &str, rev: i64, applied: RecordWrite, why: String| Write {
+        key: inp.keys.netnamespace(name),
+        expect_rev: rev,
+        record: RecordWrite::Keep,
+        error_key: inp.keys.netnamespace_error(name),
+        error: ErrorWrite::Keep,
+        applied: Some((inp.keys.applied_netnamespace(name), applied)),
+        why,
+    };
+    for (name, entry) in &recs.netns {
+        let Some(&id) = ids.get(name) else { continue };
+        // A record never validated is copied only once Kubernetes says its
+        // namespace exists (else it is collected, not copied).
+        let unvalidated = !recs.safe_netns.contains_key(name) && !known.is_some_and(|k| k.contains(name));
+        if unvalidated || touched.contains(&inp.keys.netnamespace(name)) {
+            continue;
+        }
+        let want = NetNamespace::new(name, id);
+        if recs.applied.get(name).is_some_and(|a| a.parsed.as_ref() == Ok(&want)) {
+            continue;
+        }
+        let why = format!("write the applied copy of {name} (NetID {id})");
+        out.push(keep(name, entry.rev, RecordWrite::Put(want.to_json()), why));
+    }
+    if let Some(known) = known {
+        for name in recs.applied.keys().filter(|n| !recs.netns.contains_key(*n) && !known.contains(*n)) {
+            out.push(keep(name, 0, RecordWrite::Delete, format!("collect the applied copy of {name}")));
+        }
+    }
+    if !recs.applied_complete && known.is_some() && out.len() == start {
+        out.push(Write {
+            key: inp.keys.applied_complete(),
+            expect_rev: 0,
+            record: RecordWrite::Put("{}".to_string()),
+            error_key: String::new(),
+            error: ErrorWrite::Keep,
+            applied: None,
+            why: "every namespace has its applied copy: agents take VNIs from them alone".to_string(),
+        });
+    }
+}
+
+fn plan_subnets(
+    inp: &Inputs<'_>,
+    alloc: &mut SubnetAllocator,
+    grace: &mut SubnetGrace,
+    out: &mut Vec<Write>,
+) {
     let recs = inp.records;
     let nodes = inp.kube.nodes.as_ref();
+    // Clocks of records whose node has its IP back (or is gone) stop.
+    let ip_missing = |host: &str| nodes.is_some_and(|n| n.get(host).is_some_and(|ip| ip.is_none()));
+    grace.since.retain(|ip, _| {
+        recs.subnets
+            .get(ip)
+            .is_some_and(|e| e.parsed.as_ref().is_ok_and(|r| !r.assign && ip_missing(&r.host)))
+    });
     // Who holds which subnet now: the safe holder first, so a duplicate typed
     // by hand loses against the record that had it.
     let mut holder: BTreeMap<Ipv4Network, String> = BTreeMap::new();
@@ -327,6 +499,9 @@ fn plan_subnets(inp: &Inputs<'_>, alloc: &mut SubnetAllocator, out: &mut Vec<Wri
         };
         let node_backed = !rec.assign;
         if node_backed && nodes.is_some() && node_at(ip).is_none_or(|n| *n != rec.host) {
+            if ip_missing(&rec.host) && grace.keep(ip, inp.now) {
+                continue;
+            }
             out.push(write(
                 subnet_keys(inp, ip),
                 entry.rev,

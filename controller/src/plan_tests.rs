@@ -1,7 +1,7 @@
 //! The planner on hand-built views: every action, every bad edit, resync.
 
 use super::*;
-use etcd_schema::parse_network_config;
+use etcd_schema::{parse_net_namespace, parse_network_config};
 
 const CONFIG: &str = r#"{"Name":"k8ssdn","Network":"172.11.0.0/16","HostSubnetLength":10,"ServiceNetwork":"10.96.0.0/12","PluginName":"k8s-ovs-multitenant"}"#;
 
@@ -13,6 +13,8 @@ struct World {
     policy: Policy,
     vnis: VniAllocator,
     subnets: SubnetAllocator,
+    grace: SubnetGrace,
+    now: std::time::Instant,
     rev: i64,
     /// Error text shown beside each record (error key -> text).
     shown: BTreeMap<String, String>,
@@ -33,27 +35,46 @@ impl World {
             policy: Policy::new(["admin".to_string()]),
             vnis: VniAllocator::default(),
             subnets,
+            grace: SubnetGrace::new(std::time::Duration::from_secs(300)),
+            now: std::time::Instant::now(),
             rev: 1,
             shown: BTreeMap::new(),
         }
     }
 
-    /// Plans and commits every write, as a leader whose transactions all succeed.
+    /// Plans and commits every write, as a leader whose transactions all
+    /// succeed, and plans again (the shell replans on each write's echo)
+    /// until nothing is left: `applied/complete` follows the round that
+    /// wrote the last applied copy.
     fn settle(&mut self) -> Vec<Write> {
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            let writes = self.settle_once();
+            if writes.is_empty() {
+                break;
+            }
+            all.extend(writes);
+        }
+        all
+    }
+
+    fn settle_once(&mut self) -> Vec<Write> {
         let inputs = Inputs {
             keys: &self.keys,
             config: &self.config,
             records: &self.records,
             kube: &self.kube,
             policy: &self.policy,
+            now: self.now,
         };
-        let writes = plan(&inputs, &mut self.vnis, &mut self.subnets);
+        let writes = plan(&inputs, &mut self.vnis, &mut self.subnets, &mut self.grace);
         for w in &writes {
             self.rev += 1;
             self.records.committed(&self.keys, &self.config, w, self.rev);
             match &w.error {
-                Some(e) => self.shown.insert(w.error_key.clone(), e.error.clone()),
-                None => self.shown.remove(&w.error_key),
+                ErrorWrite::Put(e) => self.shown.insert(w.error_key.clone(), e.error.clone()),
+                ErrorWrite::Clear => self.shown.remove(&w.error_key),
+                ErrorWrite::Keep => None,
             };
         }
         writes
@@ -96,8 +117,10 @@ impl World {
 fn namespaces_get_unique_vnis_and_admins_get_zero() {
     let mut w = World::new(&["a", "b", "c", "kube-system", "admin"]);
     let writes = w.settle();
-    assert_eq!(writes.len(), 5);
+    assert_eq!(writes.len(), 6, "five records with their applied copies, then applied/complete");
     assert!(writes.iter().all(|w| w.expect_rev == 0), "creates only");
+    assert_eq!(writes[5].key, w.keys.applied_complete());
+    assert!(w.records.applied_complete);
     assert_eq!((w.id("kube-system"), w.id("admin")), (0, 0));
     let ids: BTreeSet<u32> = ["a", "b", "c"].iter().map(|n| w.id(n)).collect();
     assert_eq!(ids.len(), 3);
@@ -213,7 +236,9 @@ fn startup_resync_keeps_valid_records() {
     assert_eq!(w.id("a"), 300924);
     assert!(!w.records.netns.contains_key("old"));
     assert!(w.id("b") >= 10 && w.id("b") != 300924);
-    assert_eq!(writes.len(), 2);
+    // Collect old, create b, copy a (an upgrade: it had no applied copy), complete.
+    assert_eq!(writes.len(), 4);
+    assert_eq!(w.records.applied["a"].parsed.as_ref().map(|r| r.net_id), Ok(300924));
     assert!(w.shown.is_empty(), "a vanished namespace is no error");
 }
 
@@ -306,4 +331,165 @@ fn a_relist_restores_invalid_records_to_the_safe_state_known_before() {
     assert_eq!((w.id("a"), w.id("b")), (a, b), "each namespace back at its own VNI");
     assert_eq!(subnet_of(&w, "192.0.2.1"), subnet, "the node keeps its subnet");
     assert!(w.settle().is_empty());
+}
+
+/// The NetIDs `writes` put into applied copies (what agents program).
+fn applied_ids(writes: &[Write], ns: &str) -> Vec<u32> {
+    writes
+        .iter()
+        .filter_map(|w| match &w.applied {
+            Some((k, RecordWrite::Put(v))) if k.ends_with(&format!("/applied/netnamespaces/{ns}")) => {
+                parse_net_namespace(k, ns, v).ok().map(|r| r.net_id)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn applied_id(w: &World, ns: &str) -> Option<u32> {
+    w.records.applied.get(ns).and_then(|e| e.parsed.as_ref().ok()).map(|r| r.net_id)
+}
+
+#[test]
+fn every_validated_record_has_its_applied_copy_in_the_same_write() {
+    let mut w = World::new(&["red", "blue"]);
+    let writes = w.settle();
+    for ns in ["red", "blue"] {
+        let create = writes.iter().find(|x| x.key == w.keys.netnamespace(ns)).expect("created");
+        assert_eq!(create.applied.as_ref().map(|(k, _)| k.clone()), Some(w.keys.applied_netnamespace(ns)));
+        assert_eq!(applied_id(&w, ns), Some(w.id(ns)));
+    }
+    // A join moves the record and the copy in one transaction.
+    w.act("red", "join", "blue");
+    assert_eq!(applied_id(&w, "red"), Some(w.id("blue")));
+}
+
+#[test]
+fn a_hand_written_net_id_never_reaches_the_applied_copy() {
+    let mut w = World::new(&["red", "blue"]);
+    w.settle();
+    let (red, blue) = (w.id("red"), w.id("blue"));
+    w.edit("red", &format!(r#"{{"NetName":"red","NetID":{blue},"Action":"","Namespace":""}}"#));
+    let writes = w.settle();
+    assert_eq!(applied_ids(&writes, "red"), vec![red], "restored; the copy keeps red's own NetID");
+    assert_eq!((w.id("red"), applied_id(&w, "red")), (red, Some(red)));
+    assert!(w.error_of("red").is_some_and(|e| e.contains("changed without an action")));
+}
+
+#[test]
+fn a_record_deleted_and_recreated_with_another_tenants_net_id_is_rolled_back() {
+    let mut w = World::new(&["red", "blue"]);
+    w.settle();
+    let (red, blue) = (w.id("red"), w.id("blue"));
+    let key = w.keys.netnamespace("red");
+    // Deleted and re-created before the controller could answer the delete.
+    w.records.observe_delete(&w.keys, &key);
+    w.edit("red", &format!(r#"{{"NetName":"red","NetID":{blue},"Action":"","Namespace":""}}"#));
+    let writes = w.settle();
+    assert_eq!(applied_ids(&writes, "red"), vec![red]);
+    assert_eq!((w.id("red"), applied_id(&w, "red")), (red, Some(red)));
+    // Only deleted: the record comes back with the NetID red still holds.
+    w.records.observe_delete(&w.keys, &key);
+    let writes = w.settle();
+    assert_eq!(applied_ids(&writes, "red"), vec![red]);
+    assert_eq!(w.id("red"), red);
+}
+
+#[test]
+fn a_new_record_never_takes_another_tenants_or_the_global_net_id() {
+    let mut w = World::new(&["blue", "kube-system"]);
+    w.settle();
+    let blue = w.id("blue");
+    w.kube.namespaces.as_mut().map(|k| k.insert("red".to_string()));
+    w.edit("red", &format!(r#"{{"NetName":"red","NetID":{blue},"Action":"","Namespace":""}}"#));
+    w.settle();
+    let red = w.id("red");
+    assert!(red != blue && red != 0);
+    assert_eq!(applied_id(&w, "red"), Some(red));
+    assert!(w.error_of("red").is_some_and(|e| e.contains("held by namespace blue")));
+    w.kube.namespaces.as_mut().map(|k| k.insert("green".to_string()));
+    w.edit("green", r#"{"NetName":"green","NetID":0,"Action":"","Namespace":""}"#);
+    w.settle();
+    assert!(w.id("green") != 0 && w.error_of("green").is_some_and(|e| e.contains("global")));
+    // A free NetID typed into a new record is taken as it is.
+    w.kube.namespaces.as_mut().map(|k| k.insert("pink".to_string()));
+    w.edit("pink", r#"{"NetName":"pink","NetID":4242,"Action":"","Namespace":""}"#);
+    w.settle();
+    assert_eq!((w.id("pink"), applied_id(&w, "pink")), (4242, Some(4242)));
+}
+
+/// A record as a starting controller reads it from etcd.
+fn load_record(w: &mut World, ns: &str, id: u32, rev: i64) {
+    let key = w.keys.netnamespace(ns);
+    let v = format!(r#"{{"NetName":"{ns}","NetID":{id},"Action":"","Namespace":""}}"#);
+    w.records.load(&w.keys, &w.config, &key, v.as_bytes(), rev);
+}
+
+#[test]
+fn an_upgrade_writes_the_applied_copies_then_marks_them_complete() {
+    let mut w = World::new(&["red", "blue"]);
+    load_record(&mut w, "red", 100, 5);
+    load_record(&mut w, "blue", 200, 6);
+    let first = w.settle_once();
+    assert_eq!(first.len(), 2, "one copy per record, no record changed");
+    assert!(first.iter().all(|x| x.record == RecordWrite::Keep && x.error == ErrorWrite::Keep));
+    assert!(!w.records.applied_complete, "complete only after every copy is in");
+    let second = w.settle_once();
+    assert_eq!(second.iter().map(|x| x.key.clone()).collect::<Vec<_>>(), vec![w.keys.applied_complete()]);
+    assert!(w.settle().is_empty());
+
+    // A new controller that finds a hand edit made while none ran judges it
+    // against the applied copy, not against the record it reads.
+    let before = std::mem::take(&mut w.records);
+    for (k, e) in before.applied.iter().map(|(n, e)| (w.keys.applied_netnamespace(n), e)) {
+        w.records.load(&w.keys, &w.config, &k, e.raw.as_bytes(), e.rev);
+    }
+    w.records.load(&w.keys, &w.config, &w.keys.applied_complete(), b"{}", 9);
+    load_record(&mut w, "red", 200, 10);
+    load_record(&mut w, "blue", 200, 6);
+    let writes = w.settle();
+    assert_eq!(w.id("red"), 100);
+    assert_eq!(applied_ids(&writes, "red"), vec![100]);
+}
+
+#[test]
+fn the_applied_copy_of_a_vanished_namespace_goes_with_it() {
+    let mut w = World::new(&["red"]);
+    w.settle();
+    w.kube.namespaces = Some(BTreeSet::new());
+    let writes = w.settle();
+    let gone = writes.iter().find(|x| x.key == w.keys.netnamespace("red")).expect("collected");
+    assert_eq!(gone.applied, Some((w.keys.applied_netnamespace("red"), RecordWrite::Delete)));
+    assert!(w.records.applied.is_empty() && w.records.safe_netns.is_empty());
+}
+
+#[test]
+fn a_node_without_its_internal_ip_keeps_its_subnet_for_the_grace_period() {
+    let mut w = World::new(&[]);
+    node(&mut w, "n1", "192.0.2.1");
+    node(&mut w, "n2", "192.0.2.2");
+    w.settle();
+    let subnet = subnet_of(&w, "192.0.2.1");
+    assert!(subnet.is_some());
+    // n1 reports no InternalIP for a while: its subnet stays.
+    w.kube.nodes.as_mut().map(|n| n.insert("n1".into(), None));
+    assert!(w.settle().is_empty(), "nothing released inside the grace");
+    w.now += std::time::Duration::from_secs(299);
+    assert!(w.settle().is_empty());
+    assert_eq!(w.grace.next_deadline(), Some(w.now + std::time::Duration::from_secs(1)));
+    // Back with the same IP: kept, and the clock is gone.
+    node(&mut w, "n1", "192.0.2.1");
+    assert!(w.settle().is_empty());
+    assert_eq!((subnet_of(&w, "192.0.2.1"), w.grace.next_deadline()), (subnet.clone(), None));
+    // Gone for longer than the grace: released then, not before.
+    w.kube.nodes.as_mut().map(|n| n.insert("n1".into(), None));
+    w.settle();
+    w.now += std::time::Duration::from_secs(300);
+    let writes = w.settle();
+    assert!(writes.iter().any(|x| x.record == RecordWrite::Delete && x.key == w.keys.subnet("192.0.2.1")));
+    assert_eq!(subnet_of(&w, "192.0.2.1"), None);
+    // A node deleted outright releases at once, as before.
+    w.kube.nodes.as_mut().map(|n| n.remove("n2"));
+    w.settle();
+    assert_eq!(subnet_of(&w, "192.0.2.2"), None);
 }

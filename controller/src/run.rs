@@ -30,6 +30,8 @@ pub struct Settings {
     pub id: String,
     /// A crashed leader is replaced within this time (at least 3 s).
     pub lease_ttl_secs: i64,
+    /// How long a node without an InternalIP keeps its subnet (`plan::SubnetGrace`).
+    pub subnet_grace: Duration,
 }
 
 impl Settings {
@@ -181,11 +183,13 @@ async fn lead(
     let policy = Policy::new(settings.admin_namespaces.iter().cloned());
     let mut vnis = VniAllocator::default();
     let mut subnets = SubnetAllocator::new(config);
+    let mut grace = plan::SubnetGrace::new(settings.subnet_grace);
     let fence = leadership.fence.clone();
     loop {
         let kube = shared.snapshot();
-        let inputs = Inputs { keys, config, records, kube: &kube, policy: &policy };
-        let writes = plan::plan(&inputs, &mut vnis, &mut subnets);
+        let now = tokio::time::Instant::now().into_std();
+        let inputs = Inputs { keys, config, records, kube: &kube, policy: &policy, now };
+        let writes = plan::plan(&inputs, &mut vnis, &mut subnets, &mut grace);
         // Batched: a burst of edits (or a resync) costs one round trip per
         // batch, not per record; a batch with a stale record falls back to
         // one transaction per write.
@@ -221,9 +225,19 @@ async fn lead(
                 }
             }
             _ = shared.changed.notified() => {}
+            // A node's subnet grace ran out: plan again to release it.
+            _ = sleep_until(grace.next_deadline()) => {}
             _ = leadership.lease.lost() => return Ok(Ended::LostLeadership),
             _ = stop.wait_for(|s| *s) => return Ok(Ended::Shutdown),
         }
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -263,8 +277,8 @@ fn observe(
 
 fn log_committed(w: &plan::Write, rev: i64) {
     match &w.error {
-        Some(e) => tracing::error!(key = %w.key, rev, "rejected edit: {}", e.error),
-        None => tracing::info!(key = %w.key, rev, "{}", w.why),
+        plan::ErrorWrite::Put(e) => tracing::error!(key = %w.key, rev, "rejected edit: {}", e.error),
+        plan::ErrorWrite::Clear | plan::ErrorWrite::Keep => tracing::info!(key = %w.key, rev, "{}", w.why),
     }
 }
 
@@ -273,6 +287,7 @@ fn records_rev(records: &crate::model::Records, keys: &Keys, key: &str) -> Optio
     match k.kind {
         KeyKind::NetNamespace => records.netns.get(&k.name).map(|e| e.rev),
         KeyKind::Subnet => records.subnets.get(&k.name).map(|e| e.rev),
+        KeyKind::AppliedNetNamespace => records.applied.get(&k.name).map(|e| e.rev),
         _ => None,
     }
 }

@@ -8,7 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, 
 use etcd_schema::{parse_network_config, record_text, Keys, NetworkConfig};
 
 use crate::model::Records;
-use crate::plan::{RecordWrite, Write};
+use crate::plan::{ErrorWrite, RecordWrite, Write};
 
 pub use etcd_schema::connect::EtcdTls;
 
@@ -153,15 +153,21 @@ fn write_ops(write: &Write) -> Result<Vec<TxnOp>> {
         RecordWrite::Keep => {}
     }
     match &write.error {
-        Some(e) => ops.push(TxnOp::put(write.error_key.as_str(), serde_json::to_string(e)?, None)),
-        None => ops.push(TxnOp::delete(write.error_key.as_str(), None)),
+        ErrorWrite::Put(e) => ops.push(TxnOp::put(write.error_key.as_str(), serde_json::to_string(e)?, None)),
+        ErrorWrite::Clear => ops.push(TxnOp::delete(write.error_key.as_str(), None)),
+        ErrorWrite::Keep => {}
+    }
+    match &write.applied {
+        Some((key, RecordWrite::Put(v))) => ops.push(TxnOp::put(key.as_str(), v.as_str(), None)),
+        Some((key, RecordWrite::Delete)) => ops.push(TxnOp::delete(key.as_str(), None)),
+        Some((_, RecordWrite::Keep)) | None => {}
     }
     Ok(ops)
 }
 
-/// Writes per batch: two operations each stays within etcd's default
-/// `--max-txn-ops` of 128.
-pub const BATCH: usize = 50;
+/// Writes per batch: three operations each (record, error, applied copy)
+/// stays within etcd's default `--max-txn-ops` of 128.
+pub const BATCH: usize = 40;
 
 /// Applies several writes (at most `BATCH`, distinct keys) in one
 /// transaction, all or nothing, with the same compares as `apply`. Returns

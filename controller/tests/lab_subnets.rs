@@ -82,3 +82,34 @@ async fn lab_node_subnets_follow_nodes_and_assign_requests() -> Result<()> {
     .await?;
     c.stop().await
 }
+
+/// A node whose InternalIP goes missing keeps its subnet through the grace
+/// period (and back with its IP keeps the same one); missing for longer,
+/// the subnet is released once the grace runs out, with no other event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_a_node_briefly_without_its_internal_ip_keeps_its_subnet() -> Result<()> {
+    let etcd = TestEtcd::start()?;
+    let api = KubeApi::start()?;
+    api.create_node("node1", "192.0.2.1")?;
+    let grace = Duration::from_secs(3);
+    let _c = Controller::spawn_with_grace("c1", &etcd, Some(&api), 10, grace)?;
+    let before = wait_subnet(&etcd, "192.0.2.1").await?;
+    let no_ip = serde_json::json!({"kind": "Node", "metadata": {"name": "node1"}, "spec": {},
+                                   "status": {"addresses": [{"type": "Hostname", "address": "node1"}]}});
+    api.update(no_ip.clone())?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(subnet(&etcd, "192.0.2.1")?, Some(before.clone()), "released inside the grace");
+    api.create_node("node1", "192.0.2.1").or_else(|_| {
+        api.update(serde_json::json!({"kind": "Node", "metadata": {"name": "node1"}, "spec": {},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}}))
+    })?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(subnet(&etcd, "192.0.2.1")?, Some(before), "back with its IP, same subnet, past the grace");
+    // Missing for longer than the grace: released after it.
+    api.update(no_ip)?;
+    eventually("release after the grace", Duration::from_secs(30), || async {
+        Ok(etcd.get(&keys().subnet("192.0.2.1"))?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}

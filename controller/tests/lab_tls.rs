@@ -32,6 +32,7 @@ async fn lab_controller_and_ctl_talk_tls_to_etcd() -> Result<()> {
         admin_namespaces: vec![],
         id: "tls1".into(),
         lease_ttl_secs: 10,
+        subnet_grace: std::time::Duration::from_secs(300),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(run(settings, None, async move {

@@ -24,6 +24,12 @@ pub enum KeyKind {
     SubnetError,
     /// The controllers' leader election key.
     Leader,
+    /// The net namespace record as the controller last validated and wrote
+    /// it: the only NetID agents program (written by the controller only).
+    AppliedNetNamespace,
+    /// Written by the controller once every namespace has its applied
+    /// record: from then on agents take VNIs from `applied/` alone.
+    AppliedComplete,
 }
 
 /// A parsed key: its kind and the name it is about (namespace or host IP;
@@ -90,6 +96,19 @@ impl Keys {
         format!("{}subnets/{host_ip}", self.errors_dir())
     }
 
+    /// `<prefix>/<Name>/applied/`: the controller's validated copies.
+    pub fn applied_dir(&self) -> String {
+        format!("{}applied/", self.network_dir())
+    }
+
+    pub fn applied_netnamespace(&self, namespace: &str) -> String {
+        format!("{}netnamespaces/{namespace}", self.applied_dir())
+    }
+
+    pub fn applied_complete(&self) -> String {
+        format!("{}complete", self.applied_dir())
+    }
+
     pub fn leader(&self) -> String {
         format!("{}leader", self.network_dir())
     }
@@ -104,6 +123,9 @@ impl Keys {
         if rest == "leader" {
             return Some(Key { kind: KeyKind::Leader, name: String::new() });
         }
+        if rest == "applied/complete" {
+            return Some(Key { kind: KeyKind::AppliedComplete, name: String::new() });
+        }
         let (kind, name) = if let Some(n) = rest.strip_prefix("subnets/") {
             (KeyKind::Subnet, n)
         } else if let Some(n) = rest.strip_prefix("netnamespaces/") {
@@ -112,6 +134,8 @@ impl Keys {
             (KeyKind::NetNamespaceError, n)
         } else if let Some(n) = rest.strip_prefix("errors/subnets/") {
             (KeyKind::SubnetError, n)
+        } else if let Some(n) = rest.strip_prefix("applied/netnamespaces/") {
+            (KeyKind::AppliedNetNamespace, n)
         } else {
             return None;
         };
@@ -144,6 +168,8 @@ mod tests {
         assert_eq!(k.netnamespace_error("a"), "/k8s.ovs.com/ovs/network/k8ssdn/errors/netnamespaces/a");
         assert_eq!(k.subnet_error("192.0.2.7"), "/k8s.ovs.com/ovs/network/k8ssdn/errors/subnets/192.0.2.7");
         assert_eq!(Keys::new("/p/", "n").netnamespace("x"), "/p/n/netnamespaces/x");
+        assert_eq!(k.applied_netnamespace("a"), "/k8s.ovs.com/ovs/network/k8ssdn/applied/netnamespaces/a");
+        assert_eq!(k.applied_complete(), "/k8s.ovs.com/ovs/network/k8ssdn/applied/complete");
     }
 
     #[test]
@@ -156,6 +182,8 @@ mod tests {
             (k.netnamespace("ns1"), KeyKind::NetNamespace, "ns1"),
             (k.netnamespace_error("ns1"), KeyKind::NetNamespaceError, "ns1"),
             (k.subnet_error("10.0.0.1"), KeyKind::SubnetError, "10.0.0.1"),
+            (k.applied_netnamespace("ns1"), KeyKind::AppliedNetNamespace, "ns1"),
+            (k.applied_complete(), KeyKind::AppliedComplete, ""),
         ];
         for (key, kind, name) in cases {
             assert_eq!(k.parse(&key), Some(Key { kind, name: name.to_string() }), "{key}");

@@ -138,6 +138,19 @@ impl Drop for Daemon {
     }
 }
 
+/// Node `node`'s br0 flows, sorted, without their cookies and counters: the
+/// same set compares equal across cookie rounds.
+pub fn flows_without_cookies(lab: &Lab, node: usize) -> Result<Vec<String>> {
+    let dump = lab.node(node).ovs.ofctl("dump-flows", "br0", &["--no-stats"])?;
+    let mut v: Vec<String> = dump
+        .lines()
+        .filter(|l| l.contains("actions="))
+        .map(|l| l.trim().split_once(", ").map(|(_, rest)| rest.to_string()).unwrap_or_default())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// A running `k8s-ovs-agent` on a lab node.
 pub struct Agent {
     pub daemon: Daemon,
@@ -148,8 +161,13 @@ impl Agent {
     /// Starts node `i`'s agent (netdev datapath, the node's own OVS, the lab's
     /// etcd) and waits until its CNI socket answers.
     pub fn start(lab: &Lab, i: usize, extra: &[&str]) -> Result<Agent> {
+        Agent::start_etcd(lab, i, lab.etcd_flags(), extra)
+    }
+
+    /// `start` with the given etcd flags (e.g. `Lab::etcd_flags_as`).
+    pub fn start_etcd(lab: &Lab, i: usize, etcd: Vec<String>, extra: &[&str]) -> Result<Agent> {
         let mut args = Agent::args(lab, i);
-        args.extend(lab.etcd_flags());
+        args.extend(etcd);
         args.extend(extra.iter().map(|s| s.to_string()));
         let node = lab.node(i);
         let daemon = Daemon::start(&node.netns, "k8s-ovs-agent", &args, node.dir.join("agent.log"))?;
@@ -258,7 +276,18 @@ pub fn start_kube_api(lab: &Lab) -> Result<crate::kube_api::KubeApi> {
 /// A `k8s-ovs-controller` on the control host, against the lab's etcd and
 /// the given API server URL; it writes the network config itself.
 pub fn start_controller(lab: &Lab, kube_url: &str, id: &str, extra: &[&str]) -> Result<Daemon> {
-    let mut args: Vec<String> = lab.etcd_flags();
+    start_controller_etcd(lab, kube_url, id, lab.etcd_flags(), extra)
+}
+
+/// `start_controller` with the given etcd flags (e.g. `Lab::etcd_flags_as`).
+pub fn start_controller_etcd(
+    lab: &Lab,
+    kube_url: &str,
+    id: &str,
+    etcd: Vec<String>,
+    extra: &[&str],
+) -> Result<Daemon> {
+    let mut args: Vec<String> = etcd;
     args.extend(
         [
             "--kube-url",

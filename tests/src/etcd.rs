@@ -122,6 +122,12 @@ impl Etcd {
 
     /// Runs `etcdctl --endpoints <this> <args>` from etcd's own namespace.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        self.etcdctl_as("client", self.netns.as_ref(), args)
+    }
+
+    /// `etcdctl` with the client certificate `<cn>.crt` (TLS only; the etcd
+    /// user when auth is on), run in `from` (None: the caller's namespace).
+    pub fn etcdctl_as(&self, cn: &str, from: Option<&Netns>, args: &[&str]) -> Result<String> {
         let mut v = vec![
             "etcdctl",
             "--dial-timeout=2s",
@@ -132,15 +138,15 @@ impl Etcd {
         let tls_flags: Vec<String> = match &self.tls {
             Some(pki) => vec![
                 format!("--cacert={}", pki.path("ca.crt")),
-                format!("--cert={}", pki.path("client.crt")),
-                format!("--key={}", pki.path("client.key")),
+                format!("--cert={}", pki.path(&format!("{cn}.crt"))),
+                format!("--key={}", pki.path(&format!("{cn}.key"))),
             ],
             None => vec![],
         };
         v.extend(tls_flags.iter().map(String::as_str));
         v.extend_from_slice(args);
         let env = [("ETCDCTL_API", "3")];
-        match &self.netns {
+        match from {
             Some(ns) => ns.exec_env(&v, &env),
             None => cmd::run_env(&v, &env),
         }

@@ -247,6 +247,17 @@ impl Lab {
         v
     }
 
+    /// `etcd_flags` with the TLS client certificate `<cn>.crt`
+    /// (`Pki::issue_client`): an etcd user of its own once auth is on.
+    pub fn etcd_flags_as(&self, cn: &str) -> Vec<String> {
+        let mut v = vec!["--etcd-endpoints".to_string(), self.etcd_endpoint()];
+        match self.pki() {
+            Some(pki) => v.extend(pki.client_flags_as(cn)),
+            None => v.push("--etcd-insecure".to_string()),
+        }
+        v
+    }
+
     /// `etcdctl` against the lab's etcd, run on the control host.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
         self.etcd.as_ref().context("this lab runs no etcd")?.etcdctl(args)

@@ -23,25 +23,35 @@ impl Pki {
         ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
         ca.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
         openssl(dir, &ca)?;
-        for (name, usage) in [("server", "serverAuth,clientAuth"), ("client", "clientAuth")] {
-            let ext = format!("{name}.ext");
-            std::fs::write(
-                dir.join(&ext),
-                format!(
-                    "subjectAltName=IP:{server_ip}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
-                ),
-            )?;
-            let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
-            let subject = format!("/CN={name}");
-            openssl(
-                dir,
-                &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject],
-            )?;
-            let mut sign = vec!["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key"];
-            sign.extend(["-CAcreateserial", "-out", &crt, "-days", "1", "-extfile", &ext]);
-            openssl(dir, &sign)?;
-        }
-        Ok(Pki { dir: dir.to_path_buf() })
+        let pki = Pki { dir: dir.to_path_buf() };
+        pki.issue("server", "serverAuth,clientAuth", server_ip)?;
+        pki.issue("client", "clientAuth", server_ip)?;
+        Ok(pki)
+    }
+
+    /// Another client certificate, `<cn>.{crt,key}` with CN `cn`: with etcd's
+    /// `--client-cert-auth` and auth enabled the CN is the etcd user.
+    pub fn issue_client(&self, cn: &str) -> Result<()> {
+        self.issue(cn, "clientAuth", "127.0.0.1")
+    }
+
+    fn issue(&self, name: &str, usage: &str, ip: &str) -> Result<()> {
+        let dir = self.dir.as_path();
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName=IP:{ip}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )?;
+        let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+        let subject = format!("/CN={name}");
+        openssl(
+            dir,
+            &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject],
+        )?;
+        let mut sign = vec!["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key"];
+        sign.extend(["-CAcreateserial", "-out", &crt, "-days", "1", "-extfile", &ext]);
+        openssl(dir, &sign)?;
+        Ok(())
     }
 
     /// Absolute path of one of the files, as text (for command lines).
@@ -56,9 +66,15 @@ impl Pki {
 
     /// `--etcd-ca/--etcd-cert/--etcd-key` as the k8s-ovs binaries take them.
     pub fn client_flags(&self) -> Vec<String> {
+        self.client_flags_as("client")
+    }
+
+    /// `client_flags` with the certificate `<cn>.crt` of `issue_client`.
+    pub fn client_flags_as(&self, cn: &str) -> Vec<String> {
+        let (crt, key) = (format!("{cn}.crt"), format!("{cn}.key"));
         let mut v = Vec::new();
         for (flag, file) in
-            [("--etcd-ca", "ca.crt"), ("--etcd-cert", "client.crt"), ("--etcd-key", "client.key")]
+            [("--etcd-ca", "ca.crt"), ("--etcd-cert", crt.as_str()), ("--etcd-key", key.as_str())]
         {
             v.push(flag.to_string());
             v.push(self.path(file));

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use lab::cluster::{add_pod, cni, node_subnet, upstream, Agent, CniCall, CniPod, Daemon};
+use lab::cluster::{
+    add_pod, cni, flows_without_cookies, node_subnet, upstream, Agent, CniCall, CniPod, Daemon,
+};
 use lab::{traffic, Lab, LabConfig, Netns};
 
 fn start_cluster(plugin: &str, vnis: &[(&str, u32)]) -> Result<(Lab, Vec<Agent>)> {
@@ -199,18 +201,6 @@ fn lab_agent_drops_spoofed_ip_mac_and_arp() -> Result<()> {
     ensure!(traffic::unreachable(&a.netns, &b.ip, 3)?, "a with a new MAC must not reach b");
     ensure!(traffic::unreachable(&a.netns, &c.ip, 3)?, "a with a new MAC must not reach c");
     Ok(())
-}
-
-/// Flows of a bridge without their cookies (a restart changes the round).
-fn flows_without_cookies(lab: &Lab, node: usize) -> Result<Vec<String>> {
-    let dump = lab.node(node).ovs.ofctl("dump-flows", "br0", &["--no-stats"])?;
-    let mut v: Vec<String> = dump
-        .lines()
-        .filter(|l| l.contains("actions="))
-        .map(|l| l.trim().split_once(", ").map(|(_, rest)| rest.to_string()).unwrap_or_default())
-        .collect();
-    v.sort();
-    Ok(v)
 }
 
 /// Pings at 100/s from `from` to `ip` in the background; returns (sent, received).

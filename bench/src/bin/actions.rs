@@ -129,6 +129,7 @@ fn spawn_controller(
         admin_namespaces: vec![],
         id: id.into(),
         lease_ttl_secs: 10,
+        subnet_grace: std::time::Duration::from_secs(300),
     };
     let kube = kube::Client::try_from(kube::Config::new(api.url().parse()?))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -31,6 +31,10 @@ struct Cli {
     /// Leader lease TTL in seconds: a crashed leader is replaced within it (min 3).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(3..))]
     lease_ttl: i64,
+    /// Seconds a node that reports no InternalIP (a kubelet restarting, an
+    /// address briefly gone) keeps its subnet before it is released.
+    #[arg(long, env = "K8S_OVS_SUBNET_GRACE_SECS", default_value_t = 300)]
+    subnet_grace_secs: u64,
     /// Pod network; when given and etcd has no config yet, the controller writes it.
     #[arg(long)]
     network: Option<Ipv4Network>,
@@ -92,6 +96,7 @@ async fn main() -> Result<()> {
         admin_namespaces: cli.admin_namespaces.clone(),
         id: cli.id.clone().unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id())),
         lease_ttl_secs: cli.lease_ttl,
+        subnet_grace: std::time::Duration::from_secs(cli.subnet_grace_secs),
     };
     let kube = kube_client(&cli).await?;
     let shutdown = async {

@@ -108,6 +108,17 @@ pub struct Controller {
 
 impl Controller {
     pub fn spawn(id: &str, etcd: &TestEtcd, kube: Option<&KubeApi>, ttl: i64) -> Result<Controller> {
+        Controller::spawn_with_grace(id, etcd, kube, ttl, std::time::Duration::from_secs(300))
+    }
+
+    /// `spawn` with the given `--subnet-grace-secs`.
+    pub fn spawn_with_grace(
+        id: &str,
+        etcd: &TestEtcd,
+        kube: Option<&KubeApi>,
+        ttl: i64,
+        subnet_grace: std::time::Duration,
+    ) -> Result<Controller> {
         let settings = Settings {
             endpoints: vec![etcd.endpoint()],
             etcd_tls: None,
@@ -116,6 +127,7 @@ impl Controller {
             admin_namespaces: vec!["admin".into()],
             id: id.to_string(),
             lease_ttl_secs: ttl,
+            subnet_grace,
         };
         let kube = match kube {
             Some(api) => Some(kube::Client::try_from(kube::Config::new(api.url().parse()?))?),
