@@ -60,8 +60,14 @@ fn main() -> Result<()> {
     let near = s.add_pod(1, "bench", "near")?;
     let far = s.add_pod(2, "bench", "far")?;
     let client = s.add_pod(1, "bench", "client")?;
+    // The direct connections go to another port of the same pods: a
+    // ClusterIP connection arrives at the endpoint as client:p -> ep:8080,
+    // so a direct one to 8080 could reuse that 4-tuple while the server
+    // still holds it in TIME_WAIT (kube-proxy keeps client addresses), and
+    // would measure TCP's tuple reuse instead of the path.
     for ep in [&near, &far] {
         s.serve(ep, "tcp", 8080)?;
+        s.serve(ep, "tcp", 8081)?;
     }
     let http = [("http", "TCP", 80, 8080)];
     s.service("bench", "near", "10.96.5.6", &http, &[], Some(&[&near]))?;
@@ -69,9 +75,9 @@ fn main() -> Result<()> {
     s.proxy_synced()?;
     let targets = [
         ("same node, ClusterIP", "10.96.5.6".to_string(), 80),
-        ("same node, endpoint IP", near.ip.clone(), 8080),
+        ("same node, endpoint IP", near.ip.clone(), 8081),
         ("across nodes, ClusterIP", "10.96.5.5".to_string(), 80),
-        ("across nodes, endpoint IP", far.ip.clone(), 8080),
+        ("across nodes, endpoint IP", far.ip.clone(), 8081),
     ];
     for (what, ip, port) in &targets {
         wait_answer(&client.netns, "tcp", ip, *port, std::time::Duration::from_secs(10))?
@@ -95,7 +101,10 @@ fn main() -> Result<()> {
     for (i, (what, _, _)) in targets.iter().enumerate() {
         let m = median(&mut samples[i].clone());
         println!("{what:<28} {m:>14.0}   failed {}", failed[i]);
-        out.insert(what.to_string(), json!({"median_per_sec": m, "rounds_per_sec": samples[i], "failed": failed[i]}));
+        out.insert(
+            what.to_string(),
+            json!({"median_per_sec": m, "rounds_per_sec": samples[i], "failed": failed[i]}),
+        );
         medians.push(m);
     }
     let (same, across) = (medians[0] / medians[1], medians[2] / medians[3]);
