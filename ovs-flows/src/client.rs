@@ -473,6 +473,34 @@ impl Client {
         self.send_ops(&[FlowOp::DeleteByCookie { filter, table }]).await
     }
 
+    /// Adds, changes or deletes a meter, and waits until the switch did it
+    /// (its error, if it refused, e.g. adding a meter that exists).
+    pub async fn meter_mod(&self, command: ofp::MeterCommand, meter: &ofp::Meter) -> Result<(), ClientError> {
+        let base = self.xids(2);
+        let mut buf = Vec::new();
+        ofp::encode_meter_mod(&mut buf, base, command, meter)?;
+        ofp::encode_barrier(&mut buf, base + 1);
+        let watch_id = self.watch_errors(base, base);
+        let r = self.expect_barrier(base + 1, buf).await;
+        let errors = self.take_watch(watch_id);
+        r?;
+        match errors.into_iter().next() {
+            Some((_, e)) => Err(ClientError::Switch(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every meter the switch holds (drop bands).
+    pub async fn meters(&self) -> Result<Vec<ofp::Meter>, ClientError> {
+        let xid = self.xids(1);
+        let mut buf = Vec::new();
+        ofp::encode_meter_config_request(&mut buf, xid)?;
+        match self.transact(xid, buf).await? {
+            Message::MeterConfigReply { more: false, meters } => Ok(meters),
+            m => Err(ClientError::Protocol(format!("meter config request answered by {m:?}"))),
+        }
+    }
+
     /// The installed flows of `table` (or all tables) whose cookie matches.
     pub async fn dump_flows(
         &self,

@@ -230,6 +230,10 @@ pub struct Match {
     pub nw_src: Option<Ipv4Prefix>,
     pub nw_dst: Option<Ipv4Prefix>,
     pub ip_proto: Option<u8>,
+    /// Only IP fragments (`nw_frag=yes`): OVS's default fragment handling
+    /// ("normal") zeroes the ports of every fragment, the first included, so
+    /// a port match never sees them.
+    pub fragment: bool,
     pub tp_dst: Option<u16>,
     pub arp_op: Option<u16>,
     pub arp_spa: Option<Ipv4Prefix>,
@@ -309,6 +313,13 @@ impl Match {
     pub fn nw_dst(mut self, p: impl Into<Ipv4Prefix>) -> Self {
         self.eth_type = Some(ETH_TYPE_IP);
         self.nw_dst = Some(p.into());
+        self
+    }
+
+    /// `nw_frag=yes`: IP fragments.
+    pub fn fragment(mut self) -> Self {
+        self.eth_type = Some(ETH_TYPE_IP);
+        self.fragment = true;
         self
     }
 
@@ -511,6 +522,9 @@ impl fmt::Display for Match {
             if let (false, Some(p)) = (skip_proto, self.ip_proto) {
                 write!(f, "nw_proto={p},")?;
             }
+            if self.fragment {
+                f.write_str("nw_frag=yes,")?;
+            }
         }
         if let Some(p) = self.tp_dst {
             write!(f, "tp_dst={p},")?;
@@ -709,6 +723,9 @@ pub enum Action {
     /// packet continues there (its `ct_state` known), else the untracked
     /// original goes on with the next action.
     Ct(Box<Conntrack>),
+    /// `meter:N`: the packet passes meter N (OpenFlow 1.5's meter action);
+    /// over its rate it is dropped.
+    Meter(u32),
 }
 
 /// The arguments of [`Action::Ct`].
@@ -789,6 +806,7 @@ impl fmt::Display for Action {
             Action::Resubmit(t) => write!(f, "resubmit(,{t})"),
             Action::GotoTable(t) => write!(f, "goto_table:{t}"),
             Action::DecTtl => f.write_str("dec_ttl"),
+            Action::Meter(id) => write!(f, "meter:{id}"),
             // format_CT: commit, table, zone, exec(...), without a trailing comma.
             Action::Ct(ct) => {
                 let mut parts = Vec::new();

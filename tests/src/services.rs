@@ -290,6 +290,18 @@ pub fn udp_received(pod: &Netns) -> Result<u64> {
     values.split_whitespace().nth(i).context("short Udp line")?.parse().context("InDatagrams")
 }
 
+/// One UDP datagram of `size` bytes to `ip:port` (fragmented by the pod
+/// above its MTU); the answer, if any came within a second.
+pub fn ask_big_udp(from: &Netns, ip: &str, port: u16, size: usize) -> Result<Option<String>> {
+    let bin = cluster::bin("lab-echo")?.to_string_lossy().to_string();
+    let (addr, size) = (format!("{ip}:{port}"), size.to_string());
+    let out = from.exec_full(
+        &[&bin, "ask", "udp", &addr, "--size", &size, "--timeout-ms", "1000"],
+        Duration::from_secs(10),
+    )?;
+    Ok(out.success().then(|| out.stdout.trim().to_string()))
+}
+
 /// Sends `n` datagrams to `ip:port` from `from` (answers are not awaited
 /// beyond a moment: one-way traffic is what an attacker needs).
 pub fn send_udp(from: &Netns, ip: &str, port: u16, n: u32) -> Result<()> {

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use lab::cluster::{Agent, CniPod};
 use lab::kube_proxy::ProxyConfig;
 use lab::services::{
-    ask, resolve, send_udp, udp_received, use_cluster_dns, wait_answer, ServiceLab, KUBE_DNS_IP,
+    ask, ask_big_udp, resolve, send_udp, udp_received, use_cluster_dns, wait_answer, ServiceLab, KUBE_DNS_IP,
 };
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -156,6 +156,18 @@ fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
         refused(&red1.netns, "tcp", "10.96.5.8", 80)?,
         "red reached a blue pod on its node via a Service"
     );
+    // A datagram larger than the MTU leaves the pod in fragments: the
+    // later ones carry no port, and still pass for red's own service only.
+    ensure!(
+        ask_big_udp(&red1.netns, "10.96.5.5", 53, 4000)?.is_some(),
+        "a fragmented datagram to red's service got no answer"
+    );
+    let before = udp_received(&web.netns)?;
+    ensure!(
+        ask_big_udp(&blue1.netns, "10.96.5.5", 53, 4000)?.is_none(),
+        "blue's fragments reached red's service"
+    );
+    ensure!(udp_received(&web.netns)? == before, "blue's fragmented datagram reached red's endpoint");
     let web_before = udp_received(&web.netns)?;
     send_udp(&red1.netns, "10.96.5.5", 53, 10)?;
     ensure!(

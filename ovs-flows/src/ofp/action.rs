@@ -14,6 +14,7 @@ const OFPAT_OUTPUT: u16 = 0;
 const OFPAT_DEC_NW_TTL: u16 = 24;
 const OFPAT_SET_FIELD: u16 = 25;
 const OFPAT_COPY_FIELD: u16 = 28;
+const OFPAT_METER: u16 = 29;
 const OFPAT_EXPERIMENTER: u16 = 0xffff;
 
 pub const NX_VENDOR_ID: u32 = 0x0000_2320;
@@ -144,6 +145,11 @@ fn encode_action(buf: &mut Vec<u8>, a: &Action) -> Result<(), CodecError> {
             put_u16(buf, 8);
             put_u32(buf, 0);
         }
+        Action::Meter(id) => {
+            put_u16(buf, OFPAT_METER);
+            put_u16(buf, 8);
+            put_u32(buf, *id);
+        }
         // nx_action_conntrack: flags, zone_src (0: immediate zone), zone,
         // recirc_table, pad[3], alg, then the nested actions.
         Action::Ct(ct) => {
@@ -208,6 +214,7 @@ fn decode_action(r: &mut Reader<'_>, out: &mut Vec<Action>) -> Result<(), CodecE
             p => Action::Output(p),
         },
         OFPAT_DEC_NW_TTL => Action::DecTtl,
+        OFPAT_METER => Action::Meter(b.u32()?),
         OFPAT_SET_FIELD => set_field_from_tlv(&mut b)?,
         OFPAT_COPY_FIELD => {
             let nbits = b.u16()?;

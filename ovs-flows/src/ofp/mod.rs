@@ -34,11 +34,20 @@ pub mod msg_type {
     pub const MULTIPART_REPLY: u8 = 19;
     pub const BARRIER_REQUEST: u8 = 20;
     pub const BARRIER_REPLY: u8 = 21;
+    pub const METER_MOD: u8 = 29;
     pub const BUNDLE_CONTROL: u8 = 33;
     pub const BUNDLE_ADD: u8 = 34;
 }
 
 const OFPMP_FLOW_DESC: u16 = 1;
+const OFPMP_METER_CONFIG: u16 = 10;
+/// `meter_id` of "every meter" in a meter config request.
+const OFPM_ALL: u32 = 0xffff_ffff;
+/// Meter flags: rates in kbit/s, a burst given, statistics kept.
+const OFPMF_KBPS: u16 = 0x1;
+const OFPMF_BURST: u16 = 0x4;
+const OFPMF_STATS: u16 = 0x8;
+const OFPMBT_DROP: u16 = 1;
 const OFPMPF_MORE: u16 = 1;
 const OFPHET_VERSIONBITMAP: u16 = 1;
 const OFP_NO_BUFFER: u32 = 0xffff_ffff;
@@ -220,6 +229,11 @@ pub enum Message {
         cookie: CookieFilter,
         m: Match,
     },
+    /// A meter config reply (one part: k8s-ovs has a meter per shaped pod).
+    MeterConfigReply {
+        more: bool,
+        meters: Vec<Meter>,
+    },
     /// One part of a flow stats reply; `more` until the last.
     FlowStatsReply {
         more: bool,
@@ -362,6 +376,82 @@ pub fn encode_flow_op(buf: &mut Vec<u8>, xid: u32, op: &FlowOp) -> Result<(), Co
     end_msg(buf, s)
 }
 
+/// A meter of one drop band: traffic above `kbps` (with a bucket of
+/// `burst_kbits`) is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meter {
+    pub id: u32,
+    pub kbps: u32,
+    pub burst_kbits: u32,
+}
+
+/// What a METER_MOD does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum MeterCommand {
+    Add = 0,
+    Modify = 1,
+    Delete = 2,
+}
+
+/// OFPT_METER_MOD for `meter` (a delete needs only its id).
+pub fn encode_meter_mod(
+    buf: &mut Vec<u8>,
+    xid: u32,
+    command: MeterCommand,
+    meter: &Meter,
+) -> Result<(), CodecError> {
+    let s = start_msg(buf, msg_type::METER_MOD, xid);
+    put_u16(buf, command as u16);
+    put_u16(buf, OFPMF_KBPS | OFPMF_BURST | OFPMF_STATS);
+    put_u32(buf, meter.id);
+    if command != MeterCommand::Delete {
+        put_u16(buf, OFPMBT_DROP);
+        put_u16(buf, 16);
+        put_u32(buf, meter.kbps);
+        put_u32(buf, meter.burst_kbits);
+        put_u32(buf, 0);
+    }
+    end_msg(buf, s)
+}
+
+/// OFPMP_METER_CONFIG request for every meter.
+pub fn encode_meter_config_request(buf: &mut Vec<u8>, xid: u32) -> Result<(), CodecError> {
+    let s = start_msg(buf, msg_type::MULTIPART_REQUEST, xid);
+    put_u16(buf, OFPMP_METER_CONFIG);
+    put_u16(buf, 0);
+    put_u32(buf, 0);
+    put_u32(buf, OFPM_ALL);
+    put_u32(buf, 0);
+    end_msg(buf, s)
+}
+
+/// The meters of a meter config reply (drop bands only; others skipped).
+fn decode_meter_configs(b: &mut Reader<'_>) -> Result<Vec<Meter>, CodecError> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let len = usize::from(b.u16()?);
+        if len < 8 {
+            return Err(CodecError::Malformed(format!("meter config length {len}")));
+        }
+        let mut e = b.sub(len - 2, "meter config")?;
+        let _flags = e.u16()?;
+        let id = e.u32()?;
+        while e.remaining() >= 16 {
+            let (typ, blen) = (e.u16()?, usize::from(e.u16()?));
+            if blen < 16 {
+                return Err(CodecError::Malformed(format!("meter band length {blen}")));
+            }
+            let mut band = e.sub(blen - 4, "meter band")?;
+            let (rate, burst) = (band.u32()?, band.u32()?);
+            if typ == OFPMBT_DROP {
+                out.push(Meter { id, kbps: rate, burst_kbits: burst });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// OFPMP_FLOW_DESC request: flows of `table` (or all) whose cookie matches.
 pub fn encode_flow_stats_request(buf: &mut Vec<u8>, xid: u32, table: Option<u8>, cookie: CookieFilter) {
     let s = start_msg(buf, msg_type::MULTIPART_REQUEST, xid);
@@ -452,6 +542,14 @@ pub fn decode(buf: &[u8]) -> Result<Frame, CodecError> {
             let mp = b.u16()?;
             let flags = b.u16()?;
             b.skip(4)?;
+            if mp == OFPMP_METER_CONFIG {
+                let meters = decode_meter_configs(&mut b)?;
+                return Ok(Frame {
+                    version,
+                    xid,
+                    msg: Message::MeterConfigReply { more: flags & OFPMPF_MORE != 0, meters },
+                });
+            }
             if mp != OFPMP_FLOW_DESC {
                 return Ok(Frame { version, xid, msg: Message::Other { msg_type: typ } });
             }

@@ -50,6 +50,9 @@ const NX_ARP_SHA: u8 = 17;
 const NX_ARP_THA: u8 = 18;
 const NX_TUN_IPV4_SRC: u8 = 31;
 const NX_TUN_IPV4_DST: u8 = 32;
+const NX_IP_FRAG: u8 = 26;
+/// `nw_frag` bit: the packet is a fragment.
+const FRAG_ANY: u64 = 0x1;
 const NX_CT_STATE: u8 = 105;
 const NX_CT_MARK: u8 = 107;
 const NXOF_IN_PORT: u8 = 0;
@@ -259,6 +262,12 @@ pub fn encode_match(buf: &mut Vec<u8>, m: &Match) -> Result<(), CodecError> {
             put_tlv(buf, OXM_OF, num, 4, u32::from(p.addr()).into(), p.mask().into());
         }
     }
+    if m.fragment {
+        if !is_ip {
+            return Err(CodecError::Invalid("nw_frag without eth_type ip".into()));
+        }
+        put_tlv(buf, NXM_NX, NX_IP_FRAG, 1, FRAG_ANY, FRAG_ANY);
+    }
     if let Some(port) = m.tp_dst {
         let num = match m.ip_proto {
             Some(IP_PROTO_TCP) => OF_TCP_DST,
@@ -361,6 +370,7 @@ pub fn decode_match(r: &mut Reader<'_>) -> Result<Match, CodecError> {
             }
             (NXM_NX, NX_TUN_IPV4_SRC) => m.tun_src = Some(Ipv4Addr::from(exact(&t, "tun_src")? as u32)),
             (NXM_NX, NX_TUN_IPV4_DST) => m.tun_dst = Some(Ipv4Addr::from(exact(&t, "tun_dst")? as u32)),
+            (NXM_NX, NX_IP_FRAG) if t.value == FRAG_ANY && t.mask == FRAG_ANY => m.fragment = true,
             (NXM_NX, NX_CT_STATE) if t.nbytes == 4 => {
                 m.ct_state = Some(Masked::<u32>::new(t.value as u32, t.mask as u32))
             }
@@ -379,7 +389,12 @@ pub fn decode_match(r: &mut Reader<'_>) -> Result<Match, CodecError> {
                     m.regs[lo] = Some(Masked::<u32>::new(t.value as u32, t.mask as u32));
                 }
             }
-            (c, n) => return Err(CodecError::Unsupported(format!("match field class {c:#x} field {n}"))),
+            (c, n) => {
+                return Err(CodecError::Unsupported(format!(
+                    "match field class {c:#x} field {n} (value {:#x}, mask {:#x})",
+                    t.value, t.mask
+                )))
+            }
         }
     }
     m.tp_dst = tp_dst;

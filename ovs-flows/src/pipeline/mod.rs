@@ -369,7 +369,6 @@ fn remote_node_flows(b: &mut Builder, n: &RemoteNode) {
 
 fn service_flows(b: &mut Builder, s: &Service, vni: u32, to_kernel: &[Action]) {
     let owner = (Category::Service, u32::from(s.ip));
-    let to_kernel = to_kernel.to_vec();
     for port in &s.ports {
         let mut m = match port.protocol {
             Protocol::Tcp => Match::new().tcp(),
@@ -380,8 +379,19 @@ fn service_flows(b: &mut Builder, s: &Service, vni: u32, to_kernel: &[Action]) {
         if vni != GLOBAL_VNI {
             m = m.reg(REG_SRC_VNI, vni);
         }
-        b.add(Table::Service, 200, owner, m, to_kernel.clone());
+        b.add(Table::Service, 200, owner, m, to_kernel.to_vec());
     }
+    // Fragments carry no port for the switch (OVS's "normal" fragment
+    // handling zeroes them, the first fragment's too): they pass for the
+    // service's address and VNI alone. The node kernel reassembles the
+    // datagram before kube-proxy's DNAT, which then sees the real port, so a
+    // fragment of a port the service lacks goes nowhere; large UDP to a
+    // ClusterIP (DNS with EDNS) works.
+    let mut fragments = Match::new().fragment().nw_dst(Ipv4Prefix::host(s.ip));
+    if vni != GLOBAL_VNI {
+        fragments = fragments.reg(REG_SRC_VNI, vni);
+    }
+    b.add(Table::Service, 200, owner, fragments, to_kernel.to_vec());
 }
 
 /// The table a flow with this id belongs to, by name (for docs and traces).

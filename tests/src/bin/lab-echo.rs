@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! lab-echo serve tcp|udp ADDR:PORT NAME     # until killed
-//! lab-echo ask tcp|udp ADDR:PORT [--count N] [--timeout-ms T]
+//! lab-echo ask tcp|udp ADDR:PORT [--count N] [--timeout-ms T] [--size BYTES]
 //! ```
 //! `ask` prints each answer line; with `--count` it makes N connections (or
 //! exchanges) one after another and prints `ok=<n> failed=<n> per_sec=<r>`.
@@ -45,8 +45,10 @@ fn main() -> ExitCode {
             let count: Option<u32> = flag("--count").and_then(|v| v.parse().ok());
             let timeout =
                 Duration::from_millis(flag("--timeout-ms").and_then(|v| v.parse().ok()).unwrap_or(2000));
+            // A UDP datagram of this size (the pod fragments one above its MTU).
+            let size: usize = flag("--size").and_then(|v| v.parse().ok()).unwrap_or(6);
             let once = |print: bool| -> bool {
-                let r = if p == "tcp" { ask_tcp(addr, timeout) } else { ask_udp(addr, timeout) };
+                let r = if p == "tcp" { ask_tcp(addr, timeout) } else { ask_udp(addr, timeout, size) };
                 match r {
                     Ok(line) => {
                         if print {
@@ -99,7 +101,7 @@ fn serve_tcp(addr: SocketAddr, name: &str) -> std::io::Result<()> {
 
 fn serve_udp(addr: SocketAddr, name: &str) -> std::io::Result<()> {
     let s = UdpSocket::bind(addr)?;
-    let mut buf = [0u8; 1500];
+    let mut buf = vec![0u8; 65536];
     loop {
         let (_, peer) = s.recv_from(&mut buf)?;
         let _ = s.send_to(format!("{name} peer={peer}\n").as_bytes(), peer);
@@ -117,13 +119,15 @@ fn ask_tcp(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     Ok(line.trim_end().to_string())
 }
 
-fn ask_udp(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+fn ask_udp(addr: SocketAddr, timeout: Duration, size: usize) -> std::io::Result<String> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     // Broadcast destinations too (the hostile tests send to 255.255.255.255).
     s.set_broadcast(true)?;
     s.set_read_timeout(Some(timeout))?;
     s.connect(addr)?;
-    s.send(b"hello\n")?;
+    let mut payload = b"hello\n".to_vec();
+    payload.resize(size.max(1), b'.');
+    s.send(&payload)?;
     let mut buf = [0u8; 1500];
     let n = s.recv(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_string())
