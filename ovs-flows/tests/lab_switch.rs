@@ -283,3 +283,47 @@ async fn lab_a_commit_time_failure_rolls_back_and_names_the_flow() -> Result<()>
     assert_eq!(sw.dump_flows()?, before, "nothing of the failed bundle stays");
     Ok(())
 }
+
+/// Meters (the egress policer for pods on the userspace datapath): added,
+/// referenced by a flow, read back, changed and deleted; the switch's own
+/// refusals (a meter that exists, a flow naming a missing meter) come back
+/// as errors.
+#[tokio::test]
+async fn lab_meters_install_read_back_and_police_flows() -> Result<()> {
+    use ovs_flows::ofp::{Meter, MeterCommand};
+    let sw = start()?;
+    let client = connect(&sw).await?;
+    let m = Meter { id: 7, kbps: 5_000, burst_kbits: 1_000 };
+    client.meter_mod(MeterCommand::Add, &m).await?;
+    assert!(client.meter_mod(MeterCommand::Add, &m).await.is_err(), "adding an existing meter must fail");
+    assert_eq!(client.meters().await?, vec![m]);
+    let f = Flow::new(
+        0,
+        100,
+        Cookie::new(1, Category::Test, 1),
+        Match::new().in_port(1),
+        vec![Action::Meter(7), Action::Output(2)],
+    );
+    client.bundle(&[FlowOp::Add(f.clone())]).await?;
+    assert_eq!(sw.dump_flows()?, vec![f.to_string()]);
+    let back = client.dump_flows(None, CookieFilter::ANY).await?;
+    assert_eq!(back, vec![f]);
+    let missing = Flow::new(
+        0,
+        90,
+        Cookie::new(1, Category::Test, 2),
+        Match::new().in_port(2),
+        vec![Action::Meter(8), Action::Output(1)],
+    );
+    assert!(
+        client.bundle(&[FlowOp::Add(missing)]).await.is_err(),
+        "a flow naming a missing meter must be refused"
+    );
+    let faster = Meter { kbps: 10_000, ..m };
+    client.meter_mod(MeterCommand::Modify, &faster).await?;
+    assert_eq!(client.meters().await?, vec![faster]);
+    client.delete_by_cookie(CookieFilter::ANY, None).await?;
+    client.meter_mod(MeterCommand::Delete, &faster).await?;
+    assert!(client.meters().await?.is_empty());
+    Ok(())
+}
