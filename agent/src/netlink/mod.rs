@@ -319,13 +319,12 @@ impl Netlink {
     /// Installs (or replaces) the default route via `gateway`.
     pub async fn set_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("add default route via {gateway}")))
+        self.replace_route(route, format!("add default route via {gateway}")).await
+    }
+
+    /// `ip route replace`: adds the route or replaces the one with its key.
+    async fn replace_route(&self, route: RouteMessage, what: String) -> Result<(), NetlinkError> {
+        self.handle.route().add(route).replace().execute().await.map_err(nl_err(what))
     }
 
     /// Installs (or replaces) an on-link route to `dest` through the link
@@ -337,13 +336,7 @@ impl Netlink {
             .output_interface(link.index)
             .scope(netlink_packet_route::route::RouteScope::Link)
             .build();
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("add route {dest} dev {name}")))
+        self.replace_route(route, format!("add route {dest} dev {name}")).await
     }
 
     /// Deletes a link (a veth takes its peer with it). Returns whether it
