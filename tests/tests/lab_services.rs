@@ -367,3 +367,52 @@ fn lab_services_agent_restart_with_apiserver_down_keeps_dns() -> Result<()> {
     ensure!(failed == 0 && ok >= 40, "{failed} failed lookups of {}", ok + failed);
     Ok(())
 }
+
+/// hostPort, the way kubelet wires it: the portmap plugin chained after
+/// k8s-ovs (its DNAT in the node, CNI-HOSTPORT-*). portmap masquerades
+/// every source inside the pod's network (the cluster range our result
+/// gives) as hairpin traffic, so a pod of any tenant reaches the port from
+/// the node's gateway address (global), as from outside the cluster: the
+/// port is open to all, as docs/operations.md says.
+#[test]
+fn lab_services_host_port_through_the_portmap_plugin() -> Result<()> {
+    use lab::cluster::{cni, upstream, CniCall};
+    let mut s = ServiceLab::start(2, &[("red", 100), ("blue", 200)], kubeadm_proxy())?;
+    let netns = s.lab.pod_netns("hp")?;
+    let call = CniCall::pod("cid-hp", &netns, "red", "hp");
+    let added = cni(&s.lab, 1, "ADD", &call)?;
+    ensure!(added.code == Some(0), "ADD: {}", added.stdout);
+    let ip = added.stdout["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .context("ip")?
+        .to_string();
+    // What libcni hands the next plugin of the conflist.
+    let portmap = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "k8s-ovs", "type": "portmap", "snat": true,
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 30500, "containerPort": 8080, "protocol": "tcp"}]},
+        "prevResult": added.stdout,
+    });
+    let pm = upstream(&s.lab, 1, "portmap", "ADD", &call, portmap)?;
+    ensure!(pm.code == Some(0), "portmap ADD: {} {}", pm.stdout, pm.stderr);
+    let hp = CniPod { name: "hp".into(), namespace: "red".into(), node: 1, netns, ip, cid: "cid-hp".into() };
+    s.serve(&hp, "tcp", 8080)?;
+    let red1 = s.add_pod(1, "red", "red1")?;
+    let blue1 = s.add_pod(1, "blue", "blue1")?;
+    let blue2 = s.add_pod(2, "blue", "blue2")?;
+    let n1 = s.lab.node(1).ip.clone();
+    let a = wait_answer(&s.lab.ctl, "tcp", &n1, 30500, WITHIN)?.context("fabric host via hostPort")?;
+    ensure!(a.starts_with("hp "), "{a}");
+    ensure!(answer(&red1, "tcp", &n1, 30500)?.starts_with("hp "), "own tenant, same node");
+    ensure!(
+        answer(&blue2, "tcp", &n1, 30500)?.starts_with("hp "),
+        "another node's pod, masqueraded by its node"
+    );
+    let a = answer(&blue1, "tcp", &n1, 30500)?;
+    ensure!(
+        a.starts_with("hp ") && peer_ip(&a) == "172.11.0.1",
+        "another tenant's pod, masqueraded by portmap: {a}"
+    );
+    Ok(())
+}
