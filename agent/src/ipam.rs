@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-pub use store::{IpamStore, StoreError};
+pub use store::{IpamStore, LogState, Recovery, StoreError};
 
 /// Who holds an address: a container's interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,6 +50,39 @@ pub enum IpamError {
     DuplicateAddress { ip: Ipv4Addr, first: Owner, second: Owner },
     #[error("{owner:?} holds two addresses: {first} and {second}")]
     DuplicateOwner { owner: Owner, first: Ipv4Addr, second: Ipv4Addr },
+}
+
+/// An address a running pod's port on the bridge holds (its external_ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub ip: Ipv4Addr,
+    pub owner: Owner,
+    /// The OVS port, to name it in reports.
+    pub port: String,
+}
+
+/// What [`Allocator::take_claims`] changed and refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimReport {
+    /// Addresses the allocator lacked, now held for their port's pod.
+    pub added: Vec<Claim>,
+    /// Allocations a port contradicted (the address held for another
+    /// container, or the container holding another address), dropped for
+    /// the port's: the port is what runs.
+    pub replaced: Vec<(Ipv4Addr, Owner)>,
+    /// Claims outside the subnet's pod range (another subnet's pod, a
+    /// hand-edited port): ignored.
+    pub outside: Vec<Claim>,
+    /// A claim of an address (or by an owner) that an earlier port already
+    /// claimed: the first kept, this one ignored.
+    pub conflicts: Vec<(Claim, Claim)>,
+}
+
+impl ClaimReport {
+    /// Whether the allocator had to change.
+    pub fn changed(&self) -> bool {
+        !self.added.is_empty() || !self.replaced.is_empty()
+    }
 }
 
 /// The allocation state of one subnet. Pure: no I/O.
@@ -96,6 +129,54 @@ impl Allocator {
         // search starts; it can never cause a double allocation.
         a.last = last.filter(|ip| a.in_pod_range(*ip));
         Ok(a)
+    }
+
+    /// Makes every address a pod's port holds allocated to that pod, over
+    /// whatever the allocator held: the ports are what runs, so after this no
+    /// running pod's address can be handed out again. Claims are taken in
+    /// order; the first claim of an address (or of an owner) wins.
+    pub fn take_claims(&mut self, claims: impl IntoIterator<Item = Claim>) -> ClaimReport {
+        let mut report = ClaimReport::default();
+        let mut by_ip: BTreeMap<Ipv4Addr, Claim> = BTreeMap::new();
+        let mut by_owner: BTreeMap<Owner, Claim> = BTreeMap::new();
+        for c in claims {
+            if !self.in_pod_range(c.ip) {
+                report.outside.push(c);
+                continue;
+            }
+            if let Some(first) = by_ip.get(&c.ip).or_else(|| by_owner.get(&c.owner)) {
+                report.conflicts.push((first.clone(), c));
+                continue;
+            }
+            by_ip.insert(c.ip, c.clone());
+            by_owner.insert(c.owner.clone(), c.clone());
+            if self.allocations.get(&c.ip) == Some(&c.owner) {
+                continue;
+            }
+            if let Some(old) = self.allocations.remove(&c.ip) {
+                report.replaced.push((c.ip, old));
+            }
+            if let Some(old_ip) = self.lookup(&c.owner) {
+                self.allocations.remove(&old_ip);
+                report.replaced.push((old_ip, c.owner.clone()));
+            }
+            self.allocations.insert(c.ip, c.owner.clone());
+            report.added.push(c);
+        }
+        report
+    }
+
+    /// An allocator rebuilt from the ports alone (the log is lost): every
+    /// claimed address allocated, the cursor after the highest, so the next
+    /// pods get addresses no running pod holds nor, likely, held lately.
+    pub fn rebuild(
+        subnet: Ipv4Network,
+        claims: impl IntoIterator<Item = Claim>,
+    ) -> Result<(Allocator, ClaimReport), IpamError> {
+        let mut a = Allocator::new(subnet)?;
+        let report = a.take_claims(claims);
+        a.last = a.allocations.keys().next_back().copied();
+        Ok((a, report))
     }
 
     pub fn subnet(&self) -> Ipv4Network {
@@ -333,6 +414,89 @@ mod tests {
         let dup_ip =
             Allocator::restore(s, [(ip("10.1.0.5"), owner("a")), (ip("10.1.0.5"), owner("b"))], None);
         assert!(matches!(dup_ip, Err(IpamError::DuplicateAddress { .. })));
+    }
+
+    fn claim(ip_s: &str, c: &str) -> Claim {
+        Claim { ip: ip(ip_s), owner: owner(c), port: format!("kov-{c}") }
+    }
+
+    #[test]
+    fn a_rebuild_allocates_every_claimed_address_and_never_hands_one_out() {
+        let s = net("10.1.0.0/29"); // pods .2 ..= .6
+        let (mut a, report) =
+            Allocator::rebuild(s, [claim("10.1.0.2", "a"), claim("10.1.0.4", "b")]).expect("rebuild");
+        assert_eq!(report.added.len(), 2);
+        assert!(report.outside.is_empty() && report.conflicts.is_empty() && report.replaced.is_empty());
+        assert_eq!(a.lookup(&owner("a")), Some(ip("10.1.0.2")));
+        assert_eq!(a.lookup(&owner("b")), Some(ip("10.1.0.4")));
+        // A repeated ADD of a running pod gets its own address back.
+        assert_eq!(a.allocate(&owner("a")).expect("ip"), ip("10.1.0.2"));
+        // New pods: after the highest claimed address, then wrapping past
+        // the claimed ones; the running pods' addresses never come out.
+        let got: Vec<Ipv4Addr> =
+            ["c", "d", "e"].iter().map(|c| a.allocate(&owner(c)).expect("free address")).collect();
+        assert_eq!(got, ["10.1.0.5", "10.1.0.6", "10.1.0.3"].map(ip));
+        assert!(a.allocate(&owner("f")).is_err(), "full: no claimed address reused");
+    }
+
+    #[test]
+    fn a_claim_outside_the_subnet_is_ignored_and_reported() {
+        let s = net("10.1.0.0/24");
+        let claims = [claim("10.2.0.5", "other"), claim("10.1.0.1", "gw"), claim("10.1.0.9", "a")];
+        let (a, report) = Allocator::rebuild(s, claims).expect("rebuild");
+        let outside: Vec<&str> = report.outside.iter().map(|c| c.owner.container_id.as_str()).collect();
+        assert_eq!(outside, ["other", "gw"]);
+        assert_eq!(a.allocations().map(|(ip, _)| ip).collect::<Vec<_>>(), [ip("10.1.0.9")]);
+    }
+
+    #[test]
+    fn two_ports_claiming_one_address_keep_the_first_and_report_the_other() {
+        let s = net("10.1.0.0/24");
+        let claims = [claim("10.1.0.5", "a"), claim("10.1.0.5", "b"), claim("10.1.0.6", "c")];
+        let (a, report) = Allocator::rebuild(s, claims).expect("rebuild");
+        assert_eq!(report.conflicts.len(), 1);
+        let (kept, ignored) = &report.conflicts[0];
+        assert_eq!((kept.owner.container_id.as_str(), ignored.owner.container_id.as_str()), ("a", "b"));
+        assert_eq!(a.lookup(&owner("a")), Some(ip("10.1.0.5")));
+        assert_eq!(a.lookup(&owner("b")), None);
+        assert_eq!(a.len(), 2);
+        // One owner on two ports (a copied external_ids): the first too.
+        let (a, report) =
+            Allocator::rebuild(s, [claim("10.1.0.5", "a"), claim("10.1.0.7", "a")]).expect("rebuild");
+        assert_eq!(report.conflicts.len(), 1);
+        assert_eq!(a.lookup(&owner("a")), Some(ip("10.1.0.5")));
+        assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn claims_over_a_log_fill_what_it_lacks_and_override_what_it_contradicts() {
+        let s = net("10.1.0.0/24");
+        let mut a = Allocator::restore(
+            s,
+            [(ip("10.1.0.2"), owner("a")), (ip("10.1.0.3"), owner("gone")), (ip("10.1.0.8"), owner("b"))],
+            Some(ip("10.1.0.8")),
+        )
+        .expect("restore");
+        // a as logged; the log's .3 is c's on the bridge; b runs with .9; d
+        // is missing from the log (its tail lost).
+        let report = a.take_claims([
+            claim("10.1.0.2", "a"),
+            claim("10.1.0.3", "c"),
+            claim("10.1.0.9", "b"),
+            claim("10.1.0.20", "d"),
+        ]);
+        let added: Vec<&str> = report.added.iter().map(|c| c.owner.container_id.as_str()).collect();
+        assert_eq!(added, ["c", "b", "d"]);
+        assert_eq!(report.replaced, [(ip("10.1.0.3"), owner("gone")), (ip("10.1.0.8"), owner("b"))]);
+        let held: Vec<(Ipv4Addr, &str)> =
+            a.allocations().map(|(ip, o)| (ip, o.container_id.as_str())).collect();
+        assert_eq!(
+            held,
+            [(ip("10.1.0.2"), "a"), (ip("10.1.0.3"), "c"), (ip("10.1.0.9"), "b"), (ip("10.1.0.20"), "d")]
+        );
+        assert_eq!(a.last_allocated(), Some(ip("10.1.0.8")), "the log's cursor is kept");
+        // Consistent again: taking the same claims changes nothing.
+        assert!(!a.take_claims([claim("10.1.0.2", "a")]).changed());
     }
 
     #[test]

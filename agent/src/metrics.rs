@@ -64,6 +64,9 @@ pub struct Metrics {
     /// Flows the periodic resync had to add, change or delete: drift.
     pub flow_drift: AtomicU64,
     pub bandwidth_errors: AtomicU64,
+    /// Addresses of running pods the IPAM log lacked (lost, corrupted,
+    /// cut short) and that were taken back from the bridge's ports at start.
+    pub ipam_recovered: AtomicU64,
     /// Set once the agent serves CNI requests with a programmed bridge.
     pub ready: AtomicBool,
 }
@@ -82,6 +85,7 @@ impl Default for Metrics {
             ovsdb_reconnects: Arc::new(AtomicU64::new(0)),
             flow_drift: AtomicU64::new(0),
             bandwidth_errors: AtomicU64::new(0),
+            ipam_recovered: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         }
     }
@@ -98,7 +102,7 @@ impl Metrics {
             "OpenFlow bundle latency (open to commit)",
         );
         self.bundle_flows.render(&mut s, "k8s_ovs_bundle_flows", "flow changes per bundle");
-        let gauges: [(&str, &str, &str, &AtomicU64); 8] = [
+        let gauges: [(&str, &str, &str, &AtomicU64); 9] = [
             (
                 "k8s_ovs_bandwidth_errors_total",
                 "counter",
@@ -125,6 +129,12 @@ impl Metrics {
                 "counter",
                 "flows the periodic resync found changed behind the agent's back and repaired",
                 &self.flow_drift,
+            ),
+            (
+                "k8s_ovs_ipam_recovered_total",
+                "counter",
+                "running pods' addresses the IPAM log lacked, taken back from the bridge's ports at start",
+                &self.ipam_recovered,
             ),
             (
                 "k8s_ovs_ready",

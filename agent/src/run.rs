@@ -19,7 +19,7 @@ use crate::config::{AgentConfig, DatapathType};
 use crate::dataplane::{prefix_of, Dataplane, NodeSettings};
 use crate::etcd_source::{self, EtcdSettings, EtcdView};
 use crate::http::{self, HttpState, PodsRequest};
-use crate::ipam::IpamStore;
+use crate::ipam::{Claim, IpamStore, LogState, Owner};
 use crate::kube_source::{self, PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
 use crate::netlink::Netlink;
@@ -179,7 +179,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let round = next_round(previous.as_deref());
     ovsdb.set_bridge_external_id(&cfg.bridge, ROUND_KEY, &round.to_string()).await?;
 
-    let ipam = IpamStore::open(&cfg.state_dir.join("ipam"), subnet).context("IPAM store")?;
     let mut adopted: Vec<PodRecord> = Vec::new();
     let mut other_ofports = Vec::new();
     for p in ovsdb.list_ports(&cfg.bridge).await? {
@@ -188,6 +187,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             None => other_ofports.extend(p.ofport),
         }
     }
+    // Before any ADD: the IPAM log must hold every address a running pod's
+    // port holds, even if the log was lost (ofport order: stable "first").
+    adopted.sort_by_key(|r| r.ofport);
+    let ipam = open_ipam(&cfg, subnet, &adopted, &metrics)?;
 
     let flows = FlowClient::connect(
         cfg.openflow_endpoint().parse::<Endpoint>().map_err(anyhow::Error::msg)?,
@@ -297,6 +300,55 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             }
         }
     }
+}
+
+/// Opens the IPAM store with the adopted pods' addresses claimed, and says
+/// (log and `k8s_ovs_ipam_recovered_total`) what it had to rebuild.
+fn open_ipam(
+    cfg: &AgentConfig,
+    subnet: Ipv4Network,
+    pods: &[PodRecord],
+    metrics: &Metrics,
+) -> Result<IpamStore> {
+    let claims = pods
+        .iter()
+        .map(|r| Claim {
+            ip: r.ip,
+            owner: Owner::new(r.key.container_id.clone(), r.key.ifname.clone()),
+            port: r.host_veth.clone(),
+        })
+        .collect();
+    let (ipam, rec) =
+        IpamStore::open_with_claims(&cfg.state_dir.join("ipam"), subnet, claims).context("IPAM store")?;
+    let r = &rec.report;
+    for c in &r.outside {
+        warn!(port = %c.port, ip = %c.ip, %subnet, "a pod port's address is outside this node's pod range; not claimed");
+    }
+    for (kept, other) in &r.conflicts {
+        warn!(ip = %other.ip, port = %other.port, kept = %kept.port, kept_ip = %kept.ip,
+            "two ports claim one address (or one pod two addresses): the first is kept, delete the other pod");
+    }
+    for (ip, owner) in &r.replaced {
+        warn!(%ip, container = %owner.container_id, "an IPAM allocation contradicted by the bridge's ports was dropped");
+    }
+    match &rec.log {
+        LogState::Corrupt { set_aside, reason } => warn!(
+            set_aside = %set_aside.display(), %reason,
+            claimed = r.added.len(), "the IPAM log was corrupted: set aside and rebuilt from the bridge's ports"
+        ),
+        LogState::Missing if rec.rebuilt() => {
+            warn!(claimed = r.added.len(), "the IPAM log was missing: rebuilt from the bridge's ports")
+        }
+        _ if rec.rebuilt() => {
+            warn!(
+                claimed = r.added.len(),
+                "the IPAM log lacked running pods' addresses: completed from the bridge's ports"
+            )
+        }
+        _ => {}
+    }
+    metrics.ipam_recovered.fetch_add(r.added.len() as u64, Ordering::Relaxed);
+    Ok(ipam)
 }
 
 async fn kube_client(cfg: &AgentConfig) -> Result<kube::Client> {

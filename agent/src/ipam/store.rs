@@ -23,6 +23,10 @@
 //! (an address allocated twice, a free of a free address, outside the
 //! subnet) is a clear error naming the file and line: the store never falls
 //! back to "empty", which would hand out addresses running pods still hold.
+//! The agent opens it with the addresses of the pods' ports on the bridge
+//! (`open_with_claims`): those are allocated whatever the log says, so a log
+//! lost, cut short or corrupted (set aside, then rebuilt from the ports)
+//! still never hands a running pod's address out.
 //!
 //! A mutex serialises callers in the process and an exclusive `flock` on
 //! `<dir>/lock`, held while the store is open, keeps a second agent process
@@ -39,9 +43,11 @@ use ipnetwork::Ipv4Network;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::{Allocator, IpamError, Owner};
+use super::{Allocator, Claim, ClaimReport, IpamError, Owner};
 
 const LOG: &str = "allocations.jsonl";
+/// Where a corrupted log is moved before the store is rebuilt from the ports.
+const CORRUPT: &str = "allocations.jsonl.corrupt";
 const TMP: &str = "allocations.jsonl.tmp";
 const LOCK: &str = "lock";
 const FORMAT_VERSION: u32 = 1;
@@ -62,6 +68,31 @@ pub enum StoreError {
     Broken { path: PathBuf },
     #[error(transparent)]
     Ipam(#[from] IpamError),
+}
+
+/// What [`IpamStore::open_with_claims`] found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogState {
+    /// The log was read (the claims may still have completed it).
+    Intact,
+    /// No log: a first start, or a state dir removed under running pods.
+    Missing,
+    /// The log was unreadable; moved to `set_aside`, rebuilt from the claims.
+    Corrupt { set_aside: PathBuf, reason: String },
+}
+
+/// How the store was brought in line with the bridge's ports at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub log: LogState,
+    pub report: ClaimReport,
+}
+
+impl Recovery {
+    /// Whether the log lost anything the ports still hold (to log and count).
+    pub fn rebuilt(&self) -> bool {
+        self.report.changed() || matches!(self.log, LogState::Corrupt { .. })
+    }
 }
 
 /// One line of the log.
@@ -110,6 +141,49 @@ impl IpamStore {
     /// process holds the store, when the log is corrupted, or when it holds
     /// another subnet's allocations.
     pub fn open(dir: &Path, subnet: Ipv4Network) -> Result<IpamStore, StoreError> {
+        let lock = Self::lock_dir(dir)?;
+        let alloc = load(&dir.join(LOG), subnet)?;
+        Self::finish_open(dir, lock, alloc)
+    }
+
+    /// Opens the store for an agent whose bridge holds running pods: every
+    /// address in `claims` (the pods' ports, in a stable order) is made
+    /// allocated to its pod before the store is used. A log that is missing
+    /// or lost its tail is completed from the claims; a corrupted one is set
+    /// aside (`allocations.jsonl.corrupt`, for the operator) and the store
+    /// rebuilt from the claims alone: the ports are what runs, so no running
+    /// pod's address can be handed out again. A log of another subnet is
+    /// still refused (the node changed subnet: its pods are wrong anyway).
+    pub fn open_with_claims(
+        dir: &Path,
+        subnet: Ipv4Network,
+        claims: Vec<Claim>,
+    ) -> Result<(IpamStore, Recovery), StoreError> {
+        let lock = Self::lock_dir(dir)?;
+        let path = dir.join(LOG);
+        let (alloc, report, log) = match load(&path, subnet) {
+            Ok(mut alloc) => {
+                let state = if path.exists() { LogState::Intact } else { LogState::Missing };
+                let report = alloc.take_claims(claims);
+                if state == LogState::Missing && report.changed() {
+                    // After the highest running pod, as a rebuild does.
+                    alloc.last = alloc.allocations.keys().next_back().copied();
+                }
+                (alloc, report, state)
+            }
+            Err(StoreError::Corrupt { reason, .. }) => {
+                let aside = dir.join(CORRUPT);
+                std::fs::rename(&path, &aside).map_err(io(&path, "set the corrupted log aside"))?;
+                let (alloc, report) = Allocator::rebuild(subnet, claims)?;
+                (alloc, report, LogState::Corrupt { set_aside: aside, reason })
+            }
+            Err(e) => return Err(e),
+        };
+        let store = Self::finish_open(dir, lock, alloc)?;
+        Ok((store, Recovery { log, report }))
+    }
+
+    fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
         let lock_path = dir.join(LOCK);
         let lock_file = OpenOptions::new()
@@ -125,7 +199,10 @@ impl IpamStore {
                 StoreError::Io { path: lock_path.clone(), op: "lock", source: errno.into() }
             }
         })?;
-        let alloc = load(&dir.join(LOG), subnet)?;
+        Ok(lock)
+    }
+
+    fn finish_open(dir: &Path, lock: Flock<File>, alloc: Allocator) -> Result<IpamStore, StoreError> {
         let (log, len, records) = write_snapshot(dir, &alloc)?;
         Ok(IpamStore {
             dir: dir.to_path_buf(),
@@ -598,6 +675,85 @@ mod tests {
             s.allocations().into_iter().map(|(ip, o)| (ip, o.container_id)).collect();
         let first: Ipv4Addr = "10.7.0.2".parse().expect("ip");
         assert_eq!(held, [(first, "keep".to_string()), (next, "next".to_string())]);
+    }
+
+    fn claims_of(s: &IpamStore) -> Vec<Claim> {
+        s.allocations()
+            .into_iter()
+            .map(|(ip, owner)| Claim { ip, port: format!("kov-{}", owner.container_id), owner })
+            .collect()
+    }
+
+    /// The claims of pods a, b and c, allocated by a store in `dir`.
+    fn three_pods(dir: &TempDir, subnet: Ipv4Network) -> Vec<Claim> {
+        let s = IpamStore::open(&dir.0, subnet).expect("open");
+        for c in ["a", "b", "c"] {
+            s.allocate(&owner(c)).expect("ip");
+        }
+        claims_of(&s)
+    }
+
+    #[test]
+    fn a_removed_log_is_rebuilt_from_the_ports_and_no_running_address_is_reused() {
+        let dir = TempDir::new("removed");
+        let subnet = net("10.7.0.0/24");
+        let claims = three_pods(&dir, subnet);
+        std::fs::remove_dir_all(&dir.0).expect("remove the state dir");
+        let (s, rec) = IpamStore::open_with_claims(&dir.0, subnet, claims.clone()).expect("open");
+        assert_eq!(rec.log, LogState::Missing);
+        assert!(rec.rebuilt());
+        assert_eq!(rec.report.added.len(), 3);
+        let new = s.allocate(&owner("new")).expect("ip");
+        assert!(claims.iter().all(|c| c.ip != new), "{new} is a running pod's");
+        drop(s);
+        // Written down: a plain reopen knows them all.
+        let s = IpamStore::open(&dir.0, subnet).expect("reopen");
+        assert_eq!(s.allocations().len(), 4);
+        drop(s);
+        // And a first start (no log, no ports) is no rebuild.
+        let fresh = TempDir::new("fresh");
+        let (_, rec) = IpamStore::open_with_claims(&fresh.0, subnet, vec![]).expect("open");
+        assert_eq!(rec.log, LogState::Missing);
+        assert!(!rec.rebuilt());
+    }
+
+    #[test]
+    fn a_corrupted_log_is_set_aside_and_rebuilt_from_the_ports() {
+        let dir = TempDir::new("corrupt-rebuild");
+        let subnet = net("10.7.0.0/24");
+        let good = sample_log(&dir, subnet);
+        let claims = claims_of(&IpamStore::open(&dir.0, subnet).expect("open"));
+        let bad = format!("{good}garbage\n");
+        std::fs::write(dir.0.join(LOG), &bad).expect("write");
+        let (s, rec) = IpamStore::open_with_claims(&dir.0, subnet, claims.clone()).expect("open");
+        let LogState::Corrupt { set_aside, reason } = &rec.log else { panic!("{rec:?}") };
+        assert!(reason.contains("line"), "{reason}");
+        assert_eq!(std::fs::read_to_string(set_aside).expect("kept for the operator"), bad);
+        assert!(rec.rebuilt());
+        let held: Vec<Ipv4Addr> = s.allocations().into_iter().map(|(ip, _)| ip).collect();
+        assert_eq!(held, claims.iter().map(|c| c.ip).collect::<Vec<_>>());
+        let new = s.allocate(&owner("new")).expect("ip");
+        assert!(claims.iter().all(|c| c.ip != new));
+    }
+
+    #[test]
+    fn a_log_that_lost_records_is_completed_from_the_ports() {
+        let dir = TempDir::new("truncated");
+        let subnet = net("10.7.0.0/24");
+        let claims = three_pods(&dir, subnet);
+        // Cut after the header and the first allocation (whole lines).
+        let text = std::fs::read_to_string(dir.0.join(LOG)).expect("read");
+        let kept: Vec<&str> = text.lines().take(2).collect();
+        std::fs::write(dir.0.join(LOG), format!("{}\n", kept.join("\n"))).expect("write");
+        let (s, rec) = IpamStore::open_with_claims(&dir.0, subnet, claims.clone()).expect("open");
+        assert_eq!(rec.log, LogState::Intact);
+        assert_eq!(rec.report.added.len(), 2, "{rec:?}");
+        let new = s.allocate(&owner("new")).expect("ip");
+        assert!(claims.iter().all(|c| c.ip != new));
+        drop(s);
+        // Consistent now: the next start has nothing to recover.
+        let (_, rec) = IpamStore::open_with_claims(&dir.0, subnet, claims).expect("open");
+        assert!(!rec.rebuilt(), "{rec:?}");
     }
 
     #[test]
