@@ -14,6 +14,18 @@ use etcd_schema::{
 use crate::run::read_all;
 use crate::store;
 
+/// How long a command rides out a cluster changing under it (an election
+/// takes about a second; a member's death costs its clients a reconnect).
+const RETRY_BUDGET: Duration = Duration::from_secs(15);
+
+/// `op` retried while etcd answers with a transient error.
+async fn retry<T, Fut>(op: impl FnMut() -> Fut) -> Result<T, etcd_client::Error>
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    etcd_schema::connect::retry_transient(RETRY_BUDGET, op).await
+}
+
 /// Reads the config (for the network name) and builds the keys.
 pub async fn network(client: &mut Client, prefix: &str) -> Result<(NetworkConfig, Keys)> {
     let config = store::ensure_config(client, prefix, None, None).await?;
@@ -25,7 +37,12 @@ pub async fn network(client: &mut Client, prefix: &str) -> Result<(NetworkConfig
 pub async fn request(client: &mut Client, keys: &Keys, namespace: &str, action: Action) -> Result<i64> {
     let key = keys.netnamespace(namespace);
     loop {
-        let resp = client.get(key.as_str(), None).await.context("read the record")?;
+        let resp = retry(|| {
+            let (mut c, key) = (client.clone(), key.clone());
+            async move { c.get(key, None).await }
+        })
+        .await
+        .context("read the record")?;
         let Some(kv) = resp.kvs().first() else {
             bail!("{key}: no record; does namespace {namespace} exist?");
         };
@@ -39,7 +56,14 @@ pub async fn request(client: &mut Client, keys: &Keys, namespace: &str, action: 
         let txn = etcd_client::Txn::new()
             .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())])
             .and_then([TxnOp::put(key.as_str(), rec.to_json(), None)]);
-        let resp = client.txn(txn).await.context("write the action")?;
+        // A commit whose answer was lost fails its compare when tried again
+        // and the loop reads the record anew: never an edit written twice.
+        let resp = retry(|| {
+            let (mut c, txn) = (client.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })
+        .await
+        .context("write the action")?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
         }
@@ -67,21 +91,40 @@ pub async fn wait(
     let key = keys.netnamespace(namespace);
     let error_key = keys.netnamespace_error(namespace);
     let answer = async {
-        let mut stream = client
-            .watch(key.as_str(), Some(WatchOptions::new().with_start_revision(edit_rev + 1)))
+        // From the revision after the last one seen: a watch broken by a
+        // member's death (or a leader change) resumes where it stood.
+        let mut from = edit_rev + 1;
+        loop {
+            let mut stream = retry(|| {
+                let (mut c, key) = (client.clone(), key.clone());
+                async move { c.watch(key, Some(WatchOptions::new().with_start_revision(from))).await }
+            })
             .await
             .context("watch the record")?;
-        loop {
-            let resp = stream.message().await?.context("watch ended")?;
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                if ev.event_type() == EventType::Delete {
-                    return Ok::<_, anyhow::Error>(None);
+            loop {
+                let resp = match stream.message().await {
+                    Ok(Some(resp)) => resp,
+                    Ok(None) => break,
+                    Err(e) if etcd_schema::connect::is_transient(&e) => {
+                        tracing::debug!(error = %e, "the watch broke; watching again");
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if resp.canceled() {
+                    bail!("the watch was cancelled (compacted at {})", resp.compact_revision());
                 }
-                let raw = kv.value_str().unwrap_or("");
-                if let Ok(rec) = parse_net_namespace(&key, namespace, raw) {
-                    if rec.action.is_none() {
-                        return Ok(Some(rec.net_id));
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    from = from.max(kv.mod_revision() + 1);
+                    if ev.event_type() == EventType::Delete {
+                        return Ok::<_, anyhow::Error>(None);
+                    }
+                    let raw = kv.value_str().unwrap_or("");
+                    if let Ok(rec) = parse_net_namespace(&key, namespace, raw) {
+                        if rec.action.is_none() {
+                            return Ok(Some(rec.net_id));
+                        }
                     }
                 }
             }
@@ -90,7 +133,12 @@ pub async fn wait(
     let applied = tokio::time::timeout(timeout, answer)
         .await
         .with_context(|| format!("the controller did not answer within {timeout:?}; is it running?"))??;
-    let err = client.get(error_key.as_str(), None).await.context("read the error record")?;
+    let err = retry(|| {
+        let (mut c, key) = (client.clone(), error_key.clone());
+        async move { c.get(key, None).await }
+    })
+    .await
+    .context("read the error record")?;
     if let Some(kv) = err.kvs().first() {
         if let Ok(e) = serde_json::from_str::<RecordError>(kv.value_str().unwrap_or("")) {
             if e.edit_revision == edit_rev {

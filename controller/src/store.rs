@@ -41,7 +41,13 @@ pub async fn ensure_config(
 ) -> Result<NetworkConfig> {
     let key = Keys::config_key(prefix);
     loop {
-        let resp = client.get(key.as_str(), None).await.context("read the network config")?;
+        // Retried through a leader change: `k8s-ovs-ctl` reads it first.
+        let resp = etcd_schema::connect::retry_transient(Duration::from_secs(15), || {
+            let (mut c, key) = (client.clone(), key.clone());
+            async move { c.get(key, None).await }
+        })
+        .await
+        .context("read the network config")?;
         if let Some(kv) = resp.kvs().first() {
             let parsed = record_text(&key, kv.value()).and_then(|raw| parse_network_config(&key, raw));
             return match (parsed, last_good) {

@@ -5,6 +5,7 @@
 //! feature.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -144,7 +145,14 @@ impl EtcdTls {
     }
 }
 
-/// Connects to the endpoints (etcd-client balances over all of them).
+/// Connects to one of the endpoints: with several (a cluster), the first
+/// in a rotating order whose member answers a status request. etcd-client
+/// would balance over all of them, but its balancer never drops a dead
+/// member: requests kept going to a killed member ("tcp connect error")
+/// for as long as it was down (found by `lab_etcd_cluster_*`). One member
+/// per connection instead: when it dies the session breaks, the caller
+/// connects again and lands on a live one; the rotation moves a caller on
+/// from a member that accepts connections but cannot serve (no quorum).
 /// `request_timeout` bounds every unary request, so a silent etcd is
 /// noticed; the keep-alive notices a dead connection under a watch.
 pub async fn connect(
@@ -159,12 +167,129 @@ pub async fn connect(
     if let Some(tls) = tls {
         opts = opts.with_tls(tls.options());
     }
-    Client::connect(endpoints, Some(opts)).await
+    if endpoints.len() <= 1 {
+        return Client::connect(endpoints, Some(opts)).await;
+    }
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut last = None;
+    for i in failover_order(endpoints.len(), NEXT.fetch_add(1, Ordering::Relaxed)) {
+        let attempt = async {
+            let mut c = Client::connect([&endpoints[i]], Some(opts.clone())).await?;
+            c.status().await?;
+            Ok::<_, etcd_client::Error>(c)
+        };
+        match attempt.await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoint".into())))
+}
+
+/// The order in which to try `n` endpoints, starting at `start` (mod n).
+pub fn failover_order(n: usize, start: usize) -> Vec<usize> {
+    (0..n).map(|k| (start + k) % n.max(1)).collect()
+}
+
+/// Whether an etcd error is what a cluster answers while it changes (a
+/// leader election, a member killed, a connection to it broken) rather than
+/// a refusal: the same request will succeed on another member or in a
+/// moment. etcd's Go client retries these itself; etcd-client does not.
+pub fn is_transient(e: &etcd_client::Error) -> bool {
+    // gRPC codes (tonic's `Code` discriminants): Unavailable 14 ("leader
+    // changed", "no leader", a member down), DeadlineExceeded 4 (a request
+    // stuck on a dying member), Unknown 2 (a stream cut by a reset).
+    const TRANSIENT: [i32; 3] = [14, 4, 2];
+    match e {
+        etcd_client::Error::GRpcStatus(s) => TRANSIENT.contains(&(s.code() as i32)),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good (not [`is_transient`]), or
+/// `budget` has passed since the first try; waits 100 ms doubling to 1 s
+/// between tries. For one-shot callers (`k8s-ovs-ctl`); the daemons' loops
+/// already start over on any error.
+pub async fn retry_transient<T, F, Fut>(budget: Duration, mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() + wait < deadline => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
+    }
+
+    #[test]
+    fn failover_tries_every_endpoint_once_from_a_rotating_start() {
+        assert_eq!(failover_order(3, 0), [0, 1, 2]);
+        assert_eq!(failover_order(3, 4), [1, 2, 0]);
+        assert_eq!(failover_order(1, 7), [0]);
+        assert!(failover_order(0, 2).is_empty());
+    }
+
+    #[test]
+    fn a_leader_change_or_a_dead_member_is_transient_a_refusal_is_not() {
+        assert!(is_transient(&status(tonic::Code::Unavailable, "etcdserver: leader changed")));
+        assert!(is_transient(&status(tonic::Code::DeadlineExceeded, "context deadline exceeded")));
+        assert!(is_transient(&etcd_client::Error::IoError(std::io::ErrorKind::ConnectionReset.into())));
+        assert!(!is_transient(&status(tonic::Code::PermissionDenied, "etcdserver: permission denied")));
+        assert!(!is_transient(&status(tonic::Code::InvalidArgument, "etcdserver: key is not provided")));
+        assert!(!is_transient(&etcd_client::Error::InvalidArgs("x".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_rides_out_a_leader_change_and_gives_up_on_refusals_and_after_the_budget() {
+        let tries = std::cell::Cell::new(0);
+        let got = retry_transient(Duration::from_secs(10), || {
+            tries.set(tries.get() + 1);
+            let n = tries.get();
+            async move {
+                match n {
+                    1 | 2 => Err(status(tonic::Code::Unavailable, "etcdserver: leader changed")),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.ok(), Some(3));
+
+        tries.set(0);
+        let refused = retry_transient(Duration::from_secs(10), || {
+            tries.set(tries.get() + 1);
+            async { Err::<(), _>(status(tonic::Code::PermissionDenied, "no")) }
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(tries.get(), 1, "a refusal is not retried");
+
+        tries.set(0);
+        let down = retry_transient(Duration::from_secs(2), || {
+            tries.set(tries.get() + 1);
+            async { Err::<(), _>(status(tonic::Code::Unavailable, "etcdserver: no leader")) }
+        })
+        .await;
+        assert!(down.is_err(), "gives up after the budget");
+        // 100 + 200 + 400 + 800 ms fit in 2 s, the next wait does not.
+        assert_eq!(tries.get(), 5);
+    }
 
     fn eps(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -273,6 +273,19 @@ pub fn start_kube_api(lab: &Lab) -> Result<crate::kube_api::KubeApi> {
     crate::kube_api::KubeApi::start_in(&lab.ctl, crate::CTL_IP, 6443)
 }
 
+/// `start_kube_api` holding every lab node (with its InternalIP) and the
+/// given namespaces: what a controller needs to allocate subnets and VNIs.
+pub fn start_kube_api_with(lab: &Lab, namespaces: &[&str]) -> Result<crate::kube_api::KubeApi> {
+    let api = start_kube_api(lab)?;
+    for n in &lab.nodes {
+        api.create_node(&format!("n{}", n.index), &n.ip)?;
+    }
+    for ns in namespaces {
+        api.create_namespace(ns)?;
+    }
+    Ok(api)
+}
+
 /// A `k8s-ovs-controller` on the control host, against the lab's etcd and
 /// the given API server URL; it writes the network config itself.
 pub fn start_controller(lab: &Lab, kube_url: &str, id: &str, extra: &[&str]) -> Result<Daemon> {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
 
-use crate::etcd::Etcd;
+use crate::etcd::{Etcd, EtcdCluster};
 use crate::netns::Netns;
 use crate::ovs::Ovs;
 use crate::pki::Pki;
@@ -31,6 +31,8 @@ pub const DEFAULT_PREFIX: &str = "kovs";
 pub const FABRIC_PREFIX: &str = "172.30.0";
 pub const CTL_IP: &str = "172.30.0.254";
 pub const ETCD_PORT: u16 = 2379;
+/// Client ports of a cluster's members on the control host (peer: +1).
+pub const ETCD_CLUSTER_PORTS: [u16; 3] = [2379, 2479, 2579];
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -48,6 +50,9 @@ pub struct LabConfig {
     pub etcd: bool,
     /// etcd serves HTTPS and requires client certificates (`Lab::pki`).
     pub etcd_tls: bool,
+    /// etcd as clusters run it: three members on the control host (one
+    /// address, ports `ETCD_CLUSTER_PORTS`), every binary given all three.
+    pub etcd_cluster: bool,
     /// Name prefix; tests of the sweep use their own so they never race a
     /// concurrently starting lab's sweep.
     pub prefix: String,
@@ -55,7 +60,13 @@ pub struct LabConfig {
 
 impl LabConfig {
     pub fn nodes(n: usize) -> LabConfig {
-        LabConfig { nodes: n, etcd: true, etcd_tls: false, prefix: DEFAULT_PREFIX.into() }
+        LabConfig {
+            nodes: n,
+            etcd: true,
+            etcd_tls: false,
+            etcd_cluster: false,
+            prefix: DEFAULT_PREFIX.into(),
+        }
     }
 }
 
@@ -93,6 +104,8 @@ pub struct Lab {
     pub fabric: Netns,
     pub ctl: Netns,
     pub etcd: Option<Etcd>,
+    /// The members, with `LabConfig::etcd_cluster` (then `etcd` is None).
+    pub etcd_cluster: Option<EtcdCluster>,
     pub nodes: Vec<Node>,
     pods: Vec<Netns>,
     /// Every namespace in creation order (removed in reverse).
@@ -122,6 +135,7 @@ impl Lab {
             fabric: fabric.clone(),
             ctl: ctl.clone(),
             etcd: None,
+            etcd_cluster: None,
             nodes: Vec::new(),
             pods: Vec::new(),
             namespaces: Vec::new(),
@@ -141,7 +155,12 @@ impl Lab {
                 false => None,
             };
             let dir = lab.dir.join("ctl");
-            lab.etcd = Some(Etcd::start_with(Some(&ctl), CTL_IP, ETCD_PORT, &dir, pki.as_ref())?);
+            if cfg.etcd_cluster {
+                let c = EtcdCluster::start(&ctl, CTL_IP, &ETCD_CLUSTER_PORTS, &dir, pki.as_ref(), &lab.name)?;
+                lab.etcd_cluster = Some(c);
+            } else {
+                lab.etcd = Some(Etcd::start_with(Some(&ctl), CTL_IP, ETCD_PORT, &dir, pki.as_ref())?);
+            }
         }
         for i in 1..=cfg.nodes {
             lab.add_node(i)?;
@@ -194,8 +213,13 @@ impl Lab {
         &self.nodes[index - 1]
     }
 
-    /// etcd's client URL on the fabric (reachable from every node namespace).
+    /// etcd's client URL on the fabric (reachable from every node
+    /// namespace); with a cluster every member's, comma separated (as
+    /// `--etcd-endpoints` and etcdctl take them).
     pub fn etcd_endpoint(&self) -> String {
+        if let Some(c) = &self.etcd_cluster {
+            return c.endpoints().join(",");
+        }
         match self.etcd.as_ref() {
             Some(e) => e.endpoint.clone(),
             None => format!("http://{CTL_IP}:{ETCD_PORT}"),
@@ -232,7 +256,10 @@ impl Lab {
 
     /// The PKI of a TLS etcd (`LabConfig::etcd_tls`).
     pub fn pki(&self) -> Option<&Pki> {
-        self.etcd.as_ref()?.tls.as_ref()
+        match &self.etcd_cluster {
+            Some(c) => c.members.first()?.tls.as_ref(),
+            None => self.etcd.as_ref()?.tls.as_ref(),
+        }
     }
 
     /// `--etcd-endpoints <url>` plus, with TLS, the client certificate
@@ -260,6 +287,9 @@ impl Lab {
 
     /// `etcdctl` against the lab's etcd, run on the control host.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        if let Some(c) = &self.etcd_cluster {
+            return c.etcdctl(args);
+        }
         self.etcd.as_ref().context("this lab runs no etcd")?.etcdctl(args)
     }
 
@@ -320,6 +350,7 @@ impl Lab {
     pub fn daemon_pids(&self) -> Vec<i32> {
         let mut v: Vec<i32> = self.nodes.iter().flat_map(|n| n.ovs.pids()).collect();
         v.extend(self.etcd.as_ref().map(|e| e.pid()));
+        v.extend(self.etcd_cluster.iter().flat_map(EtcdCluster::pids));
         v
     }
 }
@@ -336,6 +367,8 @@ impl Drop for Lab {
         if let Some(mut e) = self.etcd.take() {
             e.stop();
         }
+        // Each member ends by its PID as it drops.
+        drop(self.etcd_cluster.take());
         for ns in self.namespaces.drain(..).rev() {
             ns.destroy();
         }

@@ -1,6 +1,6 @@
 //! Traffic between lab namespaces: ping verdicts and iperf3 rates.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,44 @@ pub fn time_until(
         }
         if sent > within {
             return Ok(None);
+        }
+    }
+}
+
+/// Pings `ip` from `from` every 10 ms until `finish`: (sent, received).
+pub struct Prober {
+    child: Option<Child>,
+}
+
+impl Prober {
+    pub fn start(from: &Netns, ip: &str) -> Result<Prober> {
+        // `ip netns exec` execs ping in place: the child's PID is ping's.
+        // Flood mode with an interval: every 10 ms whether answered or not
+        // (plain ping paces unanswered probes down to a few per second).
+        let argv = from.wrap(&["ping", "-n", "-q", "-f", "-i", "0.01", "-W", "1", ip]);
+        let child = Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::piped()).spawn()?;
+        Ok(Prober { child: Some(child) })
+    }
+
+    /// SIGINT (ping prints its summary), then the counts.
+    pub fn finish(mut self) -> Result<(u32, u32)> {
+        let child = self.child.take().context("prober already finished")?;
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
+        let out = child.wait_with_output()?;
+        let s = String::from_utf8_lossy(&out.stdout);
+        let line = s.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
+        let nums: Vec<u32> =
+            line.split(',').filter_map(|p| p.split_whitespace().next()?.parse().ok()).collect();
+        anyhow::ensure!(nums.len() >= 2, "ping summary: {s}");
+        Ok((nums[0], nums[1]))
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

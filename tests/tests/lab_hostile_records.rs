@@ -6,16 +6,15 @@
 //! the agents' read-only rights are all they need, while a pod holding an
 //! agent's certificate cannot write a record.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lab::cluster::{
-    cni, flows_without_cookies, start_controller_etcd, start_kube_api, Agent, CniCall, CniPod, Daemon, NAME,
-    PREFIX,
+    cni, flows_without_cookies, start_controller_etcd, Agent, CniCall, CniPod, Daemon, NAME, PREFIX,
 };
 use lab::kube_api::KubeApi;
-use lab::{traffic, Lab, LabConfig, Netns};
+use lab::traffic::Prober;
+use lab::{traffic, Lab, LabConfig};
 
 fn netns_key(ns: &str) -> String {
     format!("{PREFIX}/{NAME}/netnamespaces/{ns}")
@@ -50,44 +49,6 @@ fn record(ns: &str, id: u32) -> String {
     format!(r#"{{"NetName":"{ns}","NetID":{id},"Action":"","Namespace":""}}"#)
 }
 
-/// Pings `ip` from `from` every 10 ms until `finish`: (sent, received).
-struct Prober {
-    child: Option<Child>,
-}
-
-impl Prober {
-    fn start(from: &Netns, ip: &str) -> Result<Prober> {
-        // `ip netns exec` execs ping in place: the child's PID is ping's.
-        // Flood mode with an interval: every 10 ms whether answered or not
-        // (plain ping paces unanswered probes down to a few per second).
-        let argv = from.wrap(&["ping", "-n", "-q", "-f", "-i", "0.01", "-W", "1", ip]);
-        let child = Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::piped()).spawn()?;
-        Ok(Prober { child: Some(child) })
-    }
-
-    /// SIGINT (ping prints its summary), then the counts.
-    fn finish(mut self) -> Result<(u32, u32)> {
-        let child = self.child.take().context("prober already finished")?;
-        Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
-        let out = child.wait_with_output()?;
-        let s = String::from_utf8_lossy(&out.stdout);
-        let line = s.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default().to_string();
-        let nums: Vec<u32> =
-            line.split(',').filter_map(|p| p.split_whitespace().next()?.parse().ok()).collect();
-        ensure!(nums.len() >= 2, "ping summary: {s}");
-        Ok((nums[0], nums[1]))
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn add_pod(lab: &mut Lab, node: usize, namespace: &str, name: &str) -> Result<CniPod> {
     lab::cluster::add_pod(lab, node, namespace, name)
 }
@@ -112,13 +73,7 @@ fn start_world() -> Result<World> {
 
 /// `start_world` on `lab`, the controller and agents with these etcd flags.
 fn start_world_in(mut lab: Lab, controller_etcd: Vec<String>, agent_etcd: Vec<String>) -> Result<World> {
-    let api = start_kube_api(&lab)?;
-    for i in 1..=2 {
-        api.create_node(&format!("n{i}"), &lab.node(i).ip)?;
-    }
-    for ns in ["red", "blue", "kube-system"] {
-        api.create_namespace(ns)?;
-    }
+    let api = lab::cluster::start_kube_api_with(&lab, &["red", "blue", "kube-system"])?;
     let url = api.url();
     let controller = start_controller_etcd(&lab, &url, "c1", controller_etcd, &[])?;
     // The controller has validated every namespace: agents take VNIs from
