@@ -16,14 +16,15 @@ use cni::protocol::{Command, Request, Response};
 use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::Client as FlowClient;
+use ovs_flows::ofp::{Meter, MeterCommand};
 use ovs_flows::pipeline::{
     pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, Table, FIRST_POD_OFPORT,
 };
 use ovs_flows::trace::{NodePods, TracePod, TraceService};
-use ovs_flows::{reconcile, Category, CookieFilter, FlowSet, Ipv4Prefix};
+use ovs_flows::{reconcile, Action, Category, CookieFilter, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
 
-use crate::bandwidth::{self, tc, Limits, PodName, RuntimeBandwidth};
+use crate::bandwidth::{self, meter, tc, Limits, PodName, RuntimeBandwidth};
 use crate::config::DatapathType;
 use crate::etcd_source::EtcdView;
 use crate::ipam::{IpamStore, Owner};
@@ -44,7 +45,7 @@ pub struct NodeSettings {
     pub pod_mtu: u32,
     /// On the userspace (netdev) datapath veth offloads go off, the node
     /// kernel is kept from answering on pod veths (see `iptables.rs`), and
-    /// pod egress is shaped inside the pod (see `bandwidth::tc`).
+    /// pod egress is policed by an OpenFlow meter (see `bandwidth::meter`).
     pub datapath: DatapathType,
     /// The Kubernetes Node name (the source of the agent's Events).
     pub node_name: String,
@@ -60,6 +61,10 @@ pub struct Dataplane {
     pods: BTreeMap<PodKey, PodRecord>,
     /// The flow set the switch holds (last committed bundle).
     installed: FlowSet,
+    /// The meters the switch holds, by id (the pod's ofport): pod egress
+    /// limits on the netdev datapath. Added before the flows that name them,
+    /// deleted after.
+    meters: BTreeMap<u32, Meter>,
     /// ofports of the bridge's ports that are not pods (vxlan0, tun0, others').
     other_ofports: std::collections::BTreeSet<u32>,
     /// Bandwidth annotations of this node's pods (kept current by the pod watch).
@@ -104,6 +109,7 @@ impl Dataplane {
             state,
             pods: BTreeMap::new(),
             installed: FlowSet::new(),
+            meters: BTreeMap::new(),
             other_ofports: Default::default(),
             annotations: PodAnnotations::new(),
             bandwidth_warned: BTreeMap::new(),
@@ -178,21 +184,85 @@ impl Dataplane {
     pub fn adopt(&mut self, pods: Vec<PodRecord>, other_ofports: impl IntoIterator<Item = u32>) {
         self.other_ofports = other_ofports.into_iter().collect();
         for rec in pods {
-            self.state.pods.insert(
-                rec.ofport,
-                LocalPod { ofport: rec.ofport, ip: rec.ip, mac: rec.mac, namespace: rec.namespace.clone() },
-            );
+            self.state.pods.insert(rec.ofport, self.local_pod(&rec));
             self.pods.insert(rec.key.clone(), rec);
         }
         self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
     }
 
+    /// The pipeline's view of a pod: where it is, and the meter policing
+    /// its egress when the datapath polices in the switch.
+    fn local_pod(&self, rec: &PodRecord) -> LocalPod {
+        LocalPod {
+            ofport: rec.ofport,
+            ip: rec.ip,
+            mac: rec.mac,
+            namespace: rec.namespace.clone(),
+            egress_meter: self.egress_meter(rec.ofport, &rec.limits).map(|m| m.id),
+        }
+    }
+
+    /// The meter a pod's egress limit needs (netdev datapath only).
+    fn egress_meter(&self, ofport: u32, limits: &Limits) -> Option<Meter> {
+        let rate = limits.egress.filter(|_| !tc::shapes_egress(self.settings.datapath))?;
+        Some(meter::egress_meter(ofport, &rate))
+    }
+
+    /// Makes the switch hold `m` (added, or changed in place; the same
+    /// meter is not touched, so its bucket is not refilled).
+    async fn put_meter(&mut self, m: Meter) -> anyhow::Result<()> {
+        let command = match self.meters.get(&m.id) {
+            Some(held) if *held == m => return Ok(()),
+            Some(_) => MeterCommand::Modify,
+            None => MeterCommand::Add,
+        };
+        self.flows.meter_mod(command, &m).await?;
+        self.meters.insert(m.id, m);
+        Ok(())
+    }
+
+    /// Deletes a meter once no flow names it (absent is success).
+    async fn drop_meter(&mut self, id: u32) -> anyhow::Result<()> {
+        if let Some(m) = self.meters.get(&id).copied() {
+            self.flows.meter_mod(MeterCommand::Delete, &m).await?;
+            self.meters.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Whether `limits` would change nothing the pod has: the same limits,
+    /// or (an adopted pod, whose egress is known only from its meter) the
+    /// same meter.
+    fn enforce_the_same(&self, rec: &PodRecord, limits: &Limits) -> bool {
+        let meter = |l: &Limits| self.egress_meter(rec.ofport, l);
+        *limits == rec.limits
+            || (limits.ingress == rec.limits.ingress
+                && !tc::shapes_egress(self.settings.datapath)
+                && meter(limits) == meter(&rec.limits))
+    }
+
+    /// The meters every pod's egress limit needs, by id.
+    fn desired_meters(&self) -> BTreeMap<u32, Meter> {
+        self.pods.values().filter_map(|r| self.egress_meter(r.ofport, &r.limits)).map(|m| (m.id, m)).collect()
+    }
+
     /// Makes the switch hold exactly the desired flows: reads back what is
     /// installed and sends the difference in one bundle. Used at start (new
     /// round: every flow re-added with its new cookie, older rounds' leftovers
-    /// deleted, no flush) and after ovs-vswitchd reconnects.
+    /// deleted, no flush) and after ovs-vswitchd reconnects. Meters first: a
+    /// restarted ovs-vswitchd has none, and a flow naming a missing meter is
+    /// refused (the whole bundle with it); meters no pod needs go last.
     pub async fn full_reconcile(&mut self) -> anyhow::Result<usize> {
         let t = Instant::now();
+        self.meters = self.flows.meters().await?.into_iter().map(|m| (m.id, m)).collect();
+        let desired_meters = self.desired_meters();
+        let mut meter_ops = 0;
+        for m in desired_meters.values() {
+            if self.meters.get(&m.id) != Some(m) {
+                self.put_meter(*m).await?;
+                meter_ops += 1;
+            }
+        }
         // Every flow, whoever wrote it: br0 belongs to the agent.
         let installed = self.flows.dump_flows(None, CookieFilter::ANY).await?;
         if let Some(kept) = self.kept_service_flows.as_mut() {
@@ -205,10 +275,18 @@ impl Dataplane {
         if foreign > 0 {
             warn!(flows = foreign, "removed flows k8s-ovs did not write from its tables");
         }
-        let n = ops.len();
-        self.metrics.bundle_seconds.observe_duration(t.elapsed());
-        self.metrics.bundle_flows.observe(n as f64);
         self.installed = desired;
+        // The switch's meters belong to the agent too: one no pod needs is a
+        // leftover (of a pod deleted while the agent was down) or foreign.
+        let stale: Vec<u32> =
+            self.meters.keys().filter(|id| !desired_meters.contains_key(id)).copied().collect();
+        for id in stale {
+            self.drop_meter(id).await?;
+            meter_ops += 1;
+        }
+        let n = ops.len() + meter_ops;
+        self.metrics.bundle_seconds.observe_duration(t.elapsed());
+        self.metrics.bundle_flows.observe(ops.len() as f64);
         Ok(n)
     }
 
@@ -405,9 +483,14 @@ impl Dataplane {
         rec.ofport = self.free_ofport();
         let mut spec = PortSpec::new(&host_veth, "").ofport_request(rec.ofport as u16);
         spec.external_ids = rec.external_ids();
-        self.state
-            .pods
-            .insert(rec.ofport, LocalPod { ofport: rec.ofport, ip, mac, namespace: rec.namespace.clone() });
+        // The egress meter before the flows that name it.
+        if let Some(m) = self.egress_meter(rec.ofport, &limits) {
+            if let Err(e) = self.put_meter(m).await {
+                let _ = self.host.del_link(&host_veth).await;
+                return Err(agent_error("adding the pod's egress meter failed", e));
+            }
+        }
+        self.state.pods.insert(rec.ofport, self.local_pod(&rec));
         let desired = self.desired();
         let ops = reconcile::delta(&self.installed, &desired);
         let (port, flows) = tokio::join!(
@@ -424,11 +507,17 @@ impl Dataplane {
                 // taken by a port we do not know): follow what it chose.
                 warn!(requested = rec.ofport, got, port = %host_veth, "ofport request not honoured");
                 self.state.pods.remove(&rec.ofport);
+                let requested = rec.ofport;
                 rec.ofport = got;
-                self.state
-                    .pods
-                    .insert(got, LocalPod { ofport: got, ip, mac, namespace: rec.namespace.clone() });
-                self.sync_flows().await.err().map(|e| agent_error("installing the pod's flows failed", e))
+                self.state.pods.insert(got, self.local_pod(&rec));
+                let moved = async {
+                    if let Some(m) = self.egress_meter(got, &limits) {
+                        self.put_meter(m).await?;
+                    }
+                    self.sync_flows().await?;
+                    self.drop_meter(requested).await
+                };
+                moved.await.err().map(|e| agent_error("installing the pod's flows failed", e))
             }
             (Err(e), _) => Some(agent_error("adding the OVS port failed", e)),
             (_, Err(e)) => Some(agent_error("installing the pod's flows failed", e)),
@@ -436,7 +525,7 @@ impl Dataplane {
         // Shaping last: ovs-vswitchd resets a port's qdiscs when it takes the
         // port (its own QoS and ingress policing), so tc goes on after that.
         let failure = match failure {
-            None if !limits.is_none() => {
+            None if !self.tc_limits(&limits).is_none() => {
                 let devices = self.devices(&host_veth, &req.netns, &key.ifname);
                 tc::apply(&self.host, &devices, &limits)
                     .await
@@ -449,6 +538,8 @@ impl Dataplane {
             self.state.pods.remove(&rec.ofport);
             if let Err(e) = self.sync_flows().await {
                 warn!(error = %e, "removing the flows of a failed ADD failed");
+            } else if let Err(e) = self.drop_meter(rec.ofport).await {
+                warn!(error = %e, "removing the egress meter of a failed ADD failed");
             }
             let _ = self.ovsdb.del_port(&self.settings.bridge, &host_veth).await;
             self.drop_shaping(&host_veth).await;
@@ -458,6 +549,15 @@ impl Dataplane {
         self.pods.insert(key.clone(), rec.clone());
         debug!(link = ?t_link, port_and_flows = ?(t0.elapsed() - t_link), "pod wired");
         Ok(rec)
+    }
+
+    /// The part of a pod's limits tc enforces (on the netdev datapath,
+    /// egress is the meter's).
+    fn tc_limits(&self, limits: &Limits) -> Limits {
+        Limits {
+            ingress: limits.ingress,
+            egress: limits.egress.filter(|_| tc::shapes_egress(self.settings.datapath)),
+        }
     }
 
     fn devices<'a>(&self, host_veth: &'a str, netns: &'a str, ifname: &'a str) -> tc::PodDevices<'a> {
@@ -517,21 +617,73 @@ impl Dataplane {
         }
     }
 
-    /// Reads the shaping the kernel holds for adopted pods (after a restart).
+    /// Reads the limits adopted pods have (after a restart): tc's from the
+    /// kernel, egress on the netdev datapath from the switch's meters. A tbf
+    /// an earlier version put inside the pod is taken over by a meter.
     pub async fn read_adopted_shaping(&mut self) {
+        let meters_police = !tc::shapes_egress(self.settings.datapath);
+        let held: BTreeMap<u32, Meter> = match meters_police {
+            true => match self.flows.meters().await {
+                Ok(ms) => ms.into_iter().map(|m| (m.id, m)).collect(),
+                Err(e) => {
+                    warn!(error = %e, "reading the switch's meters failed; adopted pods' egress limits unknown");
+                    BTreeMap::new()
+                }
+            },
+            false => BTreeMap::new(),
+        };
         let keys: Vec<PodKey> = self.pods.keys().cloned().collect();
         for k in keys {
-            let Some(rec) = self.pods.get(&k) else { continue };
+            let Some(rec) = self.pods.get(&k).cloned() else { continue };
             let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
-            match tc::installed(&self.host, &devices).await {
-                Ok(l) => {
-                    if let Some(r) = self.pods.get_mut(&k) {
-                        r.limits = l;
-                    }
+            let mut limits = match tc::installed(&self.host, &devices).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(pod = %rec.name, error = %e, "reading an adopted pod's shaping failed");
+                    continue;
                 }
-                Err(e) => warn!(pod = %rec.name, error = %e, "reading an adopted pod's shaping failed"),
+            };
+            if meters_police {
+                limits.egress = match held.get(&rec.ofport) {
+                    Some(m) => Some(meter::rate_of(m)),
+                    None => match tc::take_pod_tbf(&devices).await {
+                        Ok(Some(rate)) => {
+                            info!(pod = %rec.name, %rate, "egress limit moved from a qdisc inside the pod to a meter");
+                            Some(rate)
+                        }
+                        Ok(None) => None,
+                        Err(e) => {
+                            warn!(pod = %rec.name, error = %e, "reading an in-pod egress qdisc failed");
+                            None
+                        }
+                    },
+                };
             }
+            let updated = PodRecord { limits, ..rec };
+            self.state.pods.insert(updated.ofport, self.local_pod(&updated));
+            self.pods.insert(k, updated);
         }
+    }
+
+    /// Gives a pod new limits, live: tc for what tc shapes; on the netdev
+    /// datapath the egress meter added or changed before the flows name it,
+    /// deleted after they stop.
+    async fn set_limits(&mut self, k: &PodKey, limits: Limits) -> anyhow::Result<()> {
+        let Some(rec) = self.pods.get(k).cloned() else { return Ok(()) };
+        let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
+        tc::apply(&self.host, &devices, &limits).await?;
+        let wanted = self.egress_meter(rec.ofport, &limits);
+        if let Some(m) = wanted {
+            self.put_meter(m).await?;
+        }
+        let updated = PodRecord { limits, ..rec };
+        self.state.pods.insert(updated.ofport, self.local_pod(&updated));
+        self.pods.insert(k.clone(), updated);
+        self.sync_flows().await?;
+        if wanted.is_none() {
+            self.drop_meter(rec.ofport).await?;
+        }
+        Ok(())
     }
 
     /// The pod watch changed: bring every pod's shaping in line with its
@@ -549,22 +701,14 @@ impl Dataplane {
                 self.bandwidth_warned.remove(&k);
             }
             match resolved {
-                Ok(l) if l == rec.limits => {}
-                Ok(l) => {
-                    let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
-                    match tc::apply(&self.host, &devices, &l).await {
-                        Ok(()) => {
-                            info!(pod = %pod, limits = %l, "bandwidth shaping changed");
-                            if let Some(r) = self.pods.get_mut(&k) {
-                                r.limits = l;
-                            }
-                        }
-                        Err(e) => {
-                            self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
-                            warn!(pod = %pod, error = %e, "changing the bandwidth shaping failed");
-                        }
+                Ok(l) if self.enforce_the_same(&rec, &l) => {}
+                Ok(l) => match self.set_limits(&k, l).await {
+                    Ok(()) => info!(pod = %pod, limits = %l, "bandwidth shaping changed"),
+                    Err(e) => {
+                        self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(pod = %pod, error = %e, "changing the bandwidth shaping failed");
                     }
-                }
+                },
                 Err(e) => {
                     let message =
                         format!("{e}; the pod keeps its current bandwidth shaping ({})", rec.limits);
@@ -617,6 +761,11 @@ impl Dataplane {
                     return Err(agent_error("removing the pod's flows failed", e));
                 }
                 self.pods.remove(key);
+                // No flow names the meter any more; a failure leaves a
+                // leftover the next resync deletes.
+                if let Err(e) = self.drop_meter(ofport).await {
+                    warn!(error = %e, "removing the pod's egress meter failed");
+                }
                 name
             }
             None => host_veth_name(key),
@@ -684,6 +833,40 @@ impl Dataplane {
             tc::check(&self.host, &devices, &rec.limits)
                 .await
                 .map_err(|e| agent_error("the pod's bandwidth shaping is not as requested", e))?;
+        }
+        if let Some(want) = self.egress_meter(rec.ofport, &rec.limits) {
+            self.check_meter(&want).await?;
+        }
+        Ok(())
+    }
+
+    /// CHECK on the netdev datapath: the switch holds the pod's egress
+    /// meter as wanted, and the pod's SPOOF_GUARD flows name it.
+    async fn check_meter(&self, want: &Meter) -> Result<(), CniError> {
+        let not_as_requested = "the pod's egress meter is not as requested";
+        let held =
+            self.flows.meters().await.map_err(|e| agent_error("reading the switch's meters failed", e))?;
+        let show = |m: &Meter| format!("meter {}: {} kbit/s burst {} kbit", m.id, m.kbps, m.burst_kbits);
+        match held.iter().find(|m| m.id == want.id) {
+            Some(m) if m == want => {}
+            Some(m) => {
+                let e = format!("wanted {}, installed {}", show(want), show(m));
+                return Err(agent_error(not_as_requested, e));
+            }
+            None => {
+                return Err(agent_error(not_as_requested, format!("{} is gone from the switch", show(want))))
+            }
+        }
+        let flows = self
+            .flows
+            .dump_flows(Some(Table::SpoofGuard.id()), CookieFilter::owner(Category::Pod, want.id))
+            .await
+            .map_err(|e| agent_error("reading the pod's flows failed", e))?;
+        if flows.is_empty() || !flows.iter().all(|f| f.actions.contains(&Action::Meter(want.id))) {
+            return Err(agent_error(
+                not_as_requested,
+                format!("the pod's SPOOF_GUARD flows do not use meter {}", want.id),
+            ));
         }
         Ok(())
     }

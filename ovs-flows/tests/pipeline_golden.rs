@@ -43,6 +43,8 @@ fn two_node_state(mode: Mode) -> NodeState {
                 ip: Ipv4Addr::new(172, 11, 0, last),
                 mac: mac(&format!("0a:58:ac:0b:00:{last:02x}")),
                 namespace: ns.into(),
+                // One pod with an egress limit (userspace datapath).
+                egress_meter: (port == 4).then_some(4),
             },
         );
     }

@@ -24,6 +24,7 @@
 //! - queue limit = burst + rate x [`QUEUE_LATENCY`] (25 ms, as the upstream
 //!   bandwidth plugin), so a TCP flow sees drops, not seconds of delay.
 
+pub mod meter;
 pub mod quantity;
 pub mod tc;
 

@@ -5,10 +5,12 @@
 //! - Pod egress, kernel datapath: the host veth's ingress hook redirects
 //!   every frame (u32 match-all + mirred) to an ifb device whose root qdisc
 //!   is a tbf, as the upstream CNI bandwidth plugin does.
-//! - Pod egress, userspace (netdev) datapath: ovs-vswitchd reads the veth
-//!   through an AF_PACKET socket, which sees frames before the tc ingress
-//!   hook, so the ifb path limits nothing there (measured). The tbf goes on
-//!   the pod-side interface inside the pod's namespace instead.
+//! - Pod egress, userspace (netdev) datapath: not tc's. ovs-vswitchd reads
+//!   the veth through an AF_PACKET socket, which sees frames before the tc
+//!   ingress hook, so the ifb path limits nothing there (measured); an
+//!   OpenFlow meter in the switch polices it (`meter.rs`). Here the
+//!   functions leave egress alone on that datapath, except that a tbf an
+//!   earlier version put inside the pod is taken over ([`take_pod_tbf`]).
 //!
 //! [`apply`] converges a pod to the wanted limits (install, change or
 //! remove, idempotent), [`installed`] reads back what the kernel holds,
@@ -142,13 +144,19 @@ pub fn tbf_matches(wanted: &Rate, installed: &Rate) -> bool {
     wanted.bits_per_sec / 8 == installed.bits_per_sec / 8 && want_bytes.abs_diff(got_bytes) <= tolerance
 }
 
-/// Compares wanted and installed limits per direction.
+/// Whether tc shapes the pod's egress on this datapath (on netdev a meter does).
+pub fn shapes_egress(datapath: DatapathType) -> bool {
+    datapath == DatapathType::System
+}
+
+/// Compares wanted and installed limits per direction tc shapes.
 pub fn compare(devices: &PodDevices<'_>, wanted: &Limits, installed: &Limits) -> Result<(), ShapingError> {
     let show = |r: Option<Rate>| r.map_or_else(|| "none".to_string(), |r| r.to_string());
-    for (direction, dev, want, got) in [
-        ("ingress", devices.host_veth.to_string(), wanted.ingress, installed.ingress),
-        ("egress", egress_device(devices), wanted.egress, installed.egress),
-    ] {
+    let mut directions = vec![("ingress", devices.host_veth.to_string(), wanted.ingress, installed.ingress)];
+    if shapes_egress(devices.datapath) {
+        directions.push(("egress", ifb_name(devices.host_veth), wanted.egress, installed.egress));
+    }
+    for (direction, dev, want, got) in directions {
         let same = match (want, got) {
             (None, None) => true,
             (Some(w), Some(g)) => tbf_matches(&w, &g),
@@ -159,13 +167,6 @@ pub fn compare(devices: &PodDevices<'_>, wanted: &Limits, installed: &Limits) ->
         }
     }
     Ok(())
-}
-
-fn egress_device(devices: &PodDevices<'_>) -> String {
-    match devices.datapath {
-        DatapathType::System => ifb_name(devices.host_veth),
-        DatapathType::Netdev => format!("{} in {}", devices.pod_ifname, devices.pod_netns.display()),
-    }
 }
 
 async fn link_index(nl: &Netlink, name: &str) -> Result<u32, NetlinkError> {
@@ -201,16 +202,16 @@ async fn clear_root_tbf(nl: &Netlink, index: u32) -> Result<(), NetlinkError> {
 }
 
 /// Converges the pod's shaping to `limits`: installs, changes or removes
-/// the qdiscs, filter and ifb of both directions. Idempotent; a rate that
-/// is already installed is not touched (no burst of a fresh bucket).
+/// the qdiscs, filter and ifb of the directions tc shapes (egress on the
+/// netdev datapath is the meter's). Idempotent; a rate that is already
+/// installed is not touched (no burst of a fresh bucket). Never enters the
+/// pod's namespace: nothing of the pod's limits lives there.
 pub async fn apply(host: &Netlink, devices: &PodDevices<'_>, limits: &Limits) -> Result<(), ShapingError> {
     let veth = link_index(host, devices.host_veth).await?;
     match &limits.ingress {
         Some(rate) => set_root_tbf(host, veth, rate).await?,
         None => clear_root_tbf(host, veth).await?,
     }
-    let pod = Netlink::in_netns(devices.pod_netns)?;
-    let pod_if = link_index(&pod, devices.pod_ifname).await?;
     match (devices.datapath, &limits.egress) {
         (DatapathType::System, Some(rate)) => {
             // Shaper first, then the redirect: no moment of redirected but
@@ -229,18 +230,27 @@ pub async fn apply(host: &Netlink, devices: &PodDevices<'_>, limits: &Limits) ->
                 host.ensure_ingress_qdisc(veth).await?;
                 host.add_ingress_redirect(veth, ifb_index).await?;
             }
-            clear_root_tbf(&pod, pod_if).await?;
         }
-        (DatapathType::Netdev, Some(rate)) => {
-            set_root_tbf(&pod, pod_if, rate).await?;
-            remove_ifb_path(host, devices.host_veth, Some(veth)).await?;
-        }
-        (_, None) => {
-            clear_root_tbf(&pod, pod_if).await?;
-            remove_ifb_path(host, devices.host_veth, Some(veth)).await?;
-        }
+        _ => remove_ifb_path(host, devices.host_veth, Some(veth)).await?,
     }
     Ok(())
+}
+
+/// Netdev datapath, at adoption after an upgrade: the root tbf an earlier
+/// version put on the pod's interface (inside the pod, where the pod could
+/// delete it), removed, and its rate returned so the meter takes over.
+/// `None` when there is none (or the pod is gone).
+pub async fn take_pod_tbf(devices: &PodDevices<'_>) -> Result<Option<Rate>, ShapingError> {
+    if !devices.pod_netns.exists() {
+        return Ok(None);
+    }
+    let pod = Netlink::in_netns(devices.pod_netns)?;
+    let Some(link) = pod.link(devices.pod_ifname).await? else { return Ok(None) };
+    let rate = root_tbf(&pod, link.index).await?;
+    if rate.is_some() {
+        pod.del_qdisc(link.index, TcHandle::ROOT).await?;
+    }
+    Ok(rate)
 }
 
 /// The ingress hook of the veth (with its filter) and the ifb.
@@ -256,7 +266,7 @@ async fn remove_ifb_path(host: &Netlink, host_veth: &str, veth: Option<u32>) -> 
 
 /// What the kernel enforces for the pod now, read back from the qdiscs
 /// (egress on the kernel datapath counts only when the redirect to the
-/// ifb is in place too).
+/// ifb is in place too; on the netdev datapath it is `None`: the meter's).
 pub async fn installed(host: &Netlink, devices: &PodDevices<'_>) -> Result<Limits, ShapingError> {
     let veth = link_index(host, devices.host_veth).await?;
     let ingress = root_tbf(host, veth).await?;
@@ -267,11 +277,7 @@ pub async fn installed(host: &Netlink, devices: &PodDevices<'_>) -> Result<Limit
             }
             _ => None,
         },
-        DatapathType::Netdev => {
-            let pod = Netlink::in_netns(devices.pod_netns)?;
-            let pod_if = link_index(&pod, devices.pod_ifname).await?;
-            root_tbf(&pod, pod_if).await?
-        }
+        DatapathType::Netdev => None,
     };
     Ok(Limits { ingress, egress })
 }
@@ -281,28 +287,15 @@ pub async fn check(host: &Netlink, devices: &PodDevices<'_>, wanted: &Limits) ->
     compare(devices, wanted, &installed(host, devices).await?)
 }
 
-/// Removes all shaping of the pod: the qdiscs on the host veth and on the
-/// pod interface (if the pod's namespace and veth are still there), the
+/// Removes all tc shaping of the pod: the qdiscs on the host veth, the
 /// filter and the ifb. Whatever is already gone is success, so DEL may
-/// call it after the veth or the namespace went away.
+/// call it after the veth went away.
 pub async fn remove(host: &Netlink, devices: &PodDevices<'_>) -> Result<(), ShapingError> {
     let veth = host.link(devices.host_veth).await?.map(|l| l.index);
     if let Some(veth) = veth {
         clear_root_tbf(host, veth).await?;
     }
     remove_ifb_path(host, devices.host_veth, veth).await?;
-    if devices.pod_netns.exists() {
-        match Netlink::in_netns(devices.pod_netns) {
-            Ok(pod) => {
-                if let Some(link) = pod.link(devices.pod_ifname).await? {
-                    clear_root_tbf(&pod, link.index).await?;
-                }
-            }
-            // The namespace went away in between.
-            Err(NetlinkError::Netns { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
     Ok(())
 }
 
@@ -399,8 +392,11 @@ mod tests {
             e.to_string(),
             "egress shaping on ifb0123456789ab: wanted 5000000 bit/s burst 100000 bit, installed none"
         );
+        // On the netdev datapath egress is the meter's: tc does not judge it.
         let netdev = PodDevices { datapath: DatapathType::Netdev, ..devices };
-        let e = compare(&netdev, &want, &Limits::NONE).expect_err("egress missing");
-        assert!(e.to_string().contains("on eth0 in /run/netns/p"), "{e}");
+        assert!(compare(&netdev, &want, &Limits::NONE).is_ok());
+        let ingress = Limits { ingress: Some(r), egress: None };
+        let e = compare(&netdev, &ingress, &Limits::NONE).expect_err("ingress missing");
+        assert!(e.to_string().starts_with("ingress shaping on kov0123456789ab"), "{e}");
     }
 }

@@ -313,19 +313,27 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
     // and its ARP must state them too; anything else from the port is
     // dropped (a VLAN-tagged frame would carry its payload past a switch
     // that trunks VLANs).
+    // The egress meter comes first: what the pod sends is policed in the
+    // switch, where the pod cannot reach it (a qdisc inside the pod's
+    // namespace is the pod's to delete).
+    let from_pod = |next: Table| -> Vec<Action> {
+        let mut actions: Vec<Action> = p.egress_meter.map(Action::Meter).into_iter().collect();
+        actions.extend([Action::load_reg(REG_SRC_VNI, vni), goto(next)]);
+        actions
+    };
     b.add(
         SpoofGuard,
         100,
         owner,
         Match::new().ip().in_port(p.ofport).untagged().dl_src(p.mac).nw_src(ip),
-        vec![Action::load_reg(REG_SRC_VNI, vni), goto(Service)],
+        from_pod(Service),
     );
     b.add(
         SpoofGuard,
         100,
         owner,
         Match::new().arp().in_port(p.ofport).untagged().dl_src(p.mac).arp_spa(ip).arp_sha(p.mac),
-        vec![Action::load_reg(REG_SRC_VNI, vni), goto(Routing)],
+        from_pod(Routing),
     );
     // LOCAL_POD: IP passes GATEWAY_REPLY (it may be a reply to steer back
     // to the kernel); ARP goes straight to ISOLATION.

@@ -27,6 +27,10 @@ pub struct LocalPod {
     pub mac: Mac,
     /// Kubernetes namespace; its VNI comes from [`NodeState::vnis`].
     pub namespace: String,
+    /// The OpenFlow meter policing what the pod sends (its egress limit on
+    /// the userspace datapath), applied in SPOOF_GUARD; `None` = unpoliced.
+    /// The agent adds the meter before any flow names it.
+    pub egress_meter: Option<u32>,
 }
 
 /// Another node of the cluster, reached through the VXLAN tunnel.
