@@ -4,24 +4,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DatapathType {
-    /// The kernel datapath (production).
-    System,
-    /// The userspace datapath (labs and machines without the OVS kernel module).
-    Netdev,
-}
-
-impl DatapathType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DatapathType::System => "system",
-            DatapathType::Netdev => "netdev",
-        }
-    }
-}
+pub use crate::ovsdb::DatapathType;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "k8s-ovs-agent", version, about = "k8s-ovs node agent: wires pods into Open vSwitch")]

@@ -32,7 +32,7 @@ use crate::kube_events;
 use crate::kube_source::{PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
 use crate::netlink::{setup_pod_interface, MacAddr, Netlink, PodInterface};
-use crate::ovsdb::{Client as OvsdbClient, PortSpec};
+use crate::ovsdb::{Client as OvsdbClient, PortKind, PortSpec};
 use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
 
 /// How long an ADD waits for ovs-vswitchd to give the new port an ofport.
@@ -481,7 +481,7 @@ impl Dataplane {
         // two round trips overlap instead of adding up. Flows for a port that
         // does not exist yet are valid and simply match nothing.
         rec.ofport = self.free_ofport();
-        let mut spec = PortSpec::new(&host_veth, "").ofport_request(rec.ofport as u16);
+        let mut spec = PortSpec::new(&host_veth, PortKind::System).ofport_request(rec.ofport as u16);
         spec.external_ids = rec.external_ids();
         // The egress meter before the flows that name it.
         if let Some(m) = self.egress_meter(rec.ofport, &limits) {

@@ -23,7 +23,7 @@ use crate::ipam::{Claim, IpamStore, LogState, Owner};
 use crate::kube_source::{self, PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
 use crate::netlink::Netlink;
-use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortSpec};
+use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortKind, PortSpec};
 use crate::pods::PodRecord;
 use crate::pods::VETH_PREFIX;
 use crate::{cni_server, iptables};
@@ -74,16 +74,16 @@ async fn setup_bridge(
     cluster: Ipv4Network,
     service: Ipv4Network,
 ) -> Result<()> {
-    let spec = BridgeSpec::new(&cfg.bridge, cfg.datapath_type.as_str());
+    let spec = BridgeSpec::new(&cfg.bridge, cfg.datapath_type);
     ovsdb.ensure_bridge(&spec, Duration::from_secs(10)).await.context("bridge")?;
     let ports = [
-        PortSpec::new(VXLAN_PORT, "vxlan")
+        PortSpec::new(VXLAN_PORT, PortKind::Vxlan)
             .option("remote_ip", "flow")
             .option("key", "flow")
             .option("dst_port", &VXLAN_UDP_PORT.to_string())
             .ofport_request(VXLAN_OFPORT as u16),
         // OVS would size an internal port to the smallest MTU on the bridge.
-        PortSpec::new(GATEWAY_PORT, "internal")
+        PortSpec::new(GATEWAY_PORT, PortKind::Internal)
             .ofport_request(GATEWAY_OFPORT as u16)
             .mtu_request(cfg.pod_mtu()),
     ];

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::ScratchOvs;
-use k8s_ovs_agent::ovsdb::{BridgeSpec, Change, Client, OvsdbError, PortSpec, RECONNECT_WINDOW};
+use k8s_ovs_agent::ovsdb::{
+    BridgeSpec, Change, Client, DatapathType, OvsdbError, PortKind, PortSpec, RECONNECT_WINDOW,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -24,7 +26,7 @@ fn vsctl(ovs: &ScratchOvs, args: &[&str]) -> Result<String> {
 #[tokio::test]
 async fn lab_ovsdb_bridge_is_created_once_with_the_requested_settings() -> Result<()> {
     let (ovs, client) = setup("br").await?;
-    let spec = BridgeSpec::new("br0", "netdev");
+    let spec = BridgeSpec::new("br0", DatapathType::Netdev);
     assert_eq!(client.ensure_bridge(&spec, WAIT).await?, Change::Created);
     assert_eq!(client.ensure_bridge(&spec, WAIT).await?, Change::Unchanged);
     assert_eq!(vsctl(&ovs, &["get", "bridge", "br0", "datapath_type"])?, "netdev");
@@ -48,7 +50,7 @@ async fn lab_ovsdb_a_bridge_whose_datapath_cannot_open_is_an_error() -> Result<(
     }
     let (_ovs, client) = setup("sys").await?;
     let err = client
-        .ensure_bridge(&BridgeSpec::new("brsys", "system"), WAIT)
+        .ensure_bridge(&BridgeSpec::new("brsys", DatapathType::System), WAIT)
         .await
         .expect_err("no kernel datapath");
     assert!(matches!(err, OvsdbError::Interface { .. }), "{err}");
@@ -59,9 +61,9 @@ async fn lab_ovsdb_a_bridge_whose_datapath_cannot_open_is_an_error() -> Result<(
 #[tokio::test]
 async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
     let (ovs, client) = setup("ports").await?;
-    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
 
-    let vxlan = PortSpec::new("vxlan0", "vxlan")
+    let vxlan = PortSpec::new("vxlan0", PortKind::Vxlan)
         .option("remote_ip", "flow")
         .option("key", "flow")
         .option("dst_port", "4789")
@@ -73,7 +75,7 @@ async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
     assert_eq!(vsctl(&ovs, &["get", "interface", "vxlan0", "type"])?, "vxlan");
     assert_eq!(vsctl(&ovs, &["get", "interface", "vxlan0", "options:key"])?, "flow");
 
-    let tun0 = PortSpec::new("tun0", "internal").ofport_request(2).mtu_request(1450);
+    let tun0 = PortSpec::new("tun0", PortKind::Internal).ofport_request(2).mtu_request(1450);
     assert_eq!(client.add_port("br0", &tun0, WAIT).await?, 2);
     let dev = ovs.ns.netns.ip(&["-o", "link", "show", "tun0"])?;
     assert!(dev.contains("mtu 1450"), "{dev}");
@@ -81,7 +83,7 @@ async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
     // A pod's host-side veth, made by the test, with the pod's identity.
     ovs.ns.netns.ip(&["link", "add", "vethpod1", "type", "veth", "peer", "name", "vethpod1p"])?;
     ovs.ns.netns.ip(&["link", "set", "vethpod1", "up"])?;
-    let pod = PortSpec::new("vethpod1", "")
+    let pod = PortSpec::new("vethpod1", PortKind::System)
         .external_id("k8s-ovs.pod", "default/web-1")
         .external_id("k8s-ovs.ip", "10.244.1.5");
     let ofport = client.add_port("br0", &pod, WAIT).await?;
@@ -107,7 +109,7 @@ async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
     assert_eq!(names, vsctl_ports);
     let p = listed.iter().find(|p| p.name == "vethpod1").context("pod port listed")?;
     assert_eq!(p.ofport, Some(ofport));
-    assert_eq!(p.kind, "");
+    assert_eq!(p.kind, PortKind::System);
     assert_eq!(p.external_ids.get("k8s-ovs.pod").map(String::as_str), Some("default/web-1"));
     assert_eq!(p.external_ids.get("k8s-ovs.ip").map(String::as_str), Some("10.244.1.6"));
     let v = listed.iter().find(|p| p.name == "vxlan0").context("vxlan listed")?;
@@ -123,18 +125,23 @@ async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
 #[tokio::test]
 async fn lab_ovsdb_failures_name_their_cause() -> Result<()> {
     let (ovs, client) = setup("fail").await?;
-    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
-    client.ensure_bridge(&BridgeSpec::new("br1", "netdev"), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br1", DatapathType::Netdev), WAIT).await?;
 
-    let err = client.add_port("br0", &PortSpec::new("nosuchdev", ""), WAIT).await.expect_err("no device");
+    let err = client
+        .add_port("br0", &PortSpec::new("nosuchdev", PortKind::System), WAIT)
+        .await
+        .expect_err("no device");
     assert!(matches!(&err, OvsdbError::Interface { name, .. } if name == "nosuchdev"), "{err}");
     assert!(err.to_string().contains("could not open network device nosuchdev"), "{err}");
 
-    let err = client.ensure_port("nobr", &PortSpec::new("p", "internal")).await.expect_err("no bridge");
+    let err =
+        client.ensure_port("nobr", &PortSpec::new("p", PortKind::Internal)).await.expect_err("no bridge");
     assert!(matches!(err, OvsdbError::NoSuchBridge(_)), "{err}");
 
-    client.add_port("br1", &PortSpec::new("p1", "internal"), WAIT).await?;
-    let err = client.ensure_port("br0", &PortSpec::new("p1", "internal")).await.expect_err("other bridge");
+    client.add_port("br1", &PortSpec::new("p1", PortKind::Internal), WAIT).await?;
+    let err =
+        client.ensure_port("br0", &PortSpec::new("p1", PortKind::Internal)).await.expect_err("other bridge");
     assert!(matches!(err, OvsdbError::PortOnOtherBridge { .. }), "{err}");
     assert_eq!(vsctl(&ovs, &["port-to-br", "p1"])?, "br1");
 
@@ -146,7 +153,7 @@ async fn lab_ovsdb_failures_name_their_cause() -> Result<()> {
 #[tokio::test]
 async fn lab_ovsdb_bridge_external_ids_keep_other_keys() -> Result<()> {
     let (ovs, client) = setup("extid").await?;
-    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
     vsctl(&ovs, &["set", "bridge", "br0", "external_ids:other=keep"])?;
     assert_eq!(client.bridge_external_id("br0", "k8s-ovs.round").await?, None);
     client.set_bridge_external_id("br0", "k8s-ovs.round", "7").await?;
@@ -162,9 +169,11 @@ async fn lab_ovsdb_bridge_external_ids_keep_other_keys() -> Result<()> {
 #[tokio::test]
 async fn lab_ovsdb_hundred_ports_in_one_transaction() -> Result<()> {
     let (ovs, client) = setup("many").await?;
-    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
     let specs: Vec<PortSpec> = (0..100)
-        .map(|i| PortSpec::new(&format!("int{i}"), "internal").external_id("k8s-ovs.seq", &i.to_string()))
+        .map(|i| {
+            PortSpec::new(&format!("int{i}"), PortKind::Internal).external_id("k8s-ovs.seq", &i.to_string())
+        })
         .collect();
     let changes = client.ensure_ports("br0", &specs).await?;
     assert!(changes.iter().all(|c| *c == Change::Created), "{changes:?}");
@@ -193,8 +202,8 @@ fn lab_ovsdb_tcp_endpoint_works_like_unix() -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
             let client = Client::connect("tcp:127.0.0.1:6640").await?;
-            client.ensure_bridge(&BridgeSpec::new("brtcp", "netdev"), WAIT).await?;
-            client.add_port("brtcp", &PortSpec::new("t0", "internal"), WAIT).await?;
+            client.ensure_bridge(&BridgeSpec::new("brtcp", DatapathType::Netdev), WAIT).await?;
+            client.add_port("brtcp", &PortSpec::new("t0", PortKind::Internal), WAIT).await?;
             Ok(client.list_ports("brtcp").await?.into_iter().map(|p| p.name).collect())
         })
     })
@@ -220,9 +229,9 @@ fn server_monitors(ovs: &ScratchOvs) -> Result<usize> {
 /// server's monitor count (vswitchd's own monitor has left it).
 async fn setup_without_vswitchd(tag: &str) -> Result<(ScratchOvs, Client, usize)> {
     let (ovs, client) = setup(tag).await?;
-    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
     stop_vswitchd(&ovs).await?;
-    client.ensure_port("br0", &PortSpec::new("p0", "internal")).await?;
+    client.ensure_port("br0", &PortSpec::new("p0", PortKind::Internal)).await?;
     let baseline = server_monitors(&ovs)?;
     Ok((ovs, client, baseline))
 }
@@ -273,8 +282,8 @@ async fn stop_vswitchd(ovs: &ScratchOvs) -> Result<()> {
 #[tokio::test]
 async fn lab_ovsdb_the_client_rides_out_an_ovsdb_server_restart() -> Result<()> {
     let (ovs, client) = setup("restart").await?;
-    client.ensure_bridge(&BridgeSpec::new("br0", "netdev"), WAIT).await?;
-    client.add_port("br0", &PortSpec::new("before", "internal"), WAIT).await?;
+    client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
+    client.add_port("br0", &PortSpec::new("before", PortKind::Internal), WAIT).await?;
     let first_pid = ovsdb_server_pid(&ovs)?;
 
     // While ovsdb-server is down a request fails, with the reason, in bounded time.
@@ -290,7 +299,7 @@ async fn lab_ovsdb_the_client_rides_out_an_ovsdb_server_restart() -> Result<()> 
     // Back on the same database: the same client carries on.
     ovs.ovs.start_ovsdb()?;
     assert_ne!(ovsdb_server_pid(&ovs)?, first_pid);
-    let ofport = client.add_port("br0", &PortSpec::new("after", "internal"), WAIT).await?;
+    let ofport = client.add_port("br0", &PortSpec::new("after", PortKind::Internal), WAIT).await?;
     assert_eq!(vsctl(&ovs, &["get", "interface", "after", "ofport"])?, ofport.to_string());
     let names: Vec<String> = client.list_ports("br0").await?.into_iter().map(|p| p.name).collect();
     assert_eq!(names, ["after", "before", "br0"]);

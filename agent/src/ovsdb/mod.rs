@@ -4,10 +4,10 @@
 //! ```no_run
 //! # async fn f() -> Result<(), k8s_ovs_agent::ovsdb::OvsdbError> {
 //! use std::time::Duration;
-//! use k8s_ovs_agent::ovsdb::{BridgeSpec, Client, PortSpec};
+//! use k8s_ovs_agent::ovsdb::{BridgeSpec, Client, DatapathType, PortKind, PortSpec};
 //! let ovs = Client::connect("unix:/var/run/openvswitch/db.sock").await?;
-//! ovs.ensure_bridge(&BridgeSpec::new("br0", "netdev"), Duration::from_secs(5)).await?;
-//! let port = PortSpec::new("veth1234", "").external_id("k8s-ovs.pod", "ns/pod");
+//! ovs.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), Duration::from_secs(5)).await?;
+//! let port = PortSpec::new("veth1234", PortKind::System).external_id("k8s-ovs.pod", "ns/pod");
 //! let ofport = ovs.add_port("br0", &port, Duration::from_secs(5)).await?;
 //! # Ok(()) }
 //! ```
@@ -53,7 +53,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use jsonrpc::{CallError, Connection};
-pub use vswitch::{BridgeSpec, Change, PortInfo, PortSpec};
+pub use vswitch::{BridgeSpec, Change, DatapathType, PortInfo, PortKind, PortSpec};
 
 /// The database every operation works on.
 pub const DB: &str = "Open_vSwitch";

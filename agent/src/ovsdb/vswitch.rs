@@ -14,12 +14,65 @@ use serde_json::{json, Value};
 use super::datum::{self, as_map, as_opt_int, as_opt_str, as_str_set, as_uuid, uuids};
 use super::{Client, OvsdbError};
 
+/// The bridge's datapath: the Bridge table's `datapath_type` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatapathType {
+    /// The kernel datapath (production).
+    System,
+    /// The userspace datapath (labs and machines without the OVS kernel module).
+    Netdev,
+}
+
+impl DatapathType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathType::System => "system",
+            DatapathType::Netdev => "netdev",
+        }
+    }
+}
+
+/// An Interface's `type` column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    /// An existing network device, such as a pod's veth (`""`, which OVS
+    /// also calls `system`).
+    System,
+    /// A port ovs-vswitchd creates as a device of its own (`tun0`).
+    Internal,
+    /// A VXLAN tunnel port.
+    Vxlan,
+    /// Any other type, as read back from a bridge the agent shares.
+    Other(String),
+}
+
+impl PortKind {
+    /// The column's value.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PortKind::System => "",
+            PortKind::Internal => "internal",
+            PortKind::Vxlan => "vxlan",
+            PortKind::Other(s) => s,
+        }
+    }
+
+    /// The column's value read back.
+    pub fn parse(column: &str) -> PortKind {
+        match column {
+            "" | "system" => PortKind::System,
+            "internal" => PortKind::Internal,
+            "vxlan" => PortKind::Vxlan,
+            other => PortKind::Other(other.to_string()),
+        }
+    }
+}
+
 /// A bridge as the agent wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeSpec {
     pub name: String,
-    /// `system` (kernel datapath) or `netdev` (userspace).
-    pub datapath_type: String,
+    pub datapath_type: DatapathType,
     /// `secure`: no flows means no forwarding (never a learning switch).
     pub fail_mode: String,
     pub protocols: Vec<String>,
@@ -27,10 +80,10 @@ pub struct BridgeSpec {
 
 impl BridgeSpec {
     /// fail_mode secure, OpenFlow13 + OpenFlow15.
-    pub fn new(name: &str, datapath_type: &str) -> BridgeSpec {
+    pub fn new(name: &str, datapath_type: DatapathType) -> BridgeSpec {
         BridgeSpec {
             name: name.to_string(),
-            datapath_type: datapath_type.to_string(),
+            datapath_type,
             fail_mode: "secure".to_string(),
             protocols: vec!["OpenFlow13".to_string(), "OpenFlow15".to_string()],
         }
@@ -41,8 +94,7 @@ impl BridgeSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSpec {
     pub name: String,
-    /// Interface type: `""` (an existing device such as a veth), `internal`, `vxlan`, ...
-    pub kind: String,
+    pub kind: PortKind,
     /// Interface `options` (e.g. vxlan `remote_ip=flow`, `key=flow`, `dst_port`).
     pub options: BTreeMap<String, String>,
     pub ofport_request: Option<u16>,
@@ -54,11 +106,10 @@ pub struct PortSpec {
 }
 
 impl PortSpec {
-    pub fn new(name: &str, kind: &str) -> PortSpec {
+    pub fn new(name: &str, kind: PortKind) -> PortSpec {
         PortSpec {
             name: name.to_string(),
-            // "system" is what OVS calls the empty type.
-            kind: if kind == "system" { String::new() } else { kind.to_string() },
+            kind,
             options: BTreeMap::new(),
             ofport_request: None,
             mtu_request: None,
@@ -90,7 +141,7 @@ impl PortSpec {
     /// so an update must not mention it).
     fn interface_settings(&self) -> Value {
         json!({
-            "type": self.kind,
+            "type": self.kind.as_str(),
             "options": datum::map(&self.options),
             "ofport_request": datum::opt_int(self.ofport_request.map(i64::from)),
             "mtu_request": datum::opt_int(self.mtu_request.map(i64::from)),
@@ -111,8 +162,7 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortInfo {
     pub name: String,
-    /// Interface type (`""` for a plain device).
-    pub kind: String,
+    pub kind: PortKind,
     /// `None` while ovs-vswitchd has not assigned one, or when it failed.
     pub ofport: Option<u32>,
     pub external_ids: BTreeMap<String, String>,
@@ -154,7 +204,7 @@ const IFACE_COLUMNS: &[&str] =
     &["_uuid", "name", "type", "options", "ofport_request", "mtu_request", "external_ids"];
 
 fn interface_matches(spec: &PortSpec, row: &Value) -> Result<bool, OvsdbError> {
-    Ok(as_opt_str(column(row, "type")?).unwrap_or_default() == spec.kind
+    Ok(PortKind::parse(as_opt_str(column(row, "type")?).unwrap_or_default()) == spec.kind
         && as_map(column(row, "options")?)? == spec.options
         && as_opt_int(column(row, "ofport_request")?) == spec.ofport_request.map(i64::from)
         && as_opt_int(column(row, "mtu_request")?) == spec.mtu_request.map(i64::from)
@@ -176,7 +226,7 @@ impl Client {
             .await?;
         let protocols = datum::set(spec.protocols.iter().map(|p| json!(p)));
         let columns = json!({
-            "datapath_type": spec.datapath_type,
+            "datapath_type": spec.datapath_type.as_str(),
             "fail_mode": spec.fail_mode,
             "protocols": protocols,
         });
@@ -204,7 +254,7 @@ impl Client {
                 let mut want_protocols = spec.protocols.clone();
                 want_protocols.sort();
                 let same = as_opt_str(column(row, "datapath_type")?).unwrap_or_default()
-                    == spec.datapath_type
+                    == spec.datapath_type.as_str()
                     && as_opt_str(column(row, "fail_mode")?).unwrap_or_default() == spec.fail_mode
                     && have_protocols == want_protocols;
                 if same {
@@ -373,7 +423,7 @@ impl Client {
             let info = match iface {
                 Some(i) => PortInfo {
                     name,
-                    kind: as_opt_str(column(i, "type")?).unwrap_or_default().to_string(),
+                    kind: PortKind::parse(as_opt_str(column(i, "type")?).unwrap_or_default()),
                     ofport: as_opt_int(column(i, "ofport")?)
                         .and_then(|p| u32::try_from(p).ok())
                         .filter(|p| *p > 0),
@@ -382,7 +432,7 @@ impl Client {
                 },
                 None => PortInfo {
                     name,
-                    kind: String::new(),
+                    kind: PortKind::System,
                     ofport: None,
                     external_ids: BTreeMap::new(),
                     error: None,
@@ -567,20 +617,30 @@ mod tests {
 
     #[test]
     fn port_spec_builds_the_interface_row() {
-        let spec =
-            PortSpec::new("vxlan0", "vxlan").option("key", "flow").ofport_request(1).external_id("a", "b");
+        let spec = PortSpec::new("vxlan0", PortKind::Vxlan)
+            .option("key", "flow")
+            .ofport_request(1)
+            .external_id("a", "b");
         assert_eq!(
             spec.interface_settings(),
             json!({"type": "vxlan", "options": ["map", [["key", "flow"]]],
                    "ofport_request": 1, "mtu_request": ["set", []], "external_ids": ["map", [["a", "b"]]]})
         );
-        assert_eq!(PortSpec::new("v", "system").kind, "");
-        assert_eq!(PortSpec::new("v", "").interface_settings()["ofport_request"], json!(["set", []]));
+        assert_eq!(PortKind::parse("system"), PortKind::System);
+        assert_eq!(PortKind::parse(""), PortKind::System);
+        assert_eq!(PortKind::parse("geneve"), PortKind::Other("geneve".into()));
+        for k in [PortKind::System, PortKind::Internal, PortKind::Vxlan] {
+            assert_eq!(PortKind::parse(k.as_str()), k);
+        }
+        assert_eq!(
+            PortSpec::new("v", PortKind::System).interface_settings()["ofport_request"],
+            json!(["set", []])
+        );
     }
 
     #[test]
     fn interface_comparison_covers_every_setting() {
-        let spec = PortSpec::new("p", "").external_id("pod", "a");
+        let spec = PortSpec::new("p", PortKind::System).external_id("pod", "a");
         let row = |ext: Value, req: Value| {
             json!({"_uuid": ["uuid", "u"], "name": "p", "type": "", "options": ["map", []],
                    "ofport_request": req, "mtu_request": ["set", []], "external_ids": ext})
