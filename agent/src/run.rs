@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::{AgentConfig, DatapathType};
-use crate::dataplane::{prefix_of, Dataplane, NodeSettings};
+use crate::dataplane::{prefix_of, Dataplane, Edges, NetlinkHost, NodeSettings};
 use crate::etcd_source::{self, EtcdSettings, EtcdView};
 use crate::http::{self, HttpState, PodsRequest};
 use crate::ipam::{Claim, IpamStore, LogState, Owner};
@@ -217,7 +217,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         datapath: cfg.datapath_type,
         node_name: cfg.node_name.clone(),
     };
-    let mut dp = Dataplane::new(node, ovsdb, flows, host, ipam, state, round, metrics.clone());
+    let edges = Edges { switch: flows, vswitch: ovsdb, host: NetlinkHost(host) };
+    let mut dp = Dataplane::new(node, edges, ipam, state, round, metrics.clone());
     info!(pods = adopted.len(), round, "adopting pods found on the bridge");
     dp.adopt(adopted, other_ofports);
     dp.read_adopted_shaping().await;

@@ -1,9 +1,26 @@
 //! The node's dataplane state and every operation that changes it: pods
 //! wired and unwired (CNI ADD/DEL/CHECK/GC), etcd and service updates. The
 //! agent loop (`run.rs`) owns one `Dataplane` and calls it one event at a
-//! time, so every change ends in exactly one atomic flow bundle: the
-//! difference between the flow set last committed and the one
-//! `pipeline()` computes for the new state.
+//! time; a change of the flows is an atomic bundle of the difference between
+//! the flow set last committed and the one `pipeline()` computes for the new
+//! state (an ADD that fails after its flows went out sends a second one to
+//! take them back, GC one per stale pod).
+//!
+//! The dataplane works over three small traits (`edges.rs`): the OpenFlow
+//! switch, the OVSDB ports and the host's networking. The agent gives it
+//! the real clients; the unit tests (`tests.rs`) an in-memory world
+//! (`fake.rs`), so every branch here runs without root.
+//!
+//! The pods live in one store, `pods` (by CNI attachment); the pipeline's
+//! [`NodeState`] gets its pods from it whenever flows are computed.
+
+mod edges;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use edges::{Host, NetlinkHost, Switch, Vswitch};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -15,7 +32,6 @@ use std::time::{Duration, Instant};
 use cni::protocol::{Command, Request, Response};
 use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
-use ovs_flows::client::Client as FlowClient;
 use ovs_flows::ofp::{Meter, MeterCommand};
 use ovs_flows::pipeline::{
     pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, Table, FIRST_POD_OFPORT,
@@ -31,8 +47,8 @@ use crate::ipam::{IpamStore, Owner};
 use crate::kube_events;
 use crate::kube_source::{PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
-use crate::netlink::{setup_pod_interface, MacAddr, Netlink, PodInterface};
-use crate::ovsdb::{Client as OvsdbClient, PortKind, PortSpec};
+use crate::netlink::{MacAddr, PodInterface};
+use crate::ovsdb::{PortKind, PortSpec};
 use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
 
 /// How long an ADD waits for ovs-vswitchd to give the new port an ofport.
@@ -51,13 +67,16 @@ pub struct NodeSettings {
     pub node_name: String,
 }
 
-pub struct Dataplane {
+pub struct Dataplane<S, V, H> {
     settings: NodeSettings,
-    ovsdb: OvsdbClient,
-    flows: FlowClient,
-    host: Netlink,
+    ovsdb: V,
+    flows: S,
+    host: H,
     ipam: IpamStore,
+    /// Everything the pipeline needs but the pods (its `pods` stays empty:
+    /// they come from `pods` when flows are computed).
     state: NodeState,
+    /// The node's pods: the one store of them.
     pods: BTreeMap<PodKey, PodRecord>,
     /// The flow set the switch holds (last committed bundle).
     installed: FlowSet,
@@ -88,23 +107,29 @@ fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
     CniError::new(ErrorCode::AgentFailure, msg).with_details(e.to_string())
 }
 
-impl Dataplane {
-    #[allow(clippy::too_many_arguments)]
+/// The three edges a dataplane works over.
+pub struct Edges<S, V, H> {
+    pub switch: S,
+    pub vswitch: V,
+    pub host: H,
+}
+
+impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
+    /// `state`: the node's pipeline state without pods; `round`: this
+    /// start's cookie round.
     pub fn new(
         settings: NodeSettings,
-        ovsdb: OvsdbClient,
-        flows: FlowClient,
-        host: Netlink,
+        edges: Edges<S, V, H>,
         ipam: IpamStore,
         state: NodeState,
         round: u16,
         metrics: Arc<Metrics>,
-    ) -> Dataplane {
+    ) -> Dataplane<S, V, H> {
         Dataplane {
             settings,
-            ovsdb,
-            flows,
-            host,
+            ovsdb: edges.vswitch,
+            flows: edges.switch,
+            host: edges.host,
             ipam,
             state,
             pods: BTreeMap::new(),
@@ -130,7 +155,9 @@ impl Dataplane {
     /// plus, while the services are not known yet, the service flows kept
     /// from before.
     fn desired(&self) -> FlowSet {
-        let mut desired = pipeline(&self.state, self.round);
+        let mut state = self.state.clone();
+        state.pods = self.pods.values().map(|r| (r.ofport, self.local_pod(r))).collect();
+        let mut desired = pipeline(&state, self.round);
         for f in self.kept_service_flows.iter().flat_map(FlowSet::iter) {
             if !desired.contains(&f.key()) {
                 desired.insert(f.clone());
@@ -184,7 +211,6 @@ impl Dataplane {
     pub fn adopt(&mut self, pods: Vec<PodRecord>, other_ofports: impl IntoIterator<Item = u32>) {
         self.other_ofports = other_ofports.into_iter().collect();
         for rec in pods {
-            self.state.pods.insert(rec.ofport, self.local_pod(&rec));
             self.pods.insert(rec.key.clone(), rec);
         }
         self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
@@ -454,11 +480,9 @@ impl Dataplane {
         };
         // A leftover host veth of an earlier, half-finished ADD is replaced.
         let _ = self.host.del_link(&host_veth).await;
-        setup_pod_interface(&self.host, &iface)
-            .await
-            .map_err(|e| agent_error("wiring the pod interface failed", e))?;
+        self.host.wire_pod(&iface).await.map_err(|e| agent_error("wiring the pod interface failed", e))?;
         if self.settings.datapath == DatapathType::Netdev {
-            if let Err(e) = keep_kernel_off(&host_veth) {
+            if let Err(e) = self.host.guard_veth(&host_veth) {
                 let _ = self.host.del_link(&host_veth).await;
                 return Err(agent_error("guarding the pod veth failed", e));
             }
@@ -490,7 +514,7 @@ impl Dataplane {
                 return Err(agent_error("adding the pod's egress meter failed", e));
             }
         }
-        self.state.pods.insert(rec.ofport, self.local_pod(&rec));
+        self.pods.insert(key.clone(), rec.clone());
         let desired = self.desired();
         let ops = reconcile::delta(&self.installed, &desired);
         let (port, flows) = tokio::join!(
@@ -506,10 +530,9 @@ impl Dataplane {
                 // ovs-vswitchd could not honour the request (the number was
                 // taken by a port we do not know): follow what it chose.
                 warn!(requested = rec.ofport, got, port = %host_veth, "ofport request not honoured");
-                self.state.pods.remove(&rec.ofport);
                 let requested = rec.ofport;
                 rec.ofport = got;
-                self.state.pods.insert(got, self.local_pod(&rec));
+                self.pods.insert(key.clone(), rec.clone());
                 let moved = async {
                     if let Some(m) = self.egress_meter(got, &limits) {
                         self.put_meter(m).await?;
@@ -527,7 +550,8 @@ impl Dataplane {
         let failure = match failure {
             None if !self.tc_limits(&limits).is_none() => {
                 let devices = self.devices(&host_veth, &req.netns, &key.ifname);
-                tc::apply(&self.host, &devices, &limits)
+                self.host
+                    .apply_shaping(&devices, &limits)
                     .await
                     .err()
                     .map(|e| agent_error("installing the pod's bandwidth shaping failed", e))
@@ -535,7 +559,7 @@ impl Dataplane {
             other => other,
         };
         if let Some(err) = failure {
-            self.state.pods.remove(&rec.ofport);
+            self.pods.remove(key);
             if let Err(e) = self.sync_flows().await {
                 warn!(error = %e, "removing the flows of a failed ADD failed");
             } else if let Err(e) = self.drop_meter(rec.ofport).await {
@@ -546,7 +570,6 @@ impl Dataplane {
             let _ = self.host.del_link(&host_veth).await;
             return Err(err);
         }
-        self.pods.insert(key.clone(), rec.clone());
         debug!(link = ?t_link, port_and_flows = ?(t0.elapsed() - t_link), "pod wired");
         Ok(rec)
     }
@@ -610,7 +633,7 @@ impl Dataplane {
     pub async fn reapply_shaping(&mut self) {
         for rec in self.pods.values().filter(|r| !r.limits.is_none()) {
             let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
-            if let Err(e) = tc::apply(&self.host, &devices, &rec.limits).await {
+            if let Err(e) = self.host.apply_shaping(&devices, &rec.limits).await {
                 self.metrics.bandwidth_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(pod = %rec.name, error = %e, "re-installing bandwidth shaping failed");
             }
@@ -636,7 +659,7 @@ impl Dataplane {
         for k in keys {
             let Some(rec) = self.pods.get(&k).cloned() else { continue };
             let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
-            let mut limits = match tc::installed(&self.host, &devices).await {
+            let mut limits = match self.host.installed_shaping(&devices).await {
                 Ok(l) => l,
                 Err(e) => {
                     warn!(pod = %rec.name, error = %e, "reading an adopted pod's shaping failed");
@@ -646,7 +669,7 @@ impl Dataplane {
             if meters_police {
                 limits.egress = match held.get(&rec.ofport) {
                     Some(m) => Some(meter::rate_of(m)),
-                    None => match tc::take_pod_tbf(&devices).await {
+                    None => match self.host.take_pod_tbf(&devices).await {
                         Ok(Some(rate)) => {
                             info!(pod = %rec.name, %rate, "egress limit moved from a qdisc inside the pod to a meter");
                             Some(rate)
@@ -659,9 +682,7 @@ impl Dataplane {
                     },
                 };
             }
-            let updated = PodRecord { limits, ..rec };
-            self.state.pods.insert(updated.ofport, self.local_pod(&updated));
-            self.pods.insert(k, updated);
+            self.pods.insert(k, PodRecord { limits, ..rec });
         }
     }
 
@@ -671,17 +692,16 @@ impl Dataplane {
     async fn set_limits(&mut self, k: &PodKey, limits: Limits) -> anyhow::Result<()> {
         let Some(rec) = self.pods.get(k).cloned() else { return Ok(()) };
         let devices = self.devices(&rec.host_veth, &rec.netns, &rec.key.ifname);
-        tc::apply(&self.host, &devices, &limits).await?;
+        self.host.apply_shaping(&devices, &limits).await?;
         let wanted = self.egress_meter(rec.ofport, &limits);
         if let Some(m) = wanted {
             self.put_meter(m).await?;
         }
-        let updated = PodRecord { limits, ..rec };
-        self.state.pods.insert(updated.ofport, self.local_pod(&updated));
-        self.pods.insert(k.clone(), updated);
+        let ofport = rec.ofport;
+        self.pods.insert(k.clone(), PodRecord { limits, ..rec });
         self.sync_flows().await?;
         if wanted.is_none() {
-            self.drop_meter(rec.ofport).await?;
+            self.drop_meter(ofport).await?;
         }
         Ok(())
     }
@@ -737,9 +757,9 @@ impl Dataplane {
     /// The lowest ofport from [`FIRST_POD_OFPORT`] that no pod and no other
     /// port of the bridge holds.
     fn free_ofport(&self) -> u32 {
-        (FIRST_POD_OFPORT..)
-            .find(|p| !self.state.pods.contains_key(p) && !self.other_ofports.contains(p))
-            .unwrap_or(FIRST_POD_OFPORT)
+        let taken: HashSet<u32> =
+            self.pods.values().map(|r| r.ofport).chain(self.other_ofports.iter().copied()).collect();
+        (FIRST_POD_OFPORT..).find(|p| !taken.contains(p)).unwrap_or(FIRST_POD_OFPORT)
     }
 
     /// Idempotent: an unknown attachment or a vanished namespace is success.
@@ -749,18 +769,14 @@ impl Dataplane {
     }
 
     async fn unwire(&mut self, key: &PodKey) -> Result<(), CniError> {
-        let known = self.pods.get(key).map(|rec| (rec.ofport, rec.host_veth.clone()));
-        let host_veth = match known {
-            Some((ofport, name)) => {
+        let host_veth = match self.pods.remove(key) {
+            Some(rec) => {
                 // Flows first: no packet is sent to a port about to vanish.
-                let saved = self.state.pods.remove(&ofport);
                 if let Err(e) = self.sync_flows().await {
-                    if let Some(p) = saved {
-                        self.state.pods.insert(ofport, p);
-                    }
+                    self.pods.insert(key.clone(), rec);
                     return Err(agent_error("removing the pod's flows failed", e));
                 }
-                self.pods.remove(key);
+                let (ofport, name) = (rec.ofport, rec.host_veth);
                 // No flow names the meter any more; a failure leaves a
                 // leftover the next resync deletes.
                 if let Err(e) = self.drop_meter(ofport).await {
@@ -805,15 +821,13 @@ impl Dataplane {
                 ));
             }
         }
-        match self.host.link(&rec.host_veth).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(unknown(format!("host veth {} is gone", rec.host_veth))),
+        match self.host.link_exists(&rec.host_veth).await {
+            Ok(true) => {}
+            Ok(false) => return Err(unknown(format!("host veth {} is gone", rec.host_veth))),
             Err(e) => return Err(agent_error("reading the host veth failed", e)),
         }
-        let pod = Netlink::in_netns(std::path::Path::new(&req.netns))
-            .map_err(|e| agent_error("entering the pod namespace failed", e))?;
-        match pod.link(&key.ifname).await {
-            Ok(Some(l)) if l.mac == Some(MacAddr(rec.mac.0)) => {}
+        match self.host.pod_link_mac(std::path::Path::new(&req.netns), &key.ifname).await {
+            Ok(Some(mac)) if mac == MacAddr(rec.mac.0) => {}
             Ok(Some(_)) => return Err(agent_error("the pod interface has another MAC", &key.ifname)),
             Ok(None) => return Err(unknown(format!("interface {} is gone from the pod", key.ifname))),
             Err(e) => return Err(agent_error("reading the pod interface failed", e)),
@@ -830,7 +844,8 @@ impl Dataplane {
         // own the pod may be shaped by a chained plugin (upstream bandwidth).
         if !rec.limits.is_none() {
             let devices = self.devices(&rec.host_veth, &req.netns, &key.ifname);
-            tc::check(&self.host, &devices, &rec.limits)
+            self.host
+                .check_shaping(&devices, &rec.limits)
                 .await
                 .map_err(|e| agent_error("the pod's bandwidth shaping is not as requested", e))?;
         }
@@ -897,13 +912,6 @@ impl Dataplane {
 
 fn bandwidth_error(e: bandwidth::BandwidthError) -> CniError {
     CniError::new(ErrorCode::InvalidPodConfig, e.to_string())
-}
-
-/// Userspace datapath: the node kernel must not answer ARP on a pod veth
-/// (its IP packets are dropped by the raw-table rule; ARP is not IP).
-fn keep_kernel_off(veth: &str) -> std::io::Result<()> {
-    std::fs::write(format!("/proc/sys/net/ipv4/conf/{veth}/arp_ignore"), "8")?;
-    std::fs::write(format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"), "1")
 }
 
 /// An ipnetwork subnet as the pipeline's prefix type.
