@@ -8,11 +8,11 @@
 
 use std::fmt;
 
+value_enum! {
 /// What kind of object a flow belongs to. The lead may add variants; values
 /// are part of the wire format of installed flows, so never renumber one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum Category {
+pub enum Category: u8 {
     /// Flows that exist once per node whatever the state (table defaults).
     Pipeline = 1,
     /// Flows of one local pod; object = the pod's ofport.
@@ -28,21 +28,6 @@ pub enum Category {
     /// Flows written by the benchmarks and tests.
     Test = 0xfe,
 }
-
-impl Category {
-    pub const ALL: [Category; 7] = [
-        Category::Pipeline,
-        Category::Pod,
-        Category::RemoteNode,
-        Category::Namespace,
-        Category::Service,
-        Category::Node,
-        Category::Test,
-    ];
-
-    pub fn from_u8(v: u8) -> Option<Category> {
-        Category::ALL.into_iter().find(|c| *c as u8 == v)
-    }
 }
 
 /// An OpenFlow cookie with the k8s-ovs layout.
@@ -78,7 +63,7 @@ impl Cookie {
 
     /// The category, if the byte holds a known one.
     pub fn category(self) -> Option<Category> {
-        Category::from_u8((self.0 >> CATEGORY_SHIFT) as u8)
+        Category::from_repr((self.0 >> CATEGORY_SHIFT) as u8)
     }
 
     pub fn object(self) -> u32 {
@@ -205,9 +190,9 @@ mod tests {
 
     #[test]
     fn category_bytes_are_stable() {
-        for c in Category::ALL {
-            assert_eq!(Category::from_u8(c as u8), Some(c));
+        for &c in Category::ALL {
+            assert_eq!(Category::from_repr(c as u8), Some(c));
         }
-        assert_eq!(Category::from_u8(0), None);
+        assert_eq!(Category::from_repr(0), None);
     }
 }

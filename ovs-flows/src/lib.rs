@@ -30,6 +30,9 @@
 //! # }
 //! ```
 
+#[macro_use]
+mod value_enum;
+
 pub mod client;
 pub mod cookie;
 pub mod flow;

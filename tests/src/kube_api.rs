@@ -48,6 +48,7 @@ use serde_json::{json, Value};
 
 use crate::netns::Netns;
 
+ovs_flows::value_enum! {
 /// The resource kinds served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -60,11 +61,9 @@ pub enum Kind {
     /// discovery.k8s.io/v1.
     EndpointSlice,
 }
+}
 
 impl Kind {
-    const ALL: [Kind; 6] =
-        [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service, Kind::Event, Kind::EndpointSlice];
-
     /// The group/version objects of the kind carry.
     pub fn api_version(self) -> &'static str {
         match self {
@@ -108,11 +107,11 @@ impl Kind {
     }
 
     fn from_name(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s)
+        Kind::ALL.iter().copied().find(|k| k.name() == s)
     }
 
     fn from_plural(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.plural() == s)
+        Kind::ALL.iter().copied().find(|k| k.plural() == s)
     }
 }
 

@@ -101,22 +101,16 @@ impl BundleCtrlType {
 pub const BUNDLE_ATOMIC: u16 = 1;
 pub const BUNDLE_ORDERED: u16 = 2;
 
+value_enum! {
 /// FLOW_MOD commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FlowModCommand {
+pub enum FlowModCommand: u8 {
     Add = 0,
     Modify = 1,
     ModifyStrict = 2,
     Delete = 3,
     DeleteStrict = 4,
 }
-
-impl FlowModCommand {
-    fn from_u8(v: u8) -> Option<FlowModCommand> {
-        use FlowModCommand::*;
-        [Add, Modify, ModifyStrict, Delete, DeleteStrict].into_iter().find(|c| *c as u8 == v)
-    }
 }
 
 /// One change to a switch's flow table.
@@ -589,7 +583,7 @@ fn decode_flow_mod(b: &mut Reader<'_>) -> Result<FlowMod, CodecError> {
     let table = b.u8()?;
     let c = b.u8()?;
     let command =
-        FlowModCommand::from_u8(c).ok_or_else(|| CodecError::Malformed(format!("flow_mod command {c}")))?;
+        FlowModCommand::from_repr(c).ok_or_else(|| CodecError::Malformed(format!("flow_mod command {c}")))?;
     b.skip(4)?; // timeouts
     let priority = b.u16()?;
     b.skip(4)?; // buffer id

@@ -41,10 +41,10 @@ pub const FIRST_POD_OFPORT: u32 = 3;
 /// The UDP port of the VXLAN underlay (`vxlan0`'s `dst_port`).
 pub const VXLAN_UDP_PORT: u16 = 4789;
 
+value_enum! {
 /// The tables, declared once, in packet order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Table {
+pub enum Table: u8 {
     /// Dispatch by in_port: tunnel, gateway or pod.
     Classifier = 0,
     /// Tunnel traffic: accepted only from known nodes; VNI from tun_id.
@@ -68,21 +68,9 @@ pub enum Table {
     /// Destination is another node's subnet: into the tunnel.
     RemoteNode = 70,
 }
+}
 
 impl Table {
-    pub const ALL: [Table; 10] = [
-        Table::Classifier,
-        Table::TunnelIn,
-        Table::GatewayIn,
-        Table::SpoofGuard,
-        Table::Service,
-        Table::Routing,
-        Table::LocalPod,
-        Table::GatewayReply,
-        Table::Isolation,
-        Table::RemoteNode,
-    ];
-
     pub fn id(self) -> u8 {
         self as u8
     }
@@ -103,7 +91,7 @@ impl Table {
     }
 
     pub fn from_id(id: u8) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| t.id() == id)
+        Table::from_repr(id)
     }
 }
 
