@@ -1,7 +1,7 @@
 # k8s-ovs image: the node agent, the controller, the operator CLI and the CNI
 # plugin (which the agent's init container copies to the host).
 #   docker build -t k8s-ovs:0.1.0 .
-# Manifests: deploy/ (docs/operations.md).
+# Manifests: deploy/ (docs/operations.md); Open vSwitch image: deploy/images/ovs.
 
 FROM rust:1-bookworm AS builder
 # protoc and the well-known .proto files: etcd-client generates its gRPC code at build time.

@@ -1,13 +1,19 @@
-//! The Kubernetes manifests under `deploy/` and the `Dockerfile`, checked
-//! without a cluster: every document parses into its k8s-openapi type with
-//! no field lost on the way (so a misspelt field fails, not only a wrong
-//! kind), and the parts that make the network work agree with the code:
-//! binary names and flags exist (`<binary> --help`), mounts match the paths
-//! the flags name, the conflist is one the plugin accepts, RBAC grants what
-//! the daemons watch and nothing more.
+//! The Kubernetes manifests under `deploy/` and the images' Dockerfiles,
+//! checked without a cluster: every document parses into its k8s-openapi
+//! type with no field lost on the way (so a misspelt field fails, not only a
+//! wrong kind), and the parts that make the network work agree with the
+//! code: binary names and flags exist (`<binary> --help`), mounts match the
+//! paths the flags name, the conflist is one the plugin accepts, RBAC grants
+//! what the daemons watch and nothing more. The Open vSwitch sidecar shares
+//! the agent's host directories, and the host-OVS overlay's patch, applied
+//! here as kustomize applies it, removes exactly the sidecar; its image's
+//! entrypoint runs for real (root, in a lab namespace, on this machine's
+//! Debian Open vSwitch, the one the image installs).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -20,20 +26,39 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every document of every YAML file under `deploy/` except the
-/// kustomization, as (file, JSON value).
+/// The kustomize base: every manifest (`kubectl apply -k deploy/` names it).
+const BASE: &str = "deploy/base";
+/// The overlay for hosts that run Open vSwitch themselves.
+const HOST_OVS: &str = "deploy/overlays/host-ovs";
+/// The image of the root `Dockerfile` (the binaries) and that of
+/// `deploy/images/ovs` (Open vSwitch), as the manifests name them.
+const IMAGE: &str = "k8s-ovs";
+const OVS_IMAGE: &str = "k8s-ovs-openvswitch";
+const OVS_IMAGE_DIR: &str = "deploy/images/ovs";
+
+/// The YAML documents of `path`, as JSON values.
+fn yaml_documents(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let v = serde_json::Value::deserialize(doc).with_context(|| format!("{}: YAML", path.display()))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// Every document of every YAML file of the base except the kustomization,
+/// as (file, JSON value).
 fn documents() -> Result<Vec<(String, serde_json::Value)>> {
     let mut docs = Vec::new();
     for file in yaml_files()? {
         if file == "kustomization.yaml" {
             continue;
         }
-        let text = std::fs::read_to_string(repo().join("deploy").join(&file))?;
-        for doc in serde_norway::Deserializer::from_str(&text) {
-            let v = serde_json::Value::deserialize(doc).with_context(|| format!("deploy/{file}: YAML"))?;
-            if !v.is_null() {
-                docs.push((file.clone(), v));
-            }
+        for v in yaml_documents(&repo().join(BASE).join(&file))? {
+            docs.push((file.clone(), v));
         }
     }
     Ok(docs)
@@ -41,7 +66,7 @@ fn documents() -> Result<Vec<(String, serde_json::Value)>> {
 
 fn yaml_files() -> Result<Vec<String>> {
     let mut files = Vec::new();
-    for e in std::fs::read_dir(repo().join("deploy"))? {
+    for e in std::fs::read_dir(repo().join(BASE))? {
         let name = e?.file_name().to_string_lossy().into_owned();
         if name.ends_with(".yaml") || name.ends_with(".yml") {
             files.push(name);
@@ -65,11 +90,11 @@ struct Manifests {
 /// Parses `v` as `T` and requires serializing it back to give `v` again: a
 /// field k8s-openapi does not know (a typo) would be dropped and differ.
 fn typed<T: DeserializeOwned + Serialize>(file: &str, v: &serde_json::Value) -> Result<T> {
-    let t: T = serde_json::from_value(v.clone()).with_context(|| format!("deploy/{file}: {}", v["kind"]))?;
+    let t: T = serde_json::from_value(v.clone()).with_context(|| format!("{BASE}/{file}: {}", v["kind"]))?;
     let back = serde_json::to_value(&t)?;
     if &back != v {
         bail!(
-            "deploy/{file}: {} {} has fields its type does not know:\n{}",
+            "{BASE}/{file}: {} {} has fields its type does not know:\n{}",
             v["kind"],
             v["metadata"]["name"],
             diff(v, &back, "")
@@ -104,7 +129,7 @@ fn load() -> Result<Manifests> {
             "ServiceAccount" => m.service_accounts.push(typed(&file, &v)?),
             "ClusterRole" => m.cluster_roles.push(typed(&file, &v)?),
             "ClusterRoleBinding" => m.bindings.push(typed(&file, &v)?),
-            other => bail!("deploy/{file}: kind {other:?} is not checked by this test; add it"),
+            other => bail!("{BASE}/{file}: kind {other:?} is not checked by this test; add it"),
         }
     }
     Ok(m)
@@ -230,23 +255,58 @@ fn typed_parse_rejects_a_misspelt_field() -> Result<()> {
     Ok(())
 }
 
+/// The parts of a `kustomization.yaml` these manifests use.
+#[derive(Deserialize)]
+struct Kustomization {
+    namespace: Option<String>,
+    resources: Vec<String>,
+    #[serde(default)]
+    patches: Vec<PatchRef>,
+}
+
+/// A patch file, targeted (as kustomize does without `target:`) by the
+/// kind, name and namespace it names itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchRef {
+    path: String,
+}
+
+fn kustomization(dir: &str) -> Result<Kustomization> {
+    let text = std::fs::read_to_string(repo().join(dir).join("kustomization.yaml"))?;
+    serde_norway::from_str(&text).with_context(|| format!("{dir}/kustomization.yaml"))
+}
+
+/// `resource` of the kustomization in `dir`, as a canonical path.
+fn resolve(dir: &str, resource: &str) -> Result<PathBuf> {
+    let p = repo().join(dir).join(resource);
+    p.canonicalize().with_context(|| format!("{dir}: resource {resource} does not exist"))
+}
+
 #[test]
-fn kustomization_lists_every_manifest() -> Result<()> {
-    #[derive(Deserialize)]
-    struct Kustomization {
-        namespace: String,
-        resources: Vec<String>,
-    }
-    let text = std::fs::read_to_string(repo().join("deploy/kustomization.yaml"))?;
-    let k: Kustomization = serde_norway::from_str(&text)?;
+fn kustomizations_install_the_base_with_or_without_the_ovs_sidecar() -> Result<()> {
+    let k = kustomization(BASE)?;
     let listed: BTreeSet<String> = k.resources.into_iter().collect();
     let files: BTreeSet<String> = yaml_files()?.into_iter().filter(|f| f != "kustomization.yaml").collect();
-    ensure!(listed == files, "kustomization resources {listed:?} != files {files:?}");
+    ensure!(listed == files, "{BASE}: kustomization resources {listed:?} != files {files:?}");
+    let ns = k.namespace.context("the base sets the namespace")?;
     for (file, v) in documents()? {
-        if let Some(ns) = v["metadata"]["namespace"].as_str() {
-            ensure!(ns == k.namespace, "deploy/{file}: namespace {ns}, kustomization says {}", k.namespace);
+        if let Some(n) = v["metadata"]["namespace"].as_str() {
+            ensure!(n == ns, "{BASE}/{file}: namespace {n}, kustomization says {ns}");
         }
     }
+    // `kubectl apply -k deploy/` and `kubectl apply -k deploy/overlays/host-ovs`
+    // both install the base, the first unchanged (kustomize refuses an
+    // overlay inside its base's directory: the base cannot be deploy/ itself).
+    let base = repo().join(BASE).canonicalize()?;
+    let top = kustomization("deploy")?;
+    ensure!(top.patches.is_empty(), "deploy/: the base as it is");
+    let top_res: Vec<PathBuf> = top.resources.iter().map(|r| resolve("deploy", r)).collect::<Result<_>>()?;
+    ensure!(top_res == [base.clone()], "deploy/ installs {top_res:?}, not the base alone");
+    let overlay = kustomization(HOST_OVS)?;
+    let res: Vec<PathBuf> = overlay.resources.iter().map(|r| resolve(HOST_OVS, r)).collect::<Result<_>>()?;
+    ensure!(res == [base], "{HOST_OVS} builds on {res:?}, not on the base alone");
+    ensure!(!overlay.patches.is_empty(), "{HOST_OVS}: no patch");
     Ok(())
 }
 
@@ -287,6 +347,327 @@ fn agent_daemonset_runs_privileged_on_the_host_network_with_its_mounts() -> Resu
     let tolerate_all =
         pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none());
     ensure!(tolerate_all, "the agent must run on every node, tainted or not");
+    Ok(())
+}
+
+/// The image's name without its tag.
+fn image_name(c: &Container) -> &str {
+    let image = c.image.as_deref().unwrap_or_default();
+    image.split(':').next().unwrap_or_default()
+}
+
+/// The `ovs` sidecar: an init container that keeps running.
+fn ovs_sidecar(pod: &PodSpec) -> Result<&Container> {
+    pod.init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "ovs")
+        .context("no init container ovs (the Open vSwitch sidecar)")
+}
+
+/// The plain value of env `name` (not a reference).
+fn env_value<'a>(c: &'a Container, name: &str) -> Result<&'a str> {
+    env_of(c, name).0.with_context(|| format!("container {}: no env {name}", c.name))
+}
+
+/// The hostPath volume behind the container's mount at `path`.
+fn host_path_type(pod: &PodSpec, c: &Container, path: &str) -> Result<Option<String>> {
+    let mount = c.volume_mounts.iter().flatten().find(|m| m.mount_path == path).context("mount")?;
+    let vol = pod.volumes.iter().flatten().find(|v| v.name == mount.name).context("volume")?;
+    Ok(vol.host_path.as_ref().and_then(|h| h.type_.clone()))
+}
+
+/// A Kubernetes quantity of memory (`128Mi`, `1Gi`) in bytes.
+fn bytes(q: &str) -> Result<u64> {
+    let (n, unit) = q.split_at(q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len()));
+    let mult = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => bail!("quantity {q}: unit {unit} not handled here"),
+    };
+    Ok(n.parse::<u64>()? * mult)
+}
+
+#[test]
+fn ovs_sidecar_starts_before_the_agent_on_the_hosts_ovs_directories() -> Result<()> {
+    let m = load()?;
+    let pod = agent_pod(&m)?;
+    let agent = container(pod, "agent")?;
+    let ovs = ovs_sidecar(pod)?;
+    ensure!(image_name(ovs) == OVS_IMAGE, "the sidecar runs {OVS_IMAGE}, not {:?}", ovs.image);
+    // A sidecar: restartPolicy Always keeps it running (a plain init container
+    // would have to exit before the agent starts), and the kubelet starts the
+    // agent, a main container, only once its startup probe has passed.
+    ensure!(ovs.restart_policy.as_deref() == Some("Always"), "ovs: restartPolicy Always (a sidecar)");
+    ensure!(ovs.startup_probe.is_some(), "ovs: a startup probe, which the agent's start waits for");
+    ensure!(pod.containers.iter().all(|c| c.name != "ovs"), "ovs is an init container, not a main one");
+    ensure!(pod.host_network == Some(true), "the pod's network is the host's: OVS's devices are the node's");
+
+    // The agent's --ovs-rundir is the sidecar's OVS_RUNDIR, and both are the
+    // host's /var/run/openvswitch (db.sock and br0.mgmt live there).
+    let rundir = flag_value(agent, "--ovs-rundir")?;
+    ensure!(
+        env_value(ovs, "OVS_RUNDIR")? == rundir,
+        "ovs: OVS_RUNDIR is not the agent's --ovs-rundir {rundir}"
+    );
+    let host_run = host_path_at(pod, ovs, &rundir)?;
+    ensure!(host_run == "/var/run/openvswitch", "ovs: {rundir} is the host's {host_run}");
+    ensure!(host_path_at(pod, agent, &rundir)? == host_run, "agent and ovs see different {rundir}");
+    // The database on the host, so that a restarted container (or an
+    // upgraded image) finds the bridges and ports the agent made.
+    let dbdir = env_value(ovs, "OVS_DBDIR")?;
+    ensure!(
+        host_path_at(pod, ovs, dbdir)? == "/etc/openvswitch",
+        "ovs: {dbdir} is not the host's /etc/openvswitch"
+    );
+    // A fresh host has neither directory: `Directory` would keep the pod from starting.
+    for dir in [rundir.as_str(), dbdir] {
+        let t = host_path_type(pod, ovs, dir)?;
+        ensure!(t.as_deref() == Some("DirectoryOrCreate"), "ovs: hostPath {dir} of type {t:?}");
+    }
+    // The kernel datapath: modprobe of the host kernel's module.
+    ensure!(host_path_at(pod, ovs, "/lib/modules")? == "/lib/modules", "ovs: the host's /lib/modules");
+    let ro =
+        ovs.volume_mounts.iter().flatten().find(|v| v.mount_path == "/lib/modules").and_then(|v| v.read_only);
+    ensure!(ro == Some(true), "ovs: /lib/modules read-only");
+    let datapath = flag_value(agent, "--datapath-type")?;
+    ensure!(env_value(ovs, "OVS_DATAPATH")? == datapath, "ovs: OVS_DATAPATH is not the agent's {datapath}");
+    // flow-restore-wait is lifted by the agent's /healthz: the port it listens on.
+    let metrics = flag_value(agent, "--metrics-addr")?;
+    let port = metrics.rsplit(':').next().unwrap_or_default();
+    ensure!(
+        env_value(ovs, "AGENT_HEALTHZ_PORT")? == port,
+        "ovs: AGENT_HEALTHZ_PORT is not the agent's {metrics}"
+    );
+    let privileged = ovs.security_context.as_ref().and_then(|s| s.privileged);
+    ensure!(privileged == Some(true), "ovs: privileged (docs/operations.md says why)");
+
+    // Requests, so that the node reserves room for it; a memory limit above them.
+    let res = ovs.resources.as_ref().context("ovs: resources")?;
+    let req = res.requests.as_ref().context("ovs: requests")?;
+    ensure!(req.contains_key("cpu"), "ovs: a CPU request");
+    let req_mem = bytes(&req.get("memory").context("ovs: a memory request")?.0)?;
+    let lim_mem =
+        bytes(&res.limits.as_ref().and_then(|l| l.get("memory")).context("ovs: a memory limit")?.0)?;
+    ensure!(lim_mem > req_mem, "ovs: memory limit {lim_mem} not above the request {req_mem}");
+    Ok(())
+}
+
+/// The `--timeout=N` seconds of the commands `ovs-daemons check` runs, one
+/// after the other: what a probe must leave it.
+fn check_timeouts(script: &str) -> Result<u64> {
+    let body = script.split("\ncheck() {").nth(1).context("ovs-daemons: no check()")?;
+    let body = body.split("\n}").next().unwrap_or_default();
+    let timeouts: Vec<u64> = body
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--timeout="))
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    ensure!(timeouts.len() == 2, "check(): a timeout for each of ovsdb-client and ovs-appctl: {timeouts:?}");
+    Ok(timeouts.iter().sum())
+}
+
+#[test]
+fn ovs_probes_run_the_images_check_with_room_for_its_timeouts() -> Result<()> {
+    let m = load()?;
+    let ovs = ovs_sidecar(agent_pod(&m)?)?;
+    let script = std::fs::read_to_string(repo().join(OVS_IMAGE_DIR).join("ovs-daemons"))?;
+    let needs = check_timeouts(&script)?;
+    let installed = ovs_image_script()?;
+    let probes = [
+        ("startup", &ovs.startup_probe),
+        ("readiness", &ovs.readiness_probe),
+        ("liveness", &ovs.liveness_probe),
+    ];
+    for (what, probe) in probes {
+        let p = probe.as_ref().with_context(|| format!("ovs: no {what} probe"))?;
+        let cmd = p.exec.as_ref().and_then(|e| e.command.clone()).unwrap_or_default();
+        ensure!(cmd == [installed.clone(), "check".into()], "ovs {what} probe runs {cmd:?}");
+        // The kubelet's default is 1 s: it would fail a slow but answering switch.
+        let timeout = p.timeout_seconds.unwrap_or(1) as u64;
+        ensure!(timeout > needs, "ovs {what} probe: {timeout} s for a check of up to {needs} s");
+    }
+    // A restart costs the node's new connections until the agent has replayed:
+    // not before half a minute without an answer.
+    let live = ovs.liveness_probe.as_ref().context("liveness")?;
+    let patience = live.failure_threshold.unwrap_or(3) * live.period_seconds.unwrap_or(10);
+    ensure!(patience >= 30, "ovs liveness gives up after {patience} s");
+    // The first start may convert a large database before the daemons answer.
+    let start = ovs.startup_probe.as_ref().context("startup")?;
+    let budget = start.failure_threshold.unwrap_or(3) * start.period_seconds.unwrap_or(10);
+    ensure!(budget >= 60, "ovs startup probe gives up after {budget} s");
+    Ok(())
+}
+
+/// Where the Open vSwitch image's Dockerfile installs `ovs-daemons`.
+fn ovs_image_script() -> Result<String> {
+    let text = std::fs::read_to_string(repo().join(OVS_IMAGE_DIR).join("Dockerfile"))?;
+    let copy = text
+        .lines()
+        .find_map(|l| l.strip_prefix("COPY ovs-daemons "))
+        .context("the ovs Dockerfile does not COPY ovs-daemons")?;
+    Ok(copy.trim().to_string())
+}
+
+#[test]
+fn ovs_image_is_debians_openvswitch_switch_running_its_script() -> Result<()> {
+    let dir = repo().join(OVS_IMAGE_DIR);
+    let text = std::fs::read_to_string(dir.join("Dockerfile"))?;
+    let from: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    // The same Debian as the k8s-ovs image's runtime stage (and as this
+    // machine, where ovs_daemons_run_both_daemons_... runs the script).
+    let root = std::fs::read_to_string(repo().join("Dockerfile"))?;
+    let root_runtime = root.lines().rfind(|l| l.starts_with("FROM ")).context("root Dockerfile: FROM")?;
+    ensure!(from == [root_runtime], "the ovs image is one stage on {root_runtime}: {from:?}");
+    let install = text
+        .split("apt-get install")
+        .nth(1)
+        .and_then(|rest| rest.split("&&").next())
+        .context("the ovs Dockerfile installs no package")?;
+    let pkgs: BTreeSet<&str> =
+        install.split_whitespace().filter(|w| !w.starts_with('-') && *w != "\\").collect();
+    for pkg in ["openvswitch-switch", "kmod"] {
+        ensure!(pkgs.contains(pkg), "the ovs image does not install {pkg}: {pkgs:?}");
+    }
+    // The script the sidecar runs is the one copied, executable (COPY keeps
+    // the mode), and the image's default command too.
+    let installed = ovs_image_script()?;
+    let mode = std::fs::metadata(dir.join("ovs-daemons"))?.permissions().mode();
+    ensure!(mode & 0o111 == 0o111, "deploy/images/ovs/ovs-daemons is not executable ({mode:o})");
+    ensure!(
+        text.contains(&format!("CMD [\"{installed}\", \"start\"]")),
+        "the image's CMD is not {installed} start"
+    );
+    let m = load()?;
+    let ovs = ovs_sidecar(agent_pod(&m)?)?;
+    let cmd = ovs.command.clone().unwrap_or_default();
+    ensure!(cmd == [installed, "start".into()], "the sidecar runs {cmd:?}");
+    Ok(())
+}
+
+/// Applies a strategic merge patch as the API server and kustomize do, for
+/// the fields a pod template patch touches: maps merge key by key; lists
+/// with a merge key (containers, initContainers, volumes and env by `name`,
+/// volumeMounts by `mountPath`) merge element by element, an element with
+/// `$patch: delete` deleting its namesake; other lists and values replace.
+fn strategic_merge(base: &mut serde_json::Value, patch: &serde_json::Value, field: &str) -> Result<()> {
+    use serde_json::Value;
+    let key = match field {
+        "containers" | "initContainers" | "volumes" | "env" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        _ => None,
+    };
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            ensure!(!p.contains_key("$patch"), "{field}: a $patch directive on a map is not handled here");
+            for (k, pv) in p {
+                match b.get_mut(k) {
+                    Some(bv) => strategic_merge(bv, pv, k)?,
+                    None => {
+                        b.insert(k.clone(), pv.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(p)) if key.is_some() => {
+            let key = key.unwrap_or_default();
+            for pe in p {
+                let id = pe.get(key).with_context(|| format!("{field}: an element without {key}"))?;
+                let at = b.iter().position(|be| be.get(key) == Some(id));
+                let mut pe = pe.clone();
+                let delete = pe.as_object_mut().and_then(|o| o.remove("$patch"));
+                match (delete, at) {
+                    (Some(d), _) if d != "delete" => bail!("{field}: $patch {d} is not handled here"),
+                    (Some(_), Some(i)) => {
+                        b.remove(i);
+                    }
+                    (Some(_), None) => {}
+                    (None, Some(i)) => strategic_merge(&mut b[i], &pe, "")?,
+                    (None, None) => b.push(pe),
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+    Ok(())
+}
+
+#[test]
+fn strategic_merge_deletes_merges_and_adds_by_the_merge_key() -> Result<()> {
+    // The overlay test below is only as good as this.
+    let mut base = serde_json::json!({"spec": {"volumes": [
+        {"name": "a", "hostPath": {"path": "/a", "type": "DirectoryOrCreate"}},
+        {"name": "b", "hostPath": {"path": "/b"}}], "hostNetwork": true}});
+    let patch = serde_json::json!({"spec": {"volumes": [
+        {"name": "b", "$patch": "delete"},
+        {"name": "a", "hostPath": {"type": "Directory"}},
+        {"name": "c", "emptyDir": {}}]}});
+    strategic_merge(&mut base, &patch, "")?;
+    let want = serde_json::json!({"spec": {"volumes": [
+        {"name": "a", "hostPath": {"path": "/a", "type": "Directory"}},
+        {"name": "c", "emptyDir": {}}], "hostNetwork": true}});
+    ensure!(base == want, "got {base}");
+    Ok(())
+}
+
+#[test]
+fn host_ovs_overlay_removes_the_ovs_sidecar_and_nothing_the_agent_uses() -> Result<()> {
+    let overlay = kustomization(HOST_OVS)?;
+    let (file, base_ds) =
+        documents()?.into_iter().find(|(_, v)| v["kind"] == "DaemonSet").context("the base's DaemonSet")?;
+    let mut patched = base_ds.clone();
+    for p in &overlay.patches {
+        for patch in yaml_documents(&repo().join(HOST_OVS).join(&p.path))? {
+            // kustomize finds the patch's target by kind, name and namespace:
+            // one that matches nothing fails the build.
+            for k in [&["kind"][..], &["metadata", "name"], &["metadata", "namespace"]] {
+                let (want, got) =
+                    (k.iter().fold(&patch, |v, f| &v[*f]), k.iter().fold(&base_ds, |v, f| &v[*f]));
+                ensure!(
+                    want == got,
+                    "{HOST_OVS}/{}: {} {want} is not the base DaemonSet's {got}",
+                    p.path,
+                    k.join(".")
+                );
+            }
+            strategic_merge(&mut patched, &patch, "")?;
+        }
+    }
+    let ds: DaemonSet = typed(&file, &patched)?;
+    let pod = pod_spec(ds.spec.template.spec.as_ref(), "patched DaemonSet")?;
+    let base: DaemonSet = typed(&file, &base_ds)?;
+    let base_pod = pod_spec(base.spec.template.spec.as_ref(), "base DaemonSet")?;
+
+    let all: Vec<&Container> = pod.containers.iter().chain(pod.init_containers.iter().flatten()).collect();
+    ensure!(
+        all.iter().all(|c| c.name != "ovs" && image_name(c) != OVS_IMAGE),
+        "the ovs sidecar is still there"
+    );
+    // Every other container exactly as in the base.
+    let others: Vec<&Container> = base_pod
+        .containers
+        .iter()
+        .chain(base_pod.init_containers.iter().flatten())
+        .filter(|c| c.name != "ovs")
+        .collect();
+    ensure!(all == others, "the patch changed containers other than ovs");
+    // No volume left that nothing mounts (the host's /etc/openvswitch).
+    for v in pod.volumes.iter().flatten() {
+        let used = all.iter().any(|c| c.volume_mounts.iter().flatten().any(|m| m.name == v.name));
+        ensure!(used, "volume {} is mounted by no container", v.name);
+    }
+    // The host's Open vSwitch made its run directory: without it, a pod that
+    // does not start says so, instead of an agent that cannot reach OVSDB.
+    let agent = container(pod, "agent")?;
+    let rundir = flag_value(agent, "--ovs-rundir")?;
+    ensure!(
+        host_path_at(pod, agent, &rundir)? == "/var/run/openvswitch",
+        "the agent keeps the host's run dir"
+    );
+    let t = host_path_type(pod, agent, &rundir)?;
+    ensure!(t.as_deref() == Some("Directory"), "host-ovs: {rundir} must exist on the host, type {t:?}");
     Ok(())
 }
 
@@ -453,6 +834,15 @@ fn commands_use_real_binaries_flags_and_config_keys() -> Result<()> {
     let pods = [agent_pod(&m)?, controller_pod(&m)?];
     for pod in pods {
         for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+            let image = image_name(c);
+            ensure!(
+                image == IMAGE || image == OVS_IMAGE,
+                "container {}: image {image} is neither of ours",
+                c.name
+            );
+            if image == OVS_IMAGE {
+                continue; // Open vSwitch's image: ovs_image_is_debians_openvswitch_switch_running_its_script
+            }
             let binaries: Vec<String> = words(c)
                 .iter()
                 .filter_map(|w| w.strip_prefix("/usr/local/bin/"))
@@ -561,5 +951,194 @@ fn dockerfile_builds_with_protoc_and_runs_on_debian_slim_with_iptables() -> Resu
     }
     ensure!(build.contains("cargo build --release --locked"), "a locked release build");
     ensure!(run.contains("iptables"), "runtime installs iptables (the agent's masquerade rule)");
+    Ok(())
+}
+
+/// `ovs-daemons` of the Open vSwitch image, run for real: as root in a lab
+/// namespace, on this machine's Debian Open vSwitch (the package the image
+/// installs, from the same Debian release), with the userspace datapath
+/// (no kernel module needed) and run and database directories of its own
+/// in place of the host's.
+struct OvsDaemons {
+    lab: lab::Lab,
+    env: Vec<(String, String)>,
+    script: String,
+}
+
+impl OvsDaemons {
+    fn start_lab() -> Result<OvsDaemons> {
+        let lab = lab::Lab::start_with(lab::LabConfig { etcd: false, ..lab::LabConfig::nodes(0) })?;
+        let d = |s: &str| lab.dir.join(s).to_string_lossy().into_owned();
+        let env = vec![
+            ("OVS_RUNDIR".into(), d("run")),
+            ("OVS_DBDIR".into(), d("etc")),
+            ("OVS_DATAPATH".into(), "netdev".into()),
+            ("AGENT_HEALTHZ_PORT".into(), "9190".into()),
+        ];
+        let script = repo().join(OVS_IMAGE_DIR).join("ovs-daemons").to_string_lossy().into_owned();
+        Ok(OvsDaemons { lab, env, script })
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    /// Runs a command in the namespace with the directories' environment.
+    fn run(&self, args: &[&str]) -> Result<lab::cmd::Output> {
+        lab::cmd::run_full(&self.lab.ctl.wrap(args), &self.env(), Duration::from_secs(20))
+    }
+
+    fn vsctl(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["ovs-vsctl", "--timeout=5"];
+        v.extend_from_slice(args);
+        let out = self.run(&v)?;
+        ensure!(out.success(), "ovs-vsctl {args:?}: {}", out.stderr);
+        Ok(out.stdout)
+    }
+
+    fn check(&self) -> Result<bool> {
+        Ok(self.run(&[&self.script, "check"])?.success())
+    }
+
+    /// `ovs-daemons start` in the background, its output in `log`.
+    fn spawn_start(&self, log: &str) -> Result<std::process::Child> {
+        let out = std::fs::File::create(self.lab.dir.join(log))?;
+        let argv = self.lab.ctl.wrap(&[&self.script, "start"]);
+        let child = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .envs(self.env())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(child)
+    }
+
+    fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.lab.dir.join(log)).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, secs: u64, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done()? {
+            ensure!(Instant::now() < deadline, "{what}: not within {secs} s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn pid(&self, daemon: &str) -> Result<i32> {
+        let file = self.lab.dir.join("run").join(format!("{daemon}.pid"));
+        let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+        Ok(text.trim().parse()?)
+    }
+
+    /// The same, read from the database file (no server running).
+    fn flow_restore_wait_in_db(&self) -> Result<bool> {
+        let db = self.lab.dir.join("etc/conf.db").to_string_lossy().into_owned();
+        let q = r#"["Open_vSwitch",{"op":"select","table":"Open_vSwitch","where":[],"columns":["other_config"]}]"#;
+        let rows = lab::cmd::run(&["ovsdb-tool", "query", &db, q])?;
+        ensure!(rows.contains("other_config"), "ovsdb-tool query: {rows}");
+        Ok(rows.contains("flow-restore-wait"))
+    }
+
+    fn flow_restore_wait(&self) -> Result<bool> {
+        Ok(self.vsctl(&["get", "Open_vSwitch", ".", "other_config"])?.contains("flow-restore-wait=\"true\""))
+    }
+}
+
+/// Waits for `child` to exit (the script has no reason to take long).
+fn exit_status(child: &mut std::process::Child, secs: u64) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        ensure!(Instant::now() < deadline, "ovs-daemons did not exit within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) -> Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)?;
+    Ok(())
+}
+
+#[test]
+fn ovs_daemons_run_both_daemons_keep_the_database_and_stop_as_the_kubelet_expects() -> Result<()> {
+    use nix::sys::signal::Signal;
+    let d = OvsDaemons::start_lab()?;
+    ensure!(!d.check()?, "check passes with no daemon running");
+
+    let mut first = d.spawn_start("start-1.log")?;
+    d.wait_for("both daemons answering check", 30, || d.check())?;
+    let (ovsdb, vswitchd) = (d.pid("ovsdb-server")?, d.pid("ovs-vswitchd")?);
+    // ovs-vswitchd works from the database the script created: a bridge added
+    // there gets its port.
+    d.vsctl(&["add-br", "br-t", "--", "set", "bridge", "br-t", "datapath_type=netdev"])?;
+    d.wait_for("br-t's ofport", 10, || {
+        Ok(d.vsctl(&["get", "interface", "br-t", "ofport"])?.trim() == "65534")
+    })?;
+
+    // flow-restore-wait holds until the agent's /healthz answers 200, not on
+    // another answer (a stand-in server: 404 while it has no healthz file).
+    ensure!(d.flow_restore_wait()?, "ovs-vswitchd started without flow-restore-wait");
+    let www = d.lab.dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    let www_s = www.to_string_lossy().into_owned();
+    let server_log = std::fs::File::create(d.lab.dir.join("http.log"))?;
+    let argv = d.lab.ctl.wrap(&[
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        &www_s,
+        "9190",
+    ]);
+    let mut server = std::process::Command::new(argv[0]).args(&argv[1..]).stderr(server_log).spawn()?;
+    d.wait_for("the script asking /healthz", 15, || {
+        Ok(d.log("http.log").contains("\"GET /healthz HTTP/1.0\" 404"))
+    })?;
+    ensure!(d.flow_restore_wait()?, "a 404 from /healthz lifted flow-restore-wait");
+    std::fs::write(www.join("healthz"), "ok\n")?;
+    d.wait_for("flow-restore-wait lifted after a 200", 15, || Ok(!d.flow_restore_wait()?))?;
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // A second start while this one serves (as a host's Open vSwitch would)
+    // is refused, naming the overlay, and leaves the running one alone.
+    let second = d.run(&[&d.script, "start"])?;
+    ensure!(!second.success(), "a second ovs-daemons started beside a running ovsdb-server");
+    ensure!(
+        second.stderr.contains("deploy/overlays/host-ovs"),
+        "the refusal says what to do: {}",
+        second.stderr
+    );
+    ensure!(d.check()? && d.pid("ovsdb-server")? == ovsdb, "the refused start disturbed the running daemons");
+
+    // SIGTERM, as the kubelet stops a container: both daemons end, exit 0.
+    signal(first.id() as i32, Signal::SIGTERM)?;
+    let status = exit_status(&mut first, 15)?;
+    ensure!(status.success(), "SIGTERM: exit {status}\n{}", d.log("start-1.log"));
+    ensure!(!lab::netns::alive(ovsdb) && !lab::netns::alive(vswitchd), "a daemon outlived the container");
+    ensure!(!d.check()?, "check passes after the stop");
+
+    // Again on the same directories (a restarted container): the database
+    // kept the bridge.
+    let mut again = d.spawn_start("start-2.log")?;
+    d.wait_for("both daemons answering check after a restart", 30, || d.check())?;
+    ensure!(d.run(&["ovs-vsctl", "br-exists", "br-t"])?.success(), "the bridge is gone from the database");
+    ensure!(d.flow_restore_wait()?, "a restarted ovs-vswitchd starts without flow-restore-wait");
+    // ovs-vswitchd dying by itself ends the container, non-zero (the kubelet
+    // starts it again), and ovsdb-server with it.
+    let ovsdb = d.pid("ovsdb-server")?;
+    signal(d.pid("ovs-vswitchd")?, Signal::SIGKILL)?;
+    let status = exit_status(&mut again, 15)?;
+    ensure!(!status.success(), "ovs-vswitchd died and the script exited {status}");
+    ensure!(!lab::netns::alive(ovsdb), "ovsdb-server outlived ovs-vswitchd's death");
+    // Stopped before the agent was ready: flow-restore-wait is not left in
+    // the database for an Open vSwitch that would never lift it.
+    ensure!(!d.flow_restore_wait_in_db()?, "the stop left flow-restore-wait in the database");
     Ok(())
 }
