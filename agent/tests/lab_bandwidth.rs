@@ -105,6 +105,7 @@ fn link_exists(ns: &ScratchNetns, name: &str) -> bool {
 
 #[tokio::test]
 async fn lab_bandwidth_kernel_datapath_qdiscs_installed_read_back_changed_removed() -> Result<()> {
+    lab::needs_root!();
     let pair = Pair::create("vethbw1")?;
     let host = Netlink::in_netns(&pair.node.path())?;
     let devices = pair.devices(DatapathType::System);
@@ -189,6 +190,7 @@ async fn lab_bandwidth_kernel_datapath_qdiscs_installed_read_back_changed_remove
 /// A tbf an earlier version put there is taken over.
 #[tokio::test]
 async fn lab_bandwidth_netdev_datapath_leaves_the_pod_alone() -> Result<()> {
+    lab::needs_root!();
     let pair = Pair::create("vethbw2")?;
     let host = Netlink::in_netns(&pair.node.path())?;
     let devices = pair.devices(DatapathType::Netdev);
@@ -222,6 +224,7 @@ async fn lab_bandwidth_netdev_datapath_leaves_the_pod_alone() -> Result<()> {
 
 #[tokio::test]
 async fn lab_bandwidth_rates_hold_on_a_veth_pair() -> Result<()> {
+    lab::needs_root!();
     let pair = Pair::create("vethbw3")?;
     let host = Netlink::in_netns(&pair.node.path())?;
 
@@ -262,6 +265,7 @@ async fn lab_bandwidth_rates_hold_on_a_veth_pair() -> Result<()> {
 /// at the rate) keeps even the first second at the limit.
 #[tokio::test]
 async fn lab_bandwidth_default_burst_holds_from_the_first_second() -> Result<()> {
+    lab::needs_root!();
     let pair = Pair::create("vethbw4")?;
     let host = Netlink::in_netns(&pair.node.path())?;
     let devices = pair.devices(DatapathType::System);

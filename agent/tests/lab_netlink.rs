@@ -48,6 +48,7 @@ fn ethtool_k(ns: &ScratchNetns, dev: &str) -> Result<Vec<String>> {
 
 #[tokio::test]
 async fn lab_netlink_pod_interface_is_wired_checked_and_removed() -> Result<()> {
+    lab::needs_root!();
     let node = ScratchNetns::create("nlnode")?;
     let pod = ScratchNetns::create("nlpod")?;
     let host = Netlink::in_netns(&node.path())?;
@@ -110,6 +111,7 @@ async fn lab_netlink_pod_interface_is_wired_checked_and_removed() -> Result<()> 
 
 #[tokio::test]
 async fn lab_netlink_failed_wiring_leaves_nothing_behind() -> Result<()> {
+    lab::needs_root!();
     let node = ScratchNetns::create("nlnode")?;
     let pod = ScratchNetns::create("nlpod")?;
     let host = Netlink::in_netns(&node.path())?;
@@ -128,6 +130,7 @@ async fn lab_netlink_failed_wiring_leaves_nothing_behind() -> Result<()> {
 
 #[tokio::test]
 async fn lab_netlink_reads_links_in_the_current_and_other_namespaces() -> Result<()> {
+    lab::needs_root!();
     let pod = ScratchNetns::create("nlread")?;
     let here = Netlink::current()?;
     let lo = here.link("lo").await?.context("lo exists here")?;

@@ -25,6 +25,7 @@ fn vsctl(ovs: &ScratchOvs, args: &[&str]) -> Result<String> {
 
 #[tokio::test]
 async fn lab_ovsdb_bridge_is_created_once_with_the_requested_settings() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client) = setup("br").await?;
     let spec = BridgeSpec::new("br0", DatapathType::Netdev);
     assert_eq!(client.ensure_bridge(&spec, WAIT).await?, Change::Created);
@@ -44,6 +45,7 @@ async fn lab_ovsdb_bridge_is_created_once_with_the_requested_settings() -> Resul
 
 #[tokio::test]
 async fn lab_ovsdb_a_bridge_whose_datapath_cannot_open_is_an_error() -> Result<()> {
+    lab::needs_root!();
     if std::path::Path::new("/sys/module/openvswitch").exists() {
         eprintln!("kernel openvswitch module loaded: the system datapath would open, nothing to check");
         return Ok(());
@@ -60,6 +62,7 @@ async fn lab_ovsdb_a_bridge_whose_datapath_cannot_open_is_an_error() -> Result<(
 
 #[tokio::test]
 async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client) = setup("ports").await?;
     client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
 
@@ -124,6 +127,7 @@ async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
 
 #[tokio::test]
 async fn lab_ovsdb_failures_name_their_cause() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client) = setup("fail").await?;
     client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
     client.ensure_bridge(&BridgeSpec::new("br1", DatapathType::Netdev), WAIT).await?;
@@ -152,6 +156,7 @@ async fn lab_ovsdb_failures_name_their_cause() -> Result<()> {
 
 #[tokio::test]
 async fn lab_ovsdb_bridge_external_ids_keep_other_keys() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client) = setup("extid").await?;
     client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
     vsctl(&ovs, &["set", "bridge", "br0", "external_ids:other=keep"])?;
@@ -168,6 +173,7 @@ async fn lab_ovsdb_bridge_external_ids_keep_other_keys() -> Result<()> {
 
 #[tokio::test]
 async fn lab_ovsdb_hundred_ports_in_one_transaction() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client) = setup("many").await?;
     client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
     let specs: Vec<PortSpec> = (0..100)
@@ -190,6 +196,7 @@ async fn lab_ovsdb_hundred_ports_in_one_transaction() -> Result<()> {
 
 #[test]
 fn lab_ovsdb_tcp_endpoint_works_like_unix() -> Result<()> {
+    lab::needs_root!();
     let ovs = ScratchOvs::start("tcp")?;
     // Listen on the scratch namespace's own loopback only.
     ovs.ovs.appctl(&["-t", "ovsdb-server", "ovsdb-server/add-remote", "ptcp:6640:127.0.0.1"])?;
@@ -251,6 +258,7 @@ async fn until_watching<T: std::fmt::Debug>(
 
 #[tokio::test]
 async fn lab_ovsdb_an_abandoned_wait_leaves_no_monitor_behind() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client, baseline) = setup_without_vswitchd("mon").await?;
     // The caller gives up on a wait (drops its future) once the wait's
     // monitor exists on the server...
@@ -281,6 +289,7 @@ async fn stop_vswitchd(ovs: &ScratchOvs) -> Result<()> {
 
 #[tokio::test]
 async fn lab_ovsdb_the_client_rides_out_an_ovsdb_server_restart() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client) = setup("restart").await?;
     client.ensure_bridge(&BridgeSpec::new("br0", DatapathType::Netdev), WAIT).await?;
     client.add_port("br0", &PortSpec::new("before", PortKind::Internal), WAIT).await?;
@@ -316,6 +325,7 @@ async fn lab_ovsdb_the_client_rides_out_an_ovsdb_server_restart() -> Result<()> 
 
 #[tokio::test]
 async fn lab_ovsdb_a_wait_resumes_on_the_new_connection() -> Result<()> {
+    lab::needs_root!();
     let (ovs, client, baseline) = setup_without_vswitchd("rewait").await?;
     // The wait is still watching when ovsdb-server restarts under it.
     let mut wait = Box::pin(client.wait_ofport("p0", Duration::from_secs(20)));

@@ -128,6 +128,7 @@ impl Drop for TempNetns {
 
 #[test]
 fn lab_kube_api_listens_inside_a_namespace() -> Result<()> {
+    lab::needs_root!();
     lab::sweep::sweep(lab::DEFAULT_PREFIX, &lab::base_dir());
     let ns =
         TempNetns(lab::Netns::create(&format!("{}{}x900-kapi", lab::DEFAULT_PREFIX, std::process::id()))?);

@@ -46,6 +46,7 @@ async fn operator_put(etcd: &TestEtcd, ns: &str, value: &str) -> Result<(i64, et
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_every_action_by_etcdctl() -> Result<()> {
+    lab::needs_root!();
     let (etcd, _api, c) = cluster(&["a", "b", "kube-system", "admin"]).await?;
     let (a, b) = (wait_settled(&etcd, "a").await?.net_id, wait_settled(&etcd, "b").await?.net_id);
     assert!(a >= 10 && b >= 10 && a != b);
@@ -80,6 +81,7 @@ async fn lab_every_action_by_etcdctl() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_ctl_writes_the_same_edits_and_waits() -> Result<()> {
+    lab::needs_root!();
     let (etcd, _api, c) = cluster(&["a", "b", "c"]).await?;
     let b = wait_settled(&etcd, "b").await?.net_id;
     let mut client = controller::store::connect(&[etcd.endpoint()]).await?;
@@ -116,6 +118,7 @@ async fn lab_ctl_writes_the_same_edits_and_waits() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_bad_edits_never_lose_or_corrupt_a_record() -> Result<()> {
+    lab::needs_root!();
     let (etcd, _api, c) = cluster(&["a", "b", "kube-system"]).await?;
     let a = wait_settled(&etcd, "a").await?.net_id;
     let key = keys().netnamespace("a");
@@ -159,6 +162,7 @@ async fn lab_bad_edits_never_lose_or_corrupt_a_record() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_concurrent_edits_are_all_applied() -> Result<()> {
+    lab::needs_root!();
     // 40 namespaces; 20 join their partner, all at once from 20 clients,
     // while the controller is busy creating the records of 20 more.
     let names: Vec<String> = (0..40).map(|i| format!("ns{i}")).collect();
@@ -194,6 +198,7 @@ async fn lab_concurrent_edits_are_all_applied() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_startup_resync_collects_creates_and_repairs() -> Result<()> {
+    lab::needs_root!();
     let etcd = TestEtcd::start()?;
     let api = KubeApi::start()?;
     for ns in ["kept", "broken", "new"] {

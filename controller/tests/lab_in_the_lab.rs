@@ -28,6 +28,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> Result<Option<String>>) -> Result
 
 #[test]
 fn lab_controller_runs_on_the_control_host() -> Result<()> {
+    lab::needs_root!();
     let lab = Lab::start(1)?;
     let api = KubeApi::start_in(&lab.ctl, CTL_IP, 0)?;
     let node_ip = lab.node(1).ip.clone();

@@ -54,6 +54,7 @@ fn assert_unique(ids: &BTreeMap<String, u32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_two_controllers_200_namespaces_then_leader_crash() -> Result<()> {
+    lab::needs_root!();
     let ttl = 3;
     let etcd = TestEtcd::start()?;
     let api = KubeApi::start()?;
@@ -116,6 +117,7 @@ fn daemon(etcd: &TestEtcd, api: &KubeApi, id: &str, dir: &TempDir) -> Result<Dae
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_sigterm_resigns_and_the_other_takes_over_at_once() -> Result<()> {
+    lab::needs_root!();
     let etcd = TestEtcd::start()?;
     let api = KubeApi::start()?;
     let dir = TempDir::new("ctl-logs")?;
@@ -142,6 +144,7 @@ async fn lab_sigterm_resigns_and_the_other_takes_over_at_once() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_controller_reconnects_after_etcd_restarts() -> Result<()> {
+    lab::needs_root!();
     let mut etcd = TestEtcd::start()?;
     let api = KubeApi::start()?;
     api.create_namespace("before")?;

@@ -23,6 +23,7 @@ async fn wait_subnet(etcd: &TestEtcd, ip: &str) -> Result<HostSubnet> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_node_subnets_follow_nodes_and_assign_requests() -> Result<()> {
+    lab::needs_root!();
     let etcd = TestEtcd::start()?;
     let api = KubeApi::start()?;
     for i in 1..=3 {
@@ -88,6 +89,7 @@ async fn lab_node_subnets_follow_nodes_and_assign_requests() -> Result<()> {
 /// the subnet is released once the grace runs out, with no other event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_a_node_briefly_without_its_internal_ip_keeps_its_subnet() -> Result<()> {
+    lab::needs_root!();
     let etcd = TestEtcd::start()?;
     let api = KubeApi::start()?;
     api.create_node("node1", "192.0.2.1")?;

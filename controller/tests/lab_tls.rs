@@ -15,6 +15,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_controller_and_ctl_talk_tls_to_etcd() -> Result<()> {
+    lab::needs_root!();
     let dir = TempDir::new("etcd-tls")?;
     let pki = Pki::create(&dir.0.join("pki"), "127.0.0.1")?;
     let etcd = Etcd::start_with(None, "127.0.0.1", free_port_pair()?, &dir.0, Some(&pki))?;

@@ -82,6 +82,7 @@ fn answers(from: &Netns, ip: Ipv4Addr) -> Result<bool> {
 
 #[test]
 fn lab_pipeline_isolates_tenants_across_nodes() -> Result<()> {
+    lab::needs_root!();
     let mut lab = Lab::start_with(lab::LabConfig { etcd: false, ..lab::LabConfig::nodes(2) })?;
     let mut pods: Vec<TestPod> = Vec::new();
     let mut states = Vec::new();

@@ -51,6 +51,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 #[tokio::test]
 async fn lab_every_feature_installs_and_reads_back_equal() -> Result<()> {
+    lab::needs_root!();
     let sw = start()?;
     let client = connect(&sw).await?;
     assert!(client.features().is_some_and(|f| f.n_tables > 0));
@@ -79,6 +80,7 @@ async fn lab_every_feature_installs_and_reads_back_equal() -> Result<()> {
 
 #[tokio::test]
 async fn lab_a_bundle_with_one_bad_flow_changes_nothing_and_names_it() -> Result<()> {
+    lab::needs_root!();
     let sw = start()?;
     let client = connect(&sw).await?;
     let before = desired(1, 3, 5);
@@ -122,6 +124,7 @@ async fn lab_a_bundle_with_one_bad_flow_changes_nothing_and_names_it() -> Result
 
 #[tokio::test]
 async fn lab_one_reconcile_restores_exactly_the_desired_set_after_tampering() -> Result<()> {
+    lab::needs_root!();
     let sw = start()?;
     let client = connect(&sw).await?;
     let want = desired(1, 4, 5);
@@ -173,6 +176,7 @@ async fn lab_one_reconcile_restores_exactly_the_desired_set_after_tampering() ->
 
 #[tokio::test]
 async fn lab_reconnects_after_the_bridge_comes_back_and_answers_echo() -> Result<()> {
+    lab::needs_root!();
     let sw = start()?;
     let opts = ClientOptions { echo_interval: Duration::from_millis(100), ..ClientOptions::default() };
     let client = Client::connect(sw.endpoint().parse().map_err(anyhow::Error::msg)?, opts).await?;
@@ -201,6 +205,7 @@ async fn lab_reconnects_after_the_bridge_comes_back_and_answers_echo() -> Result
 
 #[tokio::test]
 async fn lab_connect_waits_for_the_bridge_and_reports_why_it_cannot() -> Result<()> {
+    lab::needs_root!();
     let sw = start()?;
     sw.ovs.vsctl(&["del-br", "br0"])?;
     let ep: ovs_flows::client::Endpoint = sw.endpoint().parse().map_err(anyhow::Error::msg)?;
@@ -223,6 +228,7 @@ async fn lab_connect_waits_for_the_bridge_and_reports_why_it_cannot() -> Result<
 /// the client runs on a thread that entered that namespace.
 #[test]
 fn lab_tcp_endpoint_installs_and_reads_back() -> Result<()> {
+    lab::needs_root!();
     let sw = start()?;
     sw.ovs.vsctl(&["set-controller", "br0", "ptcp:16653:127.0.0.1"])?;
     let path = format!("/run/netns/{}", sw.netns.name);
@@ -250,6 +256,7 @@ fn lab_tcp_endpoint_installs_and_reads_back() -> Result<()> {
 /// full): the switch rolls back and the error still names that flow.
 #[tokio::test]
 async fn lab_a_commit_time_failure_rolls_back_and_names_the_flow() -> Result<()> {
+    lab::needs_root!();
     let sw = start()?;
     sw.ovs.vsctl(&[
         "--",
@@ -290,6 +297,7 @@ async fn lab_a_commit_time_failure_rolls_back_and_names_the_flow() -> Result<()>
 /// as errors.
 #[tokio::test]
 async fn lab_meters_install_read_back_and_police_flows() -> Result<()> {
+    lab::needs_root!();
     use ovs_flows::ofp::{Meter, MeterCommand};
     let sw = start()?;
     let client = connect(&sw).await?;

@@ -81,6 +81,7 @@ fn check_policy(pods: &[CniPod], vni: &BTreeMap<&str, u32>) -> Result<()> {
 
 #[test]
 fn lab_agent_wires_pods_and_follows_vni_changes() -> Result<()> {
+    lab::needs_root!();
     let vnis = [("red", 100), ("blue", 200), ("glob", 0)];
     let (mut lab, agents) = start_cluster("k8s-ovs-multitenant", &vnis)?;
     let mut pods = Vec::new();
@@ -141,6 +142,7 @@ fn lab_agent_wires_pods_and_follows_vni_changes() -> Result<()> {
 
 #[test]
 fn lab_agent_single_tenant_all_pairs_connect() -> Result<()> {
+    lab::needs_root!();
     let vnis = [("red", 100), ("blue", 200)];
     let (mut lab, _agents) = start_cluster("k8s-ovs-subnet", &vnis)?;
     let mut pods = Vec::new();
@@ -162,6 +164,7 @@ fn ip_of(p: &CniPod) -> std::net::Ipv4Addr {
 
 #[test]
 fn lab_agent_drops_spoofed_ip_mac_and_arp() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
     let a = add_pod(&mut lab, 1, "red", "a")?;
     let b = add_pod(&mut lab, 1, "red", "b")?;
@@ -222,6 +225,7 @@ fn ping_during(from: &Netns, ip: &str, secs: u32, during: impl FnOnce() -> Resul
 
 #[test]
 fn lab_agent_restart_loses_no_packet_and_keeps_the_flows() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, mut agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
     let a = add_pod(&mut lab, 1, "red", "a")?;
     let c = add_pod(&mut lab, 2, "red", "c")?;
@@ -255,6 +259,7 @@ fn lab_agent_restart_loses_no_packet_and_keeps_the_flows() -> Result<()> {
 
 #[test]
 fn lab_agent_replays_flows_when_vswitchd_restarts() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
     let a = add_pod(&mut lab, 1, "red", "a")?;
     let c = add_pod(&mut lab, 2, "red", "c")?;
@@ -282,6 +287,7 @@ fn count_from(p: &CniPod, src_ip: &str) -> Result<u64> {
 
 #[test]
 fn lab_agent_isolation_holds_while_namespaces_join_and_isolate() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) =
         start_cluster("k8s-ovs-multitenant", &[("red", 100), ("blue", 200), ("grey", 300)])?;
     let red = add_pod(&mut lab, 1, "red", "red1")?;
@@ -335,6 +341,7 @@ fn lab_agent_isolation_holds_while_namespaces_join_and_isolate() -> Result<()> {
 /// Whether a TCP connection from `from` to `ip:port` is accepted within 3 s.
 #[test]
 fn lab_agent_cni_edge_cases() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, mut agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
     let code = |o: &lab::cluster::CniOutput| o.stdout["code"].as_u64();
 
@@ -453,6 +460,7 @@ fn lab_agent_cni_edge_cases() -> Result<()> {
 /// wire pods and follow VNI edits over the TLS watch.
 #[test]
 fn lab_agent_talks_tls_to_etcd() -> Result<()> {
+    lab::needs_root!();
     let mut lab = Lab::start_with(LabConfig { etcd_tls: true, ..LabConfig::nodes(2) })?;
     let pki = lab.pki().context("TLS lab without PKI")?.clone();
     lab.put_network_config("k8s-ovs-multitenant")?;
@@ -498,6 +506,7 @@ fn lab_agent_talks_tls_to_etcd() -> Result<()> {
 /// switch tampered behind the agent's back is reported as out of step.
 #[test]
 fn lab_agent_trace_explains_allowed_and_denied_pairs() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100), ("blue", 200)])?;
     let red1 = add_pod(&mut lab, 1, "red", "red1")?;
     let blue1 = add_pod(&mut lab, 1, "blue", "blue1")?;
@@ -565,6 +574,7 @@ fn lab_agent_trace_explains_allowed_and_denied_pairs() -> Result<()> {
 /// a foreign flow (another cookie) in its tables is removed too.
 #[test]
 fn lab_agent_resync_repairs_flow_drift() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) = start_cluster_with(
         "k8s-ovs-multitenant",
         &[("red", 100), ("blue", 200)],
@@ -599,6 +609,7 @@ fn lab_agent_resync_repairs_flow_drift() -> Result<()> {
 
 #[test]
 fn lab_agent_rides_out_an_etcd_outage() -> Result<()> {
+    lab::needs_root!();
     let outage: u64 = std::env::var("K8S_OVS_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100), ("blue", 200)])?;
     let red1 = add_pod(&mut lab, 1, "red", "red1")?;
@@ -645,6 +656,7 @@ fn lab_agent_rides_out_an_etcd_outage() -> Result<()> {
 
 #[test]
 fn lab_agent_chains_with_upstream_plugins() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) = start_cluster("k8s-ovs-multitenant", &[("red", 100)])?;
     let server = add_pod(&mut lab, 1, "red", "server")?;
     let netns = lab.pod_netns("chained")?;

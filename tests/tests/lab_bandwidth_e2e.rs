@@ -78,6 +78,7 @@ fn within(measured: f64, want: f64, tolerance: f64) -> bool {
 
 #[test]
 fn lab_bandwidth_annotations_shape_pods_live() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, api, url) = one_node()?;
     // A resync every second: it repairs a meter deleted behind its back.
     let agent = Agent::start(&lab, 1, &["--kube-url", &url, "--flow-resync-secs", "1"])?;
@@ -216,6 +217,7 @@ fn lab_bandwidth_annotations_shape_pods_live() -> Result<()> {
 /// in-pod tbf went, and the pod sent at full speed.)
 #[test]
 fn lab_hostile_a_pod_with_net_admin_cannot_lift_its_egress_limit() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, api, url) = one_node()?;
     let mut agent = Agent::start(&lab, 1, &["--kube-url", &url])?;
     api.create(pod_object("capped", json!({"kubernetes.io/egress-bandwidth": "5M"})))?;

@@ -21,6 +21,7 @@ fn live(pids: &[i32]) -> Vec<i32> {
 
 #[test]
 fn lab_panicking_test_still_cleans_up() -> Result<()> {
+    lab::needs_root!();
     let seen: Mutex<(Vec<String>, Vec<i32>, PathBuf)> = Mutex::new(Default::default());
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut lab = Lab::start(1).expect("lab starts");
@@ -69,6 +70,7 @@ fn crashing_lab_child() {
 
 #[test]
 fn lab_sweep_removes_leftovers_of_a_killed_run() -> Result<()> {
+    lab::needs_root!();
     sweep::sweep(CRASH_PREFIX, &lab::base_dir());
     let report = std::env::temp_dir().join(format!("k8s-ovs-crash-{}.json", std::process::id()));
     let status = Command::new(std::env::current_exe()?)

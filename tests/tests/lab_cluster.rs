@@ -100,6 +100,7 @@ fn operator_edit_then(
 
 #[test]
 fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
+    lab::needs_root!();
     let mut lab = Lab::start(2)?;
     let api = start_kube_api(&lab)?;
     for i in 1..=2 {

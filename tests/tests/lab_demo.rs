@@ -29,6 +29,7 @@ fn spawn_demo(stderr: Stdio) -> Result<Child> {
 
 #[test]
 fn lab_demo_short_runs_end_to_end() -> Result<()> {
+    lab::needs_root!();
     let child = spawn_demo(Stdio::piped())?;
     let pid = child.id();
     let out = child.wait_with_output()?;
@@ -71,6 +72,7 @@ fn lab_demo_short_runs_end_to_end() -> Result<()> {
 
 #[test]
 fn lab_demo_ctrl_c_tears_everything_down() -> Result<()> {
+    lab::needs_root!();
     let mut child = spawn_demo(Stdio::null())?;
     let pid = child.id();
     let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);

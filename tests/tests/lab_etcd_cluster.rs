@@ -36,6 +36,7 @@ fn ctl_wait(lab: &Lab, controller: &Daemon, args: &[&str]) -> Result<()> {
 
 #[test]
 fn lab_etcd_cluster_member_kills_and_a_leader_change_lose_no_record_and_no_packet() -> Result<()> {
+    lab::needs_root!();
     let mut lab = Lab::start_with(LabConfig { etcd_cluster: true, ..LabConfig::nodes(2) })?;
     ensure!(lab.etcd_endpoint().split(',').count() == 3, "endpoints {}", lab.etcd_endpoint());
     let api = lab::cluster::start_kube_api_with(&lab, &["red", "blue", "kube-system"])?;

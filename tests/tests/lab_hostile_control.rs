@@ -52,6 +52,7 @@ fn status(resp: &str) -> &str {
 /// while `/metrics` still answers it. The operator's token still works.
 #[test]
 fn lab_hostile_pod_cannot_read_debug_without_the_token() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) = start_cluster(&[("red", 100), ("blue", 200)])?;
     let red1 = add_pod(&mut lab, 1, "red", "red1")?;
     let _blue2 = add_pod(&mut lab, 2, "blue", "blue2")?;
@@ -80,6 +81,7 @@ fn lab_hostile_pod_cannot_read_debug_without_the_token() -> Result<()> {
 /// the bucket's rate of traces.
 #[test]
 fn lab_hostile_pod_flooding_debug_trace_gets_429() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, _agents) = start_cluster(&[("red", 100)])?;
     let red1 = add_pod(&mut lab, 1, "red", "red1")?;
     let (ip, token) = (lab.node(1).ip.clone(), lab.debug_token()?);
@@ -110,6 +112,7 @@ fn lab_hostile_pod_flooding_debug_trace_gets_429() -> Result<()> {
 /// and `--etcd-insecure`; with the flag the same endpoint is accepted.
 #[test]
 fn lab_hostile_plain_http_etcd_off_loopback_is_refused() -> Result<()> {
+    lab::needs_root!();
     let lab = Lab::start(1)?;
     lab.put_network_config("k8s-ovs-multitenant")?;
     let ep = lab.etcd_endpoint();
@@ -174,6 +177,7 @@ fn relists(agent: &Agent) -> usize {
 /// same-VNI pods still reach each other across nodes, different VNIs stay cut.
 #[test]
 fn lab_hostile_bad_records_at_relist_keep_vnis_and_connectivity() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, agents) = start_cluster(&[("red", 100), ("blue", 200)])?;
     let red1 = add_pod(&mut lab, 1, "red", "red1")?;
     let red2 = add_pod(&mut lab, 2, "red", "red2")?;
@@ -227,6 +231,7 @@ fn lab_hostile_bad_records_at_relist_keep_vnis_and_connectivity() -> Result<()> 
 /// wait and the agent exits cleanly at once, not after a grace period.
 #[test]
 fn lab_hostile_sigterm_ends_an_agent_waiting_for_its_subnet() -> Result<()> {
+    lab::needs_root!();
     let lab = Lab::start(1)?;
     lab.put_network_config("k8s-ovs-multitenant")?;
     let mut args = Agent::args(&lab, 1);

@@ -33,6 +33,7 @@ fn received(p: &CniPod) -> Result<u64> {
 /// (TUNNEL_IN takes only the sending node's subnet).
 #[test]
 fn lab_hostile_crafted_vxlan_from_a_pod_reaches_no_one() -> Result<()> {
+    lab::needs_root!();
     let mut s = ServiceLab::start(2, &[("red", 100), ("blue", 200)], ProxyConfig::default())?;
     let far = s.add_pod(2, "blue", "bluefar")?;
     let near = s.add_pod(1, "blue", "bluenear")?;
@@ -104,6 +105,7 @@ fn send_frames(from: &CniPod, dst: &CniPod, vlan: Option<u16>, n: u32) -> Result
 /// are (the control).
 #[test]
 fn lab_hostile_vlan_tagged_frames_from_a_pod_are_dropped() -> Result<()> {
+    lab::needs_root!();
     let mut s = ServiceLab::start(2, &[("red", 100)], ProxyConfig::default())?;
     let a = s.add_pod(1, "red", "reda")?;
     let b = s.add_pod(2, "red", "redb")?;
@@ -133,6 +135,7 @@ fn lab_hostile_vlan_tagged_frames_from_a_pod_are_dropped() -> Result<()> {
 /// nor another pod.
 #[test]
 fn lab_hostile_broadcast_multicast_and_ipv6_from_a_pod_go_nowhere() -> Result<()> {
+    lab::needs_root!();
     let mut s = ServiceLab::start(2, &[("red", 100)], ProxyConfig::default())?;
     let a = s.add_pod(1, "red", "reda")?;
     let b = s.add_pod(1, "red", "redb")?;
@@ -182,6 +185,7 @@ fn lab_hostile_broadcast_multicast_and_ipv6_from_a_pod_go_nowhere() -> Result<()
 /// table no flow of ours leads to stays, harmless.
 #[test]
 fn lab_hostile_a_foreign_flow_is_removed_by_the_resync() -> Result<()> {
+    lab::needs_root!();
     let mut s = ServiceLab::start_with(
         2,
         &[("red", 100), ("blue", 200)],

@@ -144,6 +144,7 @@ fn attack(edit: impl Fn(&Lab, u32) -> Result<()>) -> Result<()> {
 /// `etcdctl put` of red's record with blue's NetID, Action empty.
 #[test]
 fn lab_hostile_hand_written_net_id_never_reaches_a_switch() -> Result<()> {
+    lab::needs_root!();
     attack(|lab, blue| {
         lab.etcdctl(&["put", &netns_key("red"), &record("red", blue)])?;
         Ok(())
@@ -153,6 +154,7 @@ fn lab_hostile_hand_written_net_id_never_reaches_a_switch() -> Result<()> {
 /// red's record deleted and created again with blue's NetID.
 #[test]
 fn lab_hostile_recreated_record_never_takes_another_tenants_net_id() -> Result<()> {
+    lab::needs_root!();
     attack(|lab, blue| {
         lab.etcdctl(&["del", &netns_key("red")])?;
         lab.etcdctl(&["put", &netns_key("red"), &record("red", blue)])?;
@@ -207,6 +209,7 @@ fn enable_auth(lab: &Lab) -> Result<()> {
 /// is refused any write; the operator's is refused the controller's keys.
 #[test]
 fn lab_hostile_etcd_auth_agents_read_only_and_writes_refused() -> Result<()> {
+    lab::needs_root!();
     let lab = Lab::start_with(LabConfig { etcd_tls: true, ..LabConfig::nodes(2) })?;
     enable_auth(&lab)?;
     let etcd = lab.etcd.as_ref().context("etcd")?;

@@ -48,6 +48,7 @@ fn check_new_pod(lab: &mut Lab, name: &str, running: &[CniPod]) -> Result<CniPod
 
 #[test]
 fn lab_hostile_lost_ipam_log_is_rebuilt_from_the_bridge() -> Result<()> {
+    lab::needs_root!();
     let (mut lab, mut agents) = start_cluster()?;
     let a = add_pod(&mut lab, 1, "red", "a")?;
     let b = add_pod(&mut lab, 1, "red", "b")?;

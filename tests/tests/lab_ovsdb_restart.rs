@@ -19,6 +19,7 @@ fn add_pod(lab: &mut Lab, agent: &Agent, name: &str) -> Result<(Netns, String)> 
 
 #[test]
 fn lab_ovsdb_restart_the_agent_wires_pods_after_ovsdb_server_restarts() -> Result<()> {
+    lab::needs_root!();
     let mut lab = Lab::start(1)?;
     lab.put_network_config("k8s-ovs-multitenant")?;
     lab.put_node_subnet(1)?;

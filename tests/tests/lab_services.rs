@@ -96,16 +96,19 @@ fn cluster_ip_paths(proxy: ProxyConfig) -> Result<()> {
 
 #[test]
 fn lab_services_cluster_ip_with_kubeadm_cluster_cidr() -> Result<()> {
+    lab::needs_root!();
     cluster_ip_paths(kubeadm_proxy())
 }
 
 #[test]
 fn lab_services_cluster_ip_without_cluster_cidr() -> Result<()> {
+    lab::needs_root!();
     cluster_ip_paths(ProxyConfig::default())
 }
 
 #[test]
 fn lab_services_cluster_ip_with_masquerade_all() -> Result<()> {
+    lab::needs_root!();
     cluster_ip_paths(ProxyConfig { cluster_cidr: Some(lab::cluster::NETWORK.into()), masquerade_all: true })
 }
 
@@ -114,6 +117,7 @@ fn lab_services_cluster_ip_with_masquerade_all() -> Result<()> {
 /// EndpointSlice names blue pods does not open blue to red.
 #[test]
 fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
+    lab::needs_root!();
     let mut s = ServiceLab::start(2, &[("red", 100), ("blue", 200), ("glob", 0)], kubeadm_proxy())?;
     let web = s.add_pod(2, "red", "web")?;
     let blue_far = s.add_pod(2, "blue", "bluefar")?;
@@ -231,6 +235,7 @@ fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
 /// dnsmasq behind kube-dns; NodePorts behave as docs/operations.md says.
 #[test]
 fn lab_services_dns_and_node_ports() -> Result<()> {
+    lab::needs_root!();
     let mut s = ServiceLab::start(2, &[("red", 100), ("blue", 200), ("kube-system", 0)], kubeadm_proxy())?;
     let dns = s.add_pod(2, "kube-system", "coredns")?;
     let web = s.add_pod(2, "red", "web")?;
@@ -298,6 +303,7 @@ fn lab_services_dns_and_node_ports() -> Result<()> {
 /// a red pod resolving through kube-dns at 10 lookups/s misses none.
 #[test]
 fn lab_services_agent_restart_with_apiserver_down_keeps_dns() -> Result<()> {
+    lab::needs_root!();
     let mut s = ServiceLab::start(2, &[("red", 100), ("kube-system", 0)], kubeadm_proxy())?;
     let dns = s.add_pod(2, "kube-system", "coredns")?;
     let red1 = s.add_pod(1, "red", "red1")?;
@@ -376,6 +382,7 @@ fn lab_services_agent_restart_with_apiserver_down_keeps_dns() -> Result<()> {
 /// port is open to all, as docs/operations.md says.
 #[test]
 fn lab_services_host_port_through_the_portmap_plugin() -> Result<()> {
+    lab::needs_root!();
     use lab::cluster::{cni, upstream, CniCall};
     let mut s = ServiceLab::start(2, &[("red", 100), ("blue", 200)], kubeadm_proxy())?;
     let netns = s.lab.pod_netns("hp")?;

@@ -517,7 +517,7 @@ fn ovs_image_is_debians_openvswitch_switch_running_its_script() -> Result<()> {
     let text = std::fs::read_to_string(dir.join("Dockerfile"))?;
     let from: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
     // The same Debian as the k8s-ovs image's runtime stage (and as this
-    // machine, where ovs_daemons_run_both_daemons_... runs the script).
+    // machine, where lab_ovs_daemons_run_both_daemons_... runs the script).
     let root = std::fs::read_to_string(repo().join("Dockerfile"))?;
     let root_runtime = root.lines().rfind(|l| l.starts_with("FROM ")).context("root Dockerfile: FROM")?;
     ensure!(from == [root_runtime], "the ovs image is one stage on {root_runtime}: {from:?}");
@@ -1064,7 +1064,8 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) -> Result<()> {
 }
 
 #[test]
-fn ovs_daemons_run_both_daemons_keep_the_database_and_stop_as_the_kubelet_expects() -> Result<()> {
+fn lab_ovs_daemons_run_both_daemons_keep_the_database_and_stop_as_the_kubelet_expects() -> Result<()> {
+    lab::needs_root!();
     use nix::sys::signal::Signal;
     let d = OvsDaemons::start_lab()?;
     ensure!(!d.check()?, "check passes with no daemon running");

@@ -55,7 +55,8 @@ fn flows_for(node: usize, remote_ip: &str) -> Vec<String> {
 }
 
 #[test]
-fn vxlan_carries_one_vni_across_nodes_and_keeps_vnis_apart() -> Result<()> {
+fn lab_vxlan_carries_one_vni_across_nodes_and_keeps_vnis_apart() -> Result<()> {
+    lab::needs_root!();
     let mut lab = Lab::start(2)?;
     for n in &lab.nodes {
         n.ovs.add_tunnel_bridge("br0", VXLAN_OFPORT)?;
