@@ -1,6 +1,18 @@
 //! Pods as the agent records them: what one CNI ADD created, how it is named,
 //! and how it is written into (and rebuilt from) the OVS port's
 //! external_ids, so a restarted agent finds every running pod again.
+//!
+//! A pod has two identities here, and they must stay two:
+//! - [`PodKey`], the CNI attachment (container id + interface): what the
+//!   runtime names in ADD/DEL/CHECK/GC. A pod may have several, and a
+//!   recreated sandbox is a new one for the same pod.
+//! - [`PodName`], the Kubernetes pod (`namespace/name`): what annotations,
+//!   Events and operators name.
+//!
+//! Two more types describe a pod outside the agent, each for a consumer
+//! that knows nothing of CNI: `ovs_flows::pipeline::LocalPod` (the
+//! pipeline's input, derived from [`PodRecord`] whenever flows are computed)
+//! and `ovs_flows::trace::TracePod` (the `/debug/pods` wire format).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,6 +27,25 @@ use ovs_flows::Mac;
 pub struct PodKey {
     pub container_id: String,
     pub ifname: String,
+}
+
+/// A Kubernetes pod, as errors, Events and annotations name it: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> PodName {
+        PodName { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for PodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// Everything the agent created for one attachment.
@@ -50,6 +81,11 @@ pub mod ids {
 }
 
 impl PodRecord {
+    /// The Kubernetes pod this attachment belongs to.
+    pub fn pod_name(&self) -> PodName {
+        PodName::new(self.namespace.clone(), self.name.clone())
+    }
+
     /// The external_ids that let [`PodRecord::from_external_ids`] rebuild it.
     pub fn external_ids(&self) -> BTreeMap<String, String> {
         [

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::pods::PodName;
 pub use quantity::{parse_bits_per_sec, QuantityError, MAX_BITS_PER_SEC, MIN_BITS_PER_SEC};
 
 /// The pod annotation limiting traffic to the pod.
@@ -143,25 +144,6 @@ impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |r: Option<Rate>| r.map_or_else(|| "unshaped".to_string(), |r| r.to_string());
         write!(f, "ingress {}, egress {}", show(self.ingress), show(self.egress))
-    }
-}
-
-/// A pod as errors name it: `namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodName {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl PodName {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> PodName {
-        PodName { namespace: namespace.into(), name: name.into() }
-    }
-}
-
-impl fmt::Display for PodName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 

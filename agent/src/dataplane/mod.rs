@@ -714,7 +714,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         let keys: Vec<PodKey> = self.pods.keys().cloned().collect();
         for k in keys {
             let Some(rec) = self.pods.get(&k).cloned() else { continue };
-            let pod = PodName::new(rec.namespace.clone(), rec.name.clone());
+            let pod = rec.pod_name();
             let Some(a) = self.annotations.get(&(pod.namespace.clone(), pod.name.clone())) else { continue };
             let resolved = Limits::resolve(&pod, a, rec.runtime_bandwidth.as_ref(), self.settings.pod_mtu);
             if resolved.is_ok() {
