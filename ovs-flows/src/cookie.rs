@@ -25,6 +25,9 @@ pub enum Category: u8 {
     Service = 5,
     /// Flows of this node itself (gateway, local subnet); object = 0.
     Node = 6,
+    /// Flows of one namespace on this node (its VNI); object = the node's
+    /// namespace id for it.
+    NamespaceId = 7,
     /// Flows written by the benchmarks and tests.
     Test = 0xfe,
 }

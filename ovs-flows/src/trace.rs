@@ -301,7 +301,9 @@ pub fn drop_meaning(table: u8) -> &'static str {
         Some(Table::SpoofGuard) => {
             "the source port, MAC and IP do not match the pod's flow (changed or spoofed address, or the pod's flows are missing)"
         }
-        Some(Table::Service) => "a Service of another tenant",
+        Some(Table::SourceVni) | Some(Table::DestVni) => "the pod's namespace has no VNI yet (no netnamespace record)",
+        Some(Table::Service) => "no such Service port",
+        Some(Table::ServiceVni) => "a Service of another tenant",
         Some(Table::Routing) => "no route for the destination",
         Some(Table::LocalPod) => "no pod with that IP on this node",
         Some(Table::Isolation) => "the VNIs differ and neither is global (0): isolation, as configured",

@@ -61,14 +61,7 @@ fn two_node_state(mode: Mode) -> NodeState {
             ],
         },
     );
-    s.services.insert(
-        ip("10.96.5.5"),
-        Service {
-            ip: ip("10.96.5.5"),
-            namespace: "red".into(),
-            ports: vec![ServicePort { protocol: Protocol::Tcp, port: 80 }],
-        },
-    );
+    add_red_web(&mut s);
     s.vnis = BTreeMap::from([("red".into(), 100), ("blue".into(), 200), ("kube-system".into(), 0)]);
     s
 }
@@ -110,4 +103,66 @@ fn empty_node() {
         prefix("10.96.0.0/12"),
     );
     check_golden("empty_node", pipeline(&s, 7).to_strings());
+}
+
+/// Red's service `10.96.5.5:80/tcp`.
+fn add_red_web(s: &mut NodeState) {
+    let web = Service {
+        ip: ip("10.96.5.5"),
+        namespace: "red".into(),
+        ports: vec![ServicePort { protocol: Protocol::Tcp, port: 80 }],
+    };
+    s.services.insert(web.ip, web);
+}
+
+/// A node with `n` pods in `red` (and a service there), 5 in `blue`.
+fn sized_state(n: u32) -> NodeState {
+    let mut s = NodeState::new(
+        Mode::MultiTenant,
+        ip("192.0.2.11"),
+        prefix("172.11.0.0/22"),
+        prefix("172.11.0.0/16"),
+        prefix("10.96.0.0/12"),
+    );
+    for i in 0..n + 5 {
+        let port = 3 + i;
+        let addr = Ipv4Addr::from(u32::from(ip("172.11.0.2")) + i);
+        let namespace = if i < n { "red" } else { "blue" };
+        s.pods.insert(
+            port,
+            LocalPod {
+                ofport: port,
+                ip: addr,
+                mac: Mac::for_ipv4(addr),
+                namespace: namespace.into(),
+                egress_meter: None,
+            },
+        );
+    }
+    add_red_web(&mut s);
+    s.vnis = BTreeMap::from([("red".into(), 100), ("blue".into(), 200)]);
+    s.assign_namespace_ids();
+    s
+}
+
+/// How many flow changes a VNI change of `red` asks of the node.
+fn cost_of(n: u32, vni: u32) -> usize {
+    let before = sized_state(n);
+    let mut after = before.clone();
+    after.vnis.insert("red".into(), vni);
+    ovs_flows::reconcile::delta(&pipeline(&before, 1), &pipeline(&after, 1)).len()
+}
+
+/// Join (red takes blue's VNI), isolate (a VNI of its own) and global
+/// (VNI 0) change the same few flows per node for a namespace of 20 pods
+/// and of 200: the namespace's SOURCE_VNI, DEST_VNI and SERVICE_VNI flows
+/// and at most two ISOLATION flows, never a pod's or a service's.
+#[test]
+fn a_tenant_action_costs_the_same_at_20_pods_and_200() {
+    for (action, vni) in [("join", 200), ("isolate", 300), ("global", 0)] {
+        let (small, large) = (cost_of(20, vni), cost_of(200, vni));
+        eprintln!("{action}: {small} flows changed at 20 pods, {large} at 200");
+        assert_eq!(small, large, "{action}: the cost grows with the namespace");
+        assert!(large <= 10, "{action}: {large} flows changed");
+    }
 }

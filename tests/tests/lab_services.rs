@@ -193,7 +193,7 @@ fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
     ensure!(answer(&blue1, "tcp", &blue_far.ip, 8080)?.starts_with("bluefar "));
     ensure!(answer(&blue1, "tcp", &blue_near.ip, 8080)?.starts_with("bluenear "));
     // k8s-ovs-ctl trace explains both: red's own service is handed to the
-    // gateway (kube-proxy), another tenant's packet dies in SERVICE.
+    // gateway (kube-proxy), another tenant's packet dies in SERVICE_VNI.
     let url = s.api.url();
     let (code, out, err) =
         lab::cluster::ctl(&s.lab, &["trace", "red/red1", "10.96.5.5:80", "--kube-url", &url])?;
@@ -213,7 +213,7 @@ fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
     ensure!(code == Some(3), "a Service into another tenant must trace as denied: {out}{err}");
     ensure!(out.contains("policy denied") && out.contains("dropped in table 60 ISOLATION"), "{out}");
     let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "blue/blue1", "10.96.5.5:80"])?;
-    ensure!(code == Some(3) && out.contains("dropped in table 30 SERVICE"), "{out}{err}");
+    ensure!(code == Some(3) && out.contains("dropped in table 35 SERVICE_VNI"), "{out}{err}");
     // Without a Kubernetes API to ask, the trace stops at the ClusterIP.
     let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "glob/glob1", "10.96.5.5:80"])?;
     ensure!(code == Some(0) && out.contains("glob is global (VNI 0)"), "{out}{err}");

@@ -151,13 +151,27 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         self.kept_service_flows = Some(FlowSet::new());
     }
 
-    /// The flows the switch must hold: the pipeline of the current state,
-    /// plus, while the services are not known yet, the service flows kept
-    /// from before.
-    fn desired(&self) -> FlowSet {
+    /// The state the pipeline is computed from: the node's, with its pods
+    /// from the pod store.
+    fn node_state(&self) -> NodeState {
         let mut state = self.state.clone();
         state.pods = self.pods.values().map(|r| (r.ofport, self.local_pod(r))).collect();
-        let mut desired = pipeline(&state, self.round);
+        state
+    }
+
+    /// The flows the switch must hold now; namespaces new to the node get
+    /// their ids here, and keep them while they are in use.
+    fn desired(&mut self) -> FlowSet {
+        let mut state = self.node_state();
+        state.assign_namespace_ids();
+        self.state.namespace_ids = state.namespace_ids.clone();
+        self.desired_for(&state)
+    }
+
+    /// The pipeline of `state`, plus, while the services are not known yet,
+    /// the service flows kept from before.
+    fn desired_for(&self, state: &NodeState) -> FlowSet {
+        let mut desired = pipeline(state, self.round);
         for f in self.kept_service_flows.iter().flat_map(FlowSet::iter) {
             if !desired.contains(&f.key()) {
                 desired.insert(f.clone());

@@ -110,7 +110,7 @@ impl Node {
         assert_eq!(show(&w.flows), show(self.dp.installed()), "the switch and the dataplane disagree");
         assert_eq!(
             show(self.dp.installed()),
-            show(&self.dp.desired()),
+            show(&self.dp.desired_for(&self.dp.node_state())),
             "committed flows are not the pipeline's"
         );
         let meters: BTreeMap<u32, Meter> = w.meters.clone();

@@ -4,18 +4,26 @@
 //!
 //! Packet walk (multi-tenant):
 //! ```text
-//! CLASSIFIER ─ vxlan0 ─> TUNNEL_IN (known node? tun_id -> REG_SRC_VNI) ─────────────┐
-//!            ─ tun0 ───> GATEWAY_IN (a local pod's DNATed traffic: its VNI, ct commit;
-//!                                    else REG_SRC_VNI = 0) ───────────┐                │
-//!            ─ pod ────> SPOOF_GUARD (port+MAC+IP; pod VNI -> REG_SRC_VNI)         │
-//!                          ├─ ip ──> SERVICE (service VNI check) ─> ROUTING          │
-//!                          └─ arp ─────────────────────────────────> ROUTING         │
+//! CLASSIFIER ─ vxlan0 ─> TUNNEL_IN (known node? tun_id -> REG_SRC_VNI) ──────> LOCAL_POD
+//!            ─ tun0 ───> GATEWAY_IN (a local pod's DNATed traffic: its namespace id,
+//!                                    ct commit -> SOURCE_VNI; else REG_SRC_VNI = 0 -> ROUTING)
+//!            ─ pod ────> SPOOF_GUARD (port+MAC+IP; the pod's namespace id -> REG_SRC_NS)
+//!   SOURCE_VNI: REG_SRC_NS -> REG_SRC_VNI; from tun0 -> ROUTING, ip -> SERVICE, arp -> ROUTING
+//!   SERVICE: a service port -> REG_DST_NS = the service's namespace id -> SERVICE_VNI
+//!   SERVICE_VNI: the client's VNI is the service's (or either is global) -> tun0
 //!   ROUTING: gateway -> tun0 | local subnet -> LOCAL_POD | cluster -> REMOTE_NODE | else tun0
-//!   LOCAL_POD (<- also TUNNEL_IN): REG_DST_VNI, REG_DST_PORT of the pod -> GATEWAY_REPLY
+//!   LOCAL_POD: the pod's namespace id -> REG_DST_NS, its port -> REG_DST_PORT -> DEST_VNI
+//!   DEST_VNI: REG_DST_NS -> REG_DST_VNI; ip -> GATEWAY_REPLY, arp -> ISOLATION
 //!   GATEWAY_REPLY: reply of a connection committed in GATEWAY_IN -> tun0; else ISOLATION
 //!   ISOLATION: src VNI = dst VNI, or either is 0 -> output:REG_DST_PORT; else drop
 //!   REMOTE_NODE: tun_id = REG_SRC_VNI, tun_dst = node IP -> vxlan0
 //! ```
+//!
+//! Pod and service flows carry a namespace id of this node
+//! ([`NodeState::assign_namespace_ids`]), never a VNI: the VNI of a
+//! namespace is in its few SOURCE_VNI, DEST_VNI and SERVICE_VNI flows, so a
+//! join, isolate or global changes the same handful of flows per node
+//! whatever the namespace's size.
 
 mod state;
 
@@ -27,6 +35,7 @@ pub const CT_ZONE: u16 = 64000;
 /// The `ct_mark` bit of a connection that entered the bridge from tun0.
 pub const CT_MARK_FROM_GATEWAY: u32 = 0x1;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::cookie::{Category, Cookie};
@@ -52,14 +61,20 @@ pub enum Table: u8 {
     /// Traffic from the node (tun0): a local pod's service traffic after
     /// kube-proxy's DNAT keeps the pod's VNI and is committed to conntrack.
     GatewayIn = 15,
-    /// Pod anti-spoofing (port + MAC + IP, ARP sender); the pod's VNI.
+    /// Pod anti-spoofing (port + MAC + IP, ARP sender); the pod's namespace id.
     SpoofGuard = 20,
-    /// ClusterIP traffic: only from the service's VNI or a global pod.
+    /// The sender's namespace id -> its VNI.
+    SourceVni = 25,
+    /// ClusterIP traffic: a service port -> the service's namespace id.
     Service = 30,
+    /// A service is reached only from its own VNI or by a global pod.
+    ServiceVni = 35,
     /// L3 dispatch: gateway, local subnet, other nodes, outside.
     Routing = 40,
-    /// Destination is a local pod (or the gateway): its VNI and port.
+    /// Destination is a local pod (or the gateway): its namespace id and port.
     LocalPod = 50,
+    /// The destination's namespace id -> its VNI.
+    DestVni = 52,
     /// Replies of connections committed in GATEWAY_IN go back to the node
     /// kernel, which undoes kube-proxy's DNAT.
     GatewayReply = 55,
@@ -81,9 +96,12 @@ impl Table {
             Table::TunnelIn => "TUNNEL_IN",
             Table::GatewayIn => "GATEWAY_IN",
             Table::SpoofGuard => "SPOOF_GUARD",
+            Table::SourceVni => "SOURCE_VNI",
             Table::Service => "SERVICE",
+            Table::ServiceVni => "SERVICE_VNI",
             Table::Routing => "ROUTING",
             Table::LocalPod => "LOCAL_POD",
+            Table::DestVni => "DEST_VNI",
             Table::GatewayReply => "GATEWAY_REPLY",
             Table::Isolation => "ISOLATION",
             Table::RemoteNode => "REMOTE_NODE",
@@ -101,6 +119,11 @@ pub const REG_SRC_VNI: Reg = Reg::R0;
 pub const REG_DST_VNI: Reg = Reg::R1;
 /// OpenFlow port of the destination, output by ISOLATION.
 pub const REG_DST_PORT: Reg = Reg::R2;
+/// The sender's namespace id (a local pod's), mapped to its VNI by SOURCE_VNI.
+pub const REG_SRC_NS: Reg = Reg::R3;
+/// The destination's namespace id (a local pod's, or a service's), mapped
+/// by DEST_VNI (or checked by SERVICE_VNI).
+pub const REG_DST_NS: Reg = Reg::R4;
 
 fn reg(r: Reg) -> FieldRange {
     Field::Reg(r).all()
@@ -136,9 +159,16 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
     let mut b = Builder { round, flows: FlowSet::new() };
     static_flows(&mut b);
     node_flows(&mut b, state);
+    let ids = namespace_ids(state);
+    let to_kernel = to_gateway(state);
+    for (namespace, id) in &ids {
+        if let Some(vni) = state.vni_of(namespace) {
+            namespace_flows(&mut b, *id, vni, &to_kernel);
+        }
+    }
     for pod in state.pods.values() {
-        if let Some(vni) = state.vni_of(&pod.namespace) {
-            pod_flows(&mut b, pod, vni);
+        if let Some(id) = ids.get(&pod.namespace) {
+            pod_flows(&mut b, pod, *id);
         }
     }
     // One isolation flow per VNI in use by a local pod (OpenShift SDN's
@@ -159,13 +189,66 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
             remote_node_flows(&mut b, node);
         }
     }
-    let to_kernel = to_gateway(state);
     for svc in state.services.values() {
-        if let Some(vni) = state.vni_of(&svc.namespace) {
-            service_flows(&mut b, svc, vni, &to_kernel);
+        if let Some(id) = ids.get(&svc.namespace) {
+            service_flows(&mut b, svc, *id);
         }
     }
     b.flows
+}
+
+/// The namespace ids the flows use: the state's (the agent keeps them
+/// sticky with [`NodeState::assign_namespace_ids`]), and for a namespace in
+/// use that has none, the lowest free one (so a caller that never assigns
+/// still gets a complete pipeline).
+fn namespace_ids(state: &NodeState) -> BTreeMap<String, u32> {
+    let in_use = state.namespaces_in_use();
+    let mut ids: BTreeMap<String, u32> = state
+        .namespace_ids
+        .iter()
+        .filter(|(ns, _)| in_use.contains(ns.as_str()))
+        .map(|(ns, id)| (ns.clone(), *id))
+        .collect();
+    let mut taken: BTreeSet<u32> = ids.values().copied().collect();
+    let mut next = 1;
+    for ns in in_use {
+        if !ids.contains_key(ns) {
+            while taken.contains(&next) {
+                next += 1;
+            }
+            taken.insert(next);
+            ids.insert(ns.to_string(), next);
+        }
+    }
+    ids
+}
+
+/// The flows of one namespace on this node: where its id becomes its VNI.
+/// A join, isolate or global changes these (and ISOLATION's per-VNI flow),
+/// nothing else.
+fn namespace_flows(b: &mut Builder, id: u32, vni: u32, to_kernel: &[Action]) {
+    use Table::*;
+    let owner = (Category::NamespaceId, id);
+    let src = |next: Table| vec![Action::load_reg(REG_SRC_VNI, vni), goto(next)];
+    // SOURCE_VNI: a local pod's DNATed traffic back from the kernel goes on
+    // to ROUTING (it went through SERVICE on its way out), the pod's own IP
+    // to SERVICE, its ARP to ROUTING.
+    b.add(SourceVni, 200, owner, Match::new().in_port(GATEWAY_OFPORT).reg(REG_SRC_NS, id), src(Routing));
+    b.add(SourceVni, 100, owner, Match::new().ip().reg(REG_SRC_NS, id), src(Service));
+    b.add(SourceVni, 100, owner, Match::new().arp().reg(REG_SRC_NS, id), src(Routing));
+    // DEST_VNI: IP passes GATEWAY_REPLY (it may be a reply to steer back to
+    // the kernel); ARP goes straight to ISOLATION.
+    let dst = |next: Table| vec![Action::load_reg(REG_DST_VNI, vni), goto(next)];
+    b.add(DestVni, 100, owner, Match::new().ip().reg(REG_DST_NS, id), dst(GatewayReply));
+    b.add(DestVni, 100, owner, Match::new().arp().reg(REG_DST_NS, id), dst(Isolation));
+    // SERVICE_VNI: the namespace's services take its own VNI; a global
+    // namespace's take every VNI. (Global clients are let through in
+    // SERVICE already.)
+    let clients = match vni {
+        GLOBAL_VNI => Match::new().reg(REG_DST_NS, id),
+        _ => Match::new().reg(REG_DST_NS, id).reg(REG_SRC_VNI, vni),
+    };
+    b.add(ServiceVni, 100, owner, clients, to_kernel.to_vec());
 }
 
 /// Flows that are the same on every node: table defaults and fixed ports.
@@ -195,8 +278,9 @@ fn static_flows(b: &mut Builder) {
         vec![Action::ct_lookup(CT_ZONE, GatewayReply.id())],
     );
     b.add(GatewayReply, 0, PIPELINE, Match::new(), vec![goto(Isolation)]);
-    // Defaults: whatever no flow claims is dropped.
-    for t in [TunnelIn, SpoofGuard, LocalPod, Isolation, RemoteNode] {
+    // Defaults: whatever no flow claims is dropped (in SOURCE_VNI, DEST_VNI
+    // and SERVICE_VNI: a namespace without a VNI yet).
+    for t in [TunnelIn, SpoofGuard, SourceVni, ServiceVni, LocalPod, DestVni, Isolation, RemoteNode] {
         b.add(t, 0, PIPELINE, Match::new(), vec![Action::Drop]);
     }
     b.add(Service, 0, PIPELINE, Match::new(), vec![goto(Routing)]);
@@ -277,7 +361,7 @@ fn to_gateway(s: &NodeState) -> Vec<Action> {
     vec![Action::set_eth_dst(s.gateway_mac), Action::Output(GATEWAY_OFPORT)]
 }
 
-fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
+fn pod_flows(b: &mut Builder, p: &LocalPod, ns_id: u32) {
     use Table::*;
     let owner = (Category::Pod, p.ofport);
     let ip = Ipv4Prefix::host(p.ip);
@@ -292,9 +376,9 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
         owner,
         Match::new().ip().nw_src(ip),
         vec![
-            Action::load_reg(REG_SRC_VNI, vni),
+            Action::load_reg(REG_SRC_NS, ns_id),
             Action::ct_commit(CT_ZONE, CT_MARK_FROM_GATEWAY),
-            goto(Routing),
+            goto(SourceVni),
         ],
     );
     // SPOOF_GUARD: only the pod's own MAC and IP leave its port, untagged,
@@ -304,34 +388,27 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, vni: u32) {
     // The egress meter comes first: what the pod sends is policed in the
     // switch, where the pod cannot reach it (a qdisc inside the pod's
     // namespace is the pod's to delete).
-    let from_pod = |next: Table| -> Vec<Action> {
-        let mut actions: Vec<Action> = p.egress_meter.map(Action::Meter).into_iter().collect();
-        actions.extend([Action::load_reg(REG_SRC_VNI, vni), goto(next)]);
-        actions
-    };
+    let mut from_pod: Vec<Action> = p.egress_meter.map(Action::Meter).into_iter().collect();
+    from_pod.extend([Action::load_reg(REG_SRC_NS, ns_id), goto(SourceVni)]);
     b.add(
         SpoofGuard,
         100,
         owner,
         Match::new().ip().in_port(p.ofport).untagged().dl_src(p.mac).nw_src(ip),
-        from_pod(Service),
+        from_pod.clone(),
     );
     b.add(
         SpoofGuard,
         100,
         owner,
         Match::new().arp().in_port(p.ofport).untagged().dl_src(p.mac).arp_spa(ip).arp_sha(p.mac),
-        from_pod(Routing),
+        from_pod,
     );
-    // LOCAL_POD: IP passes GATEWAY_REPLY (it may be a reply to steer back
-    // to the kernel); ARP goes straight to ISOLATION.
-    let dst = [Action::load_reg(REG_DST_VNI, vni), Action::load_reg(REG_DST_PORT, p.ofport)];
-    let mut to_pod_ip = dst.to_vec();
-    to_pod_ip.push(goto(GatewayReply));
-    let mut to_pod_arp = dst.to_vec();
-    to_pod_arp.push(goto(Isolation));
-    b.add(LocalPod, 100, owner, Match::new().ip().nw_dst(ip), to_pod_ip);
-    b.add(LocalPod, 100, owner, Match::new().arp().arp_tpa(ip), to_pod_arp);
+    // LOCAL_POD: the pod's namespace id and port; DEST_VNI takes it on.
+    let to_pod =
+        vec![Action::load_reg(REG_DST_NS, ns_id), Action::load_reg(REG_DST_PORT, p.ofport), goto(DestVni)];
+    b.add(LocalPod, 100, owner, Match::new().ip().nw_dst(ip), to_pod.clone());
+    b.add(LocalPod, 100, owner, Match::new().arp().arp_tpa(ip), to_pod);
 }
 
 /// A pod's UDP to `node`'s VXLAN port.
@@ -363,19 +440,17 @@ fn remote_node_flows(b: &mut Builder, n: &RemoteNode) {
     b.add(RemoteNode, 100, owner, Match::new().arp().arp_tpa(n.subnet), out);
 }
 
-fn service_flows(b: &mut Builder, s: &Service, vni: u32, to_kernel: &[Action]) {
+fn service_flows(b: &mut Builder, s: &Service, ns_id: u32) {
     let owner = (Category::Service, u32::from(s.ip));
+    // Which clients may reach it is the namespace's question (SERVICE_VNI):
+    // these flows do not change when its VNI does.
+    let check = vec![Action::load_reg(REG_DST_NS, ns_id), goto(Table::ServiceVni)];
     for port in &s.ports {
-        let mut m = match port.protocol {
+        let m = match port.protocol {
             Protocol::Tcp => Match::new().tcp(),
             Protocol::Udp => Match::new().udp(),
         };
-        m = m.nw_dst(Ipv4Prefix::host(s.ip)).tp_dst(port.port);
-        // A global service is reached by every VNI.
-        if vni != GLOBAL_VNI {
-            m = m.reg(REG_SRC_VNI, vni);
-        }
-        b.add(Table::Service, 200, owner, m, to_kernel.to_vec());
+        b.add(Table::Service, 200, owner, m.nw_dst(Ipv4Prefix::host(s.ip)).tp_dst(port.port), check.clone());
     }
     // Fragments carry no port for the switch (OVS's "normal" fragment
     // handling zeroes them, the first fragment's too): they pass for the
@@ -383,11 +458,7 @@ fn service_flows(b: &mut Builder, s: &Service, vni: u32, to_kernel: &[Action]) {
     // datagram before kube-proxy's DNAT, which then sees the real port, so a
     // fragment of a port the service lacks goes nowhere; large UDP to a
     // ClusterIP (DNS with EDNS) works.
-    let mut fragments = Match::new().fragment().nw_dst(Ipv4Prefix::host(s.ip));
-    if vni != GLOBAL_VNI {
-        fragments = fragments.reg(REG_SRC_VNI, vni);
-    }
-    b.add(Table::Service, 200, owner, fragments, to_kernel.to_vec());
+    b.add(Table::Service, 200, owner, Match::new().fragment().nw_dst(Ipv4Prefix::host(s.ip)), check);
 }
 
 /// The table a flow with this id belongs to, by name (for docs and traces).

@@ -1,7 +1,7 @@
 //! What a node's pipeline is computed from: everything the agent knows about
 //! its node, its pods, the other nodes and the services. Plain data, no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::flow::{Ipv4Prefix, Mac};
@@ -86,8 +86,11 @@ pub struct NodeState {
     /// Services by cluster IP.
     pub services: BTreeMap<Ipv4Addr, Service>,
     /// Namespace -> VNI (from etcd netnamespaces). A pod or service whose
-    /// namespace has no VNI yet gets no flows: unknown means unreachable.
+    /// namespace has no VNI yet reaches nothing and is reached by nothing:
+    /// its namespace id maps to no VNI (unknown means unreachable).
     pub vnis: BTreeMap<String, u32>,
+    /// Namespace -> this node's id for it (see [`NodeState::assign_namespace_ids`]).
+    pub namespace_ids: BTreeMap<String, u32>,
 }
 
 impl NodeState {
@@ -112,6 +115,39 @@ impl NodeState {
             remote_nodes: BTreeMap::new(),
             services: BTreeMap::new(),
             vnis: BTreeMap::new(),
+            namespace_ids: BTreeMap::new(),
+        }
+    }
+
+    /// The namespaces this node's flows name: those of its pods and of the
+    /// services.
+    pub fn namespaces_in_use(&self) -> BTreeSet<&str> {
+        self.pods
+            .values()
+            .map(|p| p.namespace.as_str())
+            .chain(self.services.values().map(|s| s.namespace.as_str()))
+            .collect()
+    }
+
+    /// Gives every namespace in use an id of this node and frees the ids of
+    /// the others. Ids are sticky: a namespace keeps its id for as long as it
+    /// is in use, so pod and service flows (which carry the id, not the VNI)
+    /// never change when a VNI does, or when another namespace comes or goes.
+    /// A new namespace gets the lowest free id from 1 (0 is "no namespace").
+    pub fn assign_namespace_ids(&mut self) {
+        let in_use: BTreeSet<String> = self.namespaces_in_use().into_iter().map(str::to_string).collect();
+        self.namespace_ids.retain(|ns, _| in_use.contains(ns));
+        let mut taken: BTreeSet<u32> = self.namespace_ids.values().copied().collect();
+        let mut next = 1;
+        for ns in in_use {
+            if self.namespace_ids.contains_key(&ns) {
+                continue;
+            }
+            while taken.contains(&next) {
+                next += 1;
+            }
+            taken.insert(next);
+            self.namespace_ids.insert(ns, next);
         }
     }
 
@@ -122,5 +158,60 @@ impl NodeState {
             Mode::SingleTenant => Some(GLOBAL_VNI),
             Mode::MultiTenant => self.vnis.get(namespace).copied(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeState {
+        let p = |a: [u8; 4], l| Ipv4Prefix::new(Ipv4Addr::from(a), l);
+        NodeState::new(
+            Mode::MultiTenant,
+            Ipv4Addr::new(192, 0, 2, 1),
+            p([10, 1, 0, 0], 24),
+            p([10, 1, 0, 0], 16),
+            p([10, 96, 0, 0], 12),
+        )
+    }
+
+    fn pod(ofport: u32, namespace: &str) -> LocalPod {
+        LocalPod {
+            ofport,
+            ip: Ipv4Addr::new(10, 1, 0, ofport as u8),
+            mac: Mac::for_ipv4(Ipv4Addr::new(10, 1, 0, ofport as u8)),
+            namespace: namespace.into(),
+            egress_meter: None,
+        }
+    }
+
+    #[test]
+    fn namespace_ids_are_sticky_and_reused_only_when_free() {
+        let mut s = node();
+        s.pods.insert(3, pod(3, "red"));
+        s.pods.insert(4, pod(4, "blue"));
+        s.assign_namespace_ids();
+        let (red, blue) = (s.namespace_ids["red"], s.namespace_ids["blue"]);
+        assert_eq!(BTreeSet::from([red, blue]), BTreeSet::from([1, 2]));
+        // A namespace sorting before both changes neither id.
+        s.services.insert(
+            Ipv4Addr::new(10, 96, 0, 10),
+            Service { ip: Ipv4Addr::new(10, 96, 0, 10), namespace: "aaa".into(), ports: vec![] },
+        );
+        s.assign_namespace_ids();
+        assert_eq!((s.namespace_ids["red"], s.namespace_ids["blue"], s.namespace_ids["aaa"]), (red, blue, 3));
+        // A VNI change changes no id.
+        s.vnis.insert("red".into(), 7);
+        s.assign_namespace_ids();
+        assert_eq!(s.namespace_ids["red"], red);
+        // Blue's last pod goes: its id is freed, and the next new namespace takes it.
+        s.pods.remove(&4);
+        s.assign_namespace_ids();
+        assert!(!s.namespace_ids.contains_key("blue"));
+        s.pods.insert(5, pod(5, "green"));
+        s.assign_namespace_ids();
+        assert_eq!(s.namespace_ids["green"], blue);
+        assert_eq!(s.namespace_ids.len(), 3);
     }
 }

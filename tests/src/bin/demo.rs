@@ -322,7 +322,7 @@ fn services_tour(c: &Cluster) -> Result<()> {
         (0..3).all(|_| services::ask(&blue1.netns, "tcp", WEB_IP, 80).map(|a| a.is_none()).unwrap_or(false));
     ensure!(refused, "blue1 reached red/web");
     println!(
-        "  blue1  -> {WEB_IP}:80 (red/web): refused (blue's VNI is not red's: dropped in table 30 SERVICE)"
+        "  blue1  -> {WEB_IP}:80 (red/web): refused (blue's VNI is not red's: dropped in table 35 SERVICE_VNI)"
     );
     Ok(())
 }
