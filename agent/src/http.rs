@@ -541,6 +541,21 @@ mod tests {
         assert_eq!(body, "not ready\n");
     }
 
+    /// As a pod's `bash` or an old client asks: no Host, HTTP/1.0. Answered
+    /// in HTTP/1.0 (hyper's rule), then closed.
+    #[tokio::test]
+    async fn an_http_1_0_request_is_answered_then_closed() {
+        let (addr, _stop) = listen(state(None)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.expect("write");
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("closed within 5 s")
+            .expect("read");
+        assert!(out.starts_with("HTTP/1.0 503") && out.ends_with("\r\n\r\nnot ready\n"), "{out}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_without_a_request_is_closed() {
         let (addr, _stop) = listen(state(None)).await;
