@@ -10,18 +10,31 @@
 //! effect without a restart; none configured: `/debug/*` is off, 403), and
 //! `/debug/trace`, which runs on ovs-vswitchd's main thread, is rate-limited
 //! (429). `/metrics` and `/healthz` stay open for Prometheus and the kubelet.
+//!
+//! axum routes, hyper speaks HTTP/1.x (keep-alive; a request head must come
+//! within `HEAD_TIMEOUT`); the listener stops when the agent's run ends.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::{RawQuery, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use ovs_flows::trace::{is_probe_text, NodePods};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 use crate::unixctl;
@@ -55,10 +68,10 @@ impl DebugGate {
 
     /// None when `authorization` (the header's value) carries the token;
     /// else the refusal.
-    fn refuse(&self, authorization: Option<&str>) -> Option<Reply> {
+    fn refuse(&self, authorization: Option<&str>) -> Option<Response> {
         let Some(path) = &self.token_file else {
-            return Some(Reply::text(
-                "403 Forbidden",
+            return Some(text(
+                StatusCode::FORBIDDEN,
                 "/debug/* is disabled: the agent has no --debug-token-file (K8S_OVS_DEBUG_TOKEN_FILE)\n",
             ));
         };
@@ -68,25 +81,29 @@ impl DebugGate {
         let token = match std::fs::read_to_string(path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
             Ok(_) => {
-                return Some(Reply::text(
-                    "403 Forbidden",
+                return Some(text(
+                    StatusCode::FORBIDDEN,
                     "/debug/* is disabled: the debug token file is empty\n",
                 ))
             }
             Err(e) => {
                 warn!(error = %e, path = %path.display(), "cannot read the debug token file");
-                return Some(Reply::text(
-                    "403 Forbidden",
+                return Some(text(
+                    StatusCode::FORBIDDEN,
                     "/debug/* is disabled: the debug token file cannot be read\n",
                 ));
             }
         };
         match authorization.and_then(bearer) {
             Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => None,
-            _ => Some(Reply {
-                extra_headers: "www-authenticate: Bearer\r\n",
-                ..Reply::text("401 Unauthorized", "/debug/* needs the agent's bearer token\n")
-            }),
+            _ => Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(CONTENT_TYPE, TEXT), (WWW_AUTHENTICATE, "Bearer")],
+                    "/debug/* needs the agent's bearer token\n",
+                )
+                    .into_response(),
+            ),
         }
     }
 
@@ -147,118 +164,150 @@ impl TokenBucket {
     }
 }
 
-struct Reply {
-    status: &'static str,
-    content_type: &'static str,
-    /// Header lines, each ending in CRLF.
-    extra_headers: &'static str,
-    body: String,
+/// The content type of every text answer (the Prometheus text format's, as
+/// `/metrics` needs; the others are plain lines).
+const TEXT: &str = "text/plain; version=0.0.4";
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(CONTENT_TYPE, TEXT)], body.into()).into_response()
 }
 
-impl Reply {
-    fn text(status: &'static str, body: impl Into<String>) -> Reply {
-        Reply { status, content_type: "text/plain; version=0.0.4", extra_headers: "", body: body.into() }
-    }
+/// How long a connection may take to send a request head, and how long an
+/// idle kept-alive one stays open: the listener is reachable from every pod,
+/// which must not be able to hold its connections (and the agent's file
+/// descriptors) for free.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The routes. `/debug/*` sits behind the token gate as a whole, so a route
+/// added there cannot miss it, and an unknown `/debug/` path is refused
+/// like a known one: the refusal tells a caller nothing about what exists.
+pub fn router(state: Arc<HttpState>) -> Router {
+    // Any method on /debug/*: the gate answers before anything is told about
+    // the route (a 405 would say it exists). All of them are reads.
+    let debug = Router::new()
+        .route("/debug/pods", any(pods))
+        .route("/debug/trace", any(trace))
+        .route("/debug", any(not_found))
+        .route("/debug/", any(not_found))
+        .route("/debug/{*rest}", any(not_found))
+        .route_layer(middleware::from_fn_with_state(state.clone(), gate));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .merge(debug)
+        .fallback(not_found)
+        .with_state(state)
 }
 
-/// The request line's target and the Authorization header of a request head.
-fn parse_head(head: &str) -> (&str, Option<&str>) {
-    let mut lines = head.split("\r\n");
-    let target = lines.next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/");
-    let auth = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v.trim());
-    (target, auth)
-}
-
-/// Reads a request head (up to the blank line, 8 KiB, or 5 s).
-async fn read_head(s: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut buf = Vec::with_capacity(1024);
-    let read = async {
-        let mut chunk = [0u8; 2048];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read).await.ok()?;
-    (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
-}
-
-pub async fn serve(addr: SocketAddr, state: Arc<HttpState>) -> std::io::Result<()> {
+/// Binds `addr` and answers on it until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
+    serve_on(listener, router(state), shutdown).await;
+    Ok(())
+}
+
+/// The accept loop: HTTP/1.1 (keep-alive; HTTP/1.0 too) by hyper, one task
+/// per connection. axum's own `serve` would do, but it cannot bound the time
+/// a request head may take.
+async fn serve_on(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+    // Dropped when this returns: each open connection then finishes the
+    // request it is answering and closes.
+    let (_closing, closing_rx) = watch::channel(());
+    tokio::pin!(shutdown);
     loop {
-        let (mut s, _) = listener.accept().await?;
-        let state = state.clone();
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Mostly out of file descriptors: that passes as
+                    // connections close, so wait rather than stop serving.
+                    warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut closing = closing_rx.clone();
         tokio::spawn(async move {
-            let Some(head) = read_head(&mut s).await else { return };
-            let (target, auth) = parse_head(&head);
-            let reply = route(target, auth, &state).await;
-            let resp = format!(
-                "HTTP/1.1 {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n{}",
-                reply.status,
-                reply.content_type,
-                reply.body.len(),
-                reply.extra_headers,
-                reply.body
-            );
-            if let Err(e) = s.write_all(resp.as_bytes()).await {
-                warn!(error = %e, "http write failed");
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            // A caller that went away or sent no head in time: its loss.
+            if let Err(e) = ended {
+                debug!(error = %e, "http connection ended");
             }
         });
     }
 }
 
-async fn route(target: &str, auth: Option<&str>, state: &HttpState) -> Reply {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    match path {
-        "/metrics" => Reply::text("200 OK", state.metrics.render()),
-        "/healthz" if state.metrics.ready.load(Ordering::Relaxed) => Reply::text("200 OK", "ok\n"),
-        "/healthz" => Reply::text("503 Service Unavailable", "not ready\n"),
-        p if p == "/debug" || p.starts_with("/debug/") => {
-            if let Some(refused) = state.debug.refuse(auth) {
-                return refused;
-            }
-            match p {
-                "/debug/pods" => pods(state).await,
-                // After the token check: unauthenticated callers cost no
-                // token, so they cannot starve an operator's trace.
-                "/debug/trace" if !state.debug.take_trace() => Reply::text(
-                    "429 Too Many Requests",
-                    format!(
-                        "at most {TRACES_PER_SEC} traces per second (bursts of {TRACE_BURST}); try again\n"
-                    ),
-                ),
-                "/debug/trace" => trace(query, state).await,
-                _ => Reply::text("404 Not Found", "not found\n"),
-            }
-        }
-        _ => Reply::text("404 Not Found", "not found\n"),
+/// Lets a request on to `/debug/*` only with the debug token.
+async fn gate(State(state): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    let auth = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(refused) = state.debug.refuse(auth) {
+        return refused;
+    }
+    next.run(req).await
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    text(StatusCode::OK, state.metrics.render())
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    if state.metrics.ready.load(Ordering::Relaxed) {
+        text(StatusCode::OK, "ok\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-async fn pods(state: &HttpState) -> Reply {
+async fn pods(State(state): State<Arc<HttpState>>) -> Response {
     let (tx, rx) = oneshot::channel();
     // A send that fails drops `tx`, so `rx` ends at once: "not serving".
     let _ = state.pods.send(tx).await;
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(pods)) => match serde_json::to_string(&pods) {
-            Ok(body) => Reply { status: "200 OK", content_type: "application/json", extra_headers: "", body },
-            Err(e) => Reply::text("500 Internal Server Error", format!("{e}\n")),
+            Ok(body) => (StatusCode::OK, [(CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
-        _ => Reply::text("503 Service Unavailable", "the agent is not serving yet\n"),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, "the agent is not serving yet\n"),
     }
 }
 
-async fn trace(query: &str, state: &HttpState) -> Reply {
+async fn trace(State(state): State<Arc<HttpState>>, RawQuery(query): RawQuery) -> Response {
+    // After the token gate: unauthenticated callers cost no token, so they
+    // cannot starve an operator's trace.
+    if !state.debug.take_trace() {
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("at most {TRACES_PER_SEC} traces per second (bursts of {TRACE_BURST}); try again\n"),
+        );
+    }
+    // The raw query, not decoded: ofproto/trace's flow syntax as sent
+    // (`k8s-ovs-ctl trace` does not percent-encode it).
+    let query = query.unwrap_or_default();
     let flow = query.split('&').find_map(|kv| kv.strip_prefix("flow="));
     let Some(flow) = flow.filter(|f| is_probe_text(f)) else {
-        return Reply::text(
-            "400 Bad Request",
+        return text(
+            StatusCode::BAD_REQUEST,
             "expected ?flow=<field=value,...> (ofproto/trace's flow syntax)\n",
         );
     };
@@ -266,14 +315,18 @@ async fn trace(query: &str, state: &HttpState) -> Reply {
     match unixctl::call(&state.ovs_rundir, "ovs-vswitchd", "ofproto/trace", &args, Duration::from_secs(10))
         .await
     {
-        Ok(text) => Reply::text("200 OK", text),
-        Err(e) => Reply::text("502 Bad Gateway", format!("{e}\n")),
+        Ok(out) => text(StatusCode::OK, out),
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("{e}\n")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::HeaderMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::ServiceExt;
 
     #[test]
     fn tokens_compare_by_content_and_length() {
@@ -285,13 +338,11 @@ mod tests {
     }
 
     #[test]
-    fn the_head_gives_target_and_bearer_token() {
-        let (t, a) = parse_head("GET /debug/pods HTTP/1.1\r\nHost: x\r\nauthorization:  Bearer abc \r\n\r\n");
-        assert_eq!((t, a.and_then(bearer)), ("/debug/pods", Some("abc")));
-        let (t, a) = parse_head("GET /metrics HTTP/1.0\r\n\r\nAuthorization: Bearer body");
-        assert_eq!((t, a), ("/metrics", None), "headers end at the blank line");
+    fn the_bearer_token_of_an_authorization_value() {
+        assert_eq!(bearer(" Bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("Bearer"), None);
     }
 
     #[test]
@@ -308,56 +359,225 @@ mod tests {
         assert_eq!((0..10).filter(|_| b.take(later)).count(), 3);
     }
 
-    fn state(token_file: Option<PathBuf>) -> HttpState {
+    fn state(token_file: Option<PathBuf>) -> Arc<HttpState> {
         let (pods, _) = mpsc::channel(1);
-        HttpState {
+        Arc::new(HttpState {
             metrics: Arc::new(Metrics::default()),
             pods,
             ovs_rundir: PathBuf::from("/nonexistent"),
             bridge: "br0".into(),
             debug: DebugGate::new(token_file),
+        })
+    }
+
+    struct Answer {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: String,
+    }
+
+    /// `method target` with `authorization` through the router, as hyper
+    /// would hand it over.
+    async fn ask(state: &Arc<HttpState>, method: &str, target: &str, authorization: Option<&str>) -> Answer {
+        let mut req = Request::builder().method(method).uri(target);
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
         }
+        let req = req.body(Body::empty()).expect("request");
+        let resp = router(state.clone()).oneshot(req).await.expect("infallible");
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn route(target: &str, auth: Option<&str>, state: &Arc<HttpState>) -> Answer {
+        ask(state, "GET", target, auth).await
+    }
+
+    /// A token file holding `token`, in a directory of this test's own.
+    fn token_file(test: &str, token: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("k8s-ovs-http-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, token).expect("token file");
+        (dir, file)
     }
 
     #[tokio::test]
     async fn debug_needs_the_token_metrics_and_healthz_do_not() {
-        let dir = std::env::temp_dir().join(format!("k8s-ovs-http-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        let file = dir.join("token");
-        std::fs::write(&file, "s3cret\n").expect("token file");
+        let (dir, file) = token_file("gate", "s3cret\n");
 
         let off = state(None);
         let r = route("/debug/pods", Some("Bearer s3cret"), &off).await;
-        assert!(r.status.starts_with("403") && r.body.contains("--debug-token-file"), "{}", r.body);
+        assert!(r.status == StatusCode::FORBIDDEN && r.body.contains("--debug-token-file"), "{}", r.body);
 
         let on = state(Some(file.clone()));
         for auth in [None, Some("Bearer wrong"), Some("Basic s3cret"), Some("Bearer s3cre")] {
-            for path in ["/debug/pods", "/debug/trace?flow=in_port=1", "/debug", "/debug/x"] {
-                let r = route(path, auth, &on).await;
-                assert!(r.status.starts_with("401"), "{path} {auth:?}: {}", r.status);
-                assert!(r.extra_headers.contains("www-authenticate"));
+            for path in
+                ["/debug/pods", "/debug/trace?flow=in_port=1", "/debug", "/debug/", "/debug/x", "/debug/x/y"]
+            {
+                for method in ["GET", "POST", "HEAD"] {
+                    let r = ask(&on, method, path, auth).await;
+                    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path} {auth:?}");
+                    assert_eq!(r.headers.get(WWW_AUTHENTICATE).map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
+                }
             }
         }
-        assert!(route("/metrics", None, &on).await.status.starts_with("200"));
-        assert!(route("/healthz", None, &on).await.status.starts_with("503"), "not ready yet, but answered");
-        // The right token passes the gate (the loop is not there: 503).
+        let m = route("/metrics", None, &on).await;
+        assert_eq!(m.status, StatusCode::OK);
+        assert_eq!(m.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()), Some(TEXT.as_bytes()));
+        assert!(m.body.contains("k8s_ovs_ready 0"), "{}", m.body);
+        assert_eq!(
+            route("/healthz", None, &on).await.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready yet"
+        );
+        on.metrics.ready.store(true, Ordering::Relaxed);
+        assert_eq!(route("/healthz", None, &on).await.body, "ok\n");
+        let r = route("/nope", None, &on).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::NOT_FOUND, "not found\n"));
+        // The right token passes the gate (the loop is not there: 503);
+        // an unknown /debug path is then simply not found.
         let r = route("/debug/pods", Some("Bearer s3cret"), &on).await;
-        assert!(r.status.starts_with("503"), "{}", r.status);
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(route("/debug/x", Some("bearer s3cret"), &on).await.status, StatusCode::NOT_FOUND);
         // Traces beyond the burst are refused before ovs-vswitchd is asked
         // (here it is absent: 502 while allowed).
-        let codes: Vec<&str> = {
-            let mut v = Vec::new();
-            for _ in 0..(TRACE_BURST as usize + 3) {
-                v.push(route("/debug/trace?flow=in_port=1", Some("Bearer s3cret"), &on).await.status);
-            }
-            v
-        };
-        assert!(codes[..TRACE_BURST as usize].iter().all(|c| c.starts_with("502")), "{codes:?}");
-        assert!(codes[TRACE_BURST as usize..].iter().all(|c| c.starts_with("429")), "{codes:?}");
+        let mut codes = Vec::new();
+        for _ in 0..(TRACE_BURST as usize + 3) {
+            codes.push(route("/debug/trace?flow=in_port=1", Some("Bearer s3cret"), &on).await.status);
+        }
+        assert!(codes[..TRACE_BURST as usize].iter().all(|c| *c == StatusCode::BAD_GATEWAY), "{codes:?}");
+        assert!(
+            codes[TRACE_BURST as usize..].iter().all(|c| *c == StatusCode::TOO_MANY_REQUESTS),
+            "{codes:?}"
+        );
         // An emptied (or vanished) file locks everyone out.
         std::fs::write(&file, "").expect("empty token file");
-        assert!(route("/debug/pods", Some("Bearer "), &on).await.status.starts_with("403"));
+        assert_eq!(route("/debug/pods", Some("Bearer "), &on).await.status, StatusCode::FORBIDDEN);
         std::fs::remove_dir_all(&dir).expect("cleanup");
-        assert!(route("/debug/pods", Some("Bearer s3cret"), &on).await.status.starts_with("403"));
+        assert_eq!(route("/debug/pods", Some("Bearer s3cret"), &on).await.status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn a_trace_needs_a_flow() {
+        let (dir, file) = token_file("flow", "t\n");
+        let on = state(Some(file));
+        for target in
+            ["/debug/trace", "/debug/trace?x=1", "/debug/trace?flow=", "/debug/trace?a=b&flow=in_port=1"]
+        {
+            let r = route(target, Some("Bearer t"), &on).await;
+            let want =
+                if target.ends_with("in_port=1") { StatusCode::BAD_GATEWAY } else { StatusCode::BAD_REQUEST };
+            assert_eq!(r.status, want, "{target}: {}", r.body);
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A listener on a loopback port of its own, stopped when the returned
+    /// sender drops.
+    async fn listen(state: Arc<HttpState>) -> (SocketAddr, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_on(listener, router(state), async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    /// Writes `parts` one TCP segment each (no Nagle, a pause between), then
+    /// reads one response: its head and body.
+    async fn exchange(s: &mut tokio::net::TcpStream, parts: &[&str]) -> (String, String) {
+        for part in parts {
+            s.write_all(part.as_bytes()).await.expect("write");
+            s.flush().await.expect("flush");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .expect("content-length");
+                if body.len() >= len {
+                    return (head.to_string(), body.to_string());
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("an answer within 5 s")
+                .expect("read");
+            assert!(n > 0, "closed before a whole answer: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_split_across_tcp_writes_is_answered_and_the_connection_kept() {
+        let on = state(None);
+        on.metrics.pods.store(7, Ordering::Relaxed);
+        let (addr, _stop) = listen(on).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let parts = ["GET /met", "rics HTTP/1.1\r\nHost: x\r\nAccept: text/pl", "ain\r\n", "\r", "\n"];
+        let (head, body) = exchange(&mut s, &parts).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains(&format!("content-type: {TEXT}")), "{head}");
+        assert!(body.contains("\nk8s_ovs_pods 7\n"), "{body}");
+        // A second request on the same connection (Prometheus keeps it).
+        let (head, body) = exchange(&mut s, &["GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"]).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert_eq!(body, "not ready\n");
+    }
+
+    /// As a pod's `bash` or an old client asks: no Host, HTTP/1.0. Answered
+    /// in HTTP/1.0 (hyper's rule), then closed.
+    #[tokio::test]
+    async fn an_http_1_0_request_is_answered_then_closed() {
+        let (addr, _stop) = listen(state(None)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.expect("write");
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("closed within 5 s")
+            .expect("read");
+        assert!(out.starts_with("HTTP/1.0 503") && out.ends_with("\r\n\r\nnot ready\n"), "{out}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_is_closed() {
+        let (addr, _stop) = listen(state(None)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").await.expect("write");
+        let t = tokio::time::Instant::now();
+        // The clock is paused: it jumps to the server's deadline as soon as
+        // both sides wait.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        assert!(t.elapsed() >= HEAD_TIMEOUT, "closed after {:?}", t.elapsed());
+        assert!(t.elapsed() < HEAD_TIMEOUT * 2, "closed after {:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn the_listener_stops_on_shutdown() {
+        let (addr, stop) = listen(state(None)).await;
+        drop(stop);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still accepting after the shutdown");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

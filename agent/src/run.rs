@@ -125,6 +125,8 @@ async fn setup_bridge(
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (pods_req_tx, mut pods_req_rx) = mpsc::channel::<PodsRequest>(16);
+    // Dropped when `run` returns, whichever way: the listener stops with the agent.
+    let (_http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     {
         let addr = cfg.metrics_addr;
         let state = Arc::new(HttpState {
@@ -135,7 +137,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             debug: http::DebugGate::new(cfg.debug_token_file.clone()),
         });
         tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, state).await {
+            if let Err(e) = http::serve(addr, state, async { http_stopped.await.unwrap_or_default() }).await {
                 error!(error = %e, %addr, "metrics endpoint failed");
             }
         });

@@ -451,10 +451,13 @@ pub fn agent_http(lab: &Lab, i: usize, path: &str) -> Result<String> {
 
 /// `GET http://<ip>:9190<path>` from inside `netns` (a node's or a pod's),
 /// with `token` as a bearer token if given; the whole HTTP response.
+/// HTTP/1.1 as Prometheus and the kubelet speak it (the agent answers an
+/// HTTP/1.0 request in HTTP/1.0), closed after the one answer.
 pub fn http_get_from(netns: &crate::Netns, ip: &str, path: &str, token: Option<&str>) -> Result<String> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\\r\\n")).unwrap_or_default();
     let script = format!(
-        "exec 3<>/dev/tcp/{ip}/9190 && printf 'GET {path} HTTP/1.0\\r\\n{auth}\\r\\n' >&3 && cat <&3"
+        "exec 3<>/dev/tcp/{ip}/9190 && \
+         printf 'GET {path} HTTP/1.1\\r\\nHost: {ip}\\r\\nConnection: close\\r\\n{auth}\\r\\n' >&3 && cat <&3"
     );
     netns.exec(&["timeout", "5", "bash", "-c", &script])
 }
