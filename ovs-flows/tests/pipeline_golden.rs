@@ -166,3 +166,34 @@ fn a_tenant_action_costs_the_same_at_20_pods_and_200() {
         assert!(large <= 10, "{action}: {large} flows changed");
     }
 }
+
+/// What a restarted agent reads back: the ids of the namespaces with pods,
+/// and the ids only service flows name (reserved); an id two namespaces
+/// claim is nobody's.
+#[test]
+fn namespace_ids_are_recovered_from_the_flows() {
+    use ovs_flows::pipeline::recovered_namespace_ids;
+    let mut s = sized_state(2);
+    s.services.insert(
+        ip("10.96.0.10"),
+        Service {
+            ip: ip("10.96.0.10"),
+            namespace: "kube-system".into(),
+            ports: vec![ServicePort { protocol: Protocol::Udp, port: 53 }],
+        },
+    );
+    s.vnis.insert("kube-system".into(), 0);
+    s.assign_namespace_ids();
+    let flows: Vec<_> = pipeline(&s, 1).iter().cloned().collect();
+    let pods: BTreeMap<u32, String> = s.pods.values().map(|p| (p.ofport, p.namespace.clone())).collect();
+    let (ids, reserved) = recovered_namespace_ids(&flows, &pods);
+    let mut expected = s.namespace_ids.clone();
+    let dns = expected.remove("kube-system").expect("kube-system has an id");
+    assert_eq!(ids, expected);
+    assert_eq!(reserved, std::collections::BTreeSet::from([dns]));
+    // Red's two pods read as two namespaces: the id is dropped, not guessed.
+    let mut confused = pods.clone();
+    confused.insert(3, "green".into());
+    let (ids, _) = recovered_namespace_ids(&flows, &confused);
+    assert!(!ids.contains_key("red") && !ids.contains_key("green"), "{ids:?}");
+}

@@ -34,7 +34,8 @@ use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
 use ovs_flows::ofp::{Meter, MeterCommand};
 use ovs_flows::pipeline::{
-    pipeline, LocalPod, Mode, NodeState, Protocol, RemoteNode, Table, FIRST_POD_OFPORT,
+    pipeline, recovered_namespace_ids, LocalPod, Mode, NodeState, Protocol, RemoteNode, Table,
+    FIRST_POD_OFPORT,
 };
 use ovs_flows::trace::{NodePods, TracePod, TraceService};
 use ovs_flows::{reconcile, Action, Category, CookieFilter, FlowSet, Ipv4Prefix};
@@ -305,8 +306,29 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         }
         // Every flow, whoever wrote it: br0 belongs to the agent.
         let installed = self.flows.dump_flows(None, CookieFilter::ANY).await?;
+        if self.state.namespace_ids.is_empty() {
+            // A fresh start: keep the namespace ids the switch's flows use.
+            let pods = self.pods.values().map(|r| (r.ofport, r.namespace.clone())).collect();
+            let (ids, reserved) = recovered_namespace_ids(&installed, &pods);
+            self.state.namespace_ids = ids;
+            if self.kept_service_flows.is_some() {
+                self.state.reserved_namespace_ids = reserved;
+            }
+        }
         if let Some(kept) = self.kept_service_flows.as_mut() {
-            kept.extend(installed.iter().filter(|f| f.cookie.category() == Some(Category::Service)).cloned());
+            // The service flows, and the flows of the namespaces only they
+            // name (whose ids stay reserved until the first list).
+            let reserved = &self.state.reserved_namespace_ids;
+            kept.extend(
+                installed
+                    .iter()
+                    .filter(|f| match f.cookie.category() {
+                        Some(Category::Service) => true,
+                        Some(Category::NamespaceId) => reserved.contains(&f.cookie.object()),
+                        _ => false,
+                    })
+                    .cloned(),
+            );
         }
         let desired = self.desired();
         let tables: Vec<u8> = Table::ALL.iter().map(|t| t.id()).collect();
@@ -393,6 +415,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     pub async fn on_services(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
         self.state.services = services.clone();
         if self.kept_service_flows.take().is_some() {
+            self.state.reserved_namespace_ids.clear();
             info!(services = services.len(), "first Service list: service flows follow the apiserver again");
         }
         self.sync_flows().await

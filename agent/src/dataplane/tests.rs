@@ -507,3 +507,59 @@ async fn an_ofport_request_not_honoured_moves_the_flows_and_the_meter() {
     assert_eq!(meters, [rec.ofport]);
     n.assert_switch_in_step();
 }
+
+/// Namespace ids survive a restart: the new agent reads them from the pods'
+/// flows, and keeps the ids only the kept service flows name (a namespace
+/// with services and no pods here) reserved with their SERVICE_VNI flows,
+/// so until its first Service list every kept service flow still points at
+/// its own namespace. (Assigned afresh, blue would take red's id and red's
+/// service would check blue's VNI.)
+#[tokio::test]
+async fn a_restart_keeps_the_namespace_ids_the_kept_service_flows_name() {
+    use ovs_flows::pipeline::{Protocol, Service, ServicePort};
+    let mut n = node(DatapathType::Netdev).await;
+    n.dp.state.vnis.insert("kube-system".into(), 0);
+    n.add("c1", "a").await.expect("ADD red/a");
+    let dns = Service {
+        ip: "10.96.0.10".parse().expect("ip"),
+        namespace: "kube-system".into(),
+        ports: vec![ServicePort { protocol: Protocol::Udp, port: 53 }],
+    };
+    let web = Service {
+        ip: "10.96.5.5".parse().expect("ip"),
+        namespace: "red".into(),
+        ports: vec![ServicePort { protocol: Protocol::Tcp, port: 80 }],
+    };
+    n.dp.on_services(&BTreeMap::from([(dns.ip, dns), (web.ip, web)])).await.expect("services");
+    let blue = Request { pod_namespace: Some("blue".into()), ..req(Command::Add, "c2", "b") };
+    n.dp.add(&blue).await.expect("ADD blue/b");
+    let ids_before = n.dp.state.namespace_ids.clone();
+    assert_eq!(
+        ids_before,
+        BTreeMap::from([("red".into(), 1), ("kube-system".into(), 2), ("blue".into(), 3)])
+    );
+    let flows_before = n.fake.world().flows.clone();
+    let Node { fake, _dir: dir, dp } = n;
+    drop(dp);
+
+    let mut n = node_on(fake, dir, DatapathType::Netdev);
+    n.dp.state.vnis.insert("kube-system".into(), 0);
+    n.dp.await_services();
+    let ports = n.fake.list_ports("br0").await.expect("ports");
+    let adopted = ports
+        .iter()
+        .filter_map(|p| PodRecord::from_external_ids(&p.name, p.ofport?, &p.external_ids))
+        .collect();
+    n.dp.adopt(adopted, []);
+    n.dp.full_reconcile().await.expect("reconcile");
+    let strip = |fs: &FlowSet| -> Vec<String> {
+        fs.iter().map(|f| Flow { cookie: f.cookie.with_round(0), ..f.clone() }.to_string()).collect()
+    };
+    assert_eq!(strip(&n.fake.world().flows), strip(&flows_before), "a flow changed across the restart");
+    assert_eq!(n.dp.state.namespace_ids, BTreeMap::from([("red".into(), 1), ("blue".into(), 3)]));
+    assert!(n.dp.state.reserved_namespace_ids.contains(&2));
+    // The first Service list ends the reservation: ids follow the services again.
+    n.dp.on_services(&BTreeMap::new()).await.expect("empty list");
+    assert!(n.dp.state.reserved_namespace_ids.is_empty());
+    n.assert_switch_in_step();
+}

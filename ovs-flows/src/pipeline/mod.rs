@@ -209,7 +209,7 @@ fn namespace_ids(state: &NodeState) -> BTreeMap<String, u32> {
         .filter(|(ns, _)| in_use.contains(ns.as_str()))
         .map(|(ns, id)| (ns.clone(), *id))
         .collect();
-    let mut taken: BTreeSet<u32> = ids.values().copied().collect();
+    let mut taken: BTreeSet<u32> = ids.values().chain(&state.reserved_namespace_ids).copied().collect();
     let mut next = 1;
     for ns in in_use {
         if !ids.contains_key(ns) {
@@ -221,6 +221,48 @@ fn namespace_ids(state: &NodeState) -> BTreeMap<String, u32> {
         }
     }
     ids
+}
+
+/// The namespace ids a switch's flows use, read back after a restart so the
+/// new agent keeps them (a changed id would leave the service flows it keeps
+/// from before its first Service list pointing at another namespace).
+/// `pod_namespaces`: each adopted pod's namespace by ofport. Returns the ids
+/// of the namespaces with pods (from their SPOOF_GUARD flows), and the ids
+/// service flows name that no pod's namespace has: those stay reserved, with
+/// their SERVICE_VNI flows, until the services are known.
+pub fn recovered_namespace_ids(
+    installed: &[Flow],
+    pod_namespaces: &BTreeMap<u32, String>,
+) -> (BTreeMap<String, u32>, BTreeSet<u32>) {
+    let loaded = |f: &Flow, r: Reg| {
+        f.actions.iter().find_map(|a| match a {
+            Action::SetField { dst, value } if *dst == reg(r) => u32::try_from(*value).ok(),
+            _ => None,
+        })
+    };
+    let mut ids = BTreeMap::new();
+    for f in installed.iter().filter(|f| f.table == Table::SpoofGuard.id()) {
+        if f.cookie.category() != Some(Category::Pod) {
+            continue;
+        }
+        if let (Some(ns), Some(id)) = (pod_namespaces.get(&f.cookie.object()), loaded(f, REG_SRC_NS)) {
+            ids.entry(ns.clone()).or_insert(id);
+        }
+    }
+    // Two namespaces claiming one id (flows edited by hand): neither keeps it.
+    let mut owners: BTreeMap<u32, usize> = BTreeMap::new();
+    for id in ids.values() {
+        *owners.entry(*id).or_default() += 1;
+    }
+    ids.retain(|_, id| owners.get(id) == Some(&1));
+    let claimed: BTreeSet<u32> = ids.values().copied().collect();
+    let reserved = installed
+        .iter()
+        .filter(|f| f.table == Table::Service.id() && f.cookie.category() == Some(Category::Service))
+        .filter_map(|f| loaded(f, REG_DST_NS))
+        .filter(|id| !claimed.contains(id))
+        .collect();
+    (ids, reserved)
 }
 
 /// The flows of one namespace on this node: where its id becomes its VNI.

@@ -91,6 +91,10 @@ pub struct NodeState {
     pub vnis: BTreeMap<String, u32>,
     /// Namespace -> this node's id for it (see [`NodeState::assign_namespace_ids`]).
     pub namespace_ids: BTreeMap<String, u32>,
+    /// Ids no namespace may take: after a restart, those the switch's kept
+    /// service flows still name for namespaces not known yet (see
+    /// [`super::recovered_namespace_ids`]).
+    pub reserved_namespace_ids: BTreeSet<u32>,
 }
 
 impl NodeState {
@@ -116,6 +120,7 @@ impl NodeState {
             services: BTreeMap::new(),
             vnis: BTreeMap::new(),
             namespace_ids: BTreeMap::new(),
+            reserved_namespace_ids: BTreeSet::new(),
         }
     }
 
@@ -137,7 +142,8 @@ impl NodeState {
     pub fn assign_namespace_ids(&mut self) {
         let in_use: BTreeSet<String> = self.namespaces_in_use().into_iter().map(str::to_string).collect();
         self.namespace_ids.retain(|ns, _| in_use.contains(ns));
-        let mut taken: BTreeSet<u32> = self.namespace_ids.values().copied().collect();
+        let mut taken: BTreeSet<u32> =
+            self.namespace_ids.values().chain(&self.reserved_namespace_ids).copied().collect();
         let mut next = 1;
         for ns in in_use {
             if self.namespace_ids.contains_key(&ns) {
