@@ -1,6 +1,7 @@
 //! Async OpenFlow 1.5 client over `unix:<rundir>/<bridge>.mgmt` or `tcp:ip:port`.
 //!
-//! One supervisor task owns the connection: connect (exponential backoff),
+//! One supervisor task owns the connection: connect (jittered exponential
+//! backoff, [`crate::backoff`]),
 //! HELLO, then a reader task (replies matched to waiters by xid, echo
 //! requests answered, silence turned into echo probes and then a dead
 //! connection) and a writer task fed whole pre-encoded buffers through a
@@ -23,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::cookie::CookieFilter;
 use crate::flow::Flow;
 use crate::ofp::{
@@ -69,6 +71,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Silence after which we send an echo request; twice that = dead.
     pub echo_interval: Duration,
+    /// Bounds of the pause between connection attempts (jittered, see
+    /// [`Backoff`]): the first, and the most it doubles to.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
@@ -577,12 +581,12 @@ async fn handshake(endpoint: &Endpoint, timeout: Duration) -> Result<(Reader, Wr
 
 async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<()>) {
     let mut first = Some(first);
-    let mut backoff = shared.opts.backoff_initial;
+    let mut backoff = Backoff::new(shared.opts.backoff_initial, shared.opts.backoff_max);
     let mut generation = 0u64;
     loop {
         match handshake(&shared.endpoint, shared.opts.connect_timeout).await {
             Ok((r, w, leftover)) => {
-                backoff = shared.opts.backoff_initial;
+                backoff.reset();
                 generation += 1;
                 let (tx, rx) = mpsc::unbounded_channel();
                 if let Ok(mut out) = shared.out.lock() {
@@ -608,14 +612,13 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<()>) {
                 let _ = shared.events.send(ConnEvent::Disconnected { reason });
             }
             Err(reason) => {
-                debug!(endpoint = %shared.endpoint, %reason, ?backoff, "openflow connect failed");
+                debug!(endpoint = %shared.endpoint, %reason, "openflow connect failed");
                 if let Ok(mut last) = shared.last_error.lock() {
                     *last = reason;
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(shared.opts.backoff_max);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
