@@ -43,6 +43,8 @@ where
     S: Stream<Item = watcher::Result<Event<K>>>,
 {
     let kind = K::kind(&K::DynamicType::default()).into_owned();
+    // "services listed", "nodes listed": what operators (and the lab tests) look for.
+    let plural = format!("{}s", kind.to_lowercase());
     let (store, writer) = reflector::store();
     let mut events = std::pin::pin!(reflector(writer, events));
     let mut listed = false;
@@ -50,7 +52,7 @@ where
         match event {
             Ok(Event::InitDone) => {
                 listed = true;
-                info!(%kind, objects = store.len(), "listed");
+                info!(objects = store.len(), "{plural} listed");
             }
             // The watcher lists before it watches; `listed` makes sure
             // anyway that a change never publishes a store not yet complete.
