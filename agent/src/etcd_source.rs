@@ -25,6 +25,7 @@ use etcd_schema::{
     parse_host_subnet, parse_net_namespace, parse_network_config, record_text, KeyKind, Keys, NetworkConfig,
 };
 use ipnetwork::Ipv4Network;
+use ovs_flows::backoff::Backoff;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -207,17 +208,17 @@ pub async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
 }
 
 /// Runs forever: list everything under the prefix, then watch from the next
-/// revision; on any error, back off (up to 5 s) and start over. `out`
-/// always holds the latest view.
+/// revision; on any error, back off (jittered, 100 ms up to 5 s) and start
+/// over. `out` always holds the latest view.
 pub async fn run(settings: EtcdSettings, out: watch::Sender<EtcdView>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match list_and_watch(&settings, &out).await {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => backoff.reset(),
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "etcd unavailable; working on the last known view");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let pause = backoff.next_delay();
+                warn!(error = %e, retry_in = ?pause, "etcd unavailable; working on the last known view");
+                tokio::time::sleep(pause).await;
             }
         }
     }

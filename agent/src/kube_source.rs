@@ -1,19 +1,18 @@
 //! The agent's view of Kubernetes: ClusterIP services (for the SERVICE
-//! table). Watched with kube-rs's watcher (list + watch, relist on 410,
-//! backoff on errors); published, like the etcd view, as the latest complete
-//! map through a `tokio::sync::watch` channel.
+//! table) and its pods' bandwidth annotations. Watched with kube-rs's
+//! watcher through a reflector (`kube_view::reflect`: list + watch, relist on
+//! 410, backoff on errors, complete lists only); published, like the etcd
+//! view, as the latest complete map through a `tokio::sync::watch` channel.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service as KubeService;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use ovs_flows::pipeline::{Protocol, Service, ServicePort};
 use tokio::sync::watch;
-use tracing::{info, warn};
 
 /// Services by cluster IP.
 pub type ServiceMap = BTreeMap<Ipv4Addr, Service>;
@@ -39,44 +38,42 @@ pub fn to_service(svc: &KubeService) -> Option<Service> {
     Some(Service { ip, namespace: svc.namespace().unwrap_or_default(), ports })
 }
 
-/// Runs forever: keeps `out` equal to the cluster's ClusterIP services.
+/// The service map of `services` (a Service's clusterIP is immutable, so the
+/// IP is a stable key).
+pub fn service_map(services: &[Arc<KubeService>]) -> ServiceMap {
+    services.iter().filter_map(|s| to_service(s)).map(|svc| (svc.ip, svc)).collect()
+}
+
+/// Replaces `current` with `new` if they differ; whether it did (for
+/// `watch::Sender::send_if_modified`, so an unchanged view wakes no one).
+fn replace_if_changed<T: PartialEq>(current: &mut T, new: T) -> bool {
+    let changed = *current != new;
+    if changed {
+        *current = new;
+    }
+    changed
+}
+
+/// Runs forever: keeps `out` equal to the cluster's ClusterIP services. The
+/// first map sent is the first complete list, even an empty one: the agent
+/// keeps the switch's service flows until it has it. Every later one is a
+/// complete map too (a relist is swapped in whole), sent when it changed.
 pub async fn run_services(client: Client, out: watch::Sender<ServiceMap>) {
     let api: Api<KubeService> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    // Objects of a relist are buffered and swapped in at InitDone, so a
-    // relist never shows a half-empty map (which would drop service flows).
-    let mut relist: Option<ServiceMap> = None;
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(Event::Init) => relist = Some(ServiceMap::new()),
-            Ok(Event::InitApply(s)) => {
-                if let (Some(m), Some(svc)) = (relist.as_mut(), to_service(&s)) {
-                    m.insert(svc.ip, svc);
-                }
-            }
-            Ok(Event::InitDone) => {
-                if let Some(m) = relist.take() {
-                    info!(services = m.len(), "services listed");
-                    out.send_replace(m);
-                }
-            }
-            // A Service's clusterIP is immutable, so the IP is a stable key.
-            Ok(Event::Apply(s)) => {
-                if let Some(svc) = to_service(&s) {
-                    out.send_modify(|m| {
-                        m.insert(svc.ip, svc);
-                    });
-                }
-            }
-            Ok(Event::Delete(s)) => {
-                if let Some(svc) = to_service(&s) {
-                    out.send_modify(|m| {
-                        m.remove(&svc.ip);
-                    });
-                }
-            }
-            Err(e) => warn!(error = %e, "service watch error; retrying with backoff"),
-        }
+    let mut listed = false;
+    kube_view::reflect(api, watcher::Config::default(), |services| {
+        publish_services(&out, &mut listed, service_map(&services))
+    })
+    .await
+}
+
+/// Sends the first complete map always (it is what "services known" means
+/// to the agent, however empty), every later one when it changed.
+fn publish_services(out: &watch::Sender<ServiceMap>, listed: &mut bool, map: ServiceMap) {
+    if std::mem::replace(listed, true) {
+        out.send_if_modified(|current| replace_if_changed(current, map));
+    } else {
+        out.send_replace(map);
     }
 }
 
@@ -85,7 +82,7 @@ pub type PodAnnotations = BTreeMap<(String, String), BTreeMap<String, String>>;
 
 /// Only the annotations the agent acts on, so unrelated pod updates do not
 /// wake the loop.
-pub fn bandwidth_annotations(pod: &k8s_openapi::api::core::v1::Pod) -> BTreeMap<String, String> {
+pub fn bandwidth_annotations(pod: &Pod) -> BTreeMap<String, String> {
     pod.metadata
         .annotations
         .iter()
@@ -98,39 +95,23 @@ pub fn bandwidth_annotations(pod: &k8s_openapi::api::core::v1::Pod) -> BTreeMap<
         .collect()
 }
 
+/// The bandwidth annotations of `pods`, by (namespace, name).
+pub fn pod_annotations(pods: &[Arc<Pod>]) -> PodAnnotations {
+    pods.iter()
+        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), bandwidth_annotations(p)))
+        .collect()
+}
+
 /// Runs forever: keeps `out` equal to the bandwidth annotations of the pods
-/// scheduled on `node_name` (watch with `fieldSelector=spec.nodeName=`).
+/// scheduled on `node_name` (watch with `fieldSelector=spec.nodeName=`),
+/// always a complete list, sent when it changed.
 pub async fn run_pods(client: Client, node_name: String, out: watch::Sender<PodAnnotations>) {
-    use k8s_openapi::api::core::v1::Pod;
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
-    let mut relist: Option<PodAnnotations> = None;
-    let key = |p: &Pod| (p.namespace().unwrap_or_default(), p.name_any());
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(Event::Init) => relist = Some(PodAnnotations::new()),
-            Ok(Event::InitApply(p)) => {
-                if let Some(m) = relist.as_mut() {
-                    m.insert(key(&p), bandwidth_annotations(&p));
-                }
-            }
-            Ok(Event::InitDone) => {
-                if let Some(m) = relist.take() {
-                    out.send_if_modified(|cur| std::mem::replace(cur, m.clone()) != m);
-                }
-            }
-            Ok(Event::Apply(p)) => {
-                let (k, v) = (key(&p), bandwidth_annotations(&p));
-                out.send_if_modified(|m| m.insert(k, v.clone()).as_ref() != Some(&v));
-            }
-            Ok(Event::Delete(p)) => {
-                let k = key(&p);
-                out.send_if_modified(|m| m.remove(&k).is_some());
-            }
-            Err(e) => warn!(error = %e, "pod watch error; retrying with backoff"),
-        }
-    }
+    kube_view::reflect(api, cfg, |pods| {
+        out.send_if_modified(|current| replace_if_changed(current, pod_annotations(&pods)));
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -155,5 +136,45 @@ mod tests {
         }))
         .unwrap();
         assert!(to_service(&headless).is_none());
+    }
+
+    fn service(name: &str, ip: &str) -> Arc<KubeService> {
+        let svc = serde_json::json!({
+            "metadata": {"name": name, "namespace": "red"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+        });
+        Arc::new(serde_json::from_value(svc).unwrap())
+    }
+
+    #[test]
+    fn the_service_map_holds_the_cluster_ip_services_by_ip() {
+        let map = service_map(&[service("web", "10.96.0.10"), service("headless", "None")]);
+        assert_eq!(map.keys().map(|ip| ip.to_string()).collect::<Vec<_>>(), ["10.96.0.10"]);
+    }
+
+    #[test]
+    fn the_first_service_map_is_sent_even_empty_later_ones_when_changed() {
+        let (tx, mut rx) = watch::channel(ServiceMap::new());
+        let mut listed = false;
+        publish_services(&tx, &mut listed, ServiceMap::new());
+        assert!(rx.has_changed().unwrap(), "the first (empty) list must mark services known");
+        rx.borrow_and_update();
+        publish_services(&tx, &mut listed, ServiceMap::new());
+        assert!(!rx.has_changed().unwrap(), "an unchanged map wakes no one");
+        publish_services(&tx, &mut listed, service_map(&[service("web", "10.96.0.10")]));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().len(), 1);
+    }
+
+    #[test]
+    fn pods_are_keyed_by_namespace_and_name_with_only_bandwidth_annotations() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {
+            "name": "p", "namespace": "red",
+            "annotations": {"kubernetes.io/ingress-bandwidth": "1M", "other": "x"}
+        }}))
+        .unwrap();
+        let got = pod_annotations(&[Arc::new(pod)]);
+        let a = &got[&("red".to_string(), "p".to_string())];
+        assert_eq!(a.keys().collect::<Vec<_>>(), [crate::bandwidth::INGRESS_ANNOTATION]);
     }
 }

@@ -1,14 +1,13 @@
-//! Watches of Namespaces and Nodes (kube-rs `watcher`, which relists after a
-//! 410 Gone and backs off on errors), folded into the shared `KubeView`.
+//! Watches of Namespaces and Nodes (kube-rs `watcher` through a reflector,
+//! `kube_view::reflect`: relists after a 410 Gone, backs off on errors, and
+//! hands over complete lists only), folded into the shared `KubeView`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
@@ -42,61 +41,63 @@ pub fn node_ip(node: &Node) -> Option<Ipv4Addr> {
     addrs.iter().filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse().ok())
 }
 
+/// The names of `namespaces`.
+pub fn namespace_names(namespaces: &[Arc<Namespace>]) -> BTreeSet<String> {
+    namespaces.iter().map(|ns| ns.name_any()).collect()
+}
+
+/// Node name -> InternalIP of `nodes`.
+pub fn node_ips(nodes: &[Arc<Node>]) -> BTreeMap<String, Option<Ipv4Addr>> {
+    nodes.iter().map(|n| (n.name_any(), node_ip(n))).collect()
+}
+
 /// Starts both watches; they run until the returned guards are dropped.
+/// Each change replaces its part of the view with the reflector's complete
+/// list, so the controller plans on whole lists only (a partial one after
+/// a relist would look like deleted namespaces and nodes).
 pub fn spawn(client: Client, shared: SharedView) -> Vec<AbortOnDrop<()>> {
     let ns_shared = shared.clone();
     let ns_api: Api<Namespace> = Api::all(client.clone());
-    let namespaces = tokio::spawn(async move {
-        let mut buffer = BTreeSet::new();
-        let mut stream = watcher(ns_api, watcher::Config::default()).default_backoff().boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(Event::Init) => buffer.clear(),
-                Ok(Event::InitApply(ns)) => {
-                    buffer.insert(ns.name_any());
-                }
-                Ok(Event::InitDone) => {
-                    let listed = std::mem::take(&mut buffer);
-                    tracing::debug!(count = listed.len(), "namespaces listed");
-                    ns_shared.update(|v| v.namespaces = Some(listed));
-                }
-                Ok(Event::Apply(ns)) => ns_shared.update(|v| {
-                    v.namespaces.get_or_insert_with(BTreeSet::new).insert(ns.name_any());
-                }),
-                Ok(Event::Delete(ns)) => ns_shared.update(|v| {
-                    if let Some(set) = v.namespaces.as_mut() {
-                        set.remove(&ns.name_any());
-                    }
-                }),
-                Err(e) => tracing::warn!("namespace watch: {e}; retrying with backoff"),
-            }
-        }
-    });
+    let namespaces = tokio::spawn(kube_view::reflect(ns_api, watcher::Config::default(), move |all| {
+        ns_shared.update(|v| v.namespaces = Some(namespace_names(&all)))
+    }));
     let node_api: Api<Node> = Api::all(client);
-    let nodes = tokio::spawn(async move {
-        let mut buffer = BTreeMap::new();
-        let mut stream = watcher(node_api, watcher::Config::default()).default_backoff().boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(Event::Init) => buffer.clear(),
-                Ok(Event::InitApply(n)) => {
-                    buffer.insert(n.name_any(), node_ip(&n));
-                }
-                Ok(Event::InitDone) => {
-                    let listed = std::mem::take(&mut buffer);
-                    shared.update(|v| v.nodes = Some(listed));
-                }
-                Ok(Event::Apply(n)) => shared.update(|v| {
-                    v.nodes.get_or_insert_with(BTreeMap::new).insert(n.name_any(), node_ip(&n));
-                }),
-                Ok(Event::Delete(n)) => shared.update(|v| {
-                    if let Some(map) = v.nodes.as_mut() {
-                        map.remove(&n.name_any());
-                    }
-                }),
-                Err(e) => tracing::warn!("node watch: {e}; retrying with backoff"),
-            }
-        }
-    });
+    let nodes = tokio::spawn(kube_view::reflect(node_api, watcher::Config::default(), move |all| {
+        shared.update(|v| v.nodes = Some(node_ips(&all)))
+    }));
     vec![AbortOnDrop(namespaces), AbortOnDrop(nodes)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, addresses: serde_json::Value) -> Arc<Node> {
+        let n = serde_json::json!({"metadata": {"name": name}, "status": {"addresses": addresses}});
+        Arc::new(serde_json::from_value(n).unwrap())
+    }
+
+    #[test]
+    fn nodes_are_keyed_by_name_with_their_internal_ip() {
+        let nodes = [
+            node(
+                "a",
+                serde_json::json!([
+                    {"type": "Hostname", "address": "a"},
+                    {"type": "InternalIP", "address": "fd00::1"},
+                    {"type": "InternalIP", "address": "10.0.0.1"}
+                ]),
+            ),
+            node("b", serde_json::json!([{"type": "ExternalIP", "address": "192.0.2.1"}])),
+        ];
+        let ips = node_ips(&nodes);
+        assert_eq!(ips.get("a"), Some(&Some(Ipv4Addr::new(10, 0, 0, 1))));
+        assert_eq!(ips.get("b"), Some(&None));
+    }
+
+    #[test]
+    fn namespaces_are_their_names() {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "red"}})).unwrap();
+        assert_eq!(namespace_names(&[Arc::new(ns)]), BTreeSet::from(["red".to_string()]));
+    }
 }

@@ -12,7 +12,7 @@ use etcd_schema::{
 };
 use ipnetwork::Ipv4Network;
 
-use crate::alloc::{SubnetAllocator, VniAllocator};
+use crate::alloc::{AllocError, SubnetAllocator, VniAllocator};
 use crate::model::{KubeView, Records};
 
 /// What happens to the record itself.
@@ -69,6 +69,18 @@ impl Policy {
     }
 }
 
+/// Why an action is refused; its text is what the operator reads beside
+/// the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("join: a namespace cannot join itself")]
+    JoinItself,
+    #[error("join: namespace {0} does not exist (it has no record)")]
+    JoinUnknown(String),
+    #[error("isolate: {source}")]
+    Isolate { source: AllocError },
+}
+
 /// The NetID `name` (now at `current`) gets from `action`, or why not.
 /// `ids` is the current NetID of every namespace with a record.
 pub fn apply_action(
@@ -77,17 +89,14 @@ pub fn apply_action(
     action: &Action,
     ids: &BTreeMap<String, u32>,
     vnis: &mut VniAllocator,
-) -> Result<u32, String> {
+) -> Result<u32, ActionError> {
     match action {
-        Action::Join(to) if to == name => Err("join: a namespace cannot join itself".into()),
-        Action::Join(to) => ids
-            .get(to)
-            .copied()
-            .ok_or_else(|| format!("join: namespace {to} does not exist (it has no record)")),
+        Action::Join(to) if to == name => Err(ActionError::JoinItself),
+        Action::Join(to) => ids.get(to).copied().ok_or_else(|| ActionError::JoinUnknown(to.clone())),
         Action::Isolate => {
             let shared = ids.iter().any(|(n, &id)| n != name && id == current);
             if current == GLOBAL_VNI || shared {
-                vnis.allocate().map_err(|e| format!("isolate: {e}"))
+                vnis.allocate().map_err(|source| ActionError::Isolate { source })
             } else {
                 Ok(current)
             }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use etcd_schema::{KeyKind, Keys, NetworkConfig};
 use futures::FutureExt;
+use ovs_flows::backoff::Backoff;
 use tokio::sync::watch;
 
 use crate::alloc::{SubnetAllocator, VniAllocator};
@@ -44,30 +45,6 @@ impl Settings {
     }
 }
 
-/// Exponential backoff between reconnects: 100 ms doubling to 5 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: Duration::from_millis(100) }
-    }
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        d
-    }
-
-    pub fn reset(&mut self) {
-        *self = Backoff::default();
-    }
-}
-
 enum Ended {
     Shutdown,
     LostLeadership,
@@ -89,7 +66,9 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let main = async {
-        let mut backoff = Backoff::default();
+        // Jittered, 100 ms doubling to 5 s: controllers (and agents) that lost
+        // etcd together do not come back in step.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // What the last session knew, so the next one keeps the last good
         // config and safe states of records that are invalid at its relist.
         let mut known = Known::default();

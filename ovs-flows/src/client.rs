@@ -1,6 +1,7 @@
 //! Async OpenFlow 1.5 client over `unix:<rundir>/<bridge>.mgmt` or `tcp:ip:port`.
 //!
-//! One supervisor task owns the connection: connect (exponential backoff),
+//! One supervisor task owns the connection: connect (jittered exponential
+//! backoff, [`crate::backoff`]),
 //! HELLO, then a reader task (replies matched to waiters by xid, echo
 //! requests answered, silence turned into echo probes and then a dead
 //! connection) and a writer task fed whole pre-encoded buffers through a
@@ -16,13 +17,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::cookie::CookieFilter;
 use crate::flow::Flow;
 use crate::ofp::{
@@ -69,6 +71,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Silence after which we send an echo request; twice that = dead.
     pub echo_interval: Duration,
+    /// Bounds of the pause between connection attempts (jittered, see
+    /// [`Backoff`]): the first, and the most it doubles to.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
@@ -93,14 +97,44 @@ pub enum ClientError {
     ConnectionLost,
     #[error("no reply from the switch within {0:?}")]
     Timeout(Duration),
-    #[error("could not connect to {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    #[error("could not connect to {endpoint} within {after:?}: {source}")]
+    Connect { endpoint: String, after: Duration, source: HandshakeError },
     #[error("switch error: {0}")]
     Switch(OfpError),
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// A task panicked while holding the client's state: its replies can no
+    /// longer be matched, so a request fails at once instead of waiting for
+    /// its timeout.
+    #[error("OpenFlow client state poisoned (a task panicked holding it); restart the client")]
+    Poisoned,
+}
+
+/// Why one connection attempt (connect + HELLO) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("send HELLO: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("read HELLO: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("connection closed during handshake")]
+    Closed,
+    #[error("HELLO: {0}")]
+    Codec(#[from] CodecError),
+    #[error(
+        "switch does not speak OpenFlow 1.5 (negotiated {0:?}); create the bridge with protocols=OpenFlow13,OpenFlow15"
+    )]
+    Version(Option<u8>),
+    #[error("switch refused HELLO: {0}")]
+    Refused(OfpError),
+    #[error("expected HELLO, got {0}")]
+    Unexpected(String),
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
 }
 
 /// Why a bundle did not commit. The switch rolled back: nothing changed.
@@ -169,7 +203,7 @@ struct Shared {
     generation: watch::Sender<u64>,
     features: Mutex<Option<Features>>,
     /// Why the last connection attempt failed (for the first-connect error).
-    last_error: Mutex<String>,
+    last_error: Mutex<Option<HandshakeError>>,
 }
 
 /// A handle to the switch connection; cheap to clone.
@@ -195,8 +229,31 @@ type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 impl Client {
     /// Starts the connection supervisor and waits for the first connection.
     pub async fn connect(endpoint: Endpoint, opts: ClientOptions) -> Result<Client, ClientError> {
+        let (client, first_rx) = Client::start(endpoint.clone(), opts.clone());
+        let mut gen_rx = client.shared.generation.subscribe();
+        if !matches!(tokio::time::timeout(opts.connect_timeout, first_rx).await, Ok(Ok(()))) {
+            // No attempt ended yet: the first one is still hanging (a TCP
+            // peer that does not answer), which is a timeout too.
+            let last = client.shared.last_error.lock().ok().and_then(|mut e| e.take());
+            return Err(ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                after: opts.connect_timeout,
+                source: last.unwrap_or(HandshakeError::Timeout(opts.connect_timeout)),
+            });
+        }
+        // Wait until the generation is visible so requests do not race the state.
+        let _ = gen_rx.wait_for(|g| *g > 0).await;
+        let f = client.request_features().await?;
+        if let Ok(mut slot) = client.shared.features.lock() {
+            *slot = Some(f);
+        }
+        Ok(client)
+    }
+
+    /// The client and its supervisor, and what tells of the first connection.
+    fn start(endpoint: Endpoint, opts: ClientOptions) -> (Client, oneshot::Receiver<()>) {
         let (events, _) = broadcast::channel(64);
-        let (generation, mut gen_rx) = watch::channel(0u64);
+        let (generation, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             endpoint: endpoint.clone(),
             opts: opts.clone(),
@@ -208,25 +265,11 @@ impl Client {
             events,
             generation,
             features: Mutex::new(None),
-            last_error: Mutex::new(String::new()),
+            last_error: Mutex::new(None),
         });
         let (first_tx, first_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(supervise(shared.clone(), first_tx));
-        let client = Client { shared, _stop: Arc::new(StopOnDrop(task.abort_handle())) };
-        if !matches!(tokio::time::timeout(opts.connect_timeout, first_rx).await, Ok(Ok(()))) {
-            let last = client.shared.last_error.lock().map(|e| e.clone()).unwrap_or_default();
-            return Err(ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                reason: format!("no connection within {:?}: {last}", opts.connect_timeout),
-            });
-        }
-        // Wait until the generation is visible so requests do not race the state.
-        let _ = gen_rx.wait_for(|g| *g > 0).await;
-        let f = client.request_features().await?;
-        if let Ok(mut slot) = client.shared.features.lock() {
-            *slot = Some(f);
-        }
-        Ok(client)
+        (Client { shared, _stop: Arc::new(StopOnDrop(task.abort_handle())) }, first_rx)
     }
 
     /// Connection events (connects, disconnects) from now on.
@@ -254,52 +297,54 @@ impl Client {
         }
     }
 
+    /// The pending requests. A poisoned lock is an error, never skipped: a
+    /// waiter not registered would wait its whole timeout for nothing.
+    fn pending(&self) -> Result<MutexGuard<'_, Pending>, ClientError> {
+        self.shared.pending.lock().map_err(|_| ClientError::Poisoned)
+    }
+
     fn send(&self, buf: Vec<u8>) -> Result<(), ClientError> {
-        let out = self.shared.out.lock().map_err(|_| ClientError::NotConnected)?;
+        let out = self.shared.out.lock().map_err(|_| ClientError::Poisoned)?;
         match out.as_ref() {
             Some(tx) => tx.send(buf).map_err(|_| ClientError::NotConnected),
             None => Err(ClientError::NotConnected),
         }
     }
 
-    fn register(&self, xid: u32, w: Waiter) {
-        if let Ok(mut p) = self.shared.pending.lock() {
-            p.waiters.insert(xid, w);
-        }
+    fn register(&self, xid: u32, w: Waiter) -> Result<(), ClientError> {
+        self.pending()?.waiters.insert(xid, w);
+        Ok(())
     }
 
     fn unregister(&self, xid: u32) {
-        if let Ok(mut p) = self.shared.pending.lock() {
+        // Best effort: with a poisoned lock the request fails anyway.
+        if let Ok(mut p) = self.pending() {
             p.waiters.remove(&xid);
         }
     }
 
     /// Starts collecting the switch's errors for xids `first..=last`.
-    fn watch_errors(&self, first: u32, last: u32) -> u64 {
+    fn watch_errors(&self, first: u32, last: u32) -> Result<u64, ClientError> {
         let id = self.shared.next_watch.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut p) = self.shared.pending.lock() {
-            p.watches.push(ErrorWatch { id, first, last, errors: Vec::new() });
-        }
-        id
+        self.pending()?.watches.push(ErrorWatch { id, first, last, errors: Vec::new() });
+        Ok(id)
     }
 
-    /// Stops collecting and returns the errors seen, by xid.
-    fn take_watch(&self, id: u64) -> Vec<(u32, OfpError)> {
-        self.shared
-            .pending
-            .lock()
-            .ok()
-            .and_then(|mut p| {
-                let i = p.watches.iter().position(|w| w.id == id)?;
-                Some(p.watches.swap_remove(i).errors)
-            })
-            .unwrap_or_default()
+    /// Stops collecting and returns the errors seen, by xid. A poisoned lock
+    /// is an error: "no errors" could commit what the switch refused.
+    fn take_watch(&self, id: u64) -> Result<Vec<(u32, OfpError)>, ClientError> {
+        let mut p = self.pending()?;
+        Ok(p.watches
+            .iter()
+            .position(|w| w.id == id)
+            .map(|i| p.watches.swap_remove(i).errors)
+            .unwrap_or_default())
     }
 
     /// Sends `buf` (whose last message has `xid`) and waits for that reply.
     async fn transact(&self, xid: u32, buf: Vec<u8>) -> Result<Message, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.register(xid, Waiter::Reply(tx));
+        self.register(xid, Waiter::Reply(tx))?;
         if let Err(e) = self.send(buf) {
             self.unregister(xid);
             return Err(e);
@@ -385,9 +430,9 @@ impl Client {
         // So: a barrier after the adds, and commit only if no add failed.
         ofp::encode_barrier(&mut buf, barrier_xid);
 
-        let watch_id = self.watch_errors(open_xid, end_xid);
+        let watch_id = self.watch_errors(open_xid, end_xid)?;
         let result = self.run_bundle(buf, bundle_id, flags, open_xid, barrier_xid, end_xid).await;
-        let errors = self.take_watch(watch_id);
+        let errors = self.take_watch(watch_id)?;
         let mut failures = Vec::new();
         let mut bundle_error = None;
         for (xid, e) in errors {
@@ -417,7 +462,7 @@ impl Client {
         end_xid: u32,
     ) -> Result<(), ClientError> {
         let (open_tx, open_rx) = oneshot::channel();
-        self.register(open_xid, Waiter::Reply(open_tx));
+        self.register(open_xid, Waiter::Reply(open_tx))?;
         let barrier = self.expect_barrier(barrier_xid, buf).await;
         let open = match self.wait(open_xid, open_rx).await {
             Ok(Message::BundleControl { kind: BundleCtrlType::OpenReply, .. }) => Ok(()),
@@ -425,12 +470,7 @@ impl Client {
             Err(e) => Err(e),
         };
         barrier?;
-        let add_failed = self
-            .shared
-            .pending
-            .lock()
-            .map(|p| p.watches.iter().any(|w| w.first == open_xid && !w.errors.is_empty()))
-            .unwrap_or(true);
+        let add_failed = self.pending()?.watches.iter().any(|w| w.first == open_xid && !w.errors.is_empty());
         open?;
         let kind = if add_failed { BundleCtrlType::DiscardRequest } else { BundleCtrlType::CommitRequest };
         let mut end = Vec::with_capacity(16);
@@ -453,9 +493,9 @@ impl Client {
             ofp::encode_flow_op(&mut buf, base + i as u32, op).map_err(ClientError::from)?;
         }
         ofp::encode_barrier(&mut buf, base + n);
-        let watch_id = self.watch_errors(base, base + n);
+        let watch_id = self.watch_errors(base, base + n)?;
         let r = self.expect_barrier(base + n, buf).await;
-        let errors = self.take_watch(watch_id);
+        let errors = self.take_watch(watch_id)?;
         r?;
         if errors.is_empty() {
             return Ok(());
@@ -480,9 +520,9 @@ impl Client {
         let mut buf = Vec::new();
         ofp::encode_meter_mod(&mut buf, base, command, meter)?;
         ofp::encode_barrier(&mut buf, base + 1);
-        let watch_id = self.watch_errors(base, base);
+        let watch_id = self.watch_errors(base, base)?;
         let r = self.expect_barrier(base + 1, buf).await;
-        let errors = self.take_watch(watch_id);
+        let errors = self.take_watch(watch_id)?;
         r?;
         match errors.into_iter().next() {
             Some((_, e)) => Err(ClientError::Switch(e)),
@@ -511,7 +551,7 @@ impl Client {
         let mut buf = Vec::new();
         ofp::encode_flow_stats_request(&mut buf, xid, table, cookie);
         let (tx, rx) = oneshot::channel();
-        self.register(xid, Waiter::Stats { flows: Vec::new(), tx });
+        self.register(xid, Waiter::Stats { flows: Vec::new(), tx })?;
         if let Err(e) = self.send(buf) {
             self.unregister(xid);
             return Err(e);
@@ -537,52 +577,53 @@ async fn open_stream(endpoint: &Endpoint) -> std::io::Result<(Reader, Writer)> {
 }
 
 /// Reads one whole message (used during the handshake only).
-async fn read_frame(r: &mut Reader, buf: &mut Vec<u8>) -> Result<Vec<u8>, String> {
+async fn read_frame(r: &mut Reader, buf: &mut Vec<u8>) -> Result<Vec<u8>, HandshakeError> {
     loop {
-        if let Some(n) = ofp::frame_len(buf).map_err(|e| e.to_string())? {
+        if let Some(n) = ofp::frame_len(buf)? {
             return Ok(buf.drain(..n).collect());
         }
         let mut chunk = [0u8; 4096];
-        let k = r.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let k = r.read(&mut chunk).await.map_err(HandshakeError::Read)?;
         if k == 0 {
-            return Err("connection closed during handshake".into());
+            return Err(HandshakeError::Closed);
         }
         buf.extend_from_slice(&chunk[..k]);
     }
 }
 
 /// Connects and exchanges HELLO; returns the streams and any bytes read past HELLO.
-async fn handshake(endpoint: &Endpoint, timeout: Duration) -> Result<(Reader, Writer, Vec<u8>), String> {
+async fn handshake(
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<(Reader, Writer, Vec<u8>), HandshakeError> {
     let fut = async {
-        let (mut r, mut w) = open_stream(endpoint).await.map_err(|e| e.to_string())?;
+        let (mut r, mut w) = open_stream(endpoint).await.map_err(HandshakeError::Connect)?;
         let mut hello = Vec::new();
         ofp::encode_hello(&mut hello, 0);
-        w.write_all(&hello).await.map_err(|e| e.to_string())?;
+        w.write_all(&hello).await.map_err(HandshakeError::Write)?;
         let mut buf = Vec::new();
         let frame = read_frame(&mut r, &mut buf).await?;
-        let f = ofp::decode(&frame).map_err(|e| e.to_string())?;
+        let f = ofp::decode(&frame)?;
         match f.msg {
             Message::Hello { version_bitmap } => match ofp::negotiate(f.version, version_bitmap) {
                 Some(OFP_VERSION_1_5) => Ok((r, w, buf)),
-                v => Err(format!(
-                    "switch does not speak OpenFlow 1.5 (negotiated {v:?}); create the bridge with protocols=OpenFlow13,OpenFlow15"
-                )),
+                v => Err(HandshakeError::Version(v)),
             },
-            Message::Error(e) => Err(format!("switch refused HELLO: {e}")),
-            m => Err(format!("expected HELLO, got {m:?}")),
+            Message::Error(e) => Err(HandshakeError::Refused(e)),
+            m => Err(HandshakeError::Unexpected(format!("{m:?}"))),
         }
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| "handshake timed out".to_string())?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| HandshakeError::Timeout(timeout))?
 }
 
 async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<()>) {
     let mut first = Some(first);
-    let mut backoff = shared.opts.backoff_initial;
+    let mut backoff = Backoff::new(shared.opts.backoff_initial, shared.opts.backoff_max);
     let mut generation = 0u64;
     loop {
         match handshake(&shared.endpoint, shared.opts.connect_timeout).await {
             Ok((r, w, leftover)) => {
-                backoff = shared.opts.backoff_initial;
+                backoff.reset();
                 generation += 1;
                 let (tx, rx) = mpsc::unbounded_channel();
                 if let Ok(mut out) = shared.out.lock() {
@@ -608,14 +649,13 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<()>) {
                 let _ = shared.events.send(ConnEvent::Disconnected { reason });
             }
             Err(reason) => {
-                debug!(endpoint = %shared.endpoint, %reason, ?backoff, "openflow connect failed");
+                debug!(endpoint = %shared.endpoint, %reason, "openflow connect failed");
                 if let Ok(mut last) = shared.last_error.lock() {
-                    *last = reason;
+                    *last = Some(reason);
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(shared.opts.backoff_max);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -736,5 +776,48 @@ fn dispatch(shared: &Shared, frame: &[u8], out: &mpsc::UnboundedSender<Vec<u8>>)
                 let _ = tx.send(Ok(msg));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_poisoned_state_fails_requests_at_once() {
+        // No switch: a waiter that were silently not registered would make
+        // each request wait its whole timeout; a poisoned lock must not.
+        let opts = ClientOptions { request_timeout: Duration::from_secs(30), ..ClientOptions::default() };
+        let (client, _first) = Client::start(Endpoint::Unix("/nonexistent/br0.mgmt".into()), opts);
+        let shared = Arc::clone(&client.shared);
+        let poisoner = std::thread::spawn(move || {
+            let _held = shared.pending.lock();
+            panic!("a task panicking while it holds the pending requests");
+        });
+        assert!(poisoner.join().is_err());
+        let started = std::time::Instant::now();
+        assert!(matches!(client.barrier().await, Err(ClientError::Poisoned)));
+        assert!(matches!(client.dump_flows(None, CookieFilter::ANY).await, Err(ClientError::Poisoned)));
+        let deleted = client.delete_by_cookie(CookieFilter::ANY, None).await;
+        assert!(matches!(deleted, Err(BundleError::Client(ClientError::Poisoned))), "{deleted:?}");
+        let bundle =
+            client.bundle(&[FlowOp::DeleteByCookie { filter: CookieFilter::ANY, table: None }]).await;
+        assert!(matches!(bundle, Err(BundleError::Client(ClientError::Poisoned))), "{bundle:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_connect_keeps_the_io_error() {
+        let opts = ClientOptions { connect_timeout: Duration::from_millis(300), ..ClientOptions::default() };
+        let Err(e) = Client::connect(Endpoint::Unix("/nonexistent/br0.mgmt".into()), opts).await else {
+            panic!("connected to nothing");
+        };
+        let ClientError::Connect { source: HandshakeError::Connect(io), .. } = &e else { panic!("{e:?}") };
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        // The chain reaches the io::Error for callers that walk sources.
+        let io_in_chain = std::error::Error::source(&e)
+            .and_then(std::error::Error::source)
+            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+        assert!(io_in_chain, "{e}");
     }
 }

@@ -8,6 +8,7 @@
 //!   cookie/mask filters that select a round, an owner or all k8s-ovs flows.
 //! - [`ofp`] – the OpenFlow 1.5 wire format (the bridge needs
 //!   `protocols=OpenFlow13,OpenFlow15`; OVS does not offer 1.4).
+//! - [`backoff`] – the jittered exponential reconnect backoff every loop uses.
 //! - [`client`] – async client over `unix:<rundir>/<bridge>.mgmt` or TCP:
 //!   atomic bundles, flow dumps, delete by cookie, keepalive, reconnect.
 //! - [`reconcile`] – desired vs installed -> the fewest ops, as one bundle.
@@ -33,6 +34,7 @@
 #[macro_use]
 mod value_enum;
 
+pub mod backoff;
 pub mod client;
 pub mod cookie;
 pub mod flow;

@@ -53,6 +53,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use jsonrpc::{CallError, Connection};
+use ovs_flows::backoff::Backoff;
 pub use vswitch::{BridgeSpec, Change, DatapathType, PortInfo, PortKind, PortSpec};
 
 /// The database every operation works on.
@@ -63,7 +64,8 @@ pub const DB: &str = "Open_vSwitch";
 /// well within its runtime's timeout.
 pub const RECONNECT_WINDOW: Duration = Duration::from_secs(3);
 
-/// First pause between reconnect attempts; it doubles up to the maximum.
+/// Bounds of the (jittered) pause between reconnect attempts: the first, and
+/// the most it doubles to; short, as the whole window is a few seconds.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
@@ -210,7 +212,7 @@ impl Client {
         tracing::warn!(endpoint = %self.endpoint, "OVSDB connection lost, reconnecting");
         let started = Instant::now();
         let deadline = started + self.reconnect_window;
-        let mut pause = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -232,14 +234,13 @@ impl Client {
                     source: std::io::ErrorKind::TimedOut.into(),
                 },
             };
-            let now = Instant::now();
-            if now + pause >= deadline {
+            let pause = backoff.next_delay();
+            if Instant::now() + pause >= deadline {
                 let after = self.reconnect_window;
                 tracing::warn!(endpoint = %self.endpoint, attempts, error = %last, "OVSDB still unreachable");
                 return Err(OvsdbError::Unreachable { after, last: Box::new(last) });
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(BACKOFF_MAX);
         }
     }
 

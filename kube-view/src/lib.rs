@@ -1,0 +1,138 @@
+//! Complete views of Kubernetes objects, for the agent (Services, its
+//! node's Pods) and the controller (Namespaces, Nodes).
+//!
+//! [`reflect`] runs kube-runtime's `watcher` (list + watch, a relist after
+//! 410 Gone, its default backoff on errors) through a `reflector`, whose
+//! store buffers a relist and swaps it in whole at `InitDone`. After every
+//! change that leaves the store complete, the caller gets the store's whole
+//! state and derives its view from it. So no caller ever sees a partial list
+//! (which would, for the agent, drop the flows of the services not yet
+//! relisted), and none re-implements the relist buffering.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn};
+
+/// Runs forever: watches `api` (with `config`'s selectors) and calls
+/// `publish` with every object after each change, once the first list is
+/// complete. The first call is the first complete list (possibly empty).
+pub async fn reflect<K>(api: Api<K>, config: watcher::Config, publish: impl FnMut(Vec<Arc<K>>))
+where
+    K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let events = watcher(api, config)
+        .default_backoff()
+        // Managed fields are most of an object's size and nothing here reads them.
+        .modify(|o| o.managed_fields_mut().clear());
+    complete_states(events, publish).await
+}
+
+/// [`reflect`] for any stream of watcher events (the tests feed their own).
+async fn complete_states<K, S>(events: S, mut publish: impl FnMut(Vec<Arc<K>>))
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+    S: Stream<Item = watcher::Result<Event<K>>>,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    // "services listed", "nodes listed": what operators (and the lab tests) look for.
+    let plural = format!("{}s", kind.to_lowercase());
+    let (store, writer) = reflector::store();
+    let mut events = std::pin::pin!(reflector(writer, events));
+    let mut listed = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::InitDone) => {
+                listed = true;
+                info!(objects = store.len(), "{plural} listed");
+            }
+            // The watcher lists before it watches; `listed` makes sure
+            // anyway that a change never publishes a store not yet complete.
+            Ok(Event::Apply(_) | Event::Delete(_)) if listed => {}
+            // A list in progress: the store keeps the last complete one
+            // until InitDone swaps the new one in.
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(%kind, error = %e, "watch error; retrying with backoff");
+                continue;
+            }
+        }
+        publish(store.state());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::ObjectMeta;
+
+    fn ns(name: &str) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+            ..Namespace::default()
+        }
+    }
+
+    /// What `complete_states` publishes for `events`, each call's names sorted.
+    fn published(events: Vec<watcher::Result<Event<Namespace>>>) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        futures::executor::block_on(complete_states(futures::stream::iter(events), |objs| {
+            let mut names: Vec<String> = objs.iter().map(|o| o.name_any()).collect();
+            names.sort();
+            out.push(names);
+        }));
+        out
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The events of one whole list of `objects`.
+    fn list(objects: &[&str]) -> Vec<watcher::Result<Event<Namespace>>> {
+        let applies = objects.iter().map(|o| Ok(Event::InitApply(ns(o))));
+        std::iter::once(Ok(Event::Init)).chain(applies).chain([Ok(Event::InitDone)]).collect()
+    }
+
+    #[test]
+    fn publishes_complete_lists_and_every_change_after() {
+        let mut events = list(&["a", "b"]);
+        events.extend([Ok(Event::Apply(ns("c"))), Ok(Event::Delete(ns("a")))]);
+        let got = published(events);
+        assert_eq!(got, vec![names(&["a", "b"]), names(&["a", "b", "c"]), names(&["b", "c"])]);
+    }
+
+    #[test]
+    fn an_empty_first_list_is_published() {
+        // The agent's first service map marks "services known", even empty.
+        assert_eq!(published(list(&[])), vec![Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn a_relist_is_published_whole_never_in_part() {
+        // 410 Gone: the watcher lists again; "a" went meanwhile.
+        let got = published(list(&["a", "b"]).into_iter().chain(list(&["b", "d"])).collect());
+        assert_eq!(got, vec![names(&["a", "b"]), names(&["b", "d"])]);
+    }
+
+    #[test]
+    fn nothing_is_published_before_the_first_list_nor_on_errors() {
+        let got = published(vec![
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Event::Apply(ns("early"))),
+            Ok(Event::Init),
+            Ok(Event::InitApply(ns("a"))),
+            Err(watcher::Error::NoResourceVersion),
+        ]);
+        assert!(got.is_empty(), "{got:?}");
+    }
+}
