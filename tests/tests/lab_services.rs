@@ -213,6 +213,7 @@ fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
     ensure!(code == Some(3), "a Service into another tenant must trace as denied: {out}{err}");
     ensure!(out.contains("policy denied") && out.contains("dropped in table 60 ISOLATION"), "{out}");
     let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "blue/blue1", "10.96.5.5:80"])?;
+    eprintln!("$ k8s-ovs-ctl trace blue/blue1 10.96.5.5:80\n{out}{err}");
     ensure!(code == Some(3) && out.contains("dropped in table 35 SERVICE_VNI"), "{out}{err}");
     // Without a Kubernetes API to ask, the trace stops at the ClusterIP.
     let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "glob/glob1", "10.96.5.5:80"])?;
