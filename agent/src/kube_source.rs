@@ -14,6 +14,8 @@ use kube::{Api, Client, ResourceExt};
 use ovs_flows::pipeline::{Protocol, Service, ServicePort};
 use tokio::sync::watch;
 
+use crate::pods::PodName;
+
 /// Services by cluster IP.
 pub type ServiceMap = BTreeMap<Ipv4Addr, Service>;
 
@@ -77,8 +79,8 @@ fn publish_services(out: &watch::Sender<ServiceMap>, listed: &mut bool, map: Ser
     }
 }
 
-/// The bandwidth annotations of this node's pods, by (namespace, name).
-pub type PodAnnotations = BTreeMap<(String, String), BTreeMap<String, String>>;
+/// The bandwidth annotations of this node's pods, by pod.
+pub type PodAnnotations = BTreeMap<PodName, BTreeMap<String, String>>;
 
 /// Only the annotations the agent acts on, so unrelated pod updates do not
 /// wake the loop.
@@ -98,7 +100,7 @@ pub fn bandwidth_annotations(pod: &Pod) -> BTreeMap<String, String> {
 /// The bandwidth annotations of `pods`, by (namespace, name).
 pub fn pod_annotations(pods: &[Arc<Pod>]) -> PodAnnotations {
     pods.iter()
-        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), bandwidth_annotations(p)))
+        .map(|p| (PodName::new(p.namespace().unwrap_or_default(), p.name_any()), bandwidth_annotations(p)))
         .collect()
 }
 
@@ -174,7 +176,7 @@ mod tests {
         }}))
         .unwrap();
         let got = pod_annotations(&[Arc::new(pod)]);
-        let a = &got[&("red".to_string(), "p".to_string())];
+        let a = &got[&PodName::new("red", "p")];
         assert_eq!(a.keys().collect::<Vec<_>>(), [crate::bandwidth::INGRESS_ANNOTATION]);
     }
 }

@@ -641,8 +641,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// The pod's bandwidth annotations: from the pod watch, or, when an ADD
     /// overtakes the watch, read from the API server directly.
     async fn annotations_of(&self, pod: &PodName) -> BTreeMap<String, String> {
-        let key = (pod.namespace.clone(), pod.name.clone());
-        if let Some(a) = self.annotations.get(&key) {
+        if let Some(a) = self.annotations.get(pod) {
             return a.clone();
         }
         let Some(client) = self.kube.clone() else { return BTreeMap::new() };
@@ -752,7 +751,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         for k in keys {
             let Some(rec) = self.pods.get(&k).cloned() else { continue };
             let pod = rec.pod_name();
-            let Some(a) = self.annotations.get(&(pod.namespace.clone(), pod.name.clone())) else { continue };
+            let Some(a) = self.annotations.get(&pod) else { continue };
             let resolved = Limits::resolve(&pod, a, rec.runtime_bandwidth.as_ref(), self.settings.pod_mtu);
             if resolved.is_ok() {
                 self.bandwidth_warned.remove(&k);

@@ -246,7 +246,7 @@ async fn live_limits_change_the_meter_and_removing_them_deletes_it_after_the_flo
         if let Some(v) = v {
             a.insert(bandwidth::EGRESS_ANNOTATION.to_string(), v.to_string());
         }
-        BTreeMap::from([(("red".to_string(), "a".to_string()), a)])
+        BTreeMap::from([(PodName::new("red", "a"), a)])
     };
     n.dp.on_pods(&annotations(Some("5M"))).await;
     assert_eq!(n.fake.world().meters.get(&rec.ofport).map(|m| m.kbps), Some(5_000));
