@@ -21,7 +21,6 @@ use anyhow::{bail, Context, Result};
 use etcd_schema::{PluginName, GLOBAL_VNI};
 use ovs_flows::pipeline::table_name;
 use ovs_flows::trace::{self, NodePods, Outcome, Trace, TracePod, TraceService};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What etcd says about the pair.
@@ -333,26 +332,32 @@ pub async fn http_get(addr: SocketAddrV4, path: &str, token: Option<&str>) -> Re
     }
 }
 
+/// One GET over a fresh HTTP/1.1 connection (hyper's client): the status and
+/// the body.
 async fn http_get_once(addr: SocketAddrV4, path: &str, token: Option<&str>) -> Result<(u16, String)> {
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let io = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper::header::{AUTHORIZATION, HOST};
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        // The connection is driven beside the request and ends with it.
+        let driver = tokio::spawn(conn);
+        let mut request = hyper::Request::get(path).header(HOST, addr.to_string());
+        if let Some(t) = token {
+            request = request.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let response = sender.send_request(request.body(Empty::<Bytes>::new())?).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        driver.abort();
+        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    let buf = tokio::time::timeout(Duration::from_secs(15), io)
+    tokio::time::timeout(Duration::from_secs(15), exchange)
         .await
         .with_context(|| format!("agent at {addr}: no answer within 15 s"))?
-        .with_context(|| format!("agent at {addr}"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").with_context(|| format!("agent at {addr}: not HTTP"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_string()))
+        .with_context(|| format!("agent at {addr}"))
 }
 
 /// Asks every node's agent for its pods. Nodes whose agent does not answer
