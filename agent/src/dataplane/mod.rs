@@ -316,15 +316,19 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             }
         }
         if let Some(kept) = self.kept_service_flows.as_mut() {
-            // The service flows, and the flows of the namespaces only they
-            // name (whose ids stay reserved until the first list).
+            // The service flows, the SERVICE_VNI flows they lead to (a
+            // namespace with pods here has none until its services are
+            // known), and every flow of the namespaces only services name
+            // (whose ids stay reserved until the first list).
             let reserved = &self.state.reserved_namespace_ids;
             kept.extend(
                 installed
                     .iter()
                     .filter(|f| match f.cookie.category() {
                         Some(Category::Service) => true,
-                        Some(Category::NamespaceId) => reserved.contains(&f.cookie.object()),
+                        Some(Category::NamespaceId) => {
+                            f.table == Table::ServiceVni.id() || reserved.contains(&f.cookie.object())
+                        }
                         _ => false,
                     })
                     .cloned(),

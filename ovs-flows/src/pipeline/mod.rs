@@ -161,9 +161,15 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
     node_flows(&mut b, state);
     let ids = namespace_ids(state);
     let to_kernel = to_gateway(state);
+    let with_pods: BTreeSet<&str> = state.pods.values().map(|p| p.namespace.as_str()).collect();
+    let with_services: BTreeSet<&str> = state.services.values().map(|s| s.namespace.as_str()).collect();
     for (namespace, id) in &ids {
         if let Some(vni) = state.vni_of(namespace) {
-            namespace_flows(&mut b, *id, vni, &to_kernel);
+            let uses = NamespaceUse {
+                pods: with_pods.contains(namespace.as_str()),
+                services: with_services.contains(namespace.as_str()),
+            };
+            namespace_flows(&mut b, *id, vni, uses, &to_kernel);
         }
     }
     for pod in state.pods.values() {
@@ -265,12 +271,33 @@ pub fn recovered_namespace_ids(
     (ids, reserved)
 }
 
+/// What a namespace has on this node, so it gets only the flows it needs
+/// (most namespaces of a large cluster have services here and no pods).
+#[derive(Clone, Copy)]
+struct NamespaceUse {
+    pods: bool,
+    services: bool,
+}
+
 /// The flows of one namespace on this node: where its id becomes its VNI.
 /// A join, isolate or global changes these (and ISOLATION's per-VNI flow),
 /// nothing else.
-fn namespace_flows(b: &mut Builder, id: u32, vni: u32, to_kernel: &[Action]) {
+fn namespace_flows(b: &mut Builder, id: u32, vni: u32, uses: NamespaceUse, to_kernel: &[Action]) {
     use Table::*;
     let owner = (Category::NamespaceId, id);
+    if uses.services {
+        // SERVICE_VNI: the namespace's services take its own VNI; a global
+        // namespace's take every VNI. (Global clients are let through in
+        // SERVICE already.)
+        let clients = match vni {
+            GLOBAL_VNI => Match::new().reg(REG_DST_NS, id),
+            _ => Match::new().reg(REG_DST_NS, id).reg(REG_SRC_VNI, vni),
+        };
+        b.add(ServiceVni, 100, owner, clients, to_kernel.to_vec());
+    }
+    if !uses.pods {
+        return;
+    }
     let src = |next: Table| vec![Action::load_reg(REG_SRC_VNI, vni), goto(next)];
     // SOURCE_VNI: a local pod's DNATed traffic back from the kernel goes on
     // to ROUTING (it went through SERVICE on its way out), the pod's own IP
@@ -283,14 +310,6 @@ fn namespace_flows(b: &mut Builder, id: u32, vni: u32, to_kernel: &[Action]) {
     let dst = |next: Table| vec![Action::load_reg(REG_DST_VNI, vni), goto(next)];
     b.add(DestVni, 100, owner, Match::new().ip().reg(REG_DST_NS, id), dst(GatewayReply));
     b.add(DestVni, 100, owner, Match::new().arp().reg(REG_DST_NS, id), dst(Isolation));
-    // SERVICE_VNI: the namespace's services take its own VNI; a global
-    // namespace's take every VNI. (Global clients are let through in
-    // SERVICE already.)
-    let clients = match vni {
-        GLOBAL_VNI => Match::new().reg(REG_DST_NS, id),
-        _ => Match::new().reg(REG_DST_NS, id).reg(REG_SRC_VNI, vni),
-    };
-    b.add(ServiceVni, 100, owner, clients, to_kernel.to_vec());
 }
 
 /// Flows that are the same on every node: table defaults and fixed ports.
