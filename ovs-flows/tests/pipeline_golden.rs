@@ -197,3 +197,89 @@ fn namespace_ids_are_recovered_from_the_flows() {
     let (ids, _) = recovered_namespace_ids(&flows, &confused);
     assert!(!ids.contains_key("red") && !ids.contains_key("green"), "{ids:?}");
 }
+
+/// Incremental updates end where the whole pipeline does: random sequences
+/// of pod, namespace (VNI), remote node and service events, on a node whose
+/// namespace ids the agent's way keeps assigned; after every event the
+/// incremental flows equal `pipeline()`'s, and the operations it returned
+/// take the previous flows there.
+#[test]
+fn incremental_updates_equal_the_whole_pipeline_on_random_events() {
+    use ovs_flows::pipeline::{touched, Incremental, RemoteNode};
+    use ovs_flows::reconcile::delta;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for sequence in 0..20 {
+        let mut state = sized_state(3);
+        let mut inc = Incremental::new(&state, 1);
+        assert_eq!(inc.flows().to_strings(), pipeline(&state, 1).to_strings());
+        for step in 0..60 {
+            let old = state.clone();
+            let ns = ["red", "blue", "green", "kube-system"][next(4) as usize].to_string();
+            match next(7) {
+                0 => {
+                    let port = 3 + next(12) as u32;
+                    // The address sized_state gives the port (IPAM: one address, one pod).
+                    let addr = Ipv4Addr::from(u32::from(ip("172.11.0.2")) + port - 3);
+                    let pod = LocalPod {
+                        ofport: port,
+                        ip: addr,
+                        mac: Mac::for_ipv4(addr),
+                        namespace: ns,
+                        egress_meter: (next(3) == 0).then_some(port),
+                    };
+                    state.pods.insert(port, pod);
+                }
+                1 => {
+                    state.pods.remove(&(3 + next(12) as u32));
+                }
+                2 => {
+                    state.vnis.insert(ns, [0, 100, 200, 300][next(4) as usize]);
+                }
+                3 => {
+                    state.vnis.remove(&ns);
+                }
+                4 => {
+                    let i = next(4) as u32;
+                    let node = Ipv4Addr::from(u32::from(ip("192.0.2.12")) + i);
+                    if next(2) == 0 {
+                        let subnet =
+                            Ipv4Prefix::new(Ipv4Addr::from(u32::from(ip("172.11.4.0")) + (i << 10)), 22);
+                        state.remote_nodes.insert(node, RemoteNode { ip: node, subnet });
+                    } else {
+                        state.remote_nodes.remove(&node);
+                    }
+                }
+                5 => {
+                    let svc_ip = Ipv4Addr::from(u32::from(ip("10.96.1.0")) + next(6) as u32);
+                    let ports = vec![ServicePort { protocol: Protocol::Udp, port: 53 + next(2) as u16 }];
+                    state.services.insert(svc_ip, Service { ip: svc_ip, namespace: ns, ports });
+                }
+                _ => {
+                    state.services.remove(&Ipv4Addr::from(u32::from(ip("10.96.1.0")) + next(6) as u32));
+                }
+            }
+            state.assign_namespace_ids();
+            let before = inc.flows();
+            let owners = touched(&old, &state).expect("no node-wide change");
+            let ops = inc.update(&state, &owners);
+            let whole = pipeline(&state, 1);
+            assert_eq!(inc.flows().to_strings(), whole.to_strings(), "sequence {sequence}, step {step}");
+            let expected = delta(&before, &whole);
+            if ops.len() != expected.len() {
+                for o in &ops {
+                    eprintln!("INC {o}");
+                }
+                for o in &expected {
+                    eprintln!("WHOLE {o}");
+                }
+            }
+            assert_eq!(ops.len(), expected.len(), "sequence {sequence}, step {step}: ops");
+        }
+    }
+}

@@ -25,8 +25,10 @@
 //! join, isolate or global changes the same handful of flows per node
 //! whatever the namespace's size.
 
+mod incremental;
 mod state;
 
+pub use incremental::{owner_flows, touched, Incremental, Owner};
 pub use state::{LocalPod, Mode, NodeState, Protocol, RemoteNode, Service, ServicePort, GLOBAL_VNI};
 
 /// The conntrack zone of the connections the node's kernel sends into the
@@ -182,13 +184,7 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
     let local_vnis: std::collections::BTreeSet<u32> =
         state.pods.values().filter_map(|p| state.vni_of(&p.namespace)).filter(|v| *v != GLOBAL_VNI).collect();
     for vni in local_vnis {
-        b.add(
-            Table::Isolation,
-            200,
-            (Category::Namespace, vni),
-            Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_VNI, vni),
-            vec![Action::OutputReg(reg(REG_DST_PORT))],
-        );
+        isolation_flow(&mut b, vni);
     }
     for node in state.remote_nodes.values() {
         if node.ip != state.node_ip {
@@ -269,6 +265,17 @@ pub fn recovered_namespace_ids(
         .filter(|id| !claimed.contains(id))
         .collect();
     (ids, reserved)
+}
+
+/// ISOLATION's flow of one VNI in use by a local pod.
+fn isolation_flow(b: &mut Builder, vni: u32) {
+    b.add(
+        Table::Isolation,
+        200,
+        (Category::Namespace, vni),
+        Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_VNI, vni),
+        vec![Action::OutputReg(reg(REG_DST_PORT))],
+    );
 }
 
 /// What a namespace has on this node, so it gets only the flows it needs

@@ -1,0 +1,220 @@
+//! The pipeline one owner at a time: an event recomputes the flows of the
+//! owners it touches (a pod, a namespace, a VNI's ISOLATION flow, a remote
+//! node, a service), not the node's whole flow set. [`super::pipeline`]
+//! stays the reference: start, restart and replay compute the whole set,
+//! and the tests check that incremental updates always end where it does.
+//!
+//! Owners are the cookie's (category, object): every flow belongs to
+//! exactly one, so the flows of a node are the union of its owners' flows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::{
+    namespace_flows, node_flows, pod_flows, remote_node_flows, service_flows, static_flows, to_gateway,
+    Builder, NamespaceUse, NodeState, GLOBAL_VNI,
+};
+use crate::cookie::Category;
+use crate::flow::FlowSet;
+use crate::ofp::FlowOp;
+use crate::reconcile;
+
+/// Who a flow belongs to: the cookie's category and object.
+pub type Owner = (Category, u32);
+
+/// The flows of one owner in `state`, every cookie in `round`; empty when
+/// the owner has none (a pod gone, a namespace without a VNI). Namespace
+/// ids are `state.namespace_ids`, which the caller keeps assigned.
+pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
+    let mut b = Builder { round, flows: FlowSet::new() };
+    let ids = &state.namespace_ids;
+    let (category, object) = owner;
+    match category {
+        Category::Pipeline | Category::Node => {
+            static_flows(&mut b);
+            node_flows(&mut b, state);
+            return b.flows.iter().filter(|f| f.cookie.category() == Some(category)).cloned().collect();
+        }
+        Category::Pod => {
+            if let Some(p) = state.pods.get(&object) {
+                if let Some(id) = ids.get(&p.namespace) {
+                    pod_flows(&mut b, p, *id);
+                }
+            }
+        }
+        Category::NamespaceId => {
+            if let Some((ns, _)) = ids.iter().find(|(_, id)| **id == object) {
+                if let Some(vni) = state.vni_of(ns) {
+                    let uses = NamespaceUse {
+                        pods: state.pods.values().any(|p| &p.namespace == ns),
+                        services: state.services.values().any(|s| &s.namespace == ns),
+                    };
+                    namespace_flows(&mut b, object, vni, uses, &to_gateway(state));
+                }
+            }
+        }
+        Category::Namespace => {
+            let in_use = state.pods.values().any(|p| state.vni_of(&p.namespace) == Some(object));
+            if object != GLOBAL_VNI && in_use {
+                super::isolation_flow(&mut b, object);
+            }
+        }
+        Category::RemoteNode => {
+            let ip = Ipv4Addr::from(object);
+            if let Some(n) = state.remote_nodes.get(&ip).filter(|_| ip != state.node_ip) {
+                remote_node_flows(&mut b, n);
+            }
+        }
+        Category::Service => {
+            if let Some(svc) = state.services.get(&Ipv4Addr::from(object)) {
+                if let Some(id) = ids.get(&svc.namespace) {
+                    service_flows(&mut b, svc, *id);
+                }
+            }
+        }
+        Category::Test => {}
+    }
+    b.flows
+}
+
+/// Every owner with flows in `state` (a superset is harmless).
+fn owners(state: &NodeState) -> BTreeSet<Owner> {
+    let mut out = BTreeSet::from([(Category::Pipeline, 0), (Category::Node, 0)]);
+    out.extend(state.pods.keys().map(|p| (Category::Pod, *p)));
+    out.extend(state.namespace_ids.values().map(|id| (Category::NamespaceId, *id)));
+    out.extend(
+        state.pods.values().filter_map(|p| state.vni_of(&p.namespace)).map(|v| (Category::Namespace, v)),
+    );
+    out.extend(state.remote_nodes.keys().map(|ip| (Category::RemoteNode, u32::from(*ip))));
+    out.extend(state.services.keys().map(|ip| (Category::Service, u32::from(*ip))));
+    out
+}
+
+/// The owners whose flows may differ between two states; `None` when a
+/// node-wide setting changed (mode, addresses, ranges): then every flow may.
+/// The agent knows what its events touch and names them directly; this is
+/// the diff the tests check those against.
+pub fn touched(old: &NodeState, new: &NodeState) -> Option<BTreeSet<Owner>> {
+    let node_wide = |s: &NodeState| {
+        (s.mode, s.node_ip, s.subnet, s.gateway_ip, s.gateway_mac, s.cluster_cidr, s.service_cidr)
+    };
+    if node_wide(old) != node_wide(new) {
+        return None;
+    }
+    let mut out = BTreeSet::new();
+    let ns_owners = |s: &NodeState, ns: &str, out: &mut BTreeSet<Owner>| {
+        if let Some(id) = s.namespace_ids.get(ns) {
+            out.insert((Category::NamespaceId, *id));
+        }
+        if let Some(vni) = s.vni_of(ns) {
+            out.insert((Category::Namespace, vni));
+        }
+    };
+    for port in old.pods.keys().chain(new.pods.keys()) {
+        let (a, b) = (old.pods.get(port), new.pods.get(port));
+        if a != b {
+            out.insert((Category::Pod, *port));
+            for (s, p) in [(old, a), (new, b)] {
+                if let Some(p) = p {
+                    ns_owners(s, &p.namespace, &mut out);
+                }
+            }
+        }
+    }
+    for ip in old.services.keys().chain(new.services.keys()) {
+        let (a, b) = (old.services.get(ip), new.services.get(ip));
+        if a != b {
+            out.insert((Category::Service, u32::from(*ip)));
+            for (s, svc) in [(old, a), (new, b)] {
+                if let Some(svc) = svc {
+                    ns_owners(s, &svc.namespace, &mut out);
+                }
+            }
+        }
+    }
+    for ip in old.remote_nodes.keys().chain(new.remote_nodes.keys()) {
+        if old.remote_nodes.get(ip) != new.remote_nodes.get(ip) {
+            out.insert((Category::RemoteNode, u32::from(*ip)));
+        }
+    }
+    let namespaces: BTreeSet<&String> = old.vnis.keys().chain(new.vnis.keys()).collect();
+    for ns in namespaces {
+        if old.vnis.get(ns) != new.vnis.get(ns) {
+            ns_owners(old, ns, &mut out);
+            ns_owners(new, ns, &mut out);
+        }
+    }
+    // A namespace whose id changed: its own flows and every pod's and
+    // service's of it (they carry the id).
+    let with_ids: BTreeSet<&String> = old.namespace_ids.keys().chain(new.namespace_ids.keys()).collect();
+    for ns in with_ids {
+        if old.namespace_ids.get(ns) != new.namespace_ids.get(ns) {
+            ns_owners(old, ns, &mut out);
+            ns_owners(new, ns, &mut out);
+            out.extend(new.pods.values().filter(|p| &p.namespace == ns).map(|p| (Category::Pod, p.ofport)));
+            out.extend(
+                new.services
+                    .values()
+                    .filter(|s| &s.namespace == ns)
+                    .map(|s| (Category::Service, u32::from(s.ip))),
+            );
+        }
+    }
+    Some(out)
+}
+
+/// A node's flows kept by owner, changed owner by owner.
+#[derive(Debug, Clone)]
+pub struct Incremental {
+    round: u16,
+    groups: BTreeMap<Owner, FlowSet>,
+}
+
+impl Incremental {
+    /// The whole flow set of `state`, grouped by owner.
+    pub fn new(state: &NodeState, round: u16) -> Incremental {
+        let mut inc = Incremental { round, groups: BTreeMap::new() };
+        for owner in owners(state) {
+            let flows = owner_flows(state, round, owner);
+            if !flows.is_empty() {
+                inc.groups.insert(owner, flows);
+            }
+        }
+        inc
+    }
+
+    /// Every flow (for tests and benchmarks: it copies them all).
+    pub fn flows(&self) -> FlowSet {
+        self.groups.values().flat_map(FlowSet::iter).cloned().collect()
+    }
+
+    /// How many flows the node holds.
+    pub fn len(&self) -> usize {
+        self.groups.values().map(FlowSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// `state` changed in ways that touch only `owners`: their flows are
+    /// recomputed, and the operations that take the switch from the old
+    /// flows to the new are returned. The cost is that of the owners
+    /// touched, not of the node.
+    pub fn update<'a>(
+        &mut self,
+        state: &NodeState,
+        owners: impl IntoIterator<Item = &'a Owner>,
+    ) -> Vec<FlowOp> {
+        let mut ops = Vec::new();
+        for owner in owners {
+            let new = owner_flows(state, self.round, *owner);
+            let old = self.groups.remove(owner).unwrap_or_default();
+            ops.extend(reconcile::delta(&old, &new));
+            if !new.is_empty() {
+                self.groups.insert(*owner, new);
+            }
+        }
+        ops
+    }
+}
