@@ -161,7 +161,10 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
     let mut b = Builder { round, flows: FlowSet::new() };
     static_flows(&mut b);
     node_flows(&mut b, state);
-    let ids = namespace_ids(state);
+    // The state's ids (the agent keeps them sticky), and for a namespace in
+    // use that has none the one it would get: a caller that never assigns
+    // still gets a complete pipeline.
+    let ids = state.assigned_namespace_ids();
     let to_kernel = to_gateway(state);
     let with_pods: BTreeSet<&str> = state.pods.values().map(|p| p.namespace.as_str()).collect();
     let with_services: BTreeSet<&str> = state.services.values().map(|s| s.namespace.as_str()).collect();
@@ -197,32 +200,6 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
         }
     }
     b.flows
-}
-
-/// The namespace ids the flows use: the state's (the agent keeps them
-/// sticky with [`NodeState::assign_namespace_ids`]), and for a namespace in
-/// use that has none, the lowest free one (so a caller that never assigns
-/// still gets a complete pipeline).
-fn namespace_ids(state: &NodeState) -> BTreeMap<String, u32> {
-    let in_use = state.namespaces_in_use();
-    let mut ids: BTreeMap<String, u32> = state
-        .namespace_ids
-        .iter()
-        .filter(|(ns, _)| in_use.contains(ns.as_str()))
-        .map(|(ns, id)| (ns.clone(), *id))
-        .collect();
-    let mut taken: BTreeSet<u32> = ids.values().chain(&state.reserved_namespace_ids).copied().collect();
-    let mut next = 1;
-    for ns in in_use {
-        if !ids.contains_key(ns) {
-            while taken.contains(&next) {
-                next += 1;
-            }
-            taken.insert(next);
-            ids.insert(ns.to_string(), next);
-        }
-    }
-    ids
 }
 
 /// The namespace ids a switch's flows use, read back after a restart so the

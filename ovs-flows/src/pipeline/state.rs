@@ -140,21 +140,34 @@ impl NodeState {
     /// never change when a VNI does, or when another namespace comes or goes.
     /// A new namespace gets the lowest free id from 1 (0 is "no namespace").
     pub fn assign_namespace_ids(&mut self) {
-        let in_use: BTreeSet<String> = self.namespaces_in_use().into_iter().map(str::to_string).collect();
-        self.namespace_ids.retain(|ns, _| in_use.contains(ns));
-        let mut taken: BTreeSet<u32> =
-            self.namespace_ids.values().chain(&self.reserved_namespace_ids).copied().collect();
+        self.namespace_ids = self.assigned_namespace_ids();
+    }
+
+    /// What [`NodeState::assign_namespace_ids`] would make of the ids,
+    /// without changing them: the ids of the namespaces in use kept, the
+    /// others dropped, and a new one given the lowest id free (reserved ids
+    /// included) from 1.
+    pub fn assigned_namespace_ids(&self) -> BTreeMap<String, u32> {
+        let in_use = self.namespaces_in_use();
+        let mut ids: BTreeMap<String, u32> = self
+            .namespace_ids
+            .iter()
+            .filter(|(ns, _)| in_use.contains(ns.as_str()))
+            .map(|(ns, id)| (ns.clone(), *id))
+            .collect();
+        let mut taken: BTreeSet<u32> = ids.values().chain(&self.reserved_namespace_ids).copied().collect();
         let mut next = 1;
         for ns in in_use {
-            if self.namespace_ids.contains_key(&ns) {
+            if ids.contains_key(ns) {
                 continue;
             }
             while taken.contains(&next) {
                 next += 1;
             }
             taken.insert(next);
-            self.namespace_ids.insert(ns, next);
+            ids.insert(ns.to_string(), next);
         }
+        ids
     }
 
     /// The VNI traffic of `namespace` carries: its own in multi-tenant mode,
