@@ -94,6 +94,29 @@ pub fn delta(old: &FlowSet, new: &FlowSet) -> Vec<FlowOp> {
     ops
 }
 
+/// `flows` after the switch applied `ops` (what the agent keeps as the
+/// switch's flows once a bundle of them committed).
+pub fn apply(flows: &mut FlowSet, ops: &[FlowOp]) {
+    for op in ops {
+        match op {
+            FlowOp::Add(f) => {
+                flows.insert(f.clone());
+            }
+            // Modify keeps the installed cookie.
+            FlowOp::ModifyStrict(f) => {
+                let cookie = flows.get(&f.key()).map_or(f.cookie, |have| have.cookie);
+                flows.insert(Flow { cookie, ..f.clone() });
+            }
+            FlowOp::DeleteStrict(f) => {
+                flows.remove(&f.key());
+            }
+            FlowOp::DeleteByCookie { filter, table } => {
+                flows.retain(|f| !(filter.matches(f.cookie) && table.is_none_or(|t| t == f.table)));
+            }
+        }
+    }
+}
+
 /// Reads back every k8s-ovs flow, diffs against `desired` and applies the
 /// difference as one bundle. On error nothing changed.
 pub async fn reconcile(client: &Client, desired: &FlowSet) -> Result<ReconcileStats, BundleError> {

@@ -198,6 +198,40 @@ fn namespace_ids_are_recovered_from_the_flows() {
     assert!(!ids.contains_key("red") && !ids.contains_key("green"), "{ids:?}");
 }
 
+/// A deterministic xorshift sequence: each call, a number below its argument.
+fn random_below(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    }
+}
+
+/// A pod of the random sequences at `port`, with the address sized_state
+/// gives the port (IPAM: one address, one pod).
+fn random_pod(port: u32, namespace: String, metered: bool) -> LocalPod {
+    let addr = Ipv4Addr::from(u32::from(ip("172.11.0.2")) + port - 3);
+    LocalPod {
+        ofport: port,
+        ip: addr,
+        mac: Mac::for_ipv4(addr),
+        namespace,
+        egress_meter: metered.then_some(port),
+    }
+}
+
+/// Remote node `i` of the random sequences, there or not.
+fn toggle_remote_node(state: &mut NodeState, i: u32, present: bool) {
+    let node = Ipv4Addr::from(u32::from(ip("192.0.2.12")) + i);
+    if present {
+        let subnet = Ipv4Prefix::new(Ipv4Addr::from(u32::from(ip("172.11.4.0")) + (i << 10)), 22);
+        state.remote_nodes.insert(node, RemoteNode { ip: node, subnet });
+    } else {
+        state.remote_nodes.remove(&node);
+    }
+}
+
 /// Incremental updates end where the whole pipeline does: random sequences
 /// of pod, namespace (VNI), remote node and service events, on a node whose
 /// namespace ids the agent's way keeps assigned; after every event the
@@ -205,15 +239,9 @@ fn namespace_ids_are_recovered_from_the_flows() {
 /// take the previous flows there.
 #[test]
 fn incremental_updates_equal_the_whole_pipeline_on_random_events() {
-    use ovs_flows::pipeline::{touched, Incremental, RemoteNode};
+    use ovs_flows::pipeline::{touched, Incremental};
     use ovs_flows::reconcile::delta;
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut next = random_below(0x2545_f491_4f6c_dd1d);
     for sequence in 0..20 {
         let mut state = sized_state(3);
         let mut inc = Incremental::new(&state, 1);
@@ -224,15 +252,7 @@ fn incremental_updates_equal_the_whole_pipeline_on_random_events() {
             match next(7) {
                 0 => {
                     let port = 3 + next(12) as u32;
-                    // The address sized_state gives the port (IPAM: one address, one pod).
-                    let addr = Ipv4Addr::from(u32::from(ip("172.11.0.2")) + port - 3);
-                    let pod = LocalPod {
-                        ofport: port,
-                        ip: addr,
-                        mac: Mac::for_ipv4(addr),
-                        namespace: ns,
-                        egress_meter: (next(3) == 0).then_some(port),
-                    };
+                    let pod = random_pod(port, ns, next(3) == 0);
                     state.pods.insert(port, pod);
                 }
                 1 => {
@@ -245,15 +265,7 @@ fn incremental_updates_equal_the_whole_pipeline_on_random_events() {
                     state.vnis.remove(&ns);
                 }
                 4 => {
-                    let i = next(4) as u32;
-                    let node = Ipv4Addr::from(u32::from(ip("192.0.2.12")) + i);
-                    if next(2) == 0 {
-                        let subnet =
-                            Ipv4Prefix::new(Ipv4Addr::from(u32::from(ip("172.11.4.0")) + (i << 10)), 22);
-                        state.remote_nodes.insert(node, RemoteNode { ip: node, subnet });
-                    } else {
-                        state.remote_nodes.remove(&node);
-                    }
+                    toggle_remote_node(&mut state, next(4) as u32, next(2) == 0);
                 }
                 5 => {
                     let svc_ip = Ipv4Addr::from(u32::from(ip("10.96.1.0")) + next(6) as u32);
@@ -280,6 +292,101 @@ fn incremental_updates_equal_the_whole_pipeline_on_random_events() {
                 }
             }
             assert_eq!(ops.len(), expected.len(), "sequence {sequence}, step {step}: ops");
+        }
+    }
+}
+
+/// The agent's core, event by event: random sequences of pods put and
+/// removed (namespaces changing under one ofport too), VNI maps, remote
+/// node maps, service maps changed several entries at a time, a mode
+/// switch, reserved ids released. After every event the `NodePipeline`'s
+/// namespace ids equal `assign_namespace_ids`'s on the same state, its
+/// flows equal `pipeline()`'s, and the operations it returned take the
+/// previous flows exactly there, with no more operations than the whole
+/// diff.
+#[test]
+fn a_node_pipeline_fed_events_equals_the_whole_pipeline() {
+    use ovs_flows::pipeline::NodePipeline;
+    use ovs_flows::reconcile::{apply, delta};
+    let mut next = random_below(0x1234_5678_9abc_def1);
+    let namespaces = ["red", "blue", "green", "kube-system", "aaa"];
+    for sequence in 0..20 {
+        let mut shadow = sized_state(3);
+        // Some sequences start as after a restart: ids read back, two reserved.
+        if sequence % 2 == 1 {
+            shadow.namespace_ids = BTreeMap::from([("red".into(), 4), ("blue".into(), 9)]);
+            shadow.reserved_namespace_ids = [2, 5].into();
+        }
+        let mut np = NodePipeline::new(shadow.clone(), 1);
+        shadow.assign_namespace_ids();
+        assert_eq!(np.flows().to_strings(), pipeline(&shadow, 1).to_strings());
+        let mut switch = np.flows();
+        for step in 0..80 {
+            let ns = |k: u64| namespaces[k as usize].to_string();
+            let ops = match next(9) {
+                0 | 1 => {
+                    let port = 3 + next(12) as u32;
+                    let pod = random_pod(port, ns(next(5)), next(3) == 0);
+                    shadow.pods.insert(port, pod.clone());
+                    np.put_pod(pod)
+                }
+                2 => {
+                    let port = 3 + next(12) as u32;
+                    shadow.pods.remove(&port);
+                    np.remove_pod(port)
+                }
+                3 => {
+                    for _ in 0..1 + next(3) {
+                        match next(3) {
+                            0 => shadow.vnis.remove(&ns(next(5))),
+                            _ => shadow.vnis.insert(ns(next(5)), [0, 100, 200, 300][next(4) as usize]),
+                        };
+                    }
+                    np.set_vnis(&shadow.vnis)
+                }
+                4 => {
+                    for _ in 0..1 + next(2) {
+                        toggle_remote_node(&mut shadow, next(4) as u32, next(2) == 0);
+                    }
+                    np.set_remote_nodes(&shadow.remote_nodes)
+                }
+                5 | 6 => {
+                    for _ in 0..1 + next(3) {
+                        let svc_ip = Ipv4Addr::from(u32::from(ip("10.96.1.0")) + next(6) as u32);
+                        if next(3) == 0 {
+                            shadow.services.remove(&svc_ip);
+                        } else {
+                            let ports =
+                                vec![ServicePort { protocol: Protocol::Udp, port: 53 + next(2) as u16 }];
+                            shadow
+                                .services
+                                .insert(svc_ip, Service { ip: svc_ip, namespace: ns(next(5)), ports });
+                        }
+                    }
+                    np.set_services(&shadow.services)
+                }
+                7 if next(4) == 0 => {
+                    shadow.mode = match shadow.mode {
+                        Mode::MultiTenant => Mode::SingleTenant,
+                        Mode::SingleTenant => Mode::MultiTenant,
+                    };
+                    np.set_mode(shadow.mode)
+                }
+                8 if !shadow.reserved_namespace_ids.is_empty() => {
+                    shadow.reserved_namespace_ids.clear();
+                    np.release_reserved_ids();
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            shadow.assign_namespace_ids();
+            let at = format!("sequence {sequence}, step {step}");
+            assert_eq!(np.state(), &shadow, "{at}: state");
+            let whole = pipeline(&shadow, 1);
+            assert_eq!(np.flows().to_strings(), whole.to_strings(), "{at}: flows");
+            assert!(ops.len() <= delta(&switch, &whole).len(), "{at}: more ops than the whole diff");
+            apply(&mut switch, &ops);
+            assert_eq!(switch.to_strings(), whole.to_strings(), "{at}: the ops end elsewhere");
         }
     }
 }

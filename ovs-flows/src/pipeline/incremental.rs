@@ -44,13 +44,11 @@ pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
         }
         Category::NamespaceId => {
             if let Some((ns, _)) = ids.iter().find(|(_, id)| **id == object) {
-                if let Some(vni) = state.vni_of(ns) {
-                    let uses = NamespaceUse {
-                        pods: state.pods.values().any(|p| &p.namespace == ns),
-                        services: state.services.values().any(|s| &s.namespace == ns),
-                    };
-                    namespace_flows(&mut b, object, vni, uses, &to_gateway(state));
-                }
+                let uses = NamespaceUse {
+                    pods: state.pods.values().any(|p| &p.namespace == ns),
+                    services: state.services.values().any(|s| &s.namespace == ns),
+                };
+                return namespace_id_flows(state, round, object, ns, uses);
             }
         }
         Category::Namespace => {
@@ -77,8 +75,25 @@ pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
     b.flows
 }
 
+/// The flows of namespace id `id`, held by `namespace` with `uses` (the
+/// caller's index of them: [`owner_flows`] scans the state, the
+/// [`super::NodePipeline`] keeps counts).
+pub(super) fn namespace_id_flows(
+    state: &NodeState,
+    round: u16,
+    id: u32,
+    namespace: &str,
+    uses: NamespaceUse,
+) -> FlowSet {
+    let mut b = Builder { round, flows: FlowSet::new() };
+    if let Some(vni) = state.vni_of(namespace) {
+        namespace_flows(&mut b, id, vni, uses, &to_gateway(state));
+    }
+    b.flows
+}
+
 /// Every owner with flows in `state` (a superset is harmless).
-fn owners(state: &NodeState) -> BTreeSet<Owner> {
+pub(super) fn owners(state: &NodeState) -> BTreeSet<Owner> {
     let mut out = BTreeSet::from([(Category::Pipeline, 0), (Category::Node, 0)]);
     out.extend(state.pods.keys().map(|p| (Category::Pod, *p)));
     out.extend(state.namespace_ids.values().map(|id| (Category::NamespaceId, *id)));
@@ -173,9 +188,18 @@ pub struct Incremental {
 impl Incremental {
     /// The whole flow set of `state`, grouped by owner.
     pub fn new(state: &NodeState, round: u16) -> Incremental {
+        Incremental::of(round, owners(state), |owner| owner_flows(state, round, owner))
+    }
+
+    /// The flows of `owners`, from `flows_of`.
+    pub(super) fn of(
+        round: u16,
+        owners: impl IntoIterator<Item = Owner>,
+        mut flows_of: impl FnMut(Owner) -> FlowSet,
+    ) -> Incremental {
         let mut inc = Incremental { round, groups: BTreeMap::new() };
-        for owner in owners(state) {
-            let flows = owner_flows(state, round, owner);
+        for owner in owners {
+            let flows = flows_of(owner);
             if !flows.is_empty() {
                 inc.groups.insert(owner, flows);
             }
@@ -206,9 +230,19 @@ impl Incremental {
         state: &NodeState,
         owners: impl IntoIterator<Item = &'a Owner>,
     ) -> Vec<FlowOp> {
+        let round = self.round;
+        self.update_with(owners, |owner| owner_flows(state, round, owner))
+    }
+
+    /// [`Incremental::update`] with the owners' new flows from `flows_of`.
+    pub(super) fn update_with<'a>(
+        &mut self,
+        owners: impl IntoIterator<Item = &'a Owner>,
+        mut flows_of: impl FnMut(Owner) -> FlowSet,
+    ) -> Vec<FlowOp> {
         let mut ops = Vec::new();
         for owner in owners {
-            let new = owner_flows(state, self.round, *owner);
+            let new = flows_of(*owner);
             let old = self.groups.remove(owner).unwrap_or_default();
             ops.extend(reconcile::delta(&old, &new));
             if !new.is_empty() {

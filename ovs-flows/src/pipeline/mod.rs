@@ -25,10 +25,13 @@
 //! join, isolate or global changes the same handful of flows per node
 //! whatever the namespace's size.
 
+mod ids;
 mod incremental;
+mod node;
 mod state;
 
 pub use incremental::{owner_flows, touched, Incremental, Owner};
+pub use node::NodePipeline;
 pub use state::{LocalPod, Mode, NodeState, Protocol, RemoteNode, Service, ServicePort, GLOBAL_VNI};
 
 /// The conntrack zone of the connections the node's kernel sends into the
@@ -257,7 +260,7 @@ fn isolation_flow(b: &mut Builder, vni: u32) {
 
 /// What a namespace has on this node, so it gets only the flows it needs
 /// (most namespaces of a large cluster have services here and no pods).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct NamespaceUse {
     pods: bool,
     services: bool,
