@@ -23,11 +23,16 @@ use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use etcd_schema::connect::EtcdTls;
 use etcd_schema::{
     parse_host_subnet, parse_net_namespace, parse_network_config, record_text, KeyKind, Keys, NetworkConfig,
+    PluginName,
 };
 use ipnetwork::Ipv4Network;
 use ovs_flows::backoff::Backoff;
+use ovs_flows::ofp::FlowOp;
+use ovs_flows::pipeline::{Mode, NodePipeline, RemoteNode};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::dataplane::prefix_of;
 
 /// What the agent needs from etcd.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,7 +54,35 @@ pub struct EtcdView {
     pub synced: bool,
 }
 
+/// The pipeline's tenancy mode for etcd's `PluginName`.
+pub fn mode_of(plugin: PluginName) -> Mode {
+    match plugin {
+        PluginName::MultiTenant => Mode::MultiTenant,
+        PluginName::Subnet => Mode::SingleTenant,
+    }
+}
+
 impl EtcdView {
+    /// Brings the node's pipeline in line with the view: the mode, the
+    /// namespaces' VNIs, the other nodes. Returns the flow operations that
+    /// takes (not sent).
+    pub fn apply_to(&self, pipeline: &mut NodePipeline) -> Vec<FlowOp> {
+        let mut ops = Vec::new();
+        if let Some(cfg) = &self.config {
+            ops.extend(pipeline.set_mode(mode_of(cfg.plugin)));
+        }
+        ops.extend(pipeline.set_vnis(&self.vnis));
+        let node_ip = pipeline.state().node_ip;
+        let remote_nodes = self
+            .subnets
+            .iter()
+            .filter(|(ip, _)| **ip != node_ip)
+            .map(|(ip, net)| (*ip, RemoteNode { ip: *ip, subnet: prefix_of(*net) }))
+            .collect();
+        ops.extend(pipeline.set_remote_nodes(&remote_nodes));
+        ops
+    }
+
     /// Applies one key's new raw value (`None` = deleted). Invalid values,
     /// a value that is not UTF-8 included, keep the previous state.
     pub fn apply(&mut self, prefix: &str, key: &str, value: Option<&[u8]>) {

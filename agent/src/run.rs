@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::{Client as FlowClient, ClientOptions, ConnEvent, Endpoint};
-use ovs_flows::pipeline::{gateway_of, Mode, NodeState, GATEWAY_OFPORT, VXLAN_OFPORT, VXLAN_UDP_PORT};
+use ovs_flows::pipeline::{gateway_of, NodeState, GATEWAY_OFPORT, VXLAN_OFPORT, VXLAN_UDP_PORT};
 use ovs_flows::Mac;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -202,12 +202,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     .context("OpenFlow")?;
     let mut ofp_events = flows.events();
 
-    let mode = match net.plugin {
-        etcd_schema::PluginName::MultiTenant => Mode::MultiTenant,
-        etcd_schema::PluginName::Subnet => Mode::SingleTenant,
-    };
     let state = NodeState::new(
-        mode,
+        etcd_source::mode_of(net.plugin),
         cfg.node_ip,
         prefix_of(subnet),
         prefix_of(net.network),
@@ -224,7 +220,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     info!(pods = adopted.len(), round, "adopting pods found on the bridge");
     dp.adopt(adopted, other_ofports);
     dp.read_adopted_shaping().await;
-    dp.on_view_state(&view);
+    // Sent with the first full reconcile, as the adopted pods' flows.
+    let _ = dp.on_view_state(&view);
     if !cfg.no_kube {
         dp.await_services();
     }
@@ -264,8 +261,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
                 let _ = reply.send(dp.node_pods());
             }
             Ok(()) = view_rx.changed() => {
-                let v = view_rx.borrow_and_update().clone();
-                if let Err(e) = dp.on_view(&v).await {
+                // Read in place (the view holds every namespace and node):
+                // the borrow ends before the bundle goes out.
+                let ops = dp.on_view_state(&view_rx.borrow_and_update());
+                if let Err(e) = dp.commit(ops).await {
                     warn!(error = %e, "applying an etcd change failed; retrying on the next change or reconnect");
                 }
             }
@@ -274,8 +273,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
                 dp.on_pods(&p).await;
             }
             Ok(()) = svc_rx.changed() => {
-                let s = svc_rx.borrow_and_update().clone();
-                if let Err(e) = dp.on_services(&s).await {
+                let ops = dp.on_services_state(&svc_rx.borrow_and_update());
+                if let Err(e) = dp.commit(ops).await {
                     warn!(error = %e, "applying a service change failed");
                 }
             }

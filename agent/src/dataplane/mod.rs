@@ -1,18 +1,20 @@
 //! The node's dataplane state and every operation that changes it: pods
 //! wired and unwired (CNI ADD/DEL/CHECK/GC), etcd and service updates. The
 //! agent loop (`run.rs`) owns one `Dataplane` and calls it one event at a
-//! time; a change of the flows is an atomic bundle of the difference between
-//! the flow set last committed and the one `pipeline()` computes for the new
-//! state (an ADD that fails after its flows went out sends a second one to
-//! take them back, GC one per stale pod).
+//! time. The flows come from a [`NodePipeline`]: each event (a pod put or
+//! removed, etcd's view, the services) changes it and returns the flow
+//! operations that event needs, sent as one atomic bundle (an ADD that fails
+//! after its flows went out sends a second one to take them back, GC one per
+//! stale pod). Start, replay and resync compare the whole set with what the
+//! switch holds.
 //!
 //! The dataplane works over three small traits (`edges.rs`): the OpenFlow
 //! switch, the OVSDB ports and the host's networking. The agent gives it
 //! the real clients; the unit tests (`tests.rs`) an in-memory world
 //! (`fake.rs`), so every branch here runs without root.
 //!
-//! The pods live in one store, `pods` (by CNI attachment); the pipeline's
-//! [`NodeState`] gets its pods from it whenever flows are computed.
+//! The pods live in one store, `pods` (by CNI attachment); `put_pod` and
+//! `take_pod` change it and the pipeline's view of the pod together.
 
 mod edges;
 #[cfg(test)]
@@ -32,10 +34,10 @@ use std::time::{Duration, Instant};
 use cni::protocol::{Command, Request, Response};
 use cni::spec::{CniError, CniResult, ErrorCode};
 use ipnetwork::Ipv4Network;
-use ovs_flows::ofp::{Meter, MeterCommand};
+use ovs_flows::client::BundleError;
+use ovs_flows::ofp::{FlowOp, Meter, MeterCommand};
 use ovs_flows::pipeline::{
-    pipeline, recovered_namespace_ids, LocalPod, Mode, NodeState, Protocol, RemoteNode, Table,
-    FIRST_POD_OFPORT,
+    recovered_namespace_ids, LocalPod, NodePipeline, NodeState, Protocol, Table, FIRST_POD_OFPORT,
 };
 use ovs_flows::trace::{NodePods, TracePod, TraceService};
 use ovs_flows::{reconcile, Action, Category, CookieFilter, FlowSet, Ipv4Prefix};
@@ -74,13 +76,20 @@ pub struct Dataplane<S, V, H> {
     flows: S,
     host: H,
     ipam: IpamStore,
-    /// Everything the pipeline needs but the pods (its `pods` stays empty:
-    /// they come from `pods` when flows are computed).
-    state: NodeState,
+    /// The node's pipeline: its state (pods as `local_pod` makes them) and
+    /// flows, changed event by event.
+    pipeline: NodePipeline,
     /// The node's pods: the one store of them.
     pods: BTreeMap<PodKey, PodRecord>,
     /// The flow set the switch holds (last committed bundle).
     installed: FlowSet,
+    /// The switch's flows may differ from the pipeline's other than by the
+    /// next event's operations (a bundle failed, the kept service flows were
+    /// dropped): the next commit sends the whole difference instead.
+    installed_differs: bool,
+    /// The namespace ids the switch's flows use were read back (the first
+    /// full reconcile of a start does it).
+    ids_recovered: bool,
     /// The meters the switch holds, by id (the pod's ofport): pod egress
     /// limits on the netdev datapath. Added before the flows that name them,
     /// deleted after.
@@ -94,7 +103,6 @@ pub struct Dataplane<S, V, H> {
     bandwidth_warned: BTreeMap<PodKey, String>,
     /// For reading a pod the watch has not delivered yet (ADD races it).
     kube: Option<kube::Client>,
-    round: u16,
     metrics: Arc<Metrics>,
     /// Until the first Service list arrives after a start, the service flows
     /// the switch already holds (from the previous agent) are the best
@@ -108,6 +116,13 @@ fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
     CniError::new(ErrorCode::AgentFailure, msg).with_details(e.to_string())
 }
 
+/// A commit's operations, and the whole flow set when they are its whole
+/// difference from the installed flows.
+struct Pending {
+    ops: Vec<FlowOp>,
+    whole: Option<FlowSet>,
+}
+
 /// The three edges a dataplane works over.
 pub struct Edges<S, V, H> {
     pub switch: S,
@@ -116,8 +131,8 @@ pub struct Edges<S, V, H> {
 }
 
 impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
-    /// `state`: the node's pipeline state without pods; `round`: this
-    /// start's cookie round.
+    /// `state`: the node's pipeline state without pods (they come with
+    /// `adopt` and ADD); `round`: this start's cookie round.
     pub fn new(
         settings: NodeSettings,
         edges: Edges<S, V, H>,
@@ -132,15 +147,16 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             flows: edges.switch,
             host: edges.host,
             ipam,
-            state,
+            pipeline: NodePipeline::new(state, round),
             pods: BTreeMap::new(),
             installed: FlowSet::new(),
+            installed_differs: false,
+            ids_recovered: false,
             meters: BTreeMap::new(),
             other_ofports: Default::default(),
             annotations: PodAnnotations::new(),
             bandwidth_warned: BTreeMap::new(),
             kube: None,
-            round,
             metrics,
             kept_service_flows: None,
         }
@@ -152,27 +168,15 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         self.kept_service_flows = Some(FlowSet::new());
     }
 
-    /// The state the pipeline is computed from: the node's, with its pods
-    /// from the pod store.
-    fn node_state(&self) -> NodeState {
-        let mut state = self.state.clone();
-        state.pods = self.pods.values().map(|r| (r.ofport, self.local_pod(r))).collect();
-        state
+    /// The pipeline's state.
+    fn state(&self) -> &NodeState {
+        self.pipeline.state()
     }
 
-    /// The flows the switch must hold now; namespaces new to the node get
-    /// their ids here, and keep them while they are in use.
-    fn desired(&mut self) -> FlowSet {
-        let mut state = self.node_state();
-        state.assign_namespace_ids();
-        self.state.namespace_ids = state.namespace_ids.clone();
-        self.desired_for(&state)
-    }
-
-    /// The pipeline of `state`, plus, while the services are not known yet,
-    /// the service flows kept from before.
-    fn desired_for(&self, state: &NodeState) -> FlowSet {
-        let mut desired = pipeline(state, self.round);
+    /// The flows the switch must hold now: the pipeline's, plus, while the
+    /// services are not known yet, the service flows kept from before.
+    fn desired(&self) -> FlowSet {
+        let mut desired = self.pipeline.flows();
         for f in self.kept_service_flows.iter().flat_map(FlowSet::iter) {
             if !desired.contains(&f.key()) {
                 desired.insert(f.clone());
@@ -183,6 +187,28 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
 
     pub fn installed(&self) -> &FlowSet {
         &self.installed
+    }
+
+    /// Puts a pod in the store and in the pipeline (a record moved to
+    /// another ofport leaves its old one); the flow operations it needs.
+    fn put_pod(&mut self, rec: PodRecord) -> Vec<FlowOp> {
+        let pod = self.local_pod(&rec);
+        let mut ops = Vec::new();
+        if let Some(old) = self.pods.insert(rec.key.clone(), rec) {
+            if old.ofport != pod.ofport {
+                ops = self.pipeline.remove_pod(old.ofport);
+            }
+        }
+        ops.extend(self.pipeline.put_pod(pod));
+        ops
+    }
+
+    /// Takes a pod out of the store and the pipeline, with the flow
+    /// operations that removes.
+    fn take_pod(&mut self, key: &PodKey) -> Option<(PodRecord, Vec<FlowOp>)> {
+        let rec = self.pods.remove(key)?;
+        let ops = self.pipeline.remove_pod(rec.ofport);
+        Some((rec, ops))
     }
 
     /// The pods as the switch sees them (for `/debug/pods`).
@@ -196,11 +222,11 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 ip: r.ip,
                 mac: r.mac.to_string(),
                 ofport: r.ofport,
-                vni: self.state.vni_of(&r.namespace),
+                vni: self.state().vni_of(&r.namespace),
             })
             .collect();
         let services = self
-            .state
+            .state()
             .services
             .values()
             .map(|s| TraceService {
@@ -214,19 +240,20 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                         Protocol::Udp => format!("udp/{}", p.port),
                     })
                     .collect(),
-                vni: self.state.vni_of(&s.namespace),
+                vni: self.state().vni_of(&s.namespace),
             })
             .collect();
-        NodePods { node_ip: self.state.node_ip, bridge: self.settings.bridge.clone(), pods, services }
+        NodePods { node_ip: self.state().node_ip, bridge: self.settings.bridge.clone(), pods, services }
     }
 
     /// Adopts pods found on the bridge at start (from their external_ids):
     /// a restarted agent keeps serving them without touching their wiring.
     /// `other_ofports`: the ofports of every other port on the bridge.
+    /// Their flows go out with the first full reconcile.
     pub fn adopt(&mut self, pods: Vec<PodRecord>, other_ofports: impl IntoIterator<Item = u32>) {
         self.other_ofports = other_ofports.into_iter().collect();
         for rec in pods {
-            self.pods.insert(rec.key.clone(), rec);
+            self.put_pod(rec);
         }
         self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
     }
@@ -306,21 +333,25 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         }
         // Every flow, whoever wrote it: br0 belongs to the agent.
         let installed = self.flows.dump_flows(None, CookieFilter::ANY).await?;
-        if self.state.namespace_ids.is_empty() {
-            // A fresh start: keep the namespace ids the switch's flows use.
+        if !self.ids_recovered {
+            // A fresh start: keep the namespace ids the switch's flows use
+            // (the pipeline is computed anew with them: the whole set).
             let pods = self.pods.values().map(|r| (r.ofport, r.namespace.clone())).collect();
             let (ids, reserved) = recovered_namespace_ids(&installed, &pods);
-            self.state.namespace_ids = ids;
+            let mut state = self.state().clone();
+            state.namespace_ids = ids;
             if self.kept_service_flows.is_some() {
-                self.state.reserved_namespace_ids = reserved;
+                state.reserved_namespace_ids = reserved;
             }
+            self.pipeline = NodePipeline::new(state, self.pipeline.round());
+            self.ids_recovered = true;
         }
         if let Some(kept) = self.kept_service_flows.as_mut() {
             // The service flows, the SERVICE_VNI flows they lead to (a
             // namespace with pods here has none until its services are
             // known), and every flow of the namespaces only services name
             // (whose ids stay reserved until the first list).
-            let reserved = &self.state.reserved_namespace_ids;
+            let reserved = &self.pipeline.state().reserved_namespace_ids;
             kept.extend(
                 installed
                     .iter()
@@ -342,6 +373,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             warn!(flows = foreign, "removed flows k8s-ovs did not write from its tables");
         }
         self.installed = desired;
+        self.installed_differs = false;
         // The switch's meters belong to the agent too: one no pod needs is a
         // leftover (of a pod deleted while the agent was down) or foreign.
         let stale: Vec<u32> =
@@ -369,60 +401,81 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         Ok(drift)
     }
 
-    /// Sends the change from the installed flows to the pipeline of the
-    /// current state, in one bundle. On failure nothing changed on the
-    /// switch and `installed` stays as it was.
-    async fn sync_flows(&mut self) -> anyhow::Result<()> {
+    /// Sends one event's flow operations in one bundle. While the switch's
+    /// flows may differ from the pipeline's by more than them (kept service
+    /// flows, an earlier failure: see `installed_differs`) it sends the
+    /// whole difference instead. On failure nothing changed on the switch,
+    /// and the next commit sends the whole difference.
+    pub async fn commit(&mut self, ops: Vec<FlowOp>) -> anyhow::Result<()> {
         let t = Instant::now();
-        let desired = self.desired();
-        let ops = reconcile::delta(&self.installed, &desired);
+        let pending = self.to_send(ops);
         let computed = t.elapsed();
-        if ops.is_empty() {
-            return Ok(());
+        if pending.ops.is_empty() {
+            return self.sent(pending, Ok(()));
         }
         let t = Instant::now();
-        if let Err(e) = self.flows.bundle(&ops).await {
+        let result = self.flows.bundle(&pending.ops).await;
+        if result.is_ok() {
+            self.metrics.bundle_seconds.observe_duration(t.elapsed());
+            self.metrics.bundle_flows.observe(pending.ops.len() as f64);
+            debug!(?computed, bundle = ?t.elapsed(), ops = pending.ops.len(), flows = self.pipeline.len(), "flows synced");
+        }
+        self.sent(pending, result)
+    }
+
+    /// What a commit of `ops` sends (see [`Dataplane::commit`]).
+    fn to_send(&self, ops: Vec<FlowOp>) -> Pending {
+        if self.installed_differs || self.kept_service_flows.is_some() {
+            let whole = self.desired();
+            return Pending { ops: reconcile::delta(&self.installed, &whole), whole: Some(whole) };
+        }
+        Pending { ops, whole: None }
+    }
+
+    /// Records how a bundle of `sent` ended.
+    fn sent(&mut self, sent: Pending, result: Result<(), BundleError>) -> anyhow::Result<()> {
+        if let Err(e) = result {
+            self.installed_differs = true;
             self.metrics.flow_errors.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
-        self.metrics.bundle_seconds.observe_duration(t.elapsed());
-        self.metrics.bundle_flows.observe(ops.len() as f64);
-        debug!(?computed, bundle = ?t.elapsed(), ops = ops.len(), flows = desired.len(), "flows synced");
-        self.installed = desired;
+        match sent.whole {
+            Some(whole) => self.installed = whole,
+            None => reconcile::apply(&mut self.installed, &sent.ops),
+        }
+        self.installed_differs = false;
         Ok(())
     }
 
     /// etcd changed: namespace VNIs, other nodes' subnets, the mode.
     pub async fn on_view(&mut self, view: &EtcdView) -> anyhow::Result<()> {
-        self.on_view_state(view);
-        self.sync_flows().await
+        let ops = self.on_view_state(view);
+        self.commit(ops).await
     }
 
-    /// The state part of [`Dataplane::on_view`], without touching the switch.
-    pub fn on_view_state(&mut self, view: &EtcdView) {
-        if let Some(cfg) = &view.config {
-            self.state.mode = match cfg.plugin {
-                etcd_schema::PluginName::MultiTenant => Mode::MultiTenant,
-                etcd_schema::PluginName::Subnet => Mode::SingleTenant,
-            };
-        }
-        self.state.vnis = view.vnis.clone();
-        self.state.remote_nodes = view
-            .subnets
-            .iter()
-            .filter(|(ip, _)| **ip != self.state.node_ip)
-            .map(|(ip, net)| (*ip, RemoteNode { ip: *ip, subnet: prefix_of(*net) }))
-            .collect();
+    /// The pipeline part of [`Dataplane::on_view`]: the flow operations the
+    /// view's changes need, not sent yet.
+    pub fn on_view_state(&mut self, view: &EtcdView) -> Vec<FlowOp> {
+        view.apply_to(&mut self.pipeline)
     }
 
     /// A complete service map (the watch's first list, or any change after it).
     pub async fn on_services(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
-        self.state.services = services.clone();
+        let ops = self.on_services_state(services);
+        self.commit(ops).await
+    }
+
+    /// The pipeline part of [`Dataplane::on_services`]. The first list ends
+    /// the kept service flows: the next commit sends the whole difference,
+    /// which deletes those no service has any more.
+    pub fn on_services_state(&mut self, services: &ServiceMap) -> Vec<FlowOp> {
+        let ops = self.pipeline.set_services(services);
         if self.kept_service_flows.take().is_some() {
-            self.state.reserved_namespace_ids.clear();
+            self.pipeline.release_reserved_ids();
+            self.installed_differs = true;
             info!(services = services.len(), "first Service list: service flows follow the apiserver again");
         }
-        self.sync_flows().await
+        ops
     }
 
     /// Answers one CNI request.
@@ -456,7 +509,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     }
 
     fn result_of(&self, rec: &PodRecord) -> CniResult {
-        rec.cni_result(self.state.cluster_cidr.prefix_len(), self.state.gateway_ip, None)
+        rec.cni_result(self.state().cluster_cidr.prefix_len(), self.state().gateway_ip, None)
     }
 
     async fn add(&mut self, req: &Request) -> Result<CniResult, CniError> {
@@ -507,7 +560,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         let t0 = Instant::now();
         let host_veth = host_veth_name(key);
         let mac = mac_for_ip(ip);
-        let address = Ipv4Network::new(ip, self.state.cluster_cidr.prefix_len())
+        let address = Ipv4Network::new(ip, self.state().cluster_cidr.prefix_len())
             .map_err(|e| agent_error("bad pod address", e))?;
         let iface = PodInterface {
             netns: PathBuf::from(&req.netns),
@@ -516,7 +569,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             mac: MacAddr(mac.0),
             mtu: self.settings.pod_mtu,
             address,
-            gateway: self.state.gateway_ip,
+            gateway: self.state().gateway_ip,
             offloads_off: self.settings.datapath == DatapathType::Netdev,
         };
         // A leftover host veth of an earlier, half-finished ADD is replaced.
@@ -555,16 +608,13 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 return Err(agent_error("adding the pod's egress meter failed", e));
             }
         }
-        self.pods.insert(key.clone(), rec.clone());
-        let desired = self.desired();
-        let ops = reconcile::delta(&self.installed, &desired);
+        let ops = self.put_pod(rec.clone());
+        let pending = self.to_send(ops);
         let (port, flows) = tokio::join!(
             self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT),
-            self.flows.bundle(&ops)
+            self.flows.bundle(&pending.ops)
         );
-        if flows.is_ok() {
-            self.installed = desired;
-        }
+        let flows = self.sent(pending, flows);
         let failure = match (port, flows) {
             (Ok(got), Ok(())) if got == rec.ofport => None,
             (Ok(got), Ok(())) => {
@@ -573,12 +623,12 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 warn!(requested = rec.ofport, got, port = %host_veth, "ofport request not honoured");
                 let requested = rec.ofport;
                 rec.ofport = got;
-                self.pods.insert(key.clone(), rec.clone());
                 let moved = async {
                     if let Some(m) = self.egress_meter(got, &limits) {
                         self.put_meter(m).await?;
                     }
-                    self.sync_flows().await?;
+                    let ops = self.put_pod(rec.clone());
+                    self.commit(ops).await?;
                     self.drop_meter(requested).await
                 };
                 moved.await.err().map(|e| agent_error("installing the pod's flows failed", e))
@@ -600,8 +650,8 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             other => other,
         };
         if let Some(err) = failure {
-            self.pods.remove(key);
-            if let Err(e) = self.sync_flows().await {
+            let ops = self.take_pod(key).map(|(_, ops)| ops).unwrap_or_default();
+            if let Err(e) = self.commit(ops).await {
                 warn!(error = %e, "removing the flows of a failed ADD failed");
             } else if let Err(e) = self.drop_meter(rec.ofport).await {
                 warn!(error = %e, "removing the egress meter of a failed ADD failed");
@@ -722,7 +772,12 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                     },
                 };
             }
-            self.pods.insert(k, PodRecord { limits, ..rec });
+            // Before the first full reconcile (at start) the ops need not
+            // be sent; should this ever run later, the next commit sends the
+            // whole difference.
+            if !self.put_pod(PodRecord { limits, ..rec }).is_empty() {
+                self.installed_differs = true;
+            }
         }
     }
 
@@ -738,8 +793,8 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             self.put_meter(m).await?;
         }
         let ofport = rec.ofport;
-        self.pods.insert(k.clone(), PodRecord { limits, ..rec });
-        self.sync_flows().await?;
+        let ops = self.put_pod(PodRecord { limits, ..rec });
+        self.commit(ops).await?;
         if wanted.is_none() {
             self.drop_meter(ofport).await?;
         }
@@ -809,11 +864,12 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     }
 
     async fn unwire(&mut self, key: &PodKey) -> Result<(), CniError> {
-        let host_veth = match self.pods.remove(key) {
-            Some(rec) => {
+        let host_veth = match self.take_pod(key) {
+            Some((rec, ops)) => {
                 // Flows first: no packet is sent to a port about to vanish.
-                if let Err(e) = self.sync_flows().await {
-                    self.pods.insert(key.clone(), rec);
+                if let Err(e) = self.commit(ops).await {
+                    // Still a pod (the next commit sends the whole difference).
+                    self.put_pod(rec);
                     return Err(agent_error("removing the pod's flows failed", e));
                 }
                 let (ofport, name) = (rec.ofport, rec.host_veth);
@@ -852,7 +908,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             unknown(format!("container {} / {} is not attached", key.container_id, key.ifname))
         })?;
         if let Some(prev) = &req.prev_result {
-            let want = format!("{}/{}", rec.ip, self.state.cluster_cidr.prefix_len());
+            let want = format!("{}/{}", rec.ip, self.state().cluster_cidr.prefix_len());
             let ips = prev.get("ips").and_then(|v| v.as_array()).cloned().unwrap_or_default();
             if !ips.iter().any(|i| i.get("address").and_then(|a| a.as_str()) == Some(want.as_str())) {
                 return Err(CniError::new(

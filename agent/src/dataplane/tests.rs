@@ -103,16 +103,19 @@ impl Node {
     }
 
     /// The switch holds exactly what the dataplane committed, and that is
-    /// the pipeline of the dataplane's state.
+    /// the whole pipeline of the dataplane's state, computed afresh (plus
+    /// the service flows kept after a start).
     fn assert_switch_in_step(&self) {
         let w = self.fake.world();
         let show = |f: &FlowSet| f.to_strings();
         assert_eq!(show(&w.flows), show(self.dp.installed()), "the switch and the dataplane disagree");
-        assert_eq!(
-            show(self.dp.installed()),
-            show(&self.dp.desired_for(&self.dp.node_state())),
-            "committed flows are not the pipeline's"
-        );
+        let mut whole = ovs_flows::pipeline::pipeline(self.dp.state(), self.dp.pipeline.round());
+        for f in self.dp.kept_service_flows.iter().flat_map(FlowSet::iter) {
+            if !whole.contains(&f.key()) {
+                whole.insert(f.clone());
+            }
+        }
+        assert_eq!(show(self.dp.installed()), show(&whole), "committed flows are not the whole pipeline's");
         let meters: BTreeMap<u32, Meter> = w.meters.clone();
         assert_eq!(meters, self.dp.meters, "the switch's meters and the dataplane's disagree");
     }
@@ -518,7 +521,9 @@ async fn an_ofport_request_not_honoured_moves_the_flows_and_the_meter() {
 async fn a_restart_keeps_the_namespace_ids_the_kept_service_flows_name() {
     use ovs_flows::pipeline::{Protocol, Service, ServicePort};
     let mut n = node(DatapathType::Netdev).await;
-    n.dp.state.vnis.insert("kube-system".into(), 0);
+    let vnis = BTreeMap::from([("kube-system".to_string(), 0)]);
+    let ops = n.dp.pipeline.set_vnis(&vnis);
+    n.dp.commit(ops).await.expect("VNIs");
     n.add("c1", "a").await.expect("ADD red/a");
     let dns = Service {
         ip: "10.96.0.10".parse().expect("ip"),
@@ -533,7 +538,7 @@ async fn a_restart_keeps_the_namespace_ids_the_kept_service_flows_name() {
     n.dp.on_services(&BTreeMap::from([(dns.ip, dns), (web.ip, web)])).await.expect("services");
     let blue = Request { pod_namespace: Some("blue".into()), ..req(Command::Add, "c2", "b") };
     n.dp.add(&blue).await.expect("ADD blue/b");
-    let ids_before = n.dp.state.namespace_ids.clone();
+    let ids_before = n.dp.state().namespace_ids.clone();
     assert_eq!(
         ids_before,
         BTreeMap::from([("red".into(), 1), ("kube-system".into(), 2), ("blue".into(), 3)])
@@ -543,7 +548,8 @@ async fn a_restart_keeps_the_namespace_ids_the_kept_service_flows_name() {
     drop(dp);
 
     let mut n = node_on(fake, dir, DatapathType::Netdev);
-    n.dp.state.vnis.insert("kube-system".into(), 0);
+    // Sent with the full reconcile below, as at a start.
+    let _ = n.dp.pipeline.set_vnis(&vnis);
     n.dp.await_services();
     let ports = n.fake.list_ports("br0").await.expect("ports");
     let adopted = ports
@@ -556,10 +562,37 @@ async fn a_restart_keeps_the_namespace_ids_the_kept_service_flows_name() {
         fs.iter().map(|f| Flow { cookie: f.cookie.with_round(0), ..f.clone() }.to_string()).collect()
     };
     assert_eq!(strip(&n.fake.world().flows), strip(&flows_before), "a flow changed across the restart");
-    assert_eq!(n.dp.state.namespace_ids, BTreeMap::from([("red".into(), 1), ("blue".into(), 3)]));
-    assert!(n.dp.state.reserved_namespace_ids.contains(&2));
+    assert_eq!(n.dp.state().namespace_ids, BTreeMap::from([("red".into(), 1), ("blue".into(), 3)]));
+    assert!(n.dp.state().reserved_namespace_ids.contains(&2));
     // The first Service list ends the reservation: ids follow the services again.
     n.dp.on_services(&BTreeMap::new()).await.expect("empty list");
-    assert!(n.dp.state.reserved_namespace_ids.is_empty());
+    assert!(n.dp.state().reserved_namespace_ids.is_empty());
     n.assert_switch_in_step();
+}
+
+/// An event sends only what it changes (a join: the namespace's few flows,
+/// not the node's); a bundle that fails leaves the switch as it was, and
+/// the next commit, whatever its event, sends the change that was missed.
+#[tokio::test]
+async fn a_missed_change_goes_out_with_the_next_commit() {
+    let mut n = node(DatapathType::Netdev).await;
+    for (cid, name) in [("c1", "a"), ("c2", "b"), ("c3", "c")] {
+        n.add(cid, name).await.expect("ADD");
+    }
+    let view = |vni: u32| EtcdView { vnis: BTreeMap::from([("red".to_string(), vni)]), ..Default::default() };
+    n.dp.on_view(&view(100)).await.expect("VNI 100");
+    n.assert_switch_in_step();
+    n.fake.world().calls.clear();
+    n.dp.on_view(&view(200)).await.expect("VNI 200");
+    // SOURCE_VNI x3 + DEST_VNI x2 modified, ISOLATION's flow of 100 out and of 200 in.
+    assert_eq!(n.fake.world().calls, ["bundle 7"], "a join sends only the namespace's flows");
+    n.fake.world().fail(Op::Bundle);
+    n.dp.on_view(&view(300)).await.expect_err("the bundle fails");
+    assert!(n.dp.installed_differs);
+    n.fake.world().calls.clear();
+    // An event that changes nothing itself still sends the missed change.
+    n.dp.on_view(&view(300)).await.expect("the next commit");
+    assert_eq!(n.fake.world().calls, ["bundle 7"]);
+    n.assert_switch_in_step();
+    assert!(!n.dp.installed_differs);
 }

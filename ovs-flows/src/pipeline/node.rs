@@ -150,6 +150,11 @@ impl NodePipeline {
         &self.state
     }
 
+    /// The cookie round of every flow.
+    pub fn round(&self) -> u16 {
+        self.round
+    }
+
     /// Every flow (a copy: for the whole-set paths, not per event).
     pub fn flows(&self) -> FlowSet {
         self.flows.flows()
