@@ -27,12 +27,11 @@ use etcd_schema::{
 };
 use ipnetwork::Ipv4Network;
 use ovs_flows::backoff::Backoff;
-use ovs_flows::ofp::FlowOp;
-use ovs_flows::pipeline::{Mode, NodePipeline, RemoteNode};
+use ovs_flows::pipeline::Mode;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::dataplane::prefix_of;
+use crate::view_follow::{Changed, Changes};
 
 /// What the agent needs from etcd.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +51,9 @@ pub struct EtcdView {
     pub applied_complete: bool,
     /// Whether the view reflects a completed list (false until the first).
     pub synced: bool,
+    /// Which namespaces' VNIs, nodes' subnets and config changed, in order
+    /// (see `view_follow`).
+    pub changes: Changes,
 }
 
 /// The pipeline's tenancy mode for etcd's `PluginName`.
@@ -63,33 +65,16 @@ pub fn mode_of(plugin: PluginName) -> Mode {
 }
 
 impl EtcdView {
-    /// Brings the node's pipeline in line with the view: the mode, the
-    /// namespaces' VNIs, the other nodes. Returns the flow operations that
-    /// takes (not sent).
-    pub fn apply_to(&self, pipeline: &mut NodePipeline) -> Vec<FlowOp> {
-        let mut ops = Vec::new();
-        if let Some(cfg) = &self.config {
-            ops.extend(pipeline.set_mode(mode_of(cfg.plugin)));
-        }
-        ops.extend(pipeline.set_vnis(&self.vnis));
-        let node_ip = pipeline.state().node_ip;
-        let remote_nodes = self
-            .subnets
-            .iter()
-            .filter(|(ip, _)| **ip != node_ip)
-            .map(|(ip, net)| (*ip, RemoteNode { ip: *ip, subnet: prefix_of(*net) }))
-            .collect();
-        ops.extend(pipeline.set_remote_nodes(&remote_nodes));
-        ops
-    }
-
     /// Applies one key's new raw value (`None` = deleted). Invalid values,
     /// a value that is not UTF-8 included, keep the previous state.
     pub fn apply(&mut self, prefix: &str, key: &str, value: Option<&[u8]>) {
         let value = value.map(|v| record_text(key, v));
         if key == Keys::config_key(prefix) {
             match value.map(|v| v.and_then(|v| parse_network_config(key, v))) {
-                Some(Ok(c)) => self.config = Some(c),
+                Some(Ok(c)) => {
+                    self.config = Some(c);
+                    self.changes.push(Changed::Config);
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "ignoring invalid network config; keeping the last good one")
                 }
@@ -104,19 +89,19 @@ impl EtcdView {
             KeyKind::Subnet => {
                 let Ok(ip) = parsed.name.parse::<Ipv4Addr>() else { return };
                 match value.map(|v| v.and_then(|v| parse_host_subnet(key, &parsed.name, v, &cfg))) {
-                    Some(Ok(hs)) => match hs.subnet {
-                        Some(s) => {
-                            self.subnets.insert(ip, s);
-                        }
-                        None => {
-                            self.subnets.remove(&ip);
-                        }
-                    },
+                    Some(Ok(hs)) => {
+                        match hs.subnet {
+                            Some(s) => self.subnets.insert(ip, s),
+                            None => self.subnets.remove(&ip),
+                        };
+                        self.changes.push(Changed::Node(ip));
+                    }
                     Some(Err(e)) => {
                         warn!(error = %e, "ignoring invalid subnet record; keeping its last subnet")
                     }
                     None => {
                         self.subnets.remove(&ip);
+                        self.changes.push(Changed::Node(ip));
                     }
                 }
             }
@@ -144,6 +129,7 @@ impl EtcdView {
                     info!("the controller's applied records are complete; VNIs come from them alone");
                     self.applied_complete = true;
                     self.vnis = self.applied_vnis.clone();
+                    self.changes.reset();
                 }
                 Some(_) => {}
                 None => warn!(key, "applied/complete deleted; still taking VNIs from applied records only"),
@@ -169,6 +155,7 @@ impl EtcdView {
             Some(id) => self.vnis.insert(name.to_string(), id),
             None => self.vnis.remove(name),
         };
+        self.changes.push(Changed::Namespace(name.to_string()));
     }
 
     /// The view after a full list (`listed`: every key under the prefix and
@@ -183,6 +170,8 @@ impl EtcdView {
             config: prev.config.clone(),
             applied_complete: prev.applied_complete,
             synced: true,
+            // The numbering goes on, so a reader can tell it has not seen this.
+            changes: prev.changes.clone(),
             ..EtcdView::default()
         };
         // Config first: the other keys are parsed against it.
@@ -224,6 +213,7 @@ impl EtcdView {
         for (k, v) in listed.iter().filter(|(k, _)| *k != config_key) {
             view.apply(prefix, k, Some(v));
         }
+        view.changes.reset();
         view
     }
 }
@@ -296,11 +286,11 @@ async fn list_and_watch(s: &EtcdSettings, out: &watch::Sender<EtcdView>) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const P: &str = "/k8s.ovs.com/ovs/network";
-    const CONFIG: &str = r#"{"Name":"k8ssdn","Network":"172.11.0.0/16","HostSubnetLength":10,"ServiceNetwork":"10.96.0.0/12","PluginName":"k8s-ovs-multitenant"}"#;
+    pub(crate) const P: &str = "/k8s.ovs.com/ovs/network";
+    pub(crate) const CONFIG: &str = r#"{"Name":"k8ssdn","Network":"172.11.0.0/16","HostSubnetLength":10,"ServiceNetwork":"10.96.0.0/12","PluginName":"k8s-ovs-multitenant"}"#;
 
     #[test]
     fn view_follows_records_and_keeps_last_good_values() {
@@ -340,17 +330,17 @@ mod tests {
         assert_eq!(v.config.as_ref().map(|c| c.name.as_str()), Some("k8ssdn"));
     }
 
-    fn netns(name: &str, id: u32) -> (String, Vec<u8>) {
+    pub(crate) fn netns(name: &str, id: u32) -> (String, Vec<u8>) {
         let v = format!(r#"{{"NetName":"{name}","NetID":{id},"Action":"","Namespace":""}}"#);
         (format!("{P}/k8ssdn/netnamespaces/{name}"), v.into_bytes())
     }
 
-    fn subnet(ip: &str, s: &str) -> (String, Vec<u8>) {
+    pub(crate) fn subnet(ip: &str, s: &str) -> (String, Vec<u8>) {
         let v = format!(r#"{{"Host":"n","HostIP":"{ip}","Subnet":"{s}","Assign":false}}"#);
         (format!("{P}/k8ssdn/subnets/{ip}"), v.into_bytes())
     }
 
-    fn config() -> (String, Vec<u8>) {
+    pub(crate) fn config() -> (String, Vec<u8>) {
         (format!("{P}/config"), CONFIG.as_bytes().to_vec())
     }
 
@@ -410,12 +400,12 @@ mod tests {
         assert!(fresh.vnis.is_empty());
     }
 
-    fn applied(name: &str, id: u32) -> (String, Vec<u8>) {
+    pub(crate) fn applied(name: &str, id: u32) -> (String, Vec<u8>) {
         let (key, value) = netns(name, id);
         (key.replace("/k8ssdn/netnamespaces/", "/k8ssdn/applied/netnamespaces/"), value)
     }
 
-    fn complete() -> (String, Vec<u8>) {
+    pub(crate) fn complete() -> (String, Vec<u8>) {
         (format!("{P}/k8ssdn/applied/complete"), b"{}".to_vec())
     }
 

@@ -28,3 +28,4 @@ pub mod ovsdb;
 pub mod pods;
 pub mod run;
 pub mod unixctl;
+pub mod view_follow;

@@ -226,7 +226,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         dp.await_services();
     }
     let changed = dp.full_reconcile().await.context("initial flows")?;
-    info!(changed, flows = dp.installed().len(), "flows reconciled");
+    info!(changed, flows = dp.flow_count(), "flows reconciled");
 
     let (cni_tx, mut cni_rx) = mpsc::channel(256);
     let listener = cni_server::bind(&cfg.cni_socket)?;

@@ -53,6 +53,7 @@ use crate::metrics::Metrics;
 use crate::netlink::{MacAddr, PodInterface};
 use crate::ovsdb::{PortKind, PortSpec};
 use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
+use crate::view_follow::ViewFollower;
 
 /// How long an ADD waits for ovs-vswitchd to give the new port an ofport.
 const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,15 +82,16 @@ pub struct Dataplane<S, V, H> {
     pipeline: NodePipeline,
     /// The node's pods: the one store of them.
     pods: BTreeMap<PodKey, PodRecord>,
-    /// The flow set the switch holds (last committed bundle).
-    installed: FlowSet,
-    /// The switch's flows may differ from the pipeline's other than by the
-    /// next event's operations (a bundle failed, the kept service flows were
-    /// dropped): the next commit sends the whole difference instead.
+    /// The switch may not hold the pipeline's flows (plus the kept service
+    /// flows): a bundle failed, so the next commit reads the switch back and
+    /// sends the whole difference. Otherwise it does, and an event's
+    /// operations are all it needs.
     installed_differs: bool,
     /// The namespace ids the switch's flows use were read back (the first
     /// full reconcile of a start does it).
     ids_recovered: bool,
+    /// Where the pipeline is in etcd's view.
+    view: ViewFollower,
     /// The meters the switch holds, by id (the pod's ofport): pod egress
     /// limits on the netdev datapath. Added before the flows that name them,
     /// deleted after.
@@ -114,13 +116,6 @@ pub struct Dataplane<S, V, H> {
 
 fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
     CniError::new(ErrorCode::AgentFailure, msg).with_details(e.to_string())
-}
-
-/// A commit's operations, and the whole flow set when they are its whole
-/// difference from the installed flows.
-struct Pending {
-    ops: Vec<FlowOp>,
-    whole: Option<FlowSet>,
 }
 
 /// The three edges a dataplane works over.
@@ -149,9 +144,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             ipam,
             pipeline: NodePipeline::new(state, round),
             pods: BTreeMap::new(),
-            installed: FlowSet::new(),
             installed_differs: false,
             ids_recovered: false,
+            view: ViewFollower::default(),
             meters: BTreeMap::new(),
             other_ofports: Default::default(),
             annotations: PodAnnotations::new(),
@@ -185,8 +180,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         desired
     }
 
-    pub fn installed(&self) -> &FlowSet {
-        &self.installed
+    /// How many flows the switch holds for the pipeline.
+    pub fn flow_count(&self) -> usize {
+        self.pipeline.len()
     }
 
     /// Puts a pod in the store and in the pipeline (a record moved to
@@ -372,7 +368,6 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         if foreign > 0 {
             warn!(flows = foreign, "removed flows k8s-ovs did not write from its tables");
         }
-        self.installed = desired;
         self.installed_differs = false;
         // The switch's meters belong to the agent too: one no pod needs is a
         // leftover (of a pod deleted while the agent was down) or foreign.
@@ -401,49 +396,34 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         Ok(drift)
     }
 
-    /// Sends one event's flow operations in one bundle. While the switch's
-    /// flows may differ from the pipeline's by more than them (kept service
-    /// flows, an earlier failure: see `installed_differs`) it sends the
-    /// whole difference instead. On failure nothing changed on the switch,
-    /// and the next commit sends the whole difference.
+    /// Sends one event's flow operations in one bundle; after a failed one
+    /// (see `installed_differs`), a full reconcile instead, which covers
+    /// them. On failure nothing changed on the switch.
     pub async fn commit(&mut self, ops: Vec<FlowOp>) -> anyhow::Result<()> {
-        let t = Instant::now();
-        let pending = self.to_send(ops);
-        let computed = t.elapsed();
-        if pending.ops.is_empty() {
-            return self.sent(pending, Ok(()));
+        if self.installed_differs {
+            return self.full_reconcile().await.map(|_| ());
+        }
+        if ops.is_empty() {
+            return Ok(());
         }
         let t = Instant::now();
-        let result = self.flows.bundle(&pending.ops).await;
+        let result = self.flows.bundle(&ops).await;
         if result.is_ok() {
             self.metrics.bundle_seconds.observe_duration(t.elapsed());
-            self.metrics.bundle_flows.observe(pending.ops.len() as f64);
-            debug!(?computed, bundle = ?t.elapsed(), ops = pending.ops.len(), flows = self.pipeline.len(), "flows synced");
+            self.metrics.bundle_flows.observe(ops.len() as f64);
+            debug!(bundle = ?t.elapsed(), ops = ops.len(), flows = self.pipeline.len(), "flows synced");
         }
-        self.sent(pending, result)
+        self.bundled(result)
     }
 
-    /// What a commit of `ops` sends (see [`Dataplane::commit`]).
-    fn to_send(&self, ops: Vec<FlowOp>) -> Pending {
-        if self.installed_differs || self.kept_service_flows.is_some() {
-            let whole = self.desired();
-            return Pending { ops: reconcile::delta(&self.installed, &whole), whole: Some(whole) };
-        }
-        Pending { ops, whole: None }
-    }
-
-    /// Records how a bundle of `sent` ended.
-    fn sent(&mut self, sent: Pending, result: Result<(), BundleError>) -> anyhow::Result<()> {
+    /// Records how a bundle ended: after a failure the switch's flows are
+    /// no longer known to be the pipeline's.
+    fn bundled(&mut self, result: Result<(), BundleError>) -> anyhow::Result<()> {
         if let Err(e) = result {
             self.installed_differs = true;
             self.metrics.flow_errors.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
-        match sent.whole {
-            Some(whole) => self.installed = whole,
-            None => reconcile::apply(&mut self.installed, &sent.ops),
-        }
-        self.installed_differs = false;
         Ok(())
     }
 
@@ -456,7 +436,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// The pipeline part of [`Dataplane::on_view`]: the flow operations the
     /// view's changes need, not sent yet.
     pub fn on_view_state(&mut self, view: &EtcdView) -> Vec<FlowOp> {
-        view.apply_to(&mut self.pipeline)
+        self.view.apply(view, &mut self.pipeline)
     }
 
     /// A complete service map (the watch's first list, or any change after it).
@@ -466,13 +446,14 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     }
 
     /// The pipeline part of [`Dataplane::on_services`]. The first list ends
-    /// the kept service flows: the next commit sends the whole difference,
-    /// which deletes those no service has any more.
+    /// the kept service flows: those the pipeline now has are replaced by
+    /// its operations, the others deleted.
     pub fn on_services_state(&mut self, services: &ServiceMap) -> Vec<FlowOp> {
-        let ops = self.pipeline.set_services(services);
-        if self.kept_service_flows.take().is_some() {
+        let mut ops = self.pipeline.set_services(services);
+        if let Some(kept) = self.kept_service_flows.take() {
             self.pipeline.release_reserved_ids();
-            self.installed_differs = true;
+            let gone = kept.into_iter().filter(|f| !self.pipeline.holds(f));
+            ops.extend(gone.map(FlowOp::DeleteStrict));
             info!(services = services.len(), "first Service list: service flows follow the apiserver again");
         }
         ops
@@ -609,12 +590,16 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             }
         }
         let ops = self.put_pod(rec.clone());
-        let pending = self.to_send(ops);
-        let (port, flows) = tokio::join!(
-            self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT),
-            self.flows.bundle(&pending.ops)
-        );
-        let flows = self.sent(pending, flows);
+        let (port, flows) = if self.installed_differs {
+            let flows = self.commit(ops).await;
+            (self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT).await, flows)
+        } else {
+            let (port, flows) = tokio::join!(
+                self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT),
+                self.flows.bundle(&ops)
+            );
+            (port, self.bundled(flows))
+        };
         let failure = match (port, flows) {
             (Ok(got), Ok(())) if got == rec.ofport => None,
             (Ok(got), Ok(())) => {
@@ -773,8 +758,8 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 };
             }
             // Before the first full reconcile (at start) the ops need not
-            // be sent; should this ever run later, the next commit sends the
-            // whole difference.
+            // be sent; should this ever run later, the next commit makes
+            // the switch whole.
             if !self.put_pod(PodRecord { limits, ..rec }).is_empty() {
                 self.installed_differs = true;
             }

@@ -108,14 +108,14 @@ impl Node {
     fn assert_switch_in_step(&self) {
         let w = self.fake.world();
         let show = |f: &FlowSet| f.to_strings();
-        assert_eq!(show(&w.flows), show(self.dp.installed()), "the switch and the dataplane disagree");
+        assert_eq!(show(&w.flows), show(&self.dp.desired()), "the switch and the dataplane disagree");
         let mut whole = ovs_flows::pipeline::pipeline(self.dp.state(), self.dp.pipeline.round());
         for f in self.dp.kept_service_flows.iter().flat_map(FlowSet::iter) {
             if !whole.contains(&f.key()) {
                 whole.insert(f.clone());
             }
         }
-        assert_eq!(show(self.dp.installed()), show(&whole), "committed flows are not the whole pipeline's");
+        assert_eq!(show(&w.flows), show(&whole), "the switch's flows are not the whole pipeline's");
         let meters: BTreeMap<u32, Meter> = w.meters.clone();
         assert_eq!(meters, self.dp.meters, "the switch's meters and the dataplane's disagree");
     }
@@ -579,19 +579,27 @@ async fn a_missed_change_goes_out_with_the_next_commit() {
     for (cid, name) in [("c1", "a"), ("c2", "b"), ("c3", "c")] {
         n.add(cid, name).await.expect("ADD");
     }
-    let view = |vni: u32| EtcdView { vnis: BTreeMap::from([("red".to_string(), vni)]), ..Default::default() };
-    n.dp.on_view(&view(100)).await.expect("VNI 100");
+    use crate::etcd_source::tests::{config, netns, P};
+    let mut view = EtcdView::default();
+    view.apply(P, &config().0, Some(&config().1));
+    let mut put_vni = |vni: u32| {
+        let (key, value) = netns("red", vni);
+        view.apply(P, &key, Some(&value));
+        view.clone()
+    };
+    n.dp.on_view(&put_vni(100)).await.expect("VNI 100");
     n.assert_switch_in_step();
     n.fake.world().calls.clear();
-    n.dp.on_view(&view(200)).await.expect("VNI 200");
+    n.dp.on_view(&put_vni(200)).await.expect("VNI 200");
     // SOURCE_VNI x3 + DEST_VNI x2 modified, ISOLATION's flow of 100 out and of 200 in.
     assert_eq!(n.fake.world().calls, ["bundle 7"], "a join sends only the namespace's flows");
     n.fake.world().fail(Op::Bundle);
-    n.dp.on_view(&view(300)).await.expect_err("the bundle fails");
+    let missed = put_vni(300);
+    n.dp.on_view(&missed).await.expect_err("the bundle fails");
     assert!(n.dp.installed_differs);
     n.fake.world().calls.clear();
     // An event that changes nothing itself still sends the missed change.
-    n.dp.on_view(&view(300)).await.expect("the next commit");
+    n.dp.on_view(&missed).await.expect("the next commit");
     assert_eq!(n.fake.world().calls, ["bundle 7"]);
     n.assert_switch_in_step();
     assert!(!n.dp.installed_differs);

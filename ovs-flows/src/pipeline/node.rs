@@ -18,7 +18,7 @@ use super::ids::FreeIds;
 use super::incremental::{namespace_id_flows, owner_flows, owners, Incremental, Owner};
 use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service};
 use crate::cookie::Category;
-use crate::flow::FlowSet;
+use crate::flow::{Flow, FlowSet};
 use crate::ofp::FlowOp;
 use crate::reconcile;
 
@@ -164,6 +164,12 @@ impl NodePipeline {
         self.flows.len()
     }
 
+    /// Whether the pipeline has a flow of `flow`'s owner and identity
+    /// (whatever its round and actions).
+    pub fn holds(&self, flow: &Flow) -> bool {
+        self.flows.holds(flow)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
@@ -198,36 +204,67 @@ impl NodePipeline {
     pub fn set_vnis(&mut self, vnis: &BTreeMap<String, u32>) -> Vec<FlowOp> {
         let mut owners = BTreeSet::new();
         for (ns, vni) in changes(&self.state.vnis, vnis) {
-            let uses = self.uses.get(&ns).copied().unwrap_or_default();
-            let isolation = |s: &NodeState, owners: &mut BTreeSet<Owner>| {
-                if let Some(v) = s.vni_of(&ns).filter(|_| uses.pods > 0) {
-                    owners.insert((Category::Namespace, v));
-                }
-            };
-            isolation(&self.state, &mut owners);
-            match vni {
-                Some(v) => self.state.vnis.insert(ns.clone(), v),
-                None => self.state.vnis.remove(&ns),
-            };
-            isolation(&self.state, &mut owners);
-            if let Some(id) = self.state.namespace_ids.get(&ns) {
-                owners.insert((Category::NamespaceId, *id));
-            }
+            self.change_vni(&ns, vni, &mut owners);
         }
         self.recompute(&owners)
+    }
+
+    /// One namespace's VNI (`None`: it has none).
+    pub fn set_vni(&mut self, namespace: &str, vni: Option<u32>) -> Vec<FlowOp> {
+        if self.state.vnis.get(namespace).copied() == vni {
+            return Vec::new();
+        }
+        let mut owners = BTreeSet::new();
+        self.change_vni(namespace, vni, &mut owners);
+        self.recompute(&owners)
+    }
+
+    /// Sets a VNI, naming the owners whose flows that changes: the
+    /// namespace's id flows and, with pods here, the old and new VNI's
+    /// ISOLATION flows.
+    fn change_vni(&mut self, ns: &str, vni: Option<u32>, owners: &mut BTreeSet<Owner>) {
+        let uses = self.uses.get(ns).copied().unwrap_or_default();
+        let isolation = |s: &NodeState, owners: &mut BTreeSet<Owner>| {
+            if let Some(v) = s.vni_of(ns).filter(|_| uses.pods > 0) {
+                owners.insert((Category::Namespace, v));
+            }
+        };
+        isolation(&self.state, owners);
+        match vni {
+            Some(v) => self.state.vnis.insert(ns.to_string(), v),
+            None => self.state.vnis.remove(ns),
+        };
+        isolation(&self.state, owners);
+        if let Some(id) = self.state.namespace_ids.get(ns) {
+            owners.insert((Category::NamespaceId, *id));
+        }
     }
 
     /// The other nodes as they are now (this node among them is ignored).
     pub fn set_remote_nodes(&mut self, nodes: &BTreeMap<Ipv4Addr, RemoteNode>) -> Vec<FlowOp> {
         let mut owners = BTreeSet::new();
         for (ip, node) in changes(&self.state.remote_nodes, nodes) {
-            owners.insert((Category::RemoteNode, u32::from(ip)));
-            match node {
-                Some(n) => self.state.remote_nodes.insert(ip, n),
-                None => self.state.remote_nodes.remove(&ip),
-            };
+            self.change_remote_node(ip, node, &mut owners);
         }
         self.recompute(&owners)
+    }
+
+    /// One other node (`None`: gone).
+    pub fn set_remote_node(&mut self, ip: Ipv4Addr, node: Option<RemoteNode>) -> Vec<FlowOp> {
+        if self.state.remote_nodes.get(&ip) == node.as_ref() {
+            return Vec::new();
+        }
+        let mut owners = BTreeSet::new();
+        self.change_remote_node(ip, node, &mut owners);
+        self.recompute(&owners)
+    }
+
+    fn change_remote_node(&mut self, ip: Ipv4Addr, node: Option<RemoteNode>, owners: &mut BTreeSet<Owner>) {
+        owners.insert((Category::RemoteNode, u32::from(ip)));
+        match node {
+            Some(n) => self.state.remote_nodes.insert(ip, n),
+            None => self.state.remote_nodes.remove(&ip),
+        };
     }
 
     /// The services as they are now (the whole map: the apiserver's view).
