@@ -31,7 +31,8 @@ use ovs_flows::pipeline::Mode;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::view_follow::{Changed, Changes};
+use crate::change_log::ChangeLog;
+use crate::view_follow::Changed;
 
 /// What the agent needs from etcd.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,7 +54,7 @@ pub struct EtcdView {
     pub synced: bool,
     /// Which namespaces' VNIs, nodes' subnets and config changed, in order
     /// (see `view_follow`).
-    pub changes: Changes,
+    pub changes: ChangeLog<Changed>,
 }
 
 /// The pipeline's tenancy mode for etcd's `PluginName`.

@@ -1,8 +1,11 @@
 //! The agent's view of Kubernetes: ClusterIP services (for the SERVICE
 //! table) and its pods' bandwidth annotations. Watched with kube-rs's
-//! watcher through a reflector (`kube_view::reflect`: list + watch, relist on
-//! 410, backoff on errors, complete lists only); published, like the etcd
-//! view, as the latest complete map through a `tokio::sync::watch` channel.
+//! watcher through a reflector (`kube_view`: list + watch, relist on 410,
+//! backoff on errors, complete lists only); published, like the etcd view,
+//! as the latest complete view through a `tokio::sync::watch` channel. The
+//! services (10,000 in a large cluster) are kept change by change, with a
+//! log of the cluster IPs that changed (`change_log`), so neither this task
+//! nor the agent's loop walks all of them for one service's change.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -11,13 +14,94 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use kube_view::Change;
 use ovs_flows::pipeline::{Protocol, Service, ServicePort};
 use tokio::sync::watch;
 
+use crate::change_log::ChangeLog;
 use crate::pods::PodName;
 
 /// Services by cluster IP.
 pub type ServiceMap = BTreeMap<Ipv4Addr, Service>;
+
+/// A Service object's identity.
+type ServiceName = (String, String);
+
+/// The cluster's ClusterIP services, as the pipeline sees them.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    pub map: ServiceMap,
+    /// Which object holds each IP (one that is deleted and re-created may
+    /// come back with another, and for a moment two may claim one).
+    owner: BTreeMap<Ipv4Addr, ServiceName>,
+    by_name: BTreeMap<ServiceName, Ipv4Addr>,
+    /// The cluster IPs whose entry changed.
+    pub changes: ChangeLog<Ipv4Addr>,
+}
+
+impl Services {
+    /// Every service at once (a list): readers compare the whole map.
+    pub fn listed(services: &[Arc<KubeService>]) -> Services {
+        let mut s = Services::default();
+        for svc in services {
+            s.applied(svc);
+        }
+        s.changes.reset();
+        s
+    }
+
+    /// A whole map without the objects behind it (tests and benchmarks:
+    /// later changes may name new objects only).
+    pub fn of(map: ServiceMap) -> Services {
+        let mut s = Services { map, ..Services::default() };
+        s.changes.reset();
+        s
+    }
+
+    /// Followed by `prev`'s readers: its numbering goes on, and they compare
+    /// the whole map once.
+    fn relisted(prev: &Services, services: &[Arc<KubeService>]) -> Services {
+        let mut s = Services::listed(services);
+        s.changes = prev.changes.clone();
+        s.changes.reset();
+        s
+    }
+
+    /// A Service added or changed; whether the pipeline's view changed.
+    pub fn applied(&mut self, svc: &KubeService) -> bool {
+        let name = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let new = to_service(svc);
+        let current = self.by_name.get(&name).and_then(|ip| self.map.get(ip));
+        if current == new.as_ref() {
+            return false;
+        }
+        self.deleted_name(&name);
+        if let Some(new) = new {
+            if let Some(other) = self.owner.insert(new.ip, name.clone()) {
+                self.by_name.remove(&other);
+            }
+            self.by_name.insert(name, new.ip);
+            self.changes.push(new.ip);
+            self.map.insert(new.ip, new);
+        }
+        true
+    }
+
+    /// A Service deleted; whether the pipeline's view changed.
+    pub fn deleted(&mut self, svc: &KubeService) -> bool {
+        self.deleted_name(&(svc.namespace().unwrap_or_default(), svc.name_any()))
+    }
+
+    fn deleted_name(&mut self, name: &ServiceName) -> bool {
+        let Some(ip) = self.by_name.remove(name) else { return false };
+        if self.owner.get(&ip) == Some(name) {
+            self.owner.remove(&ip);
+            self.map.remove(&ip);
+            self.changes.push(ip);
+        }
+        true
+    }
+}
 
 /// The pipeline's view of a Kubernetes Service: `None` for services without
 /// an IPv4 cluster IP (headless, ExternalName, IPv6).
@@ -40,12 +124,6 @@ pub fn to_service(svc: &KubeService) -> Option<Service> {
     Some(Service { ip, namespace: svc.namespace().unwrap_or_default(), ports })
 }
 
-/// The service map of `services` (a Service's clusterIP is immutable, so the
-/// IP is a stable key).
-pub fn service_map(services: &[Arc<KubeService>]) -> ServiceMap {
-    services.iter().filter_map(|s| to_service(s)).map(|svc| (svc.ip, svc)).collect()
-}
-
 /// Replaces `current` with `new` if they differ; whether it did (for
 /// `watch::Sender::send_if_modified`, so an unchanged view wakes no one).
 fn replace_if_changed<T: PartialEq>(current: &mut T, new: T) -> bool {
@@ -57,25 +135,24 @@ fn replace_if_changed<T: PartialEq>(current: &mut T, new: T) -> bool {
 }
 
 /// Runs forever: keeps `out` equal to the cluster's ClusterIP services. The
-/// first map sent is the first complete list, even an empty one: the agent
-/// keeps the switch's service flows until it has it. Every later one is a
-/// complete map too (a relist is swapped in whole), sent when it changed.
-pub async fn run_services(client: Client, out: watch::Sender<ServiceMap>) {
+/// first view sent is the first complete list, even an empty one: the agent
+/// keeps the switch's service flows until it has it. Every relist is sent
+/// whole; a change after it only when the pipeline's view changed (an
+/// update of a headless Service or of labels wakes no one).
+pub async fn run_services(client: Client, out: watch::Sender<Services>) {
     let api: Api<KubeService> = Api::all(client);
-    let mut listed = false;
-    kube_view::reflect(api, watcher::Config::default(), |services| {
-        publish_services(&out, &mut listed, service_map(&services))
-    })
-    .await
+    kube_view::reflect_changes(api, watcher::Config::default(), |change| publish_services(&out, change)).await
 }
 
-/// Sends the first complete map always (it is what "services known" means
-/// to the agent, however empty), every later one when it changed.
-fn publish_services(out: &watch::Sender<ServiceMap>, listed: &mut bool, map: ServiceMap) {
-    if std::mem::replace(listed, true) {
-        out.send_if_modified(|current| replace_if_changed(current, map));
-    } else {
-        out.send_replace(map);
+fn publish_services(out: &watch::Sender<Services>, change: Change<KubeService>) {
+    match change {
+        Change::Listed(all) => out.send_modify(|s| *s = Services::relisted(s, &all)),
+        Change::Applied(svc) => {
+            out.send_if_modified(|s| s.applied(&svc));
+        }
+        Change::Deleted(svc) => {
+            out.send_if_modified(|s| s.deleted(&svc));
+        }
     }
 }
 
@@ -119,6 +196,7 @@ pub async fn run_pods(client: Client, node_name: String, out: watch::Sender<PodA
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change_log::LogReader;
 
     #[test]
     fn cluster_ip_services_become_pipeline_services() {
@@ -150,22 +228,44 @@ mod tests {
 
     #[test]
     fn the_service_map_holds_the_cluster_ip_services_by_ip() {
-        let map = service_map(&[service("web", "10.96.0.10"), service("headless", "None")]);
-        assert_eq!(map.keys().map(|ip| ip.to_string()).collect::<Vec<_>>(), ["10.96.0.10"]);
+        let s = Services::listed(&[service("web", "10.96.0.10"), service("headless", "None")]);
+        assert_eq!(s.map.keys().map(|ip| ip.to_string()).collect::<Vec<_>>(), ["10.96.0.10"]);
+    }
+
+    /// A reader of the published services: what changed since its last read
+    /// (`None`: the whole map).
+    fn read(rx: &mut watch::Receiver<Services>, reader: &mut LogReader) -> Option<Vec<String>> {
+        let s = rx.borrow_and_update();
+        reader.read(&s.changes).map(|c| c.into_iter().map(|ip| ip.to_string()).collect())
     }
 
     #[test]
-    fn the_first_service_map_is_sent_even_empty_later_ones_when_changed() {
-        let (tx, mut rx) = watch::channel(ServiceMap::new());
-        let mut listed = false;
-        publish_services(&tx, &mut listed, ServiceMap::new());
+    fn the_first_list_is_sent_even_empty_then_only_changes_the_pipeline_sees() {
+        let (tx, mut rx) = watch::channel(Services::default());
+        let mut reader = LogReader::default();
+        publish_services(&tx, Change::Listed(vec![]));
         assert!(rx.has_changed().unwrap(), "the first (empty) list must mark services known");
-        rx.borrow_and_update();
-        publish_services(&tx, &mut listed, ServiceMap::new());
-        assert!(!rx.has_changed().unwrap(), "an unchanged map wakes no one");
-        publish_services(&tx, &mut listed, service_map(&[service("web", "10.96.0.10")]));
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(rx.borrow_and_update().len(), 1);
+        assert_eq!(read(&mut rx, &mut reader), None, "a list: compare the whole map");
+        publish_services(&tx, Change::Applied(service("headless", "None")));
+        assert!(!rx.has_changed().unwrap(), "a headless service changes nothing the pipeline sees");
+        publish_services(&tx, Change::Applied(service("web", "10.96.0.10")));
+        assert_eq!(read(&mut rx, &mut reader), Some(vec!["10.96.0.10".into()]));
+        publish_services(&tx, Change::Applied(service("web", "10.96.0.10")));
+        assert!(!rx.has_changed().unwrap(), "the same service again wakes no one");
+        // Deleted and re-created with another IP: both IPs changed.
+        publish_services(&tx, Change::Deleted(service("web", "10.96.0.10")));
+        publish_services(&tx, Change::Applied(service("web", "10.96.0.11")));
+        assert_eq!(read(&mut rx, &mut reader), Some(vec!["10.96.0.10".into(), "10.96.0.11".into()]));
+        assert_eq!(rx.borrow().map.keys().map(|ip| ip.to_string()).collect::<Vec<_>>(), ["10.96.0.11"]);
+        // Two objects claim one IP for a moment: the IP stays the later one's
+        // until that one goes.
+        publish_services(&tx, Change::Applied(service("web2", "10.96.0.11")));
+        publish_services(&tx, Change::Deleted(service("web", "10.96.0.11")));
+        assert_eq!(rx.borrow().map.len(), 1, "web's delete leaves web2's IP");
+        publish_services(&tx, Change::Deleted(service("web2", "10.96.0.11")));
+        assert!(rx.borrow().map.is_empty());
+        publish_services(&tx, Change::Listed(vec![service("dns", "10.96.0.10")]));
+        assert_eq!(read(&mut rx, &mut reader), None, "a relist: compare the whole map");
     }
 
     #[test]

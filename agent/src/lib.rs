@@ -13,6 +13,7 @@
 //!   `/debug/trace` behind `k8s-ovs-ctl trace`), `unixctl` (ovs-appctl's protocol).
 
 pub mod bandwidth;
+pub mod change_log;
 pub mod cni_server;
 pub mod config;
 pub mod dataplane;

@@ -20,7 +20,7 @@ use crate::dataplane::{prefix_of, Dataplane, Edges, NetlinkHost, NodeSettings};
 use crate::etcd_source::{self, EtcdSettings, EtcdView};
 use crate::http::{self, HttpState, PodsRequest};
 use crate::ipam::{Claim, IpamStore, LogState, Owner};
-use crate::kube_source::{self, PodAnnotations, ServiceMap};
+use crate::kube_source::{self, PodAnnotations, Services};
 use crate::metrics::Metrics;
 use crate::netlink::Netlink;
 use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortKind, PortSpec};
@@ -232,7 +232,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let listener = cni_server::bind(&cfg.cni_socket)?;
     tokio::spawn(cni_server::serve(listener, cni_tx));
 
-    let (svc_tx, mut svc_rx) = watch::channel(ServiceMap::new());
+    let (svc_tx, mut svc_rx) = watch::channel(Services::default());
     let (pods_tx, mut pods_rx) = watch::channel(PodAnnotations::new());
     if !cfg.no_kube {
         let client = kube_client(&cfg).await?;

@@ -1,22 +1,23 @@
 //! How the node's pipeline follows etcd's view, at the cost of what
-//! changed: the view keeps a bounded log of the namespaces, nodes and
-//! config it changed ([`Changes`]), and a [`ViewFollower`] applies only the
-//! entries after the last one it saw. When those are not all in the log (a
-//! relist, the applied records becoming complete, a reader that fell more
-//! than the log's length behind, the first read) it compares the whole view
-//! with the pipeline instead, which is always correct and costs one walk of
-//! 10,000 namespaces at the scale model.
+//! changed: the view keeps a log of the namespaces, nodes and config it
+//! changed (`change_log`), and a [`ViewFollower`] applies only the entries
+//! after the last one it saw. When those are not all in the log (a relist,
+//! the applied records becoming complete, a reader that fell more than the
+//! log's length behind, the first read) it compares the whole view with the
+//! pipeline instead, which is always correct and costs one walk of 10,000
+//! namespaces at the scale model.
 
-use std::collections::{BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 
 use ovs_flows::ofp::FlowOp;
 use ovs_flows::pipeline::{NodePipeline, RemoteNode};
 
+use crate::change_log::LogReader;
 use crate::dataplane::prefix_of;
 use crate::etcd_source::{mode_of, EtcdView};
 
-/// What one entry of the log names as changed (its new value is in the view).
+/// What one entry of the view's log names as changed (its new value is
+/// in the view).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Changed {
     Config,
@@ -24,98 +25,40 @@ pub enum Changed {
     Node(Ipv4Addr),
 }
 
-/// The view's changes in order, each with a sequence number.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Changes {
-    /// The number of the latest change (0: none yet).
-    last: u64,
-    /// Every change from this number on is in `log`.
-    complete_from: u64,
-    log: VecDeque<(u64, Changed)>,
-    capacity: usize,
-}
-
-impl Default for Changes {
-    fn default() -> Changes {
-        Changes::with_capacity(Changes::CAPACITY)
-    }
-}
-
-impl Changes {
-    /// Entries kept: a burst of edits longer than this between two reads
-    /// costs the reader one whole comparison.
-    pub const CAPACITY: usize = 4096;
-
-    pub fn with_capacity(capacity: usize) -> Changes {
-        Changes { last: 0, complete_from: 1, log: VecDeque::new(), capacity: capacity.max(1) }
-    }
-
-    pub fn push(&mut self, c: Changed) {
-        self.last += 1;
-        self.log.push_back((self.last, c));
-        if self.log.len() > self.capacity {
-            self.log.pop_front();
-            self.complete_from = self.log.front().map_or(self.last + 1, |(n, _)| *n);
-        }
-    }
-
-    /// Anything may have changed (a relist, a bulk change): readers compare
-    /// the whole view once.
-    pub fn reset(&mut self) {
-        self.last += 1;
-        self.log.clear();
-        self.complete_from = self.last + 1;
-    }
-
-    /// The latest change's number.
-    pub fn last(&self) -> u64 {
-        self.last
-    }
-
-    /// Everything changed after change `seen`, each once; `None` when the
-    /// log does not hold all of it.
-    pub fn since(&self, seen: u64) -> Option<BTreeSet<&Changed>> {
-        if seen > self.last || seen + 1 < self.complete_from {
-            return None;
-        }
-        Some(self.log.iter().filter(|(n, _)| *n > seen).map(|(_, c)| c).collect())
-    }
-}
-
-/// A pipeline's reader of the view: the last change it applied.
+/// A pipeline's reader of the view.
 #[derive(Debug, Clone, Default)]
 pub struct ViewFollower {
-    seen: Option<u64>,
+    reader: LogReader,
 }
 
 impl ViewFollower {
     /// Brings `pipeline` in line with `view`; the flow operations that takes.
     pub fn apply(&mut self, view: &EtcdView, pipeline: &mut NodePipeline) -> Vec<FlowOp> {
-        let ops = match self.seen.and_then(|s| view.changes.since(s)) {
-            Some(changed) => changed.into_iter().flat_map(|c| apply_one(view, pipeline, c)).collect(),
-            None => apply_whole(view, pipeline),
-        };
-        self.seen = Some(view.changes.last());
+        let Some(changed) = self.reader.read(&view.changes) else { return apply_whole(view, pipeline) };
+        let mut ops = Vec::new();
+        if changed.contains(&Changed::Config) {
+            if let Some(cfg) = &view.config {
+                ops.extend(pipeline.set_mode(mode_of(cfg.plugin)));
+            }
+        }
+        let node_ip = pipeline.state().node_ip;
+        let (mut vnis, mut nodes) = (Vec::new(), Vec::new());
+        for c in changed {
+            match c {
+                Changed::Config => {}
+                Changed::Namespace(ns) => vnis.push((ns.clone(), view.vnis.get(ns).copied())),
+                Changed::Node(ip) if *ip == node_ip => {}
+                Changed::Node(ip) => nodes.push((*ip, view.subnets.get(ip).map(|n| remote_node(*ip, *n)))),
+            }
+        }
+        ops.extend(pipeline.update_vnis(vnis));
+        ops.extend(pipeline.update_remote_nodes(nodes));
         ops
     }
 }
 
 fn remote_node(ip: Ipv4Addr, net: ipnetwork::Ipv4Network) -> RemoteNode {
     RemoteNode { ip, subnet: prefix_of(net) }
-}
-
-fn apply_one(view: &EtcdView, pipeline: &mut NodePipeline, changed: &Changed) -> Vec<FlowOp> {
-    match changed {
-        Changed::Config => match &view.config {
-            Some(cfg) => pipeline.set_mode(mode_of(cfg.plugin)),
-            None => Vec::new(),
-        },
-        Changed::Namespace(ns) => pipeline.set_vni(ns, view.vnis.get(ns).copied()),
-        Changed::Node(ip) if *ip == pipeline.state().node_ip => Vec::new(),
-        Changed::Node(ip) => {
-            pipeline.set_remote_node(*ip, view.subnets.get(ip).map(|n| remote_node(*ip, *n)))
-        }
-    }
 }
 
 /// The whole view against the pipeline: mode, every VNI, every other node.
@@ -144,28 +87,8 @@ mod tests {
     use ovs_flows::{Ipv4Prefix, Mac};
 
     use super::*;
+    use crate::change_log::ChangeLog;
     use crate::etcd_source::tests::{applied, complete, config, netns, subnet, CONFIG, P};
-
-    #[test]
-    fn a_reader_gets_what_changed_after_it_or_nothing_when_the_log_lost_some() {
-        let mut c = Changes::with_capacity(3);
-        assert_eq!(c.since(0), Some(BTreeSet::new()));
-        c.push(Changed::Namespace("red".into()));
-        c.push(Changed::Node(Ipv4Addr::new(192, 0, 2, 1)));
-        c.push(Changed::Namespace("red".into()));
-        let red = Changed::Namespace("red".into());
-        let node = Changed::Node(Ipv4Addr::new(192, 0, 2, 1));
-        assert_eq!(c.since(0), Some(BTreeSet::from([&red, &node])), "each once");
-        assert_eq!(c.since(2), Some(BTreeSet::from([&red])));
-        assert_eq!(c.since(3), Some(BTreeSet::new()));
-        assert_eq!(c.since(4), None, "from the future: not this log");
-        c.push(Changed::Config);
-        assert_eq!(c.since(0), None, "change 1 fell out of the log");
-        assert!(c.since(1).is_some());
-        c.reset();
-        assert_eq!(c.since(4), None, "a reset: compare the whole view");
-        assert_eq!(c.since(5), Some(BTreeSet::new()));
-    }
 
     /// A node of the random test: pods of three namespaces, its own
     /// address among the subnets etcd gives.
@@ -209,7 +132,7 @@ mod tests {
         };
         let subnet_config = CONFIG.replace("k8s-ovs-multitenant", "k8s-ovs-subnet");
         for sequence in 0..10 {
-            let mut view = EtcdView { changes: Changes::with_capacity(3), ..EtcdView::default() };
+            let mut view = EtcdView { changes: ChangeLog::with_capacity(3), ..EtcdView::default() };
             let mut records: BTreeMap<String, Vec<u8>> = BTreeMap::from([config()]);
             let (mut every, mut seventh, mut whole) = (test_node(), test_node(), test_node());
             let (mut f1, mut f7) = (ViewFollower::default(), ViewFollower::default());

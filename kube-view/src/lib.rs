@@ -8,6 +8,9 @@
 //! state and derives its view from it. So no caller ever sees a partial list
 //! (which would, for the agent, drop the flows of the services not yet
 //! relisted), and none re-implements the relist buffering.
+//! [`reflect_changes`] is the same for a caller that keeps its own view up
+//! to date change by change (the agent's 10,000 services): each complete
+//! list whole, then each object applied or deleted.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -20,23 +23,52 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
+/// One step of a complete view.
+#[derive(Debug, Clone)]
+pub enum Change<K> {
+    /// Every object: the first complete list, and every relist after.
+    Listed(Vec<Arc<K>>),
+    /// An object added or changed after the list.
+    Applied(Arc<K>),
+    /// An object deleted after the list.
+    Deleted(Arc<K>),
+}
+
 /// Runs forever: watches `api` (with `config`'s selectors) and calls
 /// `publish` with every object after each change, once the first list is
 /// complete. The first call is the first complete list (possibly empty).
-pub async fn reflect<K>(api: Api<K>, config: watcher::Config, publish: impl FnMut(Vec<Arc<K>>))
+pub async fn reflect<K>(api: Api<K>, config: watcher::Config, mut publish: impl FnMut(Vec<Arc<K>>))
 where
     K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    let events = watcher(api, config)
-        .default_backoff()
-        // Managed fields are most of an object's size and nothing here reads them.
-        .modify(|o| o.managed_fields_mut().clear());
-    complete_states(events, publish).await
+    complete_changes(events_of(api, config), |_, store| publish(store.state())).await
 }
 
-/// [`reflect`] for any stream of watcher events (the tests feed their own).
-async fn complete_states<K, S>(events: S, mut publish: impl FnMut(Vec<Arc<K>>))
+/// [`reflect`] change by change: `on_change` gets each complete list whole
+/// (the first one even empty), then each object applied or deleted.
+pub async fn reflect_changes<K>(api: Api<K>, config: watcher::Config, mut on_change: impl FnMut(Change<K>))
+where
+    K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    complete_changes(events_of(api, config), |change, _| on_change(change)).await
+}
+
+fn events_of<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = watcher::Result<Event<K>>>
+where
+    K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    watcher(api, config)
+        .default_backoff()
+        // Managed fields are most of an object's size and nothing here reads them.
+        .modify(|o| o.managed_fields_mut().clear())
+}
+
+/// The complete views of any stream of watcher events (the tests feed
+/// their own): each change once the store is complete, with the store.
+async fn complete_changes<K, S>(events: S, mut on_change: impl FnMut(Change<K>, &reflector::Store<K>))
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -49,14 +81,16 @@ where
     let mut events = std::pin::pin!(reflector(writer, events));
     let mut listed = false;
     while let Some(event) = events.next().await {
-        match event {
+        let change = match event {
             Ok(Event::InitDone) => {
                 listed = true;
                 info!(objects = store.len(), "{plural} listed");
+                Change::Listed(store.state())
             }
             // The watcher lists before it watches; `listed` makes sure
             // anyway that a change never publishes a store not yet complete.
-            Ok(Event::Apply(_) | Event::Delete(_)) if listed => {}
+            Ok(Event::Apply(o)) if listed => Change::Applied(Arc::new(o)),
+            Ok(Event::Delete(o)) if listed => Change::Deleted(Arc::new(o)),
             // A list in progress: the store keeps the last complete one
             // until InitDone swaps the new one in.
             Ok(_) => continue,
@@ -64,8 +98,8 @@ where
                 warn!(%kind, error = %e, "watch error; retrying with backoff");
                 continue;
             }
-        }
-        publish(store.state());
+        };
+        on_change(change, &store);
     }
 }
 
@@ -82,15 +116,46 @@ mod tests {
         }
     }
 
-    /// What `complete_states` publishes for `events`, each call's names sorted.
+    /// What `reflect` publishes for `events` (the store after each change),
+    /// each call's names sorted.
     fn published(events: Vec<watcher::Result<Event<Namespace>>>) -> Vec<Vec<String>> {
         let mut out = Vec::new();
-        futures::executor::block_on(complete_states(futures::stream::iter(events), |objs| {
-            let mut names: Vec<String> = objs.iter().map(|o| o.name_any()).collect();
+        futures::executor::block_on(complete_changes(futures::stream::iter(events), |_, store| {
+            let mut names: Vec<String> = store.state().iter().map(|o| o.name_any()).collect();
             names.sort();
             out.push(names);
         }));
         out
+    }
+
+    /// What `reflect_changes` gives for `events`, as text.
+    fn changes(events: Vec<watcher::Result<Event<Namespace>>>) -> Vec<String> {
+        let mut out = Vec::new();
+        futures::executor::block_on(complete_changes(futures::stream::iter(events), |change, _| {
+            out.push(match change {
+                Change::Listed(all) => {
+                    let mut names: Vec<String> = all.iter().map(|o| o.name_any()).collect();
+                    names.sort();
+                    format!("listed {}", names.join(","))
+                }
+                Change::Applied(o) => format!("applied {}", o.name_any()),
+                Change::Deleted(o) => format!("deleted {}", o.name_any()),
+            })
+        }));
+        out
+    }
+
+    #[test]
+    fn changes_are_each_whole_list_then_each_object_after_it() {
+        let mut events = list(&["a", "b"]);
+        events.extend([Ok(Event::Apply(ns("c"))), Ok(Event::Delete(ns("a")))]);
+        events.extend(list(&["b", "d"]));
+        assert_eq!(changes(events), ["listed a,b", "applied c", "deleted a", "listed b,d"]);
+        assert_eq!(
+            changes(vec![Ok(Event::Apply(ns("early")))]),
+            Vec::<String>::new(),
+            "nothing before a list"
+        );
     }
 
     fn names(v: &[&str]) -> Vec<String> {

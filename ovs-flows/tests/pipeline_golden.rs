@@ -342,13 +342,26 @@ fn a_node_pipeline_fed_events_equals_the_whole_pipeline() {
                             _ => shadow.vnis.insert(ns(next(5)), [0, 100, 200, 300][next(4) as usize]),
                         };
                     }
-                    np.set_vnis(&shadow.vnis)
+                    // The whole map, or (as the agent's followers do) the keys that may have changed.
+                    match next(2) {
+                        0 => np.set_vnis(&shadow.vnis),
+                        _ => np.update_vnis(
+                            namespaces.iter().map(|n| (n.to_string(), shadow.vnis.get(*n).copied())),
+                        ),
+                    }
                 }
                 4 => {
                     for _ in 0..1 + next(2) {
                         toggle_remote_node(&mut shadow, next(4) as u32, next(2) == 0);
                     }
-                    np.set_remote_nodes(&shadow.remote_nodes)
+                    match next(2) {
+                        0 => np.set_remote_nodes(&shadow.remote_nodes),
+                        _ => np.update_remote_nodes(
+                            (0..4)
+                                .map(|i| Ipv4Addr::from(u32::from(ip("192.0.2.12")) + i))
+                                .map(|n| (n, shadow.remote_nodes.get(&n).copied())),
+                        ),
+                    }
                 }
                 5 | 6 => {
                     for _ in 0..1 + next(3) {
@@ -363,7 +376,14 @@ fn a_node_pipeline_fed_events_equals_the_whole_pipeline() {
                                 .insert(svc_ip, Service { ip: svc_ip, namespace: ns(next(5)), ports });
                         }
                     }
-                    np.set_services(&shadow.services)
+                    match next(2) {
+                        0 => np.set_services(&shadow.services),
+                        _ => np.update_services(
+                            (0..6)
+                                .map(|i| Ipv4Addr::from(u32::from(ip("10.96.1.0")) + i))
+                                .map(|s| (s, shadow.services.get(&s).cloned())),
+                        ),
+                    }
                 }
                 7 if next(4) == 0 => {
                     shadow.mode = match shadow.mode {

@@ -44,11 +44,12 @@ use ovs_flows::{reconcile, Action, Category, CookieFilter, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
 
 use crate::bandwidth::{self, meter, tc, Limits, PodName, RuntimeBandwidth};
+use crate::change_log::LogReader;
 use crate::config::DatapathType;
 use crate::etcd_source::EtcdView;
 use crate::ipam::{IpamStore, Owner};
 use crate::kube_events;
-use crate::kube_source::{PodAnnotations, ServiceMap};
+use crate::kube_source::{PodAnnotations, Services};
 use crate::metrics::Metrics;
 use crate::netlink::{MacAddr, PodInterface};
 use crate::ovsdb::{PortKind, PortSpec};
@@ -92,6 +93,8 @@ pub struct Dataplane<S, V, H> {
     ids_recovered: bool,
     /// Where the pipeline is in etcd's view.
     view: ViewFollower,
+    /// Where the pipeline is in the services' change log.
+    services: LogReader,
     /// The meters the switch holds, by id (the pod's ofport): pod egress
     /// limits on the netdev datapath. Added before the flows that name them,
     /// deleted after.
@@ -147,6 +150,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             installed_differs: false,
             ids_recovered: false,
             view: ViewFollower::default(),
+            services: LogReader::default(),
             meters: BTreeMap::new(),
             other_ofports: Default::default(),
             annotations: PodAnnotations::new(),
@@ -440,7 +444,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     }
 
     /// A complete service map (the watch's first list, or any change after it).
-    pub async fn on_services(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
+    pub async fn on_services(&mut self, services: &Services) -> anyhow::Result<()> {
         let ops = self.on_services_state(services);
         self.commit(ops).await
     }
@@ -448,13 +452,21 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// The pipeline part of [`Dataplane::on_services`]. The first list ends
     /// the kept service flows: those the pipeline now has are replaced by
     /// its operations, the others deleted.
-    pub fn on_services_state(&mut self, services: &ServiceMap) -> Vec<FlowOp> {
-        let mut ops = self.pipeline.set_services(services);
+    pub fn on_services_state(&mut self, services: &Services) -> Vec<FlowOp> {
+        let mut ops = match self.services.read(&services.changes) {
+            Some(changed) => self
+                .pipeline
+                .update_services(changed.into_iter().map(|ip| (*ip, services.map.get(ip).cloned()))),
+            None => self.pipeline.set_services(&services.map),
+        };
         if let Some(kept) = self.kept_service_flows.take() {
             self.pipeline.release_reserved_ids();
             let gone = kept.into_iter().filter(|f| !self.pipeline.holds(f));
             ops.extend(gone.map(FlowOp::DeleteStrict));
-            info!(services = services.len(), "first Service list: service flows follow the apiserver again");
+            info!(
+                services = services.map.len(),
+                "first Service list: service flows follow the apiserver again"
+            );
         }
         ops
     }

@@ -535,7 +535,8 @@ async fn a_restart_keeps_the_namespace_ids_the_kept_service_flows_name() {
         namespace: "red".into(),
         ports: vec![ServicePort { protocol: Protocol::Tcp, port: 80 }],
     };
-    n.dp.on_services(&BTreeMap::from([(dns.ip, dns), (web.ip, web)])).await.expect("services");
+    let services = Services::of(BTreeMap::from([(dns.ip, dns), (web.ip, web)]));
+    n.dp.on_services(&services).await.expect("services");
     let blue = Request { pod_namespace: Some("blue".into()), ..req(Command::Add, "c2", "b") };
     n.dp.add(&blue).await.expect("ADD blue/b");
     let ids_before = n.dp.state().namespace_ids.clone();
@@ -565,7 +566,7 @@ async fn a_restart_keeps_the_namespace_ids_the_kept_service_flows_name() {
     assert_eq!(n.dp.state().namespace_ids, BTreeMap::from([("red".into(), 1), ("blue".into(), 3)]));
     assert!(n.dp.state().reserved_namespace_ids.contains(&2));
     // The first Service list ends the reservation: ids follow the services again.
-    n.dp.on_services(&BTreeMap::new()).await.expect("empty list");
+    n.dp.on_services(&Services::of(BTreeMap::new())).await.expect("empty list");
     assert!(n.dp.state().reserved_namespace_ids.is_empty());
     n.assert_switch_in_step();
 }
@@ -603,4 +604,30 @@ async fn a_missed_change_goes_out_with_the_next_commit() {
     assert_eq!(n.fake.world().calls, ["bundle 7"]);
     n.assert_switch_in_step();
     assert!(!n.dp.installed_differs);
+}
+
+/// After the first list, a Service's change reaches the switch through the
+/// services' change log: its own flows only (two in SERVICE, its
+/// namespace's SERVICE_VNI flow), and the switch holds the whole pipeline.
+#[tokio::test]
+async fn a_service_change_sends_only_its_flows() {
+    let mut n = node(DatapathType::Netdev).await;
+    n.add("c1", "a").await.expect("ADD");
+    let mut services = Services::listed(&[]);
+    n.dp.on_services(&services).await.expect("the first list");
+    let web: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "red"},
+        "spec": {"clusterIP": "10.96.5.5", "ports": [{"port": 80}]}
+    }))
+    .expect("service");
+    assert!(services.applied(&web));
+    n.fake.world().calls.clear();
+    n.dp.on_services(&services).await.expect("web added");
+    assert_eq!(n.fake.world().calls, ["bundle 3"]);
+    n.assert_switch_in_step();
+    assert!(services.deleted(&web));
+    n.fake.world().calls.clear();
+    n.dp.on_services(&services).await.expect("web deleted");
+    assert_eq!(n.fake.world().calls, ["bundle 3"]);
+    n.assert_switch_in_step();
 }

@@ -6,9 +6,9 @@
 //! the calls its event loop makes, on its own `NodePipeline` (pods:
 //! `put_pod` / `remove_pod`; etcd: its `ViewFollower` applying the view's
 //! change log, after the record went into the view as the etcd watch puts
-//! it there, outside the timer; services: `set_services` of the whole new
-//! map, which compares its 10,000 services with the pipeline's), namespace-id
-//! assignment and the operations included. Beside it, in the same run, the
+//! it there, outside the timer; services: the `Services` view's change log
+//! after the Service object went in as the watch puts it there, outside the
+//! timer), namespace-id assignment and the operations included. Beside it, in the same run, the
 //! baseline: the whole pipeline recomputed and diffed (`pipeline()` +
 //! `reconcile::delta`, what the agent did before); both must send the same
 //! number of operations and end with the same flows (the run fails
@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Parser;
 use etcd_schema::{Keys, NetworkConfig, PluginName};
+use k8s_ovs_agent::change_log::LogReader;
 use k8s_ovs_agent::etcd_source::EtcdView;
+use k8s_ovs_agent::kube_source::Services;
 use k8s_ovs_agent::view_follow::ViewFollower;
 use ovs_flows::ofp::FlowOp;
 use ovs_flows::pipeline::{
@@ -137,13 +139,26 @@ fn rss_mib() -> f64 {
 struct Inputs {
     view: EtcdView,
     follower: ViewFollower,
-    services: BTreeMap<Ipv4Addr, Service>,
+    services: Services,
+    services_reader: LogReader,
 }
 
 const PREFIX: &str = "/k8s.ovs.com/ovs/network";
 
 fn keys() -> Keys {
     Keys::new(PREFIX, "k8s-ovs")
+}
+
+/// Service `i` as the apiserver serves it.
+fn kube_service(i: u32, namespaces: u32) -> k8s_openapi::api::core::v1::Service {
+    let s = service(i, namespaces);
+    let ports: Vec<serde_json::Value> =
+        s.ports.iter().map(|p| json!({"port": p.port, "protocol": "TCP"})).collect();
+    let obj = json!({
+        "metadata": {"name": format!("svc{i}"), "namespace": s.namespace},
+        "spec": {"clusterIP": s.ip.to_string(), "ports": ports}
+    });
+    serde_json::from_value(obj).expect("a Service object")
 }
 
 impl Inputs {
@@ -192,7 +207,8 @@ impl Inputs {
             ..Default::default()
         };
         view.subnets = (0..a.nodes).map(|i| (node_ip(i), net(subnet(i)))).collect();
-        Inputs { view, follower: ViewFollower::default(), services: state.services.clone() }
+        let services = Services::of(state.services.clone());
+        Inputs { view, follower: ViewFollower::default(), services, services_reader: LogReader::default() }
     }
 }
 
@@ -221,8 +237,13 @@ fn etcd_event(np: &mut NodePipeline, i: &mut Inputs, _: &BTreeMap<u32, LocalPod>
     i.follower.apply(&i.view, np)
 }
 
+/// What `Dataplane::on_services_state` does.
 fn service_event(np: &mut NodePipeline, i: &mut Inputs, _: &BTreeMap<u32, LocalPod>, _: u32) -> Vec<FlowOp> {
-    np.set_services(&i.services)
+    let map = &i.services.map;
+    match i.services_reader.read(&i.services.changes) {
+        Some(changed) => np.update_services(changed.into_iter().map(|ip| (*ip, map.get(ip).cloned()))),
+        None => np.set_services(map),
+    }
 }
 
 /// The state the whole-pipeline baseline computes from.
@@ -237,7 +258,7 @@ fn whole_state(np: &NodePipeline, inputs: &Inputs, pods: &BTreeMap<u32, LocalPod
         .filter(|(ip, _)| **ip != s.node_ip)
         .map(|(ip, n)| (*ip, RemoteNode { ip: *ip, subnet: Ipv4Prefix::new(n.network(), n.prefix()) }))
         .collect();
-    s.services = inputs.services.clone();
+    s.services = inputs.services.map.clone();
     s
 }
 
@@ -253,6 +274,8 @@ fn main() -> Result<()> {
         inputs.follower.apply(&inputs.view, &mut np).is_empty(),
         "the model's view is not its state"
     );
+    let first_list = service_event(&mut np, &mut inputs, &pods, 0);
+    anyhow::ensure!(first_list.is_empty(), "the model's services are not its state");
     let rss = rss_mib();
     let mut flows = np.flows();
     println!(
@@ -304,15 +327,14 @@ fn main() -> Result<()> {
         Event {
             name: "service added",
             change: |i, _, k, a| {
-                let svc = service(a.service_ports + k, a.namespaces);
-                i.services.insert(svc.ip, svc);
+                i.services.applied(&kube_service(a.service_ports + k, a.namespaces));
             },
             apply: service_event,
         },
         Event {
             name: "service removed",
             change: |i, _, k, a| {
-                i.services.remove(&service(a.service_ports + k, a.namespaces).ip);
+                i.services.deleted(&kube_service(a.service_ports + k, a.namespaces));
             },
             apply: service_event,
         },
@@ -358,7 +380,7 @@ fn main() -> Result<()> {
         "flows_per_node": np.len(),
         "resident_mib": {"agent_core": rss, "process_start": rss_start},
         "events": results,
-        "agent": "the agent's calls on its NodePipeline per event (put_pod/remove_pod, ViewFollower::apply of the view's change log, set_services of the whole map), ids and ops included",
+        "agent": "the agent's calls on its NodePipeline per event (put_pod/remove_pod, ViewFollower::apply of the view's change log, the services' change log as Dataplane::on_services_state reads it), ids and ops included",
         "baseline": "pipeline() of the whole state + reconcile::delta against the previous flows (what the agent did before)",
         "goals": {"p99_ms": 1.0, "resident_mib": 50.0},
     });

@@ -202,20 +202,19 @@ impl NodePipeline {
 
     /// The namespaces' VNIs as they are now (the whole map: etcd's view).
     pub fn set_vnis(&mut self, vnis: &BTreeMap<String, u32>) -> Vec<FlowOp> {
-        let mut owners = BTreeSet::new();
-        for (ns, vni) in changes(&self.state.vnis, vnis) {
-            self.change_vni(&ns, vni, &mut owners);
-        }
-        self.recompute(&owners)
+        let changed = changes(&self.state.vnis, vnis);
+        self.update_vnis(changed)
     }
 
-    /// One namespace's VNI (`None`: it has none).
-    pub fn set_vni(&mut self, namespace: &str, vni: Option<u32>) -> Vec<FlowOp> {
-        if self.state.vnis.get(namespace).copied() == vni {
-            return Vec::new();
-        }
+    /// Some namespaces' VNIs (`None`: it has none), the others unchanged:
+    /// what a reader of etcd's change log knows.
+    pub fn update_vnis(&mut self, vnis: impl IntoIterator<Item = (String, Option<u32>)>) -> Vec<FlowOp> {
         let mut owners = BTreeSet::new();
-        self.change_vni(namespace, vni, &mut owners);
+        for (ns, vni) in vnis {
+            if self.state.vnis.get(&ns).copied() != vni {
+                self.change_vni(&ns, vni, &mut owners);
+            }
+        }
         self.recompute(&owners)
     }
 
@@ -242,20 +241,21 @@ impl NodePipeline {
 
     /// The other nodes as they are now (this node among them is ignored).
     pub fn set_remote_nodes(&mut self, nodes: &BTreeMap<Ipv4Addr, RemoteNode>) -> Vec<FlowOp> {
-        let mut owners = BTreeSet::new();
-        for (ip, node) in changes(&self.state.remote_nodes, nodes) {
-            self.change_remote_node(ip, node, &mut owners);
-        }
-        self.recompute(&owners)
+        let changed = changes(&self.state.remote_nodes, nodes);
+        self.update_remote_nodes(changed)
     }
 
-    /// One other node (`None`: gone).
-    pub fn set_remote_node(&mut self, ip: Ipv4Addr, node: Option<RemoteNode>) -> Vec<FlowOp> {
-        if self.state.remote_nodes.get(&ip) == node.as_ref() {
-            return Vec::new();
-        }
+    /// Some other nodes (`None`: gone), the others unchanged.
+    pub fn update_remote_nodes(
+        &mut self,
+        nodes: impl IntoIterator<Item = (Ipv4Addr, Option<RemoteNode>)>,
+    ) -> Vec<FlowOp> {
         let mut owners = BTreeSet::new();
-        self.change_remote_node(ip, node, &mut owners);
+        for (ip, node) in nodes {
+            if self.state.remote_nodes.get(&ip) != node.as_ref() {
+                self.change_remote_node(ip, node, &mut owners);
+            }
+        }
         self.recompute(&owners)
     }
 
@@ -269,23 +269,40 @@ impl NodePipeline {
 
     /// The services as they are now (the whole map: the apiserver's view).
     pub fn set_services(&mut self, services: &BTreeMap<Ipv4Addr, Service>) -> Vec<FlowOp> {
+        let changed = changes(&self.state.services, services);
+        self.update_services(changed)
+    }
+
+    /// Some services (`None`: gone), the others unchanged: one batch, so a
+    /// namespace keeps its id when one of its services goes as another
+    /// comes.
+    pub fn update_services(
+        &mut self,
+        services: impl IntoIterator<Item = (Ipv4Addr, Option<Service>)>,
+    ) -> Vec<FlowOp> {
         let mut change = Change::default();
-        for (ip, svc) in changes(&self.state.services, services) {
-            change.owners.insert((Category::Service, u32::from(ip)));
-            if let Some(s) = &svc {
-                self.uses.entry(s.namespace.clone()).or_default().services += 1;
-                change.service_namespaces.insert(s.namespace.clone());
-            }
-            let old = match svc {
-                Some(s) => self.state.services.insert(ip, s),
-                None => self.state.services.remove(&ip),
-            };
-            if let Some(old) = old {
-                self.uses.entry(old.namespace.clone()).or_default().services -= 1;
-                change.service_namespaces.insert(old.namespace);
+        for (ip, svc) in services {
+            if self.state.services.get(&ip) != svc.as_ref() {
+                self.change_service(ip, svc, &mut change);
             }
         }
         self.settle(change)
+    }
+
+    fn change_service(&mut self, ip: Ipv4Addr, service: Option<Service>, change: &mut Change) {
+        change.owners.insert((Category::Service, u32::from(ip)));
+        if let Some(s) = &service {
+            self.uses.entry(s.namespace.clone()).or_default().services += 1;
+            change.service_namespaces.insert(s.namespace.clone());
+        }
+        let old = match service {
+            Some(s) => self.state.services.insert(ip, s),
+            None => self.state.services.remove(&ip),
+        };
+        if let Some(old) = old {
+            self.uses.entry(old.namespace.clone()).or_default().services -= 1;
+            change.service_namespaces.insert(old.namespace);
+        }
     }
 
     /// The tenancy mode: every flow may change, so the pipeline is computed
