@@ -563,9 +563,11 @@ async fn lab_part(args: &Args, lab: &Lab, ctx: &mut Ctx<'_>, vni: &mut u32) -> R
     let base = baseline(ctx.client, ctx.endpoint, lab.nodes.len(), puts).await?;
     let polled = lab_round(ctx, &switches, vni, puts, true).await?;
     let unpolled = lab_round(ctx, &switches, vni, puts, false).await?;
-    let agent = agent_share(lab, &polled.walls, &polled.detected)?;
-    let agent_unpolled = agent_share(lab, &unpolled.walls, &unpolled.detected)?;
-    let controller = by_kind(&polled.kinds, &controller_times(ctx.controller_log, ctx.keys, &polled.walls)?);
+    let committed = controller_times(ctx.controller_log, ctx.keys, &polled.walls)?;
+    let agent = agent_share(lab, &polled.walls, &polled.detected, &committed)?;
+    let committed_unpolled = controller_times(ctx.controller_log, ctx.keys, &unpolled.walls)?;
+    let agent_unpolled = agent_share(lab, &unpolled.walls, &unpolled.detected, &committed_unpolled)?;
+    let controller = by_kind(&polled.kinds, &committed);
     let all = polled.last.json(true);
     let b = &base["put_to_last_watcher"];
     let applied = polled.applied.json(false);
@@ -575,6 +577,10 @@ async fn lab_part(args: &Args, lab: &Lab, ctx: &mut Ctx<'_>, vni: &mut u32) -> R
         &[
             ("edit -> controller logged its commit", &controller["all"]),
             ("edit -> last node's agent logged its bundle", &agent["edit_to_last_node_logged"]),
+            (
+                "controller's commit -> last node's agent logged",
+                &agent["controller_commit_to_last_node_logged"],
+            ),
             ("the agent's bundle (its log), each node", &agent["bundle_ms"]),
             ("no switch polled: edit -> last agent logged", &agent_unpolled["edit_to_last_node_logged"]),
             ("no switch polled: the agent's bundle", &agent_unpolled["bundle_ms"]),
@@ -639,7 +645,13 @@ fn in_window<'a>(
 
 /// The agents' own account, from their logs: for each action the first
 /// "flows synced" line after its write on each node.
-fn agent_share(lab: &Lab, walls: &[SystemTime], detected: &[Vec<f64>]) -> Result<Value> {
+/// `committed`: when the controller logged each action's commit.
+fn agent_share(
+    lab: &Lab,
+    walls: &[SystemTime],
+    detected: &[Vec<f64>],
+    committed: &[Option<f64>],
+) -> Result<Value> {
     let (mut bundle, mut computed, mut lag) = (Vec::new(), Vec::new(), Vec::new());
     let mut ops = BTreeSet::new();
     let mut missing = 0;
@@ -663,6 +675,8 @@ fn agent_share(lab: &Lab, walls: &[SystemTime], detected: &[Vec<f64>]) -> Result
     }
     Ok(json!({
         "what": "the agent's debug line \"flows synced\" (written after the bundle's commit reply): its wall-clock time after the write, `bundle` (open .. commit reply) and `computed` (the ops to send, after the pipeline's update)",
+        "controller_commit_to_last_node_logged":
+            percentiles(per_action.iter().zip(committed).filter_map(|(a, c)| Some(a - (*c)?)).collect()),
         "edit_to_last_node_logged": percentiles(per_action),
         "bundle_ms": percentiles(bundle),
         "computed_ms": percentiles(computed),
