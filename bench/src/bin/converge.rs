@@ -2,8 +2,8 @@
 //! (join / isolate / global, put as `etcdctl put` puts it) until the new VNI
 //! is in the flows of the LAST node. The controller applies the edit (its
 //! applied copy of the record, `docs/etcd-schema.md`), every agent's etcd
-//! watch sees the copy, and each agent's pipeline changes the tenant's 8-9
-//! flows.
+//! watch sees the copy, and each agent's pipeline changes the tenant's few
+//! flows (5-6 here: no services).
 //!
 //! (a) A lab of 3 real nodes: real etcd, the `k8s-ovs-controller` and
 //!     `k8s-ovs-agent` processes, an `ovs-vswitchd` per node, a 200-pod
@@ -12,16 +12,17 @@
 //!     VNI: this process dumps that namespace's DEST_VNI flows from each
 //!     node's br0 (native OpenFlow, table + cookie owner filter) in a tight
 //!     loop from the write on. The agents' own "flows synced" debug lines
-//!     give their share (wall-clock time, bundle time).
+//!     give their share (wall-clock time, bundle time), the controller's
+//!     info line its commit; a second pass with no switch polled, timed by
+//!     the logs alone, shows what the polling costs.
 //! (b) The same edits fanned out to N simulated agents (N = 100, 500,
 //!     1,000) against the same etcd and controller: each is the agent's own
 //!     etcd source (`etcd_source::run`, its own connection) feeding a watch
 //!     channel, and on each change what the agent's loop does without OVS
-//!     (`EtcdView::apply_to` on its `NodePipeline`, the ops applied to its
-//!     copy of the installed flows). Each node is a Kubernetes Node, so the
-//!     controller allocates its subnet; each holds pods of the tenant and of
-//!     other namespaces. Timed until the last agent's pipeline holds the new
-//!     VNI.
+//!     (`EtcdView::apply_to` on its `NodePipeline`: the ops it would send).
+//!     Each node is a Kubernetes Node, so the controller allocates its
+//!     subnet; each holds pods of the tenant and of other namespaces. Timed
+//!     until the last agent's pipeline holds the new VNI.
 //! (c) Baseline in the same run and etcd: a bare put on the agents' key
 //!     prefix until the last of as many plain watchers (one connection each)
 //!     as there are agents has received it.
