@@ -46,7 +46,19 @@ pub fn node_subnet(i: usize) -> String {
 impl Lab {
     /// `<prefix>/config` with the given PluginName.
     pub fn put_network_config(&self, plugin: &str) -> Result<()> {
-        let v = json!({"Name": NAME, "Network": NETWORK, "HostSubnetLength": 10,
+        self.put_network_config_with(plugin, NETWORK, 10)
+    }
+
+    /// `<prefix>/config` with another pod network (e.g. room for more than
+    /// the 64 nodes of `NETWORK`), written before a controller starts so it
+    /// takes this one instead of its `--network`.
+    pub fn put_network_config_with(
+        &self,
+        plugin: &str,
+        network: &str,
+        host_subnet_length: u32,
+    ) -> Result<()> {
+        let v = json!({"Name": NAME, "Network": network, "HostSubnetLength": host_subnet_length,
                        "ServiceNetwork": SERVICE_NETWORK, "PluginName": plugin});
         self.etcdctl(&["put", &format!("{PREFIX}/config"), &v.to_string()])?;
         Ok(())

@@ -35,7 +35,6 @@
 //! and is served from the normal process.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,12 +171,11 @@ impl KubeApi {
     /// Listens on `ip:port` inside `netns` (port 0: any free port), so
     /// processes in that namespace and in namespaces routed to it reach it.
     pub fn start_in(netns: &Netns, ip: &str, port: u16) -> Result<KubeApi> {
-        let path = format!("/run/netns/{}", netns.name);
         let addr: SocketAddr = format!("{ip}:{port}").parse().context("listen address")?;
+        let netns = netns.clone();
         let listener = std::thread::spawn(move || -> Result<TcpListener> {
-            let f = File::open(&path).with_context(|| format!("open {path}"))?;
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-            TcpListener::bind(addr).with_context(|| format!("bind {addr} in {path}"))
+            netns.enter_this_thread()?;
+            TcpListener::bind(addr).with_context(|| format!("bind {addr} in {}", netns.name))
         })
         .join()
         .map_err(|_| anyhow::anyhow!("listener thread panicked"))??;

@@ -76,6 +76,18 @@ impl Netns {
         pids_in(&self.name)
     }
 
+    /// Moves the calling thread into the namespace: sockets it opens from
+    /// then on, and threads it spawns (a tokio runtime's workers), live
+    /// there. For a test process to reach addresses inside the lab; not
+    /// from its main thread: `ip netns pids` goes by the main thread's
+    /// namespace, and destroying the namespace would end the process itself.
+    pub fn enter_this_thread(&self) -> Result<()> {
+        let path = self.path();
+        let f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns into {}", self.name))
+    }
+
     /// Deletes the namespace after ending every process inside it (all of
     /// them were started by the lab: nobody else knows its unique name).
     pub fn destroy(&self) {

@@ -18,9 +18,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bench::etcd::{action_record, net_ids, put, wait_put};
+use bench::stats::{ratio, summary};
 use clap::Parser;
 use controller::run::{run, Settings};
-use etcd_client::{Client, EventType, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, WatchOptions};
 use etcd_schema::{parse_net_namespace, Keys, NetworkConfig, PluginName};
 use lab::etcd::Etcd;
 use lab::kube_api::KubeApi;
@@ -59,57 +61,6 @@ fn start_etcd(dir: &std::path::Path) -> Result<Etcd> {
         }
     }
     bail!("etcd did not start")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-/// Percentiles and the raw samples (to the microsecond, in the order
-/// measured, for `--bin plot`).
-fn summary(mut ms: Vec<f64>) -> Value {
-    let samples_ms: Vec<f64> = ms.iter().map(|v| (v * 1e3).round() / 1e3).collect();
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
-    json!({
-        "count": ms.len(),
-        "p50_ms": percentile(&ms, 0.50),
-        "p90_ms": percentile(&ms, 0.90),
-        "p99_ms": percentile(&ms, 0.99),
-        "max_ms": ms.last().copied().unwrap_or(0.0),
-        "mean_ms": mean,
-        "samples_ms": samples_ms,
-    })
-}
-
-/// Waits on `stream` for a put of `key` at a revision above `after` that
-/// satisfies `done`.
-async fn wait_put(
-    stream: &mut WatchStream,
-    key: &str,
-    after: i64,
-    done: impl Fn(&str) -> bool,
-) -> Result<()> {
-    loop {
-        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message())
-            .await
-            .context("no answer within 30 s")??
-            .context("watch ended")?;
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            if ev.event_type() == EventType::Put
-                && kv.key_str()? == key
-                && kv.mod_revision() > after
-                && done(kv.value_str()?)
-            {
-                return Ok(());
-            }
-        }
-    }
 }
 
 type Running = tokio::task::JoinHandle<Result<()>>;
@@ -192,20 +143,6 @@ async fn failover(
     }))
 }
 
-async fn netids(client: &mut Client, keys: &Keys) -> Result<BTreeMap<String, u32>> {
-    let mut ids = BTreeMap::new();
-    for (key, raw, _) in controller::run::read_all(client, keys).await? {
-        if let Some(k) = keys.parse(&key).filter(|k| k.kind == etcd_schema::KeyKind::NetNamespace) {
-            if let Ok(r) = parse_net_namespace(&key, &k.name, &raw) {
-                if r.action.is_none() {
-                    ids.insert(k.name, r.net_id);
-                }
-            }
-        }
-    }
-    Ok(ids)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -229,7 +166,7 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
     let keys = Keys::new(PREFIX, "k8ssdn");
     let started = Instant::now();
     let mut ids = loop {
-        let ids = netids(&mut client, &keys).await?;
+        let ids = net_ids(&mut client, &keys).await?;
         if ids.len() == names.len() {
             break ids;
         }
@@ -243,7 +180,7 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
     let mut baseline = Vec::with_capacity(args.count);
     for i in 0..args.count {
         let t0 = Instant::now();
-        let rev = client.put(ping, i.to_string(), None).await?.header().map(|h| h.revision()).unwrap_or(0);
+        let rev = put(&mut client, ping, i.to_string()).await?;
         wait_put(&mut watch, ping, rev - 1, |_| true).await?;
         baseline.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
@@ -262,17 +199,15 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
         };
         *mix.entry(action).or_default() += 1;
         let id = ids.get(ns).copied().context("no NetID")?;
-        let value =
-            format!(r#"{{"NetName":"{ns}","NetID":{id},"Action":"{action}","Namespace":"{target}"}}"#);
         let key = keys.netnamespace(ns);
         let t0 = Instant::now();
-        let rev = client.put(key.as_str(), value, None).await?.header().map(|h| h.revision()).unwrap_or(0);
+        let rev = put(&mut client, &key, action_record(ns, id, action, target)).await?;
         wait_put(&mut watch, &key, rev, |v| {
             parse_net_namespace(&key, ns, v).is_ok_and(|r| r.action.is_none())
         })
         .await?;
         latency.push(t0.elapsed().as_secs_f64() * 1000.0);
-        let rec = netids(&mut client, &keys).await?;
+        let rec = net_ids(&mut client, &keys).await?;
         ids = rec;
     }
     // Bursts: every namespace gets an action at once (an operator script
@@ -319,15 +254,8 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
             };
             *burst_mix.entry(action).or_default() += 1;
             let id = ids.get(ns).copied().context("no NetID")?;
-            let value =
-                format!(r#"{{"NetName":"{ns}","NetID":{id},"Action":"{action}","Namespace":"{target}"}}"#);
             let t0 = Instant::now();
-            let rev = client
-                .put(keys.netnamespace(ns), value, None)
-                .await?
-                .header()
-                .map(|h| h.revision())
-                .unwrap_or(0);
+            let rev = put(&mut client, &keys.netnamespace(ns), action_record(ns, id, action, target)).await?;
             started.insert(keys.netnamespace(ns), (t0, rev));
         }
         while !started.is_empty() {
@@ -342,7 +270,7 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
                 }
             }
         }
-        ids = netids(&mut client, &keys).await?;
+        ids = net_ids(&mut client, &keys).await?;
     }
     reader.abort();
 
@@ -357,7 +285,6 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
 
     let actions = summary(latency);
     let base = summary(baseline);
-    let ratio = |f: &str| actions[f].as_f64().unwrap_or(0.0) / base[f].as_f64().unwrap_or(1.0).max(1e-9);
     let result = json!({
         "benchmark": "actions",
         "what": "etcd put of a record with Action set -> the controller's write clearing Action, seen on an etcd watch",
@@ -377,7 +304,7 @@ async fn bench(args: &Args, dir: &std::path::Path) -> Result<()> {
         "burst_mix": burst_mix,
         "baseline_put_to_watch": base,
         "failover": failover,
-        "ratio_vs_baseline": { "p50": ratio("p50_ms"), "p99": ratio("p99_ms") },
+        "ratio_vs_baseline": { "p50": ratio(&actions, &base, "p50_ms"), "p99": ratio(&actions, &base, "p99_ms") },
     });
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
