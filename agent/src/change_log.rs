@@ -51,6 +51,14 @@ impl<T> ChangeLog<T> {
     }
 }
 
+impl<T> ChangeLog<T> {
+    /// The latest change's number: a reader compares it to see whether
+    /// anything changed.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+}
+
 impl<T: Ord> ChangeLog<T> {
     /// Everything changed after change `seen`, each once; `None` when the
     /// log does not hold all of it.

@@ -73,8 +73,10 @@ impl EtcdView {
         if key == Keys::config_key(prefix) {
             match value.map(|v| v.and_then(|v| parse_network_config(key, v))) {
                 Some(Ok(c)) => {
-                    self.config = Some(c);
-                    self.changes.push(Changed::Config);
+                    if self.config.as_ref() != Some(&c) {
+                        self.config = Some(c);
+                        self.changes.push(Changed::Config);
+                    }
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "ignoring invalid network config; keeping the last good one")
@@ -91,18 +93,21 @@ impl EtcdView {
                 let Ok(ip) = parsed.name.parse::<Ipv4Addr>() else { return };
                 match value.map(|v| v.and_then(|v| parse_host_subnet(key, &parsed.name, v, &cfg))) {
                     Some(Ok(hs)) => {
-                        match hs.subnet {
+                        let old = match hs.subnet {
                             Some(s) => self.subnets.insert(ip, s),
                             None => self.subnets.remove(&ip),
                         };
-                        self.changes.push(Changed::Node(ip));
+                        if old != hs.subnet {
+                            self.changes.push(Changed::Node(ip));
+                        }
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "ignoring invalid subnet record; keeping its last subnet")
                     }
                     None => {
-                        self.subnets.remove(&ip);
-                        self.changes.push(Changed::Node(ip));
+                        if self.subnets.remove(&ip).is_some() {
+                            self.changes.push(Changed::Node(ip));
+                        }
                     }
                 }
             }
@@ -152,7 +157,11 @@ impl EtcdView {
     }
 
     fn refresh_vni(&mut self, name: &str) {
-        match self.effective_vni(name) {
+        let vni = self.effective_vni(name);
+        if self.vnis.get(name).copied() == vni {
+            return;
+        }
+        match vni {
             Some(id) => self.vnis.insert(name.to_string(), id),
             None => self.vnis.remove(name),
         };
@@ -272,7 +281,11 @@ async fn list_and_watch(s: &EtcdSettings, out: &watch::Sender<EtcdView>) -> Resu
             warn!(compact_revision = resp.compact_revision(), "etcd watch cancelled; relisting");
             return Ok(());
         }
-        out.send_modify(|view| {
+        // Only a change of what the agent acts on (a VNI, a subnet, the
+        // config) wakes it: an operator's write of an Action, or the
+        // controller's clearing it, leaves every VNI as it was.
+        out.send_if_modified(|view| {
+            let before = view.changes.last();
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 let Ok(key) = kv.key_str() else { continue };
@@ -281,6 +294,7 @@ async fn list_and_watch(s: &EtcdSettings, out: &watch::Sender<EtcdView>) -> Resu
                     EventType::Delete => view.apply(&prefix, key, None),
                 }
             }
+            view.changes.last() != before
         });
     }
     Ok(())
@@ -343,6 +357,25 @@ pub(crate) mod tests {
 
     pub(crate) fn config() -> (String, Vec<u8>) {
         (format!("{P}/config"), CONFIG.as_bytes().to_vec())
+    }
+
+    /// The operator's write of an Action (and the controller's clearing it)
+    /// changes no VNI: it logs no change, so it wakes no agent.
+    #[test]
+    fn only_what_the_pipeline_reads_is_logged_as_changed() {
+        let mut v = EtcdView::default();
+        put(&mut v, config());
+        put(&mut v, netns("red", 100));
+        put(&mut v, subnet("192.0.2.7", "172.11.4.0/22"));
+        let last = v.changes.last();
+        let (key, _) = netns("red", 100);
+        v.apply(P, &key, Some(br#"{"NetName":"red","NetID":100,"Action":"join","Namespace":"blue"}"#));
+        put(&mut v, netns("red", 100));
+        put(&mut v, subnet("192.0.2.7", "172.11.4.0/22"));
+        put(&mut v, config());
+        assert_eq!(v.changes.last(), last, "nothing the pipeline reads changed");
+        put(&mut v, netns("red", 200));
+        assert_eq!(v.changes.last(), last + 1);
     }
 
     #[test]
