@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod forge;
 pub mod kube_api;
 pub mod kube_proxy;
+pub mod kubectl;
 mod lab;
 pub mod netns;
 pub mod ovs;
