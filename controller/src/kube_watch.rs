@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
@@ -80,10 +82,39 @@ pub fn spawn(client: Client, shared: SharedView) -> Vec<AbortOnDrop<()>> {
         node_shared.update(|v| v.nodes = Some(node_ips(&all)))
     }));
     let object_api: Api<NetNamespaceObject> = Api::all(client);
+    let not_served = tokio::spawn(not_served(object_api.clone(), shared.clone()));
     let objects = tokio::spawn(kube_view::reflect(object_api, watcher::Config::default(), move |all| {
         shared.update(|v| v.objects = Some(object_views(&all)))
     }));
-    vec![AbortOnDrop(namespaces), AbortOnDrop(nodes), AbortOnDrop(objects)]
+    vec![AbortOnDrop(namespaces), AbortOnDrop(nodes), AbortOnDrop(not_served), AbortOnDrop(objects)]
+}
+
+/// Where the NetNamespace CRD is not installed (404) or RBAC refuses it
+/// (403), says so once: no object asks anything, and etcd's actions, which
+/// wait for the objects' first list, go ahead. Should the CRD come later,
+/// the reflector's first list replaces this empty view.
+async fn not_served(api: Api<NetNamespaceObject>, shared: SharedView) {
+    let mut backoff = ovs_flows::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return, // served: the reflector publishes the list
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
+                tracing::warn!(
+                    "NetNamespace objects are not served ({} {}): tenant actions through etcd only; install deploy/base/netnamespace-crd.yaml and the controller's RBAC for them",
+                    s.code,
+                    s.reason
+                );
+                shared.update(|v| {
+                    v.objects.get_or_insert_with(BTreeMap::new);
+                });
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("NetNamespace list: {e}; trying again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

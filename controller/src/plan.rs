@@ -360,6 +360,13 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
             }
             continue;
         };
+        if inp.kube.objects.is_none() {
+            // Not yet known whether an object asks something of this
+            // namespace too: an action waits for the objects' first list (or
+            // for the news that none are served), so two requests pending
+            // together resolve by the rule below, not by which list came first.
+            continue;
+        }
         match apply_action(name, rec.net_id, action, &ids, vnis) {
             Ok(id) => {
                 ids.insert(name.clone(), id);

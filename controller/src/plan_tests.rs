@@ -238,6 +238,22 @@ fn an_etcd_edit_and_an_object_request_at_once_resolve_to_the_etcd_edit() {
 }
 
 #[test]
+fn etcd_actions_wait_for_the_objects_first_list() {
+    let mut w = World::new(&["a", "b", "c"]);
+    w.settle();
+    let (a, c) = (w.id("a"), w.id("c"));
+    // A controller that just started: objects not listed yet.
+    w.kube.objects = None;
+    w.edit("a", &format!(r#"{{"NetName":"a","NetID":{a},"Action":"join","Namespace":"b"}}"#));
+    assert!(w.settle().is_empty(), "the etcd action waits");
+    // Listed: an object asked something too; both resolve at once.
+    object(&mut w, "a", "u1", 2, serde_json::json!({"action": "join", "target": "c"}));
+    w.settle();
+    assert_eq!(taken(&w, "a").map(|t| t.1), Some(RequestOutcome::Superseded));
+    assert_ne!(w.id("a"), c);
+}
+
+#[test]
 fn request_records_go_with_their_namespace() {
     let mut w = World::new(&["a", "b"]);
     w.settle();

@@ -61,6 +61,10 @@ pub async fn run(
 ) -> Result<()> {
     let shared = SharedView::default();
     let _watches = kube.clone().map(|c| kube_watch::spawn(c, shared.clone()));
+    if kube.is_none() {
+        // Without Kubernetes no object asks anything: etcd's actions need not wait.
+        shared.view.lock().map(|mut v| v.objects = Some(Default::default())).ok();
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopper = async move {
         shutdown.await;

@@ -669,6 +669,12 @@ fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Inco
     } else {
         let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         if len > MAX_BODY {
+            // Read (up to a point) and dropped, so the client, still sending,
+            // gets to read the 413 instead of a reset connection.
+            if len <= 16 * MAX_BODY {
+                let mut sink = vec![0u8; len];
+                read_full(reader, &mut sink)?;
+            }
             return Ok(Incoming::TooLarge);
         }
         let mut body = vec![0u8; len];
@@ -751,7 +757,12 @@ fn serve_connection(inner: &Inner, stream: TcpStream) -> Result<()> {
         match route {
             Route::Collection { res, namespace } if req.method == "GET" && is_watch(&req) => {
                 watch(inner, &mut out, &res, namespace.as_deref(), &req)?;
-                return Ok(());
+                // The stream ended cleanly: the connection stays open for the
+                // next request (HTTP/1.1 keep-alive, as the real server does),
+                // unless the server is going away.
+                if inner.stop.load(Ordering::Relaxed) || inner.down.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
             }
             route => {
                 let (code, body, warnings) = match handle(inner, route, &req) {
