@@ -17,6 +17,7 @@ pub mod pki;
 pub mod services;
 pub mod sweep;
 pub mod switch;
+pub mod tenancy;
 pub mod traffic;
 
 pub use lab::{base_dir, Lab, LabConfig, Node, Pod, CTL_IP, DEFAULT_PREFIX, ETCD_PORT, FABRIC_PREFIX};
