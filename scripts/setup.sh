@@ -81,6 +81,12 @@ check ovs-schema     test -f /usr/share/openvswitch/vswitch.ovsschema || fail=1
 check netns          ip netns list || fail=1
 check cargo          cargo --version || fail=1
 check cargo-nextest  cargo nextest --version || fail=1
+# kubectl, for the tests of tenancy through the Kubernetes API (lab_tenancy_kube): 1.27 or
+# newer (server-side field validation, which it finds in the apiserver's OpenAPI v3).
+# Debian 12's kubernetes-client is 1.20, too old: install the upstream binary
+# (https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/).
+kubectl_minor() { kubectl version --client -o json 2>/dev/null | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))'; }
+check kubectl-1.27+  test "$(kubectl_minor)" -ge 27 || fail=1
 
 if ((fail)); then
   echo "setup.sh: some tools are missing" >&2

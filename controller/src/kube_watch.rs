@@ -1,25 +1,31 @@
-//! Watches of Namespaces and Nodes (kube-rs `watcher` through a reflector,
-//! `kube_view::reflect`: relists after a 410 Gone, backs off on errors, and
-//! hands over complete lists only), folded into the shared `KubeView`.
+//! Watches of Namespaces, Nodes and NetNamespace objects (kube-rs `watcher`
+//! through a reflector, `kube_view::reflect`: relists after a 410 Gone, backs
+//! off on errors, and hands over complete lists only), folded into the
+//! shared `KubeView`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
 use crate::leader::AbortOnDrop;
 use crate::model::KubeView;
+use crate::netns_object::{NetNamespaceObject, ObjectView};
 
-/// The view shared by the watch tasks and the controller loop; `changed` is
-/// notified after every change.
+/// The view shared by the watch tasks, the controller loop and its object
+/// task; `changed` (the loop's) and `objects_changed` (the object task's)
+/// are notified after every change: each waiter has its own.
 #[derive(Clone, Default)]
 pub struct SharedView {
     pub view: Arc<Mutex<KubeView>>,
     pub changed: Arc<Notify>,
+    pub objects_changed: Arc<Notify>,
 }
 
 impl SharedView {
@@ -32,6 +38,7 @@ impl SharedView {
             f(&mut v);
         }
         self.changed.notify_one();
+        self.objects_changed.notify_one();
     }
 }
 
@@ -51,7 +58,15 @@ pub fn node_ips(nodes: &[Arc<Node>]) -> BTreeMap<String, Option<Ipv4Addr>> {
     nodes.iter().map(|n| (n.name_any(), node_ip(n))).collect()
 }
 
-/// Starts both watches; they run until the returned guards are dropped.
+/// NetNamespace objects by name.
+pub fn object_views(objects: &[Arc<NetNamespaceObject>]) -> BTreeMap<String, ObjectView> {
+    objects.iter().map(|o| (o.name_any(), ObjectView::of(o))).collect()
+}
+
+/// Starts the three watches; they run until the returned guards are dropped.
+/// Where the NetNamespace CRD is not installed (or RBAC refuses it), its
+/// watch retries with backoff and the view's `objects` stays `None`: etcd
+/// edits still work.
 /// Each change replaces its part of the view with the reflector's complete
 /// list, so the controller plans on whole lists only (a partial one after
 /// a relist would look like deleted namespaces and nodes).
@@ -61,11 +76,45 @@ pub fn spawn(client: Client, shared: SharedView) -> Vec<AbortOnDrop<()>> {
     let namespaces = tokio::spawn(kube_view::reflect(ns_api, watcher::Config::default(), move |all| {
         ns_shared.update(|v| v.namespaces = Some(namespace_names(&all)))
     }));
-    let node_api: Api<Node> = Api::all(client);
+    let node_api: Api<Node> = Api::all(client.clone());
+    let node_shared = shared.clone();
     let nodes = tokio::spawn(kube_view::reflect(node_api, watcher::Config::default(), move |all| {
-        shared.update(|v| v.nodes = Some(node_ips(&all)))
+        node_shared.update(|v| v.nodes = Some(node_ips(&all)))
     }));
-    vec![AbortOnDrop(namespaces), AbortOnDrop(nodes)]
+    let object_api: Api<NetNamespaceObject> = Api::all(client);
+    let not_served = tokio::spawn(not_served(object_api.clone(), shared.clone()));
+    let objects = tokio::spawn(kube_view::reflect(object_api, watcher::Config::default(), move |all| {
+        shared.update(|v| v.objects = Some(object_views(&all)))
+    }));
+    vec![AbortOnDrop(namespaces), AbortOnDrop(nodes), AbortOnDrop(not_served), AbortOnDrop(objects)]
+}
+
+/// Where the NetNamespace CRD is not installed (404) or RBAC refuses it
+/// (403), says so once: no object asks anything, and etcd's actions, which
+/// wait for the objects' first list, go ahead. Should the CRD come later,
+/// the reflector's first list replaces this empty view.
+async fn not_served(api: Api<NetNamespaceObject>, shared: SharedView) {
+    let mut backoff = ovs_flows::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return, // served: the reflector publishes the list
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
+                tracing::warn!(
+                    "NetNamespace objects are not served ({} {}): tenant actions through etcd only; install deploy/base/netnamespace-crd.yaml and the controller's RBAC for them",
+                    s.code,
+                    s.reason
+                );
+                shared.update(|v| {
+                    v.objects.get_or_insert_with(BTreeMap::new);
+                });
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("NetNamespace list: {e}; trying again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use etcd_schema::{
-    parse_host_subnet, parse_net_namespace, record_text, HostSubnet, KeyKind, Keys, NetNamespace,
-    NetworkConfig, RecordError, SchemaError,
+    parse_host_subnet, parse_kube_request, parse_net_namespace, record_text, HostSubnet, KeyKind, Keys,
+    KubeRequest, NetNamespace, NetworkConfig, RecordError, SchemaError,
 };
+
+use crate::netns_object::ObjectView;
 
 /// One record as etcd holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +35,13 @@ pub struct Records {
     pub applied: BTreeMap<String, Entry<NetNamespace>>,
     /// `applied/complete` exists: every namespace has its applied copy.
     pub applied_complete: bool,
-    /// Error records present (full key -> EditRevision), so an unchanged
-    /// bad record is reported once, not on every plan.
-    pub errors: BTreeMap<String, i64>,
+    /// Error records present (full key -> the record), so an unchanged
+    /// bad record is reported once, not on every plan, and the objects'
+    /// status shows the error.
+    pub errors: BTreeMap<String, RecordError>,
+    /// The last NetNamespace object request taken, per namespace
+    /// (`kube/netnamespaces/<ns>`).
+    pub requests: BTreeMap<String, Entry<KubeRequest>>,
 }
 
 impl Records {
@@ -92,12 +98,25 @@ impl Records {
                 self.subnets.insert(k.name, Entry { rev, raw, parsed });
             }
             KeyKind::NetNamespaceError | KeyKind::SubnetError => {
-                let edit_rev =
-                    serde_json::from_slice::<RecordError>(value).map(|e| e.edit_revision).unwrap_or(-1);
-                self.errors.insert(key.to_string(), edit_rev);
+                // Not ours to judge: an unreadable one is shown as it is.
+                let e = serde_json::from_slice::<RecordError>(value).unwrap_or_else(|_| RecordError {
+                    error: raw,
+                    edit: String::new(),
+                    edit_revision: -1,
+                });
+                self.errors.insert(key.to_string(), e);
+            }
+            KeyKind::KubeRequest => {
+                let parsed = text.and_then(|v| parse_kube_request(key, v));
+                self.requests.insert(k.name, Entry { rev, raw, parsed });
             }
             KeyKind::Config | KeyKind::Leader => {}
         }
+    }
+
+    /// The valid request record of `name`: the object request last taken.
+    pub fn taken(&self, name: &str) -> Option<&KubeRequest> {
+        self.requests.get(name).and_then(|e| e.parsed.as_ref().ok())
     }
 
     fn has_valid_applied(&self, name: &str) -> bool {
@@ -152,6 +171,9 @@ impl Records {
             KeyKind::NetNamespaceError | KeyKind::SubnetError => {
                 self.errors.remove(key);
             }
+            KeyKind::KubeRequest => {
+                self.requests.remove(&k.name);
+            }
             KeyKind::Config | KeyKind::Leader => {}
         }
     }
@@ -162,7 +184,7 @@ impl Records {
         use crate::plan::{ErrorWrite, RecordWrite};
         // The applied copy first: a record's delete keeps the safe state only
         // while a copy stands.
-        if let Some((key, op)) = &write.applied {
+        for (key, op) in write.applied.iter().chain(&write.request) {
             match op {
                 RecordWrite::Put(value) => self.load(keys, config, key, value.as_bytes(), rev),
                 RecordWrite::Delete => self.observe_delete(keys, key),
@@ -176,7 +198,7 @@ impl Records {
         }
         match &write.error {
             ErrorWrite::Put(e) => {
-                self.errors.insert(write.error_key.clone(), e.edit_revision);
+                self.errors.insert(write.error_key.clone(), e.clone());
             }
             ErrorWrite::Clear => {
                 self.errors.remove(&write.error_key);
@@ -193,4 +215,7 @@ pub struct KubeView {
     pub namespaces: Option<BTreeSet<String>>,
     /// Node name -> InternalIP (None until the node reports one).
     pub nodes: Option<BTreeMap<String, Option<Ipv4Addr>>>,
+    /// NetNamespace objects by name; `None` until listed, and for good where
+    /// the CRD is not installed (then only etcd edits ask for actions).
+    pub objects: Option<BTreeMap<String, ObjectView>>,
 }

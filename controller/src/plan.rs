@@ -8,12 +8,14 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use etcd_schema::{
-    Action, HostSubnet, Keys, NetNamespace, NetworkConfig, PluginName, RecordError, GLOBAL_VNI,
+    Action, HostSubnet, Keys, NetNamespace, NetworkConfig, PluginName, RecordError, RequestOutcome,
+    GLOBAL_VNI,
 };
 use ipnetwork::Ipv4Network;
 
 use crate::alloc::{AllocError, SubnetAllocator, VniAllocator};
-use crate::model::{KubeView, Records};
+use crate::model::{Entry, KubeView, Records};
+use crate::netns_object::{describe, untaken, Untaken};
 
 /// What happens to the record itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,10 @@ pub struct Write {
     pub error: ErrorWrite,
     /// `applied/netnamespaces/<ns>` and what happens to it.
     pub applied: Option<(String, RecordWrite)>,
+    /// `kube/netnamespaces/<ns>`: the NetNamespace object request this
+    /// write takes (applies, refuses or supersedes), in the same transaction,
+    /// so a request is taken exactly once.
+    pub request: Option<(String, RecordWrite)>,
     /// What this write does, for the log.
     pub why: String,
 }
@@ -179,7 +185,7 @@ fn write(
     why: String,
 ) -> Write {
     let error = error.map_or(ErrorWrite::Clear, ErrorWrite::Put);
-    Write { key, expect_rev: rev, record, error_key, error, applied: None, why }
+    Write { key, expect_rev: rev, record, error_key, error, applied: None, request: None, why }
 }
 
 /// A net namespace write: the applied copy follows the record (the
@@ -222,6 +228,13 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
 
     for (name, entry) in &recs.netns {
         let key = inp.keys.netnamespace(name);
+        // The NetNamespace object's request etcd says is not taken yet.
+        let request = inp
+            .kube
+            .objects
+            .as_ref()
+            .and_then(|o| o.get(name))
+            .and_then(|o| untaken(name, o, recs.taken(name)));
         if known.is_some_and(|k| !k.contains(name)) {
             // Vanished namespace (collected quietly) or an operator's record
             // for a namespace that never existed (collected with an error).
@@ -231,14 +244,18 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 edit_revision: entry.rev,
             });
             ids.remove(name);
-            out.push(netns_write(
+            let mut w = netns_write(
                 inp,
                 name,
                 entry.rev,
                 RecordWrite::Delete,
                 error,
                 format!("collect record of {name}"),
-            ));
+            );
+            if recs.requests.contains_key(name) {
+                w.request = Some((inp.keys.kube_request(name), RecordWrite::Delete));
+            }
+            out.push(w);
             continue;
         }
         let safe = recs.safe_netns.get(name).copied();
@@ -306,6 +323,8 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                     None,
                     format!("make admin {name} global"),
                 ));
+            } else if let Some(req) = &request {
+                out.push(take_request(inp, name, entry, rec, req, &mut ids, vnis));
             }
             continue;
         }
@@ -334,12 +353,39 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 continue;
             }
         }
-        let Some(action) = &rec.action else { continue };
+        let Some(action) = &rec.action else {
+            // A clean record: the object's request, if any, is taken now.
+            if let Some(req) = &request {
+                out.push(take_request(inp, name, entry, rec, req, &mut ids, vnis));
+            }
+            continue;
+        };
+        if inp.kube.objects.is_none() {
+            // Not yet known whether an object asks something of this
+            // namespace too: an action waits for the objects' first list (or
+            // for the news that none are served), so two requests pending
+            // together resolve by the rule below, not by which list came first.
+            continue;
+        }
         match apply_action(name, rec.net_id, action, &ids, vnis) {
             Ok(id) => {
                 ids.insert(name.clone(), id);
                 let why = format!("{action:?} on {name}: NetID {} -> {id}", rec.net_id);
-                out.push(netns_write(inp, name, entry.rev, restore_to(id), None, why));
+                let mut w = netns_write(inp, name, entry.rev, restore_to(id), None, why);
+                // Both paths at once: the etcd edit wins, in this transaction,
+                // and the object's request is answered as superseded (never
+                // applied later: no flip-flop between the two).
+                if let Some(req) = &request {
+                    let msg = format!(
+                        "not applied: the etcd edit at revision {} ({}) was pending at the same time and won; \
+                         change the object again to ask once more",
+                        entry.rev,
+                        describe(action)
+                    );
+                    let taken = req.taken(RequestOutcome::Superseded, msg);
+                    w.request = Some((inp.keys.kube_request(name), RecordWrite::Put(taken.to_json())));
+                }
+                out.push(w);
             }
             Err(msg) => {
                 let error = rejected(format!("{key}: {msg}"), &entry.raw, entry.rev);
@@ -353,6 +399,60 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
         create_missing(inp, known, &mut ids, vnis, out);
     }
     sync_applied(inp, &ids, start, out);
+}
+
+/// Takes the request of `name`'s NetNamespace object on its clean record
+/// (valid, validated, no etcd action pending): applies it as an etcd edit of
+/// the same action would be, or refuses it with the error beside the record.
+/// Either way the request record says it is taken, in the same transaction.
+fn take_request(
+    inp: &Inputs<'_>,
+    name: &str,
+    entry: &Entry<NetNamespace>,
+    rec: &NetNamespace,
+    req: &Untaken,
+    ids: &mut BTreeMap<String, u32>,
+    vnis: &mut VniAllocator,
+) -> Write {
+    let object = format!("NetNamespace {name} (generation {})", req.generation);
+    let outcome = match &req.asked {
+        Err(e) => Err(e.to_string()),
+        Ok(_) if inp.policy.is_admin(name) => {
+            Err(format!("{name} is an admin namespace and stays global (NetID 0)"))
+        }
+        Ok(action) => apply_action(name, rec.net_id, action, ids, vnis)
+            .map(|id| (action, id))
+            .map_err(|e| e.to_string()),
+    };
+    let request_key = inp.keys.kube_request(name);
+    match outcome {
+        Ok((action, id)) => {
+            ids.insert(name.to_string(), id);
+            // Already so (a join to the NetID it has, isolate when alone):
+            // the record stays, only the error goes.
+            let record = if id == rec.net_id {
+                RecordWrite::Keep
+            } else {
+                RecordWrite::Put(NetNamespace::new(name, id).to_json())
+            };
+            let why = format!("{object}: {action:?}: NetID {} -> {id}", rec.net_id);
+            let mut w = netns_write(inp, name, entry.rev, record, None, why);
+            let taken = req.taken(RequestOutcome::Applied, format!("{}: NetID {id}", describe(action)));
+            w.request = Some((request_key, RecordWrite::Put(taken.to_json())));
+            w
+        }
+        Err(msg) => {
+            // EditRevision 0: the edit came through the Kubernetes API, not
+            // as an etcd write (so no `k8s-ovs-ctl --wait` takes it for its own).
+            let error =
+                RecordError { error: format!("{object}: {msg}"), edit: req.spec.clone(), edit_revision: 0 };
+            let mut w =
+                netns_write(inp, name, entry.rev, RecordWrite::Keep, Some(error), format!("refuse {object}"));
+            let taken = req.taken(RequestOutcome::Rejected, msg);
+            w.request = Some((request_key, RecordWrite::Put(taken.to_json())));
+            w
+        }
+    }
 }
 
 /// Records for namespaces that have none: a namespace whose record was
@@ -400,6 +500,7 @@ fn sync_applied(inp: &Inputs<'_>, ids: &BTreeMap<String, u32>, start: usize, out
         error_key: inp.keys.netnamespace_error(name),
         error: ErrorWrite::Keep,
         applied: Some((inp.keys.applied_netnamespace(name), applied)),
+        request: None,
         why,
     };
     for (name, entry) in &recs.netns {
@@ -418,8 +519,18 @@ fn sync_applied(inp: &Inputs<'_>, ids: &BTreeMap<String, u32>, start: usize, out
         out.push(keep(name, entry.rev, RecordWrite::Put(want.to_json()), why));
     }
     if let Some(known) = known {
-        for name in recs.applied.keys().filter(|n| !recs.netns.contains_key(*n) && !known.contains(*n)) {
-            out.push(keep(name, 0, RecordWrite::Delete, format!("collect the applied copy of {name}")));
+        // What a namespace that is gone (and has no record) left: its applied
+        // copy, its object request record.
+        let left: BTreeSet<&String> = recs.applied.keys().chain(recs.requests.keys()).collect();
+        for name in left.into_iter().filter(|n| !recs.netns.contains_key(*n) && !known.contains(*n)) {
+            let mut w = keep(name, 0, RecordWrite::Delete, format!("collect what namespace {name} left"));
+            if !recs.applied.contains_key(name) {
+                w.applied = None;
+            }
+            if recs.requests.contains_key(name) {
+                w.request = Some((inp.keys.kube_request(name), RecordWrite::Delete));
+            }
+            out.push(w);
         }
     }
     if !recs.applied_complete && known.is_some() && out.len() == start {
@@ -430,6 +541,7 @@ fn sync_applied(inp: &Inputs<'_>, ids: &BTreeMap<String, u32>, start: usize, out
             error_key: String::new(),
             error: ErrorWrite::Keep,
             applied: None,
+            request: None,
             why: "every namespace has its applied copy: agents take VNIs from them alone".to_string(),
         });
     }
@@ -472,7 +584,8 @@ fn plan_subnets(
     for (ip, entry) in &recs.subnets {
         let key = inp.keys.subnet(ip);
         let safe = recs.safe_subnets.get(ip);
-        let reported = recs.errors.get(&inp.keys.subnet_error(ip)) == Some(&entry.rev);
+        let reported =
+            recs.errors.get(&inp.keys.subnet_error(ip)).map(|e| e.edit_revision) == Some(entry.rev);
         let restore = |s: HostSubnet, error: Option<RecordError>| {
             let why = format!("restore subnet record of {ip}");
             write(subnet_keys(inp, ip), entry.rev, RecordWrite::Put(s.to_json()), error, why)

@@ -1,6 +1,7 @@
 //! The planner on hand-built views: every action, every bad edit, resync.
 
 use super::*;
+use crate::netns_object::ObjectView;
 use etcd_schema::{parse_net_namespace, parse_network_config};
 
 const CONFIG: &str = r#"{"Name":"k8ssdn","Network":"172.11.0.0/16","HostSubnetLength":10,"ServiceNetwork":"10.96.0.0/12","PluginName":"k8s-ovs-multitenant"}"#;
@@ -31,6 +32,7 @@ impl World {
             kube: KubeView {
                 namespaces: Some(namespaces.iter().map(|s| s.to_string()).collect()),
                 nodes: Some(BTreeMap::new()),
+                objects: Some(BTreeMap::new()),
             },
             policy: Policy::new(["admin".to_string()]),
             vnis: VniAllocator::default(),
@@ -111,6 +113,168 @@ impl World {
         self.edit(ns, &v);
         self.settle();
     }
+}
+
+/// The NetNamespace object of `ns` as the apiserver holds it (a new
+/// `generation` each time its spec changes).
+fn object(w: &mut World, ns: &str, uid: &str, generation: i64, spec: serde_json::Value) {
+    let o = ObjectView {
+        uid: uid.into(),
+        generation,
+        resource_version: "1".into(),
+        spec: Some(spec),
+        status: None,
+    };
+    w.kube.objects.get_or_insert_with(BTreeMap::new).insert(ns.to_string(), o);
+}
+
+fn taken(w: &World, ns: &str) -> Option<(i64, RequestOutcome, String)> {
+    w.records.taken(ns).map(|t| (t.generation, t.outcome, t.message.clone()))
+}
+
+#[test]
+fn object_requests_apply_like_etcd_edits_once_per_generation() {
+    let mut w = World::new(&["a", "b"]);
+    w.settle();
+    let (a, b) = (w.id("a"), w.id("b"));
+    object(&mut w, "a", "u1", 2, serde_json::json!({"action": "join", "target": "b"}));
+    let read_at = w.records.netns["a"].rev;
+    let writes = w.settle();
+    assert_eq!(writes.len(), 1, "one transaction: record, applied copy, error, request record");
+    assert!(writes[0].request.is_some() && writes[0].applied.is_some());
+    assert_eq!(writes[0].expect_rev, read_at, "on the record as read");
+    assert_eq!(w.id("a"), b);
+    assert_eq!(w.records.applied["a"].parsed.as_ref().map(|r| r.net_id), Ok(b));
+    assert_eq!(taken(&w, "a"), Some((2, RequestOutcome::Applied, format!("join b: NetID {b}"))));
+    // The same manifest applied again: the apiserver keeps the generation.
+    object(&mut w, "a", "u1", 2, serde_json::json!({"action": "join", "target": "b"}));
+    assert!(w.settle().is_empty(), "a generation is taken once");
+    // Back to isolated (the join removed from the manifest).
+    object(&mut w, "a", "u1", 3, serde_json::json!({"action": "isolate"}));
+    w.settle();
+    assert!(w.id("a") >= 10 && w.id("a") != b, "a NetID of its own");
+    let _ = a;
+    object(&mut w, "a", "u1", 4, serde_json::json!({"action": "global"}));
+    w.settle();
+    assert_eq!(w.id("a"), 0);
+    // Already global: taken, the record untouched.
+    object(&mut w, "a", "u1", 5, serde_json::json!({"action": "global"}));
+    let writes = w.settle();
+    assert_eq!((writes.len(), &writes[0].record), (1, &RecordWrite::Keep));
+    assert_eq!(taken(&w, "a").map(|t| t.0), Some(5));
+    // A re-created object (new uid) is a new request, whatever its generation.
+    object(&mut w, "a", "u2", 1, serde_json::json!({"action": "isolate"}));
+    w.settle();
+    assert!(w.id("a") >= 10);
+}
+
+#[test]
+fn bad_object_requests_are_refused_beside_the_record_and_change_nothing() {
+    let mut w = World::new(&["a", "b", "kube-system"]);
+    w.settle();
+    let a = w.id("a");
+    let cases = [
+        (serde_json::json!({"action": "merge"}), "unknown action"),
+        (serde_json::json!({"action": "join"}), "join needs the namespace"),
+        (serde_json::json!({"action": "join", "target": "nope"}), "namespace nope does not exist"),
+        (serde_json::json!({"action": "join", "target": "a"}), "cannot join itself"),
+        (serde_json::json!({"action": "join", "target": "x".repeat(100_000)}), "not a namespace name"),
+        (serde_json::json!({"action": "global", "target": "b"}), "only join takes a target"),
+    ];
+    for (generation, (spec, why)) in (2..).zip(cases) {
+        object(&mut w, "a", "u1", generation, spec.clone());
+        let writes = w.settle();
+        assert_eq!(writes.len(), 1, "{spec}");
+        assert_eq!(writes[0].record, RecordWrite::Keep, "{spec}: the record is not rewritten");
+        assert_eq!(w.id("a"), a, "{spec}");
+        let shown = w.error_of("a").unwrap_or_else(|| panic!("{spec}: no error"));
+        assert!(
+            shown.contains(why) && shown.starts_with(&format!("NetNamespace a (generation {generation})")),
+            "{shown}"
+        );
+        assert!(shown.len() < 500, "a huge value is cut short: {} bytes", shown.len());
+        let e = &w.records.errors[&w.keys.netnamespace_error("a")];
+        assert_eq!(e.edit_revision, 0, "not an etcd edit");
+        assert_eq!(taken(&w, "a").map(|t| (t.0, t.1)), Some((generation, RequestOutcome::Rejected)));
+        assert!(w.settle().is_empty(), "refused once, not again");
+    }
+    object(&mut w, "kube-system", "u9", 1, serde_json::json!({"action": "isolate"}));
+    w.settle();
+    assert_eq!(w.id("kube-system"), 0);
+    assert!(w.error_of("kube-system").is_some_and(|e| e.contains("admin namespace")));
+    // A good request afterwards clears the error.
+    object(&mut w, "a", "u1", 20, serde_json::json!({"action": "join", "target": "b"}));
+    w.settle();
+    assert_eq!(w.error_of("a"), None);
+}
+
+#[test]
+fn an_etcd_edit_and_an_object_request_at_once_resolve_to_the_etcd_edit() {
+    let mut w = World::new(&["a", "b", "c"]);
+    w.settle();
+    let (b, c) = (w.id("b"), w.id("c"));
+    // Both pending when the controller plans.
+    object(&mut w, "a", "u1", 2, serde_json::json!({"action": "join", "target": "c"}));
+    let id = w.id("a");
+    w.edit("a", &format!(r#"{{"NetName":"a","NetID":{id},"Action":"join","Namespace":"b"}}"#));
+    let edit_rev = w.rev;
+    let writes = w.settle();
+    assert_eq!(writes.len(), 1, "one transaction decides both");
+    assert_eq!(w.id("a"), b);
+    let (generation, outcome, message) = taken(&w, "a").expect("the object's request is answered");
+    assert_eq!((generation, outcome), (2, RequestOutcome::Superseded));
+    assert!(message.contains(&format!("revision {edit_rev} (join b)")), "{message}");
+    // Never applied later: no flip-flop.
+    for _ in 0..3 {
+        assert!(w.settle().is_empty());
+    }
+    assert_ne!(w.id("a"), c);
+    // A refused etcd edit does not hold a request back: it applies next.
+    object(&mut w, "a", "u1", 3, serde_json::json!({"action": "join", "target": "c"}));
+    w.edit("a", &format!(r#"{{"NetName":"a","NetID":{b},"Action":"merge","Namespace":""}}"#));
+    w.settle();
+    assert_eq!(w.id("a"), c);
+    assert_eq!(taken(&w, "a").map(|t| t.1), Some(RequestOutcome::Applied));
+}
+
+#[test]
+fn etcd_actions_wait_for_the_objects_first_list() {
+    let mut w = World::new(&["a", "b", "c"]);
+    w.settle();
+    let (a, c) = (w.id("a"), w.id("c"));
+    // A controller that just started: objects not listed yet.
+    w.kube.objects = None;
+    w.edit("a", &format!(r#"{{"NetName":"a","NetID":{a},"Action":"join","Namespace":"b"}}"#));
+    assert!(w.settle().is_empty(), "the etcd action waits");
+    // Listed: an object asked something too; both resolve at once.
+    object(&mut w, "a", "u1", 2, serde_json::json!({"action": "join", "target": "c"}));
+    w.settle();
+    assert_eq!(taken(&w, "a").map(|t| t.1), Some(RequestOutcome::Superseded));
+    assert_ne!(w.id("a"), c);
+}
+
+#[test]
+fn request_records_go_with_their_namespace() {
+    let mut w = World::new(&["a", "b"]);
+    w.settle();
+    object(&mut w, "a", "u1", 1, serde_json::json!({"action": "global"}));
+    w.settle();
+    assert!(w.records.requests.contains_key("a"));
+    w.kube.namespaces = Some(["b".to_string()].into());
+    let writes = w.settle();
+    let collect = writes.iter().find(|x| x.key == w.keys.netnamespace("a")).expect("collected");
+    assert_eq!(collect.request, Some((w.keys.kube_request("a"), RecordWrite::Delete)));
+    assert!(w.records.requests.is_empty() && !w.records.netns.contains_key("a"));
+    // One left by a record deleted by hand is collected too.
+    let key = w.keys.kube_request("gone");
+    w.put(&key, r#"{"UID":"u","Generation":1,"Outcome":"Applied","Message":""}"#);
+    w.settle();
+    assert!(w.records.requests.is_empty());
+    // A namespace that appears: its waiting request applies once its record exists.
+    object(&mut w, "late", "u3", 1, serde_json::json!({"action": "global"}));
+    w.kube.namespaces = Some(["b".to_string(), "late".to_string()].into());
+    w.settle();
+    assert_eq!(w.id("late"), 0);
 }
 
 #[test]

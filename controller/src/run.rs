@@ -13,8 +13,9 @@ use ovs_flows::backoff::Backoff;
 use tokio::sync::watch;
 
 use crate::alloc::{SubnetAllocator, VniAllocator};
+use crate::kube_objects;
 use crate::kube_watch::{self, SharedView};
-use crate::leader::Leadership;
+use crate::leader::{AbortOnDrop, Leadership};
 use crate::plan::{self, Inputs, Policy};
 use crate::store::{self, Applied};
 
@@ -59,7 +60,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let shared = SharedView::default();
-    let _watches = kube.map(|c| kube_watch::spawn(c, shared.clone()));
+    let _watches = kube.clone().map(|c| kube_watch::spawn(c, shared.clone()));
+    if kube.is_none() {
+        // Without Kubernetes no object asks anything: etcd's actions need not wait.
+        shared.view.lock().map(|mut v| v.objects = Some(Default::default())).ok();
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopper = async move {
         shutdown.await;
@@ -73,7 +78,7 @@ pub async fn run(
         // config and safe states of records that are invalid at its relist.
         let mut known = Known::default();
         loop {
-            match session(&settings, &shared, stop_rx.clone(), &mut known).await {
+            match session(&settings, &shared, kube.as_ref(), stop_rx.clone(), &mut known).await {
                 Ok(Ended::Shutdown) => return Ok(()),
                 Ok(Ended::LostLeadership) => {
                     tracing::warn!("lost leadership; campaigning again");
@@ -110,6 +115,7 @@ struct Known {
 async fn session(
     settings: &Settings,
     shared: &SharedView,
+    kube: Option<&kube::Client>,
     mut stop: watch::Receiver<bool>,
     known: &mut Known,
 ) -> Result<Ended> {
@@ -130,8 +136,9 @@ async fn session(
     };
     tracing::info!(id = %settings.id, "leading");
     let mut leadership = leadership;
+    let view = (shared, kube);
     let result =
-        lead(&mut client, &keys, &config, settings, shared, &mut leadership, &mut stop, &mut known.records)
+        lead(&mut client, &keys, &config, settings, view, &mut leadership, &mut stop, &mut known.records)
             .await;
     // Every way out resigns, so the other controller need not wait for the TTL.
     leadership.resign(&mut client).await;
@@ -147,7 +154,7 @@ async fn lead(
     keys: &Keys,
     config: &NetworkConfig,
     settings: &Settings,
-    shared: &SharedView,
+    (shared, kube): (&SharedView, Option<&kube::Client>),
     leadership: &mut Leadership,
     stop: &mut watch::Receiver<bool>,
     records: &mut crate::model::Records,
@@ -155,6 +162,13 @@ async fn lead(
     let (mut fresh, rev) = store::load(client, keys, config).await?;
     fresh.keep_safe_states_from(records);
     *records = fresh;
+    // The NetNamespace objects follow the records this loop committed, in a
+    // task of their own that ends with this leadership.
+    let (committed, committed_rx) = watch::channel(std::sync::Arc::new(records.clone()));
+    let _objects = kube.map(|c| {
+        let task = kube_objects::run(c.clone(), shared.clone(), keys.clone(), committed_rx);
+        AbortOnDrop(tokio::spawn(task))
+    });
     let mut stream = client
         .watch(keys.network_dir(), Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)))
         .await
@@ -164,6 +178,8 @@ async fn lead(
     let mut subnets = SubnetAllocator::new(config);
     let mut grace = plan::SubnetGrace::new(settings.subnet_grace);
     let fence = leadership.fence.clone();
+    // Records changed by etcd events since the object task last got them.
+    let mut dirty = false;
     loop {
         let kube = shared.snapshot();
         let now = tokio::time::Instant::now().into_std();
@@ -188,9 +204,14 @@ async fn lead(
                 }
             }
         }
+        if dirty || !writes.is_empty() {
+            committed.send_replace(std::sync::Arc::new(records.clone()));
+        }
+        dirty = false;
         tokio::select! {
             msg = stream.message() => {
                 let resp = msg.context("etcd watch")?.context("etcd watch ended")?;
+                dirty = true;
                 if let Some(ended) = observe(&resp, keys, config, records, &fence)? {
                     return Ok(ended);
                 }
@@ -267,6 +288,7 @@ fn records_rev(records: &crate::model::Records, keys: &Keys, key: &str) -> Optio
         KeyKind::NetNamespace => records.netns.get(&k.name).map(|e| e.rev),
         KeyKind::Subnet => records.subnets.get(&k.name).map(|e| e.rev),
         KeyKind::AppliedNetNamespace => records.applied.get(&k.name).map(|e| e.rev),
+        KeyKind::KubeRequest => records.requests.get(&k.name).map(|e| e.rev),
         _ => None,
     }
 }

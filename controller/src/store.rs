@@ -150,7 +150,8 @@ pub struct Fence {
     pub create_revision: i64,
 }
 
-/// The operations of one write: the record and its error key.
+/// The operations of one write: the record, its error key, its applied
+/// copy and its object request record.
 fn write_ops(write: &Write) -> Result<Vec<TxnOp>> {
     let mut ops = Vec::new();
     match &write.record {
@@ -163,17 +164,19 @@ fn write_ops(write: &Write) -> Result<Vec<TxnOp>> {
         ErrorWrite::Clear => ops.push(TxnOp::delete(write.error_key.as_str(), None)),
         ErrorWrite::Keep => {}
     }
-    match &write.applied {
-        Some((key, RecordWrite::Put(v))) => ops.push(TxnOp::put(key.as_str(), v.as_str(), None)),
-        Some((key, RecordWrite::Delete)) => ops.push(TxnOp::delete(key.as_str(), None)),
-        Some((_, RecordWrite::Keep)) | None => {}
+    for side in [&write.applied, &write.request] {
+        match side {
+            Some((key, RecordWrite::Put(v))) => ops.push(TxnOp::put(key.as_str(), v.as_str(), None)),
+            Some((key, RecordWrite::Delete)) => ops.push(TxnOp::delete(key.as_str(), None)),
+            Some((_, RecordWrite::Keep)) | None => {}
+        }
     }
     Ok(ops)
 }
 
-/// Writes per batch: three operations each (record, error, applied copy)
-/// stays within etcd's default `--max-txn-ops` of 128.
-pub const BATCH: usize = 40;
+/// Writes per batch: four operations each (record, error, applied copy,
+/// object request) stays within etcd's default `--max-txn-ops` of 128.
+pub const BATCH: usize = 30;
 
 /// Applies several writes (at most `BATCH`, distinct keys) in one
 /// transaction, all or nothing, with the same compares as `apply`. Returns

@@ -143,3 +143,171 @@ fn lab_kube_api_listens_inside_a_namespace() -> Result<()> {
     assert!(std::net::TcpStream::connect(api.addr()).is_err());
     Ok(())
 }
+
+mod custom_resources {
+    //! NetNamespace objects (the CRD of deploy/) through kube-rs, as the
+    //! controller and `k8s-ovs-ctl --via kube` use them: what the test
+    //! apiserver must do the way kube-apiserver does.
+
+    use super::*;
+    use controller::netns_object::NetNamespaceObject;
+    use kube::api::{DeleteParams, PostParams, Preconditions};
+
+    fn objects(api: &KubeApi) -> Result<Api<NetNamespaceObject>> {
+        let crd =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/netnamespace-crd.yaml");
+        api.create_crds_from(&crd)?;
+        Ok(Api::all(client(api)?))
+    }
+
+    fn asking(name: &str, spec: serde_json::Value) -> NetNamespaceObject {
+        let mut o = NetNamespaceObject::view(name);
+        o.spec = Some(spec);
+        o
+    }
+
+    fn api_error(r: Result<NetNamespaceObject, kube::Error>) -> Box<kube::core::Status> {
+        match r {
+            Err(kube::Error::Api(s)) => s,
+            other => panic!("expected an API error, got {other:?}"),
+        }
+    }
+
+    fn rv(o: &NetNamespaceObject) -> String {
+        o.metadata.resource_version.clone().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn writes_follow_the_custom_resource_rules() -> Result<()> {
+        let api = KubeApi::start()?;
+        let objects = objects(&api)?;
+        let pp = PostParams::default();
+        // Create: generation 1, the body's status dropped (status subresource).
+        let mut o = asking("red", json!({"action": "join", "target": "blue"}));
+        o.status = Some(json!({"netID": 5}));
+        let v1 = objects.create(&pp, &o).await?;
+        assert_eq!((v1.metadata.generation, v1.status.is_none()), (Some(1), true));
+        assert!(v1.metadata.uid.is_some() && v1.metadata.creation_timestamp.is_some());
+        assert_eq!(api_error(objects.create(&pp, &o).await).code, 409, "AlreadyExists");
+        // An update that changes nothing stores nothing.
+        assert_eq!(rv(&objects.replace("red", &pp, &v1).await?), rv(&v1));
+        // A spec change: generation 2.
+        let mut changed = v1.clone();
+        changed.spec = Some(json!({"action": "global"}));
+        let v2 = objects.replace("red", &pp, &changed).await?;
+        assert_eq!(v2.metadata.generation, Some(2));
+        // On a stale resourceVersion: 409 Conflict; without one: 422.
+        let stale = api_error(objects.replace("red", &pp, &changed).await);
+        assert_eq!((stale.code, stale.reason.as_str()), (409, "Conflict"));
+        assert!(stale.message.contains("the object has been modified"), "{}", stale.message);
+        let mut unconditional = v2.clone();
+        unconditional.metadata.resource_version = None;
+        let e = api_error(objects.replace("red", &pp, &unconditional).await);
+        assert!(e.code == 422 && e.message.contains("metadata.resourceVersion"), "{e:?}");
+        // Status through the main resource: ignored.
+        let mut with_status = v2.clone();
+        with_status.status = Some(json!({"netID": 7}));
+        let same = objects.replace("red", &pp, &with_status).await?;
+        assert_eq!((same.status.clone(), rv(&same)), (None, rv(&v2)));
+        // The status subresource: the status only, the generation kept.
+        let mut st = v2.clone();
+        st.status = Some(json!({"netID": 7}));
+        st.spec = Some(json!({"action": "isolate"}));
+        let v3 = objects.replace_status("red", &pp, &st).await?;
+        assert_eq!(v3.status, Some(json!({"netID": 7})));
+        assert_eq!((v3.spec.clone(), v3.metadata.generation), (Some(json!({"action": "global"})), Some(2)));
+        let mut bad_status = v3.clone();
+        bad_status.status = Some(json!({"netID": -1}));
+        let e = api_error(objects.replace_status("red", &pp, &bad_status).await);
+        assert!(e.code == 422 && e.message.contains("status.netID"), "{e:?}");
+        // Delete on a stale uid: 409; on the right one, gone.
+        let dp = |uid: &str| DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(uid.into()), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        assert!(
+            matches!(objects.delete("red", &dp("other")).await, Err(kube::Error::Api(s)) if s.code == 409)
+        );
+        objects.delete("red", &dp(v3.metadata.uid.as_deref().unwrap_or_default())).await?;
+        assert!(objects.get_opt("red").await?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_schema_is_enforced_with_the_apiservers_messages() -> Result<()> {
+        let api = KubeApi::start()?;
+        let objects = objects(&api)?;
+        let pp = PostParams::default();
+        let cases = [
+            (
+                json!({"action": "merge"}),
+                r#"spec.action: Unsupported value: "merge": supported values: "join", "isolate", "global""#,
+            ),
+            (
+                json!({"action": "join"}),
+                "spec: Invalid value: \"object\": spec in body must validate one and only one schema (oneOf)",
+            ),
+            (json!({"action": "global", "target": "blue"}), "must validate one and only one schema (oneOf)"),
+            (json!({"action": "join", "target": "Blue"}), "spec.target in body should match"),
+            (
+                json!({"action": "join", "target": "b".repeat(64)}),
+                "spec.target: Too long: may not be more than 63 bytes",
+            ),
+        ];
+        for (spec, want) in cases {
+            let e = api_error(objects.create(&pp, &asking("red", spec.clone())).await);
+            assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"), "{spec}");
+            assert!(
+                e.message.starts_with("NetNamespace.k8s-ovs.io \"red\" is invalid: ")
+                    && e.message.contains(want),
+                "{spec}: {}",
+                e.message
+            );
+        }
+        let e = api_error(objects.create(&pp, &asking("Not_A_Name", json!({}))).await);
+        assert!(e.code == 422 && e.message.contains("metadata.name"), "{e:?}");
+        // Defaults in, unknown fields out.
+        let o = objects.create(&pp, &asking("red", json!({"color": "red"}))).await?;
+        assert_eq!(o.spec, Some(json!({"action": "isolate"})));
+        // A body over 3 MiB: 413, before anything is decoded.
+        let huge = asking("big", json!({"action": "join", "target": "x".repeat(4 << 20)}));
+        assert!(matches!(objects.create(&pp, &huge).await, Err(kube::Error::Api(s)) if s.code == 413));
+        Ok(())
+    }
+
+    async fn next_event<S>(stream: &mut S) -> Result<Event<NetNamespaceObject>>
+    where
+        S: futures::Stream<Item = Result<Event<NetNamespaceObject>, watcher::Error>> + Unpin,
+    {
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .context("no watch event within 30 s")?
+            .context("stream ended")??;
+        Ok(ev)
+    }
+
+    #[tokio::test]
+    async fn watches_see_every_write_in_order() -> Result<()> {
+        let api = KubeApi::start()?;
+        let objects = objects(&api)?;
+        let mut stream = watcher(objects.clone(), watcher::Config::default()).boxed();
+        assert!(matches!(next_event(&mut stream).await?, Event::Init));
+        assert!(matches!(next_event(&mut stream).await?, Event::InitDone));
+        let pp = PostParams::default();
+        let o = objects.create(&pp, &asking("red", json!({"action": "global"}))).await?;
+        let mut s = o.clone();
+        s.status = Some(json!({"netID": 0}));
+        objects.replace_status("red", &pp, &s).await?;
+        objects.delete("red", &Default::default()).await?;
+        match next_event(&mut stream).await? {
+            Event::Apply(o) => assert!(o.status.is_none()),
+            other => panic!("{other:?}"),
+        }
+        match next_event(&mut stream).await? {
+            Event::Apply(o) => assert_eq!(o.status, Some(json!({"netID": 0}))),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(next_event(&mut stream).await?, Event::Delete(_)));
+        Ok(())
+    }
+}

@@ -30,6 +30,10 @@ pub enum KeyKind {
     /// Written by the controller once every namespace has its applied
     /// record: from then on agents take VNIs from `applied/` alone.
     AppliedComplete,
+    /// The last request of a namespace's NetNamespace object (the
+    /// Kubernetes API's way to ask for an action) the controller took,
+    /// written by the controller only, in the transaction that took it.
+    KubeRequest,
 }
 
 /// A parsed key: its kind and the name it is about (namespace or host IP;
@@ -109,6 +113,15 @@ impl Keys {
         format!("{}complete", self.applied_dir())
     }
 
+    /// `<prefix>/<Name>/kube/`: what the controller took from the Kubernetes API.
+    pub fn kube_dir(&self) -> String {
+        format!("{}kube/", self.network_dir())
+    }
+
+    pub fn kube_request(&self, namespace: &str) -> String {
+        format!("{}netnamespaces/{namespace}", self.kube_dir())
+    }
+
     pub fn leader(&self) -> String {
         format!("{}leader", self.network_dir())
     }
@@ -136,6 +149,8 @@ impl Keys {
             (KeyKind::SubnetError, n)
         } else if let Some(n) = rest.strip_prefix("applied/netnamespaces/") {
             (KeyKind::AppliedNetNamespace, n)
+        } else if let Some(n) = rest.strip_prefix("kube/netnamespaces/") {
+            (KeyKind::KubeRequest, n)
         } else {
             return None;
         };
@@ -170,6 +185,7 @@ mod tests {
         assert_eq!(Keys::new("/p/", "n").netnamespace("x"), "/p/n/netnamespaces/x");
         assert_eq!(k.applied_netnamespace("a"), "/k8s.ovs.com/ovs/network/k8ssdn/applied/netnamespaces/a");
         assert_eq!(k.applied_complete(), "/k8s.ovs.com/ovs/network/k8ssdn/applied/complete");
+        assert_eq!(k.kube_request("a"), "/k8s.ovs.com/ovs/network/k8ssdn/kube/netnamespaces/a");
     }
 
     #[test]
@@ -184,6 +200,7 @@ mod tests {
             (k.subnet_error("10.0.0.1"), KeyKind::SubnetError, "10.0.0.1"),
             (k.applied_netnamespace("ns1"), KeyKind::AppliedNetNamespace, "ns1"),
             (k.applied_complete(), KeyKind::AppliedComplete, ""),
+            (k.kube_request("ns1"), KeyKind::KubeRequest, "ns1"),
         ];
         for (key, kind, name) in cases {
             assert_eq!(k.parse(&key), Some(Key { kind, name: name.to_string() }), "{key}");

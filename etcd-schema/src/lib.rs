@@ -10,6 +10,7 @@
 //! <prefix>/<Name>/netnamespaces/<namespace>        NetNamespace
 //! <prefix>/<Name>/errors/netnamespaces/<namespace> RecordError (k8s-ovs addition)
 //! <prefix>/<Name>/errors/subnets/<hostIP>          RecordError (k8s-ovs addition)
+//! <prefix>/<Name>/kube/netnamespaces/<namespace>  KubeRequest (k8s-ovs addition, controller only)
 //! <prefix>/<Name>/leader                           controller leader election (k8s-ovs addition)
 //! ```
 //!
@@ -25,7 +26,8 @@ mod vni;
 
 pub use keys::{Key, KeyKind, Keys, DEFAULT_NETWORK_NAME, DEFAULT_PREFIX};
 pub use records::{
-    parse_host_subnet, parse_net_namespace, parse_network_config, record_text, Action, HostSubnet,
-    NetNamespace, NetworkConfig, PluginName, RecordError, SchemaError,
+    parse_host_subnet, parse_kube_request, parse_net_namespace, parse_network_config, record_text, Action,
+    HostSubnet, KubeRequest, NetNamespace, NetworkConfig, PluginName, RecordError, RequestOutcome,
+    SchemaError,
 };
 pub use vni::{is_allocatable_vni, validate_vni, GLOBAL_VNI, MAX_VNI, MIN_VNI, RESERVED_VNIS};

@@ -134,6 +134,52 @@ pub struct RecordError {
     pub edit_revision: i64,
 }
 
+/// `<prefix>/<Name>/kube/netnamespaces/<namespace>` (k8s-ovs, controller
+/// only): the last request of the namespace's `NetNamespace` object
+/// (k8s-ovs.io/v1) the controller took, written in the same fenced
+/// transaction that applied or refused it. A request is one generation of
+/// one object (its uid): it is taken once, across controller restarts and
+/// leader changes too, and the object's status is derived from this record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeRequest {
+    /// `metadata.uid` of the object: a re-created object is a new request.
+    #[serde(rename = "UID")]
+    pub uid: String,
+    /// `metadata.generation` taken (the apiserver bumps it on spec changes only).
+    #[serde(rename = "Generation")]
+    pub generation: i64,
+    #[serde(rename = "Outcome")]
+    pub outcome: RequestOutcome,
+    /// What happened, in one sentence (the object's `Applied` condition).
+    #[serde(rename = "Message")]
+    pub message: String,
+}
+
+/// How the controller answered a `KubeRequest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOutcome {
+    /// The action was applied (or was already true).
+    Applied,
+    /// Refused: invalid, an admin namespace, a join to a namespace without a
+    /// record; the namespace's network did not change.
+    Rejected,
+    /// An etcd edit of the same record was pending at the same time and won
+    /// (docs/etcd-schema.md: "Both paths at once").
+    Superseded,
+}
+
+impl KubeRequest {
+    pub fn to_json(&self) -> String {
+        // Plain strings and integers: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Parses `<prefix>/<Name>/kube/netnamespaces/<namespace>`.
+pub fn parse_kube_request(key: &str, raw: &str) -> Result<KubeRequest, SchemaError> {
+    serde_json::from_str(raw).map_err(|e| SchemaError::Json { key: key.to_string(), message: e.to_string() })
+}
+
 /// The wire shapes, in K8S-OVS's field order so a round trip is byte-identical.
 #[derive(Serialize)]
 struct ConfigWire<'a> {
@@ -578,6 +624,21 @@ mod tests {
         let single = parse_network_config("k", &CONFIG.replace("k8s-ovs-multitenant", "k8s-ovs-subnet"))
             .expect("single-tenant config");
         assert_eq!(single.plugin, PluginName::Subnet);
+    }
+
+    #[test]
+    fn kube_requests_round_trip_and_reject_garbage() {
+        let r = KubeRequest {
+            uid: "u-1".into(),
+            generation: 3,
+            outcome: RequestOutcome::Superseded,
+            message: "m".into(),
+        };
+        let raw = r.to_json();
+        assert_eq!(raw, r#"{"UID":"u-1","Generation":3,"Outcome":"Superseded","Message":"m"}"#);
+        assert_eq!(parse_kube_request("k", &raw), Ok(r));
+        let bad = raw.replace("Superseded", "Maybe");
+        assert!(matches!(parse_kube_request("k", &bad), Err(SchemaError::Json { .. })));
     }
 
     #[test]

@@ -36,17 +36,32 @@ fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
 /// returns its output whatever the exit status. A command that outlives the
 /// deadline is killed (by its PID) and reported as an error.
 pub fn run_full<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)], timeout: Duration) -> Result<Output> {
+    run_stdin(args, env, None, timeout)
+}
+
+/// [`run_full`] with `stdin` written to the command's standard input.
+pub fn run_stdin<S: AsRef<OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> Result<Output> {
     let Some((prog, rest)) = args.split_first() else {
         bail!("empty command");
     };
     let mut child = Command::new(prog)
         .args(rest)
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawn `{}`", describe(args)))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        // Dropped at the end of the block: the command sees EOF.
+        pipe.write_all(text.as_bytes()).context("write stdin")?;
+    }
     // Drain pipes on threads so a chatty command cannot block on a full pipe.
     let mut out = child.stdout.take().context("stdout pipe")?;
     let mut err = child.stderr.take().context("stderr pipe")?;

@@ -1,13 +1,15 @@
-//! A small kube-apiserver for tests: list and watch of Namespaces, Nodes,
-//! Pods and Services (core/v1) in the real wire format, so kube-rs (and the
-//! controller and agent built on it) talk to it unchanged with
-//! `kube::Config::new(url)`.
+//! A small kube-apiserver for tests: Namespaces, Nodes, Pods, Services,
+//! Events, EndpointSlices and CustomResourceDefinitions with their custom
+//! resources, in the real wire format, so kube-rs (and the controller and
+//! agent built on it) and kubectl talk to it unchanged.
 //!
 //! What it serves, as the real server does:
-//! - `GET /api/v1/{namespaces,nodes,pods,services}` and the namespaced
-//!   `/api/v1/namespaces/<ns>/{pods,services}`: a `<Kind>List` whose
-//!   `metadata.resourceVersion` is the store's current revision; single
-//!   objects at `.../<name>`.
+//! - `GET /api/v1/<plural>`, `/apis/<group>/<version>/<plural>` and their
+//!   namespaced forms: a `<Kind>List` whose `metadata.resourceVersion` is the
+//!   store's current revision; single objects at `.../<name>`. With
+//!   `Accept: ...;as=Table` (what `kubectl get` asks) a `meta.k8s.io/v1`
+//!   Table, whose columns for a custom resource are its CRD's
+//!   `additionalPrinterColumns` (evaluated with [`jsonpath`]).
 //! - `?watch=true&resourceVersion=N`: a chunked stream of newline-delimited
 //!   `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":...}` with every
 //!   change after N; bookmarks when `allowWatchBookmarks=true`; the stream
@@ -18,21 +20,46 @@
 //!   (`<dotted.path>=v` / `!=v`, e.g. `spec.nodeName`, `metadata.name`).
 //!   An object that stops matching is simply no longer sent (the real server
 //!   sends DELETED); tests here never move objects across a selector.
-//!
+//! - Writes: POST (create), PUT (replace), PATCH (`application/merge-patch+json`)
+//!   and DELETE (with `preconditions`), 404 / 409 AlreadyExists / 409
+//!   Conflict as the real server answers them. Custom resources follow
+//!   kube-apiserver's rules for them (`custom.rs`): `resourceVersion`
+//!   required on update and a 409 Conflict when stale; `metadata.generation`
+//!   1 on create and bumped by spec changes only; the status subresource
+//!   (`.../status`) the only way to write status, and the only thing it
+//!   writes; an update that changes nothing stores nothing; the CRD's
+//!   structural schema applied (nulls dropped, defaults, pruning with
+//!   `fieldValidation` Strict / Warn / Ignore, validation: 422 Invalid with
+//!   the apiserver's causes, `schema.rs`); names checked as DNS-1123
+//!   subdomains, annotations limited to 256 KiB, request bodies to 3 MiB
+//!   (413). Built-in kinds are stored as given (no validation).
+//! - Discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`, the
+//!   legacy format, which kubectl falls back to) and the OpenAPI v3 of the
+//!   custom resources' and CRDs' PATCH (what kubectl checks to send
+//!   `fieldValidation=Strict`), so real `kubectl` works against it.
 //! - `POST /api/v1/namespaces/<ns>/events`: stores the Event (with
 //!   `generateName`) for tests to read with [`KubeApi::objects`].
-//! - EndpointSlices (`discovery.k8s.io/v1`) under
-//!   `/apis/discovery.k8s.io/v1/[namespaces/<ns>/]endpointslices`, written
-//!   by tests as the EndpointSlice controller writes them (see
-//!   [`crate::kube_proxy::endpoint_slice`]).
 //! - [`KubeApi::set_down`] is an outage: while down, every connection is
 //!   closed as soon as it is accepted and open watches end, as clients of a
 //!   crashed apiserver see it; the objects survive.
+//!
+//! Not served (a request for them fails, never half-works): authentication
+//! and RBAC (tests/tests/manifests.rs evaluates the RBAC rules instead),
+//! admission, server-side apply and JSON patch (415), strategic merge patch
+//! for custom resources (415, as the real server), Table watches, CRD
+//! versions beyond one (no conversion), CEL validation rules (a CRD using
+//! them is refused), finalizers and garbage collection (that is the
+//! controller-manager's, not the apiserver's), managedFields, `limit` /
+//! `continue` paging (every list is whole).
 //!
 //! Plain HTTP/1.1 on std threads: one thread accepts, one per connection.
 //! It can listen inside a lab namespace: the socket is created by a thread
 //! that entered the namespace (a socket keeps the namespace it was made in)
 //! and is served from the normal process.
+
+mod custom;
+pub mod jsonpath;
+pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -46,9 +73,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::netns::Netns;
+use custom::{ApiError, Custom, WriteOpts};
 
 ovs_flows::value_enum! {
-/// The resource kinds served.
+/// The built-in resource kinds served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Namespace,
@@ -59,6 +87,8 @@ pub enum Kind {
     Event,
     /// discovery.k8s.io/v1.
     EndpointSlice,
+    /// apiextensions.k8s.io/v1: creating one serves its custom resources.
+    CustomResourceDefinition,
 }
 }
 
@@ -67,15 +97,17 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::CustomResourceDefinition => "apiextensions.k8s.io/v1",
             _ => "v1",
         }
     }
 
     /// Where the kind is served: the core group or a named one.
-    fn group(self) -> Option<&'static str> {
+    fn group(self) -> &'static str {
         match self {
-            Kind::EndpointSlice => Some("discovery.k8s.io"),
-            _ => None,
+            Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::CustomResourceDefinition => "apiextensions.k8s.io",
+            _ => "",
         }
     }
 
@@ -87,6 +119,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Event => "Event",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::CustomResourceDefinition => "CustomResourceDefinition",
         }
     }
 
@@ -98,6 +131,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::Event => "events",
             Kind::EndpointSlice => "endpointslices",
+            Kind::CustomResourceDefinition => "customresourcedefinitions",
         }
     }
 
@@ -108,18 +142,85 @@ impl Kind {
     fn from_name(s: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.name() == s)
     }
+}
 
-    fn from_plural(s: &str) -> Option<Kind> {
-        Kind::ALL.iter().copied().find(|k| k.plural() == s)
+/// A kind by name: a built-in [`Kind`], or a custom resource's kind (`"NetNamespace"`).
+pub trait KindName {
+    fn kind_name(&self) -> &str;
+}
+
+impl KindName for Kind {
+    fn kind_name(&self) -> &str {
+        self.name()
+    }
+}
+
+impl KindName for &str {
+    fn kind_name(&self) -> &str {
+        self
+    }
+}
+
+/// A served resource type: a built-in kind or a CRD's.
+#[derive(Debug, Clone)]
+struct Resource {
+    /// "" for the core group.
+    group: String,
+    version: String,
+    kind: String,
+    plural: String,
+    singular: String,
+    short_names: Vec<String>,
+    namespaced: bool,
+    /// A CRD's: schema, status subresource, printer columns.
+    custom: Option<Arc<Custom>>,
+}
+
+impl Resource {
+    fn builtin(k: Kind) -> Resource {
+        Resource {
+            group: k.group().into(),
+            version: "v1".into(),
+            kind: k.name().into(),
+            plural: k.plural().into(),
+            singular: k.name().to_lowercase(),
+            short_names: Vec::new(),
+            namespaced: k.namespaced(),
+            custom: None,
+        }
+    }
+
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `netnamespaces.k8s-ovs.io`, `namespaces`: as errors name the resource.
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    fn verbs(&self) -> Vec<&'static str> {
+        if self.kind == "Event" {
+            return vec!["create", "get", "list", "watch"];
+        }
+        vec!["create", "delete", "get", "list", "patch", "update", "watch"]
     }
 }
 
 /// (kind, namespace ("" for cluster-scoped), name)
-type ObjKey = (Kind, String, String);
+type ObjKey = (String, String, String);
 
 struct Change {
     rv: u64,
-    kind: Kind,
+    kind: String,
     event: &'static str,
     object: Value,
 }
@@ -135,8 +236,38 @@ struct State {
     compacted: u64,
     /// Bumped by `expire_history` to end the open watches.
     generation: u64,
-    lists: HashMap<Kind, u64>,
-    watches: HashMap<Kind, u64>,
+    lists: HashMap<String, u64>,
+    watches: HashMap<String, u64>,
+    /// Custom resource types by kind, from the CRDs created.
+    custom: BTreeMap<String, Resource>,
+}
+
+impl State {
+    fn resource(&self, kind: &str) -> Option<Resource> {
+        Kind::from_name(kind).map(Resource::builtin).or_else(|| self.custom.get(kind).cloned())
+    }
+
+    /// Every served type: the built-ins, then the CRDs'.
+    fn resources(&self) -> Vec<Resource> {
+        Kind::ALL.iter().map(|k| Resource::builtin(*k)).chain(self.custom.values().cloned()).collect()
+    }
+
+    fn find(&self, group: &str, version: &str, plural: &str) -> Option<Resource> {
+        self.resources().into_iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    }
+
+    /// Records a change: bumps the revision and returns it.
+    fn record(&mut self, kind: &str, event: &'static str, object: &mut Value) -> u64 {
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.history.push(Change { rv: self.rv, kind: kind.to_string(), event, object: object.clone() });
+        self.rv
+    }
+
+    fn next_uid(&mut self) -> String {
+        self.uid += 1;
+        format!("00000000-0000-4000-8000-{:012}", self.uid)
+    }
 }
 
 struct Inner {
@@ -225,7 +356,8 @@ impl KubeApi {
     }
 
     /// Creates an object (`kind`, `metadata.name` required); fills
-    /// resourceVersion and uid. Fails when it exists.
+    /// resourceVersion and uid. Fails when it exists. A custom resource (or
+    /// a CRD) goes through what an HTTP create goes through.
     pub fn create(&self, object: Value) -> Result<Value> {
         self.write(object, Some(false))
     }
@@ -241,30 +373,46 @@ impl KubeApi {
     }
 
     fn write(&self, object: Value, must_exist: Option<bool>) -> Result<Value> {
-        write(&self.inner, object, must_exist)
+        let kind = object["kind"].as_str().context("object without kind")?.to_string();
+        let res = self.inner.lock().resource(&kind).with_context(|| format!("kind {kind} is not served"))?;
+        if res.custom.is_none() && res.kind != Kind::CustomResourceDefinition.name() {
+            return write(&self.inner, object, must_exist);
+        }
+        // As a client would: create, or replace on the current resourceVersion.
+        let ns = object["metadata"]["namespace"].as_str().filter(|_| res.namespaced).map(str::to_string);
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let current = self.get(kind.as_str(), ns.as_deref(), &name);
+        let opts = WriteOpts::default();
+        let result = match (must_exist, current) {
+            (Some(true), None) => bail!("{} {name} not found", res.kind),
+            (Some(false), Some(_)) => bail!("{} {name} already exists", res.kind),
+            (_, None) => custom::create(&self.inner, &res, ns.as_deref(), object, &opts),
+            (_, Some(cur)) => {
+                let mut object = object;
+                object["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+                custom::update(&self.inner, &res, ns.as_deref(), &name, object, &opts, false)
+            }
+        };
+        result.map(|(v, _)| v).map_err(|e| anyhow::anyhow!("{}", e.message))
     }
 
     /// Every stored object of `kind` (e.g. the Events clients posted).
-    pub fn objects(&self, kind: Kind) -> Vec<Value> {
-        self.inner.lock().objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(_, v)| v.clone()).collect()
+    pub fn objects(&self, kind: impl KindName) -> Vec<Value> {
+        objects_of(&self.inner, kind.kind_name())
     }
 
     /// Deletes an object (namespace: None for cluster-scoped kinds).
-    pub fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<()> {
-        let mut st = self.inner.lock();
-        let key = (kind, namespace.unwrap_or("").to_string(), name.to_string());
-        let Some(mut object) = st.objects.remove(&key) else { bail!("{} {name} not found", kind.name()) };
-        st.rv += 1;
-        let rv = st.rv;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        st.history.push(Change { rv, kind, event: "DELETED", object });
-        drop(st);
-        self.inner.changed.notify_all();
-        Ok(())
+    pub fn delete(&self, kind: impl KindName, namespace: Option<&str>, name: &str) -> Result<()> {
+        let kind = kind.kind_name();
+        let res = self.inner.lock().resource(kind).with_context(|| format!("kind {kind} is not served"))?;
+        custom::delete(&self.inner, &res, namespace, name, &Value::Null)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
     }
 
-    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
-        self.inner.lock().objects.get(&(kind, namespace.unwrap_or("").to_string(), name.to_string())).cloned()
+    pub fn get(&self, kind: impl KindName, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let key = (kind.kind_name().to_string(), namespace.unwrap_or("").to_string(), name.to_string());
+        self.inner.lock().objects.get(&key).cloned()
     }
 
     /// Forgets the change history and ends every open watch: clients that
@@ -294,12 +442,12 @@ impl KubeApi {
     }
 
     /// How many lists / watches of `kind` were served (to see relists).
-    pub fn list_count(&self, kind: Kind) -> u64 {
-        self.inner.lock().lists.get(&kind).copied().unwrap_or(0)
+    pub fn list_count(&self, kind: impl KindName) -> u64 {
+        self.inner.lock().lists.get(kind.kind_name()).copied().unwrap_or(0)
     }
 
-    pub fn watch_count(&self, kind: Kind) -> u64 {
-        self.inner.lock().watches.get(&kind).copied().unwrap_or(0)
+    pub fn watch_count(&self, kind: impl KindName) -> u64 {
+        self.inner.lock().watches.get(kind.kind_name()).copied().unwrap_or(0)
     }
 
     pub fn create_namespace(&self, name: &str) -> Result<Value> {
@@ -319,6 +467,24 @@ impl KubeApi {
             "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}
         }))
     }
+
+    /// Creates the CustomResourceDefinitions of a YAML manifest file, as
+    /// `kubectl apply -f` would (the other documents are left out).
+    pub fn create_crds_from(&self, path: &std::path::Path) -> Result<()> {
+        use serde::Deserialize;
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).with_context(|| format!("{}: YAML", path.display()))?;
+            if v["kind"] == "CustomResourceDefinition" {
+                self.create(v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn objects_of(inner: &Inner, kind: &str) -> Vec<Value> {
+    inner.lock().objects.iter().filter(|((k, _, _), _)| k == kind).map(|(_, v)| v.clone()).collect()
 }
 
 /// See [`KubeApi::store`].
@@ -333,8 +499,8 @@ impl Store {
         self.inner.lock().rv
     }
 
-    pub fn objects(&self, kind: Kind) -> Vec<Value> {
-        self.inner.lock().objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(_, v)| v.clone()).collect()
+    pub fn objects(&self, kind: impl KindName) -> Vec<Value> {
+        objects_of(&self.inner, kind.kind_name())
     }
 
     /// Waits until the revision is past `rv` (or `timeout`, or the server stops).
@@ -361,8 +527,8 @@ impl Drop for KubeApi {
     }
 }
 
-/// Stores an object (`must_exist`: Some(false) create, Some(true) replace,
-/// None either); fills resourceVersion and uid.
+/// Stores a built-in object as given (`must_exist`: Some(false) create,
+/// Some(true) replace, None either); fills resourceVersion and uid.
 fn write(inner: &Inner, mut object: Value, must_exist: Option<bool>) -> Result<Value> {
     let kind_s = object["kind"].as_str().context("object without kind")?;
     let kind = Kind::from_name(kind_s).with_context(|| format!("kind {kind_s} is not served"))?;
@@ -382,27 +548,21 @@ fn write(inner: &Inner, mut object: Value, must_exist: Option<bool>) -> Result<V
     };
     object["apiVersion"] = json!(kind.api_version());
     let mut st = inner.lock();
-    let key = (kind, ns, name);
+    let key = (kind.name().to_string(), ns, name);
     let existing = st.objects.get(&key).cloned();
     match (must_exist, &existing) {
         (Some(false), Some(_)) => bail!("{} {} already exists", kind.name(), key.2),
         (Some(true), None) => bail!("{} {} not found", kind.name(), key.2),
         _ => {}
     }
-    st.rv += 1;
-    let rv = st.rv;
     let uid = match existing.as_ref().and_then(|e| e["metadata"]["uid"].as_str()) {
         Some(u) => u.to_string(),
-        None => {
-            st.uid += 1;
-            format!("00000000-0000-4000-8000-{:012}", st.uid)
-        }
+        None => st.next_uid(),
     };
-    object["metadata"]["resourceVersion"] = json!(rv.to_string());
     object["metadata"]["uid"] = json!(uid);
     let event = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+    st.record(kind.name(), event, &mut object);
     st.objects.insert(key, object.clone());
-    st.history.push(Change { rv, kind, event, object: object.clone() });
     drop(st);
     inner.changed.notify_all();
     Ok(object)
@@ -412,7 +572,20 @@ struct Request {
     method: String,
     path: String,
     query: HashMap<String, String>,
+    /// Lower-cased names.
+    headers: HashMap<String, String>,
     body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// `Accept: ...;as=Table...`: `kubectl get`'s server-side printing.
+    fn wants_table(&self) -> bool {
+        self.header("accept").split(',').next().is_some_and(|a| a.contains("as=Table"))
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -442,15 +615,27 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads one request head (and skips a body); None at EOF or shutdown.
-fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Option<Request>> {
+/// The real server's limit on a request body (`--max-request-bytes`' default
+/// for the apiserver's handlers: 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// What reading a request gave.
+enum Incoming {
+    Request(Request),
+    /// A body over [`MAX_BODY`]: answered 413, then the connection closes.
+    TooLarge,
+    Eof,
+}
+
+/// Reads one request (head and body); EOF or shutdown ends the connection.
+fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Incoming> {
     let mut head = String::new();
     loop {
         if inner.stop.load(Ordering::Relaxed) || inner.down.load(Ordering::Relaxed) {
-            return Ok(None);
+            return Ok(Incoming::Eof);
         }
         match reader.read_line(&mut head) {
-            Ok(0) => return Ok(None),
+            Ok(0) => return Ok(Incoming::Eof),
             Ok(_) if head.ends_with("\r\n\r\n") || head == "\r\n" => {
                 if head == "\r\n" {
                     head.clear(); // stray CRLF between requests
@@ -468,18 +653,32 @@ fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Opti
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or("GET").to_string(), parts.next().unwrap_or("/"));
-    let mut content_length = 0usize;
+    let mut headers = HashMap::new();
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    let mut body = vec![0u8; content_length];
-    if content_length > 0 {
-        reader.read_exact(&mut body)?;
-    }
+    let body = if headers.get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        match read_chunked(reader)? {
+            Some(b) => b,
+            None => return Ok(Incoming::TooLarge),
+        }
+    } else {
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if len > MAX_BODY {
+            // Read (up to a point) and dropped, so the client, still sending,
+            // gets to read the 413 instead of a reset connection.
+            if len <= 16 * MAX_BODY {
+                let mut sink = vec![0u8; len];
+                read_full(reader, &mut sink)?;
+            }
+            return Ok(Incoming::TooLarge);
+        }
+        let mut body = vec![0u8; len];
+        read_full(reader, &mut body)?;
+        body
+    };
     let (path, qs) = target.split_once('?').unwrap_or((target, ""));
     let query = qs
         .split('&')
@@ -489,7 +688,47 @@ fn read_request(inner: &Inner, reader: &mut BufReader<TcpStream>) -> Result<Opti
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    Ok(Some(Request { method, path: path.to_string(), query, body }))
+    Ok(Incoming::Request(Request { method, path: percent_decode(path), query, headers, body }))
+}
+
+/// `read_exact` through the read timeouts that only let us notice shutdown.
+fn read_full(reader: &mut BufReader<TcpStream>, mut buf: &mut [u8]) -> Result<()> {
+    while !buf.is_empty() {
+        match reader.read(buf) {
+            Ok(0) => bail!("connection closed mid-body"),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A chunked body; None once it passes [`MAX_BODY`].
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        while !size.ends_with('\n') {
+            match reader.read_line(&mut size) {
+                Ok(0) => bail!("connection closed mid-chunk"),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let n =
+            usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).context("chunk size")?;
+        if body.len() + n > MAX_BODY {
+            return Ok(None);
+        }
+        let mut chunk = vec![0u8; n + 2]; // the data and its CRLF
+        read_full(reader, &mut chunk)?;
+        if n == 0 {
+            return Ok(Some(body));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn serve_connection(inner: &Inner, stream: TcpStream) -> Result<()> {
@@ -498,151 +737,218 @@ fn serve_connection(inner: &Inner, stream: TcpStream) -> Result<()> {
     stream.set_nodelay(true)?;
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    while let Some(req) = read_request(inner, &mut reader)? {
-        match route(&req) {
-            Route::List { kind, namespace }
-                if req.query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
-            {
-                watch(inner, &mut out, kind, namespace.as_deref(), &req)?;
+    loop {
+        let req = match read_request(inner, &mut reader)? {
+            Incoming::Request(r) => r,
+            Incoming::Eof => return Ok(()),
+            Incoming::TooLarge => {
+                let e = ApiError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("Request entity too large: limit is {MAX_BODY}"),
+                );
+                respond(&mut out, e.code, &e.status(), &[])?;
                 return Ok(());
             }
-            Route::List { kind, namespace } => {
-                let body = list(inner, kind, namespace.as_deref(), &req);
-                respond(&mut out, 200, &body)?;
-            }
-            Route::Create { kind, namespace } => {
-                let created = serde_json::from_slice::<Value>(&req.body)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|mut o| {
-                        o["kind"] = json!(kind.name());
-                        o["metadata"]["namespace"] = json!(namespace);
-                        write(inner, o, Some(false))
-                    });
-                match created {
-                    Ok(o) => respond(&mut out, 201, &o)?,
-                    Err(e) => respond(&mut out, 400, &status(400, "BadRequest", &format!("{e:#}")))?,
+        };
+        let route = route(&inner.lock(), &req);
+        match route {
+            Route::Collection { res, namespace } if req.method == "GET" && is_watch(&req) => {
+                watch(inner, &mut out, &res, namespace.as_deref(), &req)?;
+                // The stream ended cleanly: the connection stays open for the
+                // next request (HTTP/1.1 keep-alive, as the real server does),
+                // unless the server is going away.
+                if inner.stop.load(Ordering::Relaxed) || inner.down.load(Ordering::Relaxed) {
+                    return Ok(());
                 }
             }
-            Route::Get { kind, namespace, name } => {
-                let found =
-                    inner.lock().objects.get(&(kind, namespace.unwrap_or_default(), name.clone())).cloned();
-                match found {
-                    Some(o) => respond(&mut out, 200, &o)?,
-                    None => respond(
-                        &mut out,
-                        404,
-                        &status(404, "NotFound", &format!("{} \"{name}\" not found", kind.plural())),
-                    )?,
-                }
-            }
-            Route::Version => respond(
-                &mut out,
-                200,
-                &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-k8s-ovs-test"}),
-            )?,
-            Route::NotFound => {
-                respond(&mut out, 404, &status(404, "NotFound", &format!("{} not served", req.path)))?
+            route => {
+                let (code, body, warnings) = match handle(inner, route, &req) {
+                    Ok(r) => r,
+                    Err(e) => (e.code, e.status(), Vec::new()),
+                };
+                respond(&mut out, code, &body, &warnings)?;
             }
         }
     }
-    Ok(())
+}
+
+fn is_watch(req: &Request) -> bool {
+    req.query.get("watch").is_some_and(|w| w == "true" || w == "1")
+}
+
+/// An answer: status code, body, `Warning` headers.
+type Answer = (u16, Value, Vec<String>);
+
+fn handle(inner: &Inner, route: Route, req: &Request) -> Result<Answer, ApiError> {
+    let opts = WriteOpts::of(req);
+    let body = || -> Result<Value, ApiError> {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::new(400, "BadRequest", format!("the request body is not JSON: {e}")))
+    };
+    match (route, req.method.as_str()) {
+        (Route::Version, _) => {
+            Ok((200, json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-k8s-ovs-test"}), vec![]))
+        }
+        (Route::Discovery(v), _) => Ok((200, v, vec![])),
+        (Route::OpenApi(v), _) => Ok((200, v, vec![])),
+        (Route::Collection { res, namespace }, "GET") => {
+            let list = list(inner, &res, namespace.as_deref(), req);
+            if req.wants_table() {
+                return Ok((
+                    200,
+                    custom::table(
+                        &res,
+                        list["items"].as_array().map_or(&[][..], Vec::as_slice),
+                        &list["metadata"],
+                    ),
+                    vec![],
+                ));
+            }
+            Ok((200, list, vec![]))
+        }
+        (Route::Collection { res, namespace }, "POST") => {
+            let mut object = body()?;
+            if res.custom.is_none() && res.kind != Kind::CustomResourceDefinition.name() {
+                // Built-ins (Events): stored as given.
+                object["kind"] = json!(res.kind);
+                if let Some(ns) = &namespace {
+                    object["metadata"]["namespace"] = json!(ns);
+                }
+                return write(inner, object, Some(false))
+                    .map(|o| (201, o, vec![]))
+                    .map_err(|e| ApiError::new(409, "AlreadyExists", format!("{e:#}")));
+            }
+            custom::create(inner, &res, namespace.as_deref(), object, &opts).map(|(o, w)| (201, o, w))
+        }
+        (Route::Object { res, namespace, name, sub }, method) => {
+            let status = match sub.as_deref() {
+                None => false,
+                Some("status") if res.custom.as_ref().is_some_and(|c| c.status) => true,
+                Some(s) => {
+                    return Err(ApiError::not_found(&format!(
+                        "{} \"{name}\" subresource {s} not served",
+                        res.qualified()
+                    )))
+                }
+            };
+            let ns = namespace.as_deref();
+            match method {
+                "GET" => {
+                    let key = (res.kind.clone(), ns.unwrap_or("").to_string(), name.clone());
+                    let Some(o) = inner.lock().objects.get(&key).cloned() else {
+                        return Err(ApiError::not_found(&format!(
+                            "{} \"{name}\" not found",
+                            res.qualified()
+                        )));
+                    };
+                    if req.wants_table() {
+                        let rv = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
+                        return Ok((200, custom::table(&res, std::slice::from_ref(&o), &rv), vec![]));
+                    }
+                    Ok((200, o, vec![]))
+                }
+                "PUT" => {
+                    custom::update(inner, &res, ns, &name, body()?, &opts, status).map(|(o, w)| (200, o, w))
+                }
+                "PATCH" => {
+                    custom::patch(inner, &res, ns, &name, req.header("content-type"), body()?, &opts, status)
+                        .map(|(o, w)| (200, o, w))
+                }
+                "DELETE" => {
+                    let options = if req.body.is_empty() { Value::Null } else { body()? };
+                    custom::delete(inner, &res, ns, &name, &options).map(|o| (200, o, vec![]))
+                }
+                m => Err(ApiError::new(405, "MethodNotAllowed", format!("{m} is not supported"))),
+            }
+        }
+        (Route::Collection { .. }, m) => {
+            Err(ApiError::new(405, "MethodNotAllowed", format!("{m} on a collection is not supported")))
+        }
+        (Route::NotFound, _) => Err(ApiError::not_found(&format!("{} not served", req.path))),
+    }
 }
 
 enum Route {
-    List {
-        kind: Kind,
+    /// `.../<plural>` (namespace: `.../namespaces/<ns>/<plural>`).
+    Collection {
+        res: Resource,
         namespace: Option<String>,
     },
-    /// POST to a namespaced collection (what clients create here: Events).
-    Create {
-        kind: Kind,
-        namespace: String,
-    },
-    Get {
-        kind: Kind,
+    /// `.../<plural>/<name>[/<subresource>]`.
+    Object {
+        res: Resource,
         namespace: Option<String>,
         name: String,
+        sub: Option<String>,
     },
+    Discovery(Value),
+    OpenApi(Value),
     Version,
     NotFound,
 }
 
-fn route(req: &Request) -> Route {
-    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    // A named group (`/apis/<group>/v1/...`) is routed like the core group,
-    // for the kinds that live in it.
-    if let ["apis", group, "v1", rest @ ..] = segs.as_slice() {
-        let mut core = vec!["api", "v1"];
-        core.extend_from_slice(rest);
-        return match route_core(req, &core) {
-            Route::List { kind, .. } | Route::Create { kind, .. } | Route::Get { kind, .. }
-                if kind.group() != Some(group) =>
-            {
-                Route::NotFound
-            }
-            r => r,
-        };
-    }
-    match segs.as_slice() {
-        ["api", "v1", plural, ..] if Kind::from_plural(plural).is_some_and(|k| k.group().is_some()) => {
-            Route::NotFound
+fn route(st: &State, req: &Request) -> Route {
+    let segs: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["version"] => return Route::Version,
+        ["api"] => return Route::Discovery(custom::api_versions(req)),
+        ["apis"] => return Route::Discovery(custom::api_groups(st)),
+        ["openapi", "v3"] => return Route::OpenApi(custom::openapi_root(st)),
+        ["openapi", "v3", "apis", g, v] => {
+            return custom::openapi_group(st, g, v).map_or(Route::NotFound, Route::OpenApi);
         }
-        ["api", "v1", "namespaces", _, plural, ..]
-            if Kind::from_plural(plural).is_some_and(|k| k.group().is_some()) =>
-        {
-            Route::NotFound
-        }
-        _ => route_core(req, &segs),
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => return Route::NotFound,
+    };
+    if rest.is_empty() {
+        return custom::api_resources(st, group, version).map_or(Route::NotFound, Route::Discovery);
     }
-}
-
-fn route_core(req: &Request, segs: &[&str]) -> Route {
-    match segs {
-        ["version"] => Route::Version,
-        ["api", "v1", plural] => match Kind::from_plural(plural) {
-            Some(kind) => Route::List { kind, namespace: None },
-            None => Route::NotFound,
-        },
-        ["api", "v1", plural, name] => match Kind::from_plural(plural) {
-            Some(kind) if !kind.namespaced() => Route::Get { kind, namespace: None, name: name.to_string() },
-            _ => Route::NotFound,
-        },
-        ["api", "v1", "namespaces", ns, plural] => match Kind::from_plural(plural) {
-            Some(kind) if kind.namespaced() && req.method == "POST" => {
-                Route::Create { kind, namespace: ns.to_string() }
-            }
-            Some(kind) if kind.namespaced() => Route::List { kind, namespace: Some(ns.to_string()) },
-            _ => Route::NotFound,
-        },
-        ["api", "v1", "namespaces", ns, plural, name] => match Kind::from_plural(plural) {
-            Some(kind) if kind.namespaced() => {
-                Route::Get { kind, namespace: Some(ns.to_string()), name: name.to_string() }
-            }
-            _ => Route::NotFound,
-        },
+    let found = |plural: &str| st.find(group, version, plural);
+    let (namespace, rest) = match rest {
+        // `/api/v1/namespaces/<ns>/<plural>...` unless <ns> is itself the object.
+        ["namespaces", ns, plural, more @ ..] if found(plural).is_some_and(|r| r.namespaced) => {
+            (Some(ns.to_string()), [&[*plural][..], more].concat())
+        }
+        other => (None, other.to_vec()),
+    };
+    let Some(res) = rest.first().and_then(|p| found(p)) else { return Route::NotFound };
+    if namespace.is_none() && res.namespaced && rest.len() > 1 {
+        return Route::NotFound; // a namespaced object needs its namespace
+    }
+    match rest.as_slice() {
+        [_] => Route::Collection { res, namespace },
+        [_, name] => Route::Object { res, namespace, name: name.to_string(), sub: None },
+        [_, name, sub] => {
+            Route::Object { res, namespace, name: name.to_string(), sub: Some(sub.to_string()) }
+        }
         _ => Route::NotFound,
     }
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": message, "reason": reason, "code": code})
-}
-
-fn respond(out: &mut TcpStream, code: u16, body: &Value) -> Result<()> {
+fn respond(out: &mut TcpStream, code: u16, body: &Value, warnings: &[String]) -> Result<()> {
     let text = body.to_string();
     let reason = match code {
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
         _ => "Error",
     };
-    write!(
-        out,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+    let mut head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         text.len()
-    )?;
+    );
+    for w in warnings {
+        head.push_str(&format!("Warning: 299 - {}\r\n", Value::from(w.as_str())));
+    }
+    write!(out, "{head}\r\n{text}")?;
     out.flush()?;
     Ok(())
 }
@@ -699,14 +1005,14 @@ impl Selector {
 }
 
 struct Filter<'a> {
-    kind: Kind,
+    kind: &'a str,
     namespace: Option<&'a str>,
     labels: Selector,
     fields: Selector,
 }
 
 impl Filter<'_> {
-    fn new<'a>(kind: Kind, namespace: Option<&'a str>, req: &Request) -> Filter<'a> {
+    fn new<'a>(kind: &'a str, namespace: Option<&'a str>, req: &Request) -> Filter<'a> {
         Filter {
             kind,
             namespace,
@@ -715,7 +1021,7 @@ impl Filter<'_> {
         }
     }
 
-    fn matches(&self, kind: Kind, obj: &Value) -> bool {
+    fn matches(&self, kind: &str, obj: &Value) -> bool {
         kind == self.kind
             && self.namespace.is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
             && self.labels.matches(obj)
@@ -723,15 +1029,15 @@ impl Filter<'_> {
     }
 }
 
-fn list(inner: &Inner, kind: Kind, namespace: Option<&str>, req: &Request) -> Value {
-    let filter = Filter::new(kind, namespace, req);
+fn list(inner: &Inner, res: &Resource, namespace: Option<&str>, req: &Request) -> Value {
+    let filter = Filter::new(&res.kind, namespace, req);
     let mut st = inner.lock();
-    *st.lists.entry(kind).or_default() += 1;
+    *st.lists.entry(res.kind.clone()).or_default() += 1;
     let items: Vec<Value> =
-        st.objects.iter().filter(|((k, _, _), o)| filter.matches(*k, o)).map(|(_, o)| o.clone()).collect();
+        st.objects.iter().filter(|((k, _, _), o)| filter.matches(k, o)).map(|(_, o)| o.clone()).collect();
     json!({
-        "kind": format!("{}List", kind.name()),
-        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", res.kind),
+        "apiVersion": res.api_version(),
         "metadata": {"resourceVersion": st.rv.to_string()},
         "items": items,
     })
@@ -746,11 +1052,11 @@ fn chunk(out: &mut TcpStream, line: &Value) -> std::io::Result<()> {
 fn watch(
     inner: &Inner,
     out: &mut TcpStream,
-    kind: Kind,
+    res: &Resource,
     namespace: Option<&str>,
     req: &Request,
 ) -> Result<()> {
-    let filter = Filter::new(kind, namespace, req);
+    let filter = Filter::new(&res.kind, namespace, req);
     let bookmarks = req.query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     let timeout = req.query.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(1800u64);
     let deadline = Instant::now() + Duration::from_secs(timeout);
@@ -759,14 +1065,15 @@ fn watch(
     let start = req.query.get("resourceVersion").cloned().unwrap_or_default();
     let (mut last, generation) = {
         let mut st = inner.lock();
-        *st.watches.entry(kind).or_default() += 1;
+        *st.watches.entry(res.kind.clone()).or_default() += 1;
         let generation = st.generation;
         match start.parse::<u64>() {
             Ok(n) if n > 0 => {
                 if n < st.compacted {
                     let msg = format!("too old resource version: {n} ({})", st.compacted);
                     drop(st);
-                    chunk(out, &json!({"type": "ERROR", "object": status(410, "Expired", &msg)}))?;
+                    let e = ApiError::new(410, "Expired", msg);
+                    chunk(out, &json!({"type": "ERROR", "object": e.status()}))?;
                     write!(out, "0\r\n\r\n")?;
                     return Ok(());
                 }
@@ -777,7 +1084,7 @@ fn watch(
                 let objects: Vec<Value> = st
                     .objects
                     .iter()
-                    .filter(|((k, _, _), o)| filter.matches(*k, o))
+                    .filter(|((k, _, _), o)| filter.matches(k, o))
                     .map(|(_, o)| o.clone())
                     .collect();
                 let rv = st.rv;
@@ -806,7 +1113,7 @@ fn watch(
                 let pending: Vec<Value> = st
                     .history
                     .iter()
-                    .filter(|c| c.rv > last && filter.matches(c.kind, &c.object))
+                    .filter(|c| c.rv > last && filter.matches(&c.kind, &c.object))
                     .map(|c| json!({"type": c.event, "object": c.object}))
                     .collect();
                 if !pending.is_empty()
@@ -822,7 +1129,7 @@ fn watch(
             }
         };
         if events.is_empty() {
-            let mark = json!({"kind": kind.name(), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
+            let mark = json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
             chunk(out, &json!({"type": "BOOKMARK", "object": mark}))?;
         }
         for e in &events {
@@ -860,19 +1167,39 @@ mod tests {
         assert!(!label("missing"));
     }
 
+    fn req(method: &str, path: &str) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: HashMap::new(),
+            headers: HashMap::new(),
+            body: vec![],
+        }
+    }
+
     #[test]
     fn routes_cover_cluster_and_namespaced_paths() {
-        let r = |p: &str| {
-            route(&Request { method: "GET".into(), path: p.into(), query: HashMap::new(), body: vec![] })
+        let st = State::default();
+        let r = |p: &str| route(&st, &req("GET", p));
+        let kind = |r: Route| match r {
+            Route::Collection { res, namespace } => format!("list {} {namespace:?}", res.kind),
+            Route::Object { res, namespace, name, sub } => {
+                format!("get {} {namespace:?} {name} {sub:?}", res.kind)
+            }
+            Route::Discovery(_) => "discovery".into(),
+            Route::OpenApi(_) => "openapi".into(),
+            Route::Version => "version".into(),
+            Route::NotFound => "404".into(),
         };
-        assert!(matches!(r("/api/v1/namespaces"), Route::List { kind: Kind::Namespace, namespace: None }));
-        assert!(matches!(r("/api/v1/nodes/n1"), Route::Get { kind: Kind::Node, .. }));
-        assert!(matches!(
-            r("/api/v1/namespaces/d/pods"),
-            Route::List { kind: Kind::Pod, namespace: Some(_) }
-        ));
-        assert!(matches!(r("/api/v1/namespaces/d/services/s"), Route::Get { kind: Kind::Service, .. }));
-        assert!(matches!(r("/api/v1/namespaces/x"), Route::Get { kind: Kind::Namespace, .. }));
-        assert!(matches!(r("/apis/apps/v1/deployments"), Route::NotFound));
+        assert_eq!(kind(r("/api/v1/namespaces")), "list Namespace None");
+        assert_eq!(kind(r("/api/v1/nodes/n1")), "get Node None n1 None");
+        assert_eq!(kind(r("/api/v1/namespaces/d/pods")), "list Pod Some(\"d\")");
+        assert_eq!(kind(r("/api/v1/namespaces/d/services/s")), "get Service Some(\"d\") s None");
+        assert_eq!(kind(r("/api/v1/namespaces/x")), "get Namespace None x None");
+        assert_eq!(kind(r("/api/v1/pods/p")), "404", "a namespaced object needs its namespace");
+        assert_eq!(kind(r("/apis/discovery.k8s.io/v1/endpointslices")), "list EndpointSlice None");
+        assert_eq!(kind(r("/api/v1/endpointslices")), "404", "not in the core group");
+        assert_eq!(kind(r("/apis/apps/v1/deployments")), "404");
+        assert_eq!(kind(r("/apis")), "discovery");
     }
 }

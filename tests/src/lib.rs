@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod forge;
 pub mod kube_api;
 pub mod kube_proxy;
+pub mod kubectl;
 mod lab;
 pub mod netns;
 pub mod ovs;
@@ -16,6 +17,7 @@ pub mod pki;
 pub mod services;
 pub mod sweep;
 pub mod switch;
+pub mod tenancy;
 pub mod traffic;
 
 pub use lab::{base_dir, Lab, LabConfig, Node, Pod, CTL_IP, DEFAULT_PREFIX, ETCD_PORT, FABRIC_PREFIX};

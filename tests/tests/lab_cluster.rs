@@ -3,80 +3,12 @@
 //! changed the operator's way (a raw `etcdctl put` of the record's JSON) and
 //! the friendly way (`k8s-ovs-ctl`); each change is observed by ping.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use lab::cluster::{cni, ctl, start_controller, start_kube_api, Agent, CniCall, NAME, PREFIX};
-use lab::{traffic, Lab, Netns};
-
-struct TestPod {
-    name: String,
-    namespace: String,
-    netns: Netns,
-    ip: String,
-}
-
-fn netns_key(ns: &str) -> String {
-    format!("{PREFIX}/{NAME}/netnamespaces/{ns}")
-}
-
-/// The record of `ns` as etcd holds it (waits until the controller made it).
-fn record(lab: &Lab, ns: &str) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v = lab.etcdctl(&["get", "--print-value-only", &netns_key(ns)])?;
-        if !v.trim().is_empty() {
-            return serde_json::from_str(v.trim()).context("record JSON");
-        }
-        if Instant::now() > deadline {
-            bail!("no record for namespace {ns}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn vni_of(lab: &Lab, ns: &str) -> Result<u32> {
-    Ok(record(lab, ns)?["NetID"].as_u64().context("NetID")? as u32)
-}
-
-fn matrix_matches_etcd(lab: &Lab, pods: &[TestPod]) -> Result<()> {
-    let mut vni = BTreeMap::new();
-    for p in pods {
-        vni.insert(p.namespace.clone(), vni_of(lab, &p.namespace)?);
-    }
-    let mut wrong = Vec::new();
-    let mut late = Vec::new();
-    std::thread::scope(|s| -> Result<()> {
-        let mut hs = Vec::new();
-        for a in pods {
-            for b in pods.iter().filter(|b| b.name != a.name) {
-                hs.push((a, b, s.spawn(|| traffic::ping_count(&a.netns, &b.ip, 3, 1))));
-            }
-        }
-        for (a, b, h) in hs {
-            let got = h.join().expect("ping thread")? > 0;
-            let (va, vb) = (vni[&a.namespace], vni[&b.namespace]);
-            let allowed = va == vb || va == 0 || vb == 0;
-            if allowed && !got {
-                late.push((a, b));
-            } else if got != allowed {
-                wrong.push(format!("{}({va}) -> {}({vb}): policy {allowed}, measured {got}", a.name, b.name));
-            }
-        }
-        Ok(())
-    })?;
-    // Allowed pairs that missed the first round get the pods' ARP retry.
-    let pairs: Vec<(&lab::Netns, &str)> = late.iter().map(|(a, b)| (&a.netns, b.ip.as_str())).collect();
-    for ((a, b), took) in late.iter().zip(traffic::retry_reach(&pairs, Duration::from_secs(5))?) {
-        match took {
-            Some(d) => eprintln!("{} -> {} answered {d:?} later (ARP retry)", a.name, b.name),
-            None => wrong.push(format!("{} -> {}: policy allows, never reached", a.name, b.name)),
-        }
-    }
-    ensure!(wrong.is_empty(), "reachability differs from etcd's VNIs:\n{}", wrong.join("\n"));
-    Ok(())
-}
+use anyhow::{bail, ensure, Result};
+use lab::cluster::{cni, ctl, start_controller, start_kube_api, Agent, CniCall};
+use lab::tenancy::{matrix_matches_etcd, netns_key, record, vni_of, TestPod};
+use lab::{traffic, Lab};
 
 /// Puts `json` as namespace `ns`'s record with etcdctl, then requires the
 /// path `from` -> `to` to become `reach` within 1 s of the write (the time

@@ -19,6 +19,7 @@ use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,7 @@ struct Manifests {
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
+    crds: Vec<CustomResourceDefinition>,
 }
 
 /// Parses `v` as `T` and requires serializing it back to give `v` again: a
@@ -92,7 +94,7 @@ struct Manifests {
 fn typed<T: DeserializeOwned + Serialize>(file: &str, v: &serde_json::Value) -> Result<T> {
     let t: T = serde_json::from_value(v.clone()).with_context(|| format!("{BASE}/{file}: {}", v["kind"]))?;
     let back = serde_json::to_value(&t)?;
-    if &back != v {
+    if !diff(v, &back, "").is_empty() {
         bail!(
             "{BASE}/{file}: {} {} has fields its type does not know:\n{}",
             v["kind"],
@@ -115,6 +117,10 @@ fn diff(want: &serde_json::Value, got: &serde_json::Value, at: &str) -> String {
             a.iter().zip(b).enumerate().map(|(i, (x, y))| diff(x, y, &format!("{at}[{i}]"))).collect()
         }
         _ if want == got => String::new(),
+        // A float field written as an integer (`minimum: 0`) comes back as 0.0: the same value.
+        (serde_json::Value::Number(a), serde_json::Value::Number(b)) if a.as_f64() == b.as_f64() => {
+            String::new()
+        }
         _ => format!("  {at}: {want} became {got}\n"),
     }
 }
@@ -129,6 +135,7 @@ fn load() -> Result<Manifests> {
             "ServiceAccount" => m.service_accounts.push(typed(&file, &v)?),
             "ClusterRole" => m.cluster_roles.push(typed(&file, &v)?),
             "ClusterRoleBinding" => m.bindings.push(typed(&file, &v)?),
+            "CustomResourceDefinition" => m.crds.push(typed(&file, &v)?),
             other => bail!("{BASE}/{file}: kind {other:?} is not checked by this test; add it"),
         }
     }
@@ -238,7 +245,11 @@ fn every_manifest_parses_into_its_kubernetes_type_without_unknown_fields() -> Re
         m.config_maps.len() == 1 && m.service_accounts.len() == 2,
         "one ConfigMap and two ServiceAccounts"
     );
-    ensure!(m.cluster_roles.len() == 2 && m.bindings.len() == 2, "two ClusterRoles and their bindings");
+    ensure!(
+        m.cluster_roles.len() == 3 && m.bindings.len() == 2,
+        "the daemons' two ClusterRoles and their bindings, and the tenant-network admins' (not bound)"
+    );
+    ensure!(m.crds.len() == 1, "one CustomResourceDefinition (NetNamespace)");
     daemonset(&m)?;
     deployment(&m)?;
     Ok(())
@@ -884,42 +895,53 @@ fn commands_use_real_binaries_flags_and_config_keys() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn rbac_grants_only_what_each_daemon_watches_and_posts() -> Result<()> {
-    let m = load()?;
-    let rules = |name: &str| -> Result<BTreeSet<(String, String)>> {
-        let role = m
-            .cluster_roles
-            .iter()
-            .find(|r| r.metadata.name.as_deref() == Some(name))
-            .with_context(|| format!("ClusterRole {name}"))?;
-        let mut grants = BTreeSet::new();
-        for r in role.rules.iter().flatten() {
-            ensure!(r.api_groups.iter().flatten().all(|g| g.is_empty()), "{name}: core API group only");
+/// A ClusterRole's grants as (API group, resource, verb).
+fn grants(m: &Manifests, name: &str) -> Result<BTreeSet<(String, String, String)>> {
+    let role = m
+        .cluster_roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(name))
+        .with_context(|| format!("ClusterRole {name}"))?;
+    let mut grants = BTreeSet::new();
+    for r in role.rules.iter().flatten() {
+        ensure!(r.resource_names.is_none(), "{name}: no resourceNames (see tenant_network_admins_...)");
+        for g in r.api_groups.iter().flatten() {
             for res in r.resources.iter().flatten() {
                 for v in &r.verbs {
-                    grants.insert((res.clone(), v.clone()));
+                    grants.insert((g.clone(), res.clone(), v.clone()));
                 }
             }
         }
-        Ok(grants)
-    };
-    let set =
-        |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeSet<_>>();
+    }
+    Ok(grants)
+}
+
+fn triples(v: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
+    v.iter()
+        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect()
+}
+
+#[test]
+fn rbac_grants_only_what_each_daemon_watches_and_posts() -> Result<()> {
+    let m = load()?;
     ensure!(
-        rules("k8s-ovs-controller")?
-            == set(&[("namespaces", "list"), ("namespaces", "watch"), ("nodes", "list"), ("nodes", "watch")]),
-        "controller: list/watch namespaces and nodes, nothing else"
+        grants(&m, "k8s-ovs-controller")?
+            == triples(&[
+                ("", "namespaces", &["list", "watch"]),
+                ("", "nodes", &["list", "watch"]),
+                ("k8s-ovs.io", "netnamespaces", &["create", "delete", "list", "watch"]),
+                ("k8s-ovs.io", "netnamespaces/status", &["update"]),
+            ]),
+        "controller: list/watch namespaces and nodes (kube_watch.rs); the NetNamespace objects' views and \
+         statuses (kube_objects.rs), never their spec; nothing else"
     );
     ensure!(
-        rules("k8s-ovs-agent")?
-            == set(&[
-                ("events", "create"),
-                ("pods", "get"),
-                ("pods", "list"),
-                ("pods", "watch"),
-                ("services", "list"),
-                ("services", "watch")
+        grants(&m, "k8s-ovs-agent")?
+            == triples(&[
+                ("", "events", &["create"]),
+                ("", "pods", &["get", "list", "watch"]),
+                ("", "services", &["list", "watch"]),
             ]),
         "agent: list/watch services, get/list/watch pods (agent/src/kube_source.rs, dataplane.rs), create events (kube_events.rs), nothing else"
     );
@@ -1141,5 +1163,341 @@ fn lab_ovs_daemons_run_both_daemons_keep_the_database_and_stop_as_the_kubelet_ex
     // Stopped before the agent was ready: flow-restore-wait is not left in
     // the database for an Open vSwitch that would never lift it.
     ensure!(!d.flow_restore_wait_in_db()?, "the stop left flow-restore-wait in the database");
+    Ok(())
+}
+
+fn crd(m: &Manifests) -> Result<&CustomResourceDefinition> {
+    m.crds
+        .iter()
+        .find(|c| c.spec.names.kind == controller::netns_object::KIND)
+        .context("the NetNamespace CRD")
+}
+
+/// The CRD's openAPIV3Schema as JSON (what the apiserver applies).
+fn crd_schema(m: &Manifests) -> Result<serde_json::Value> {
+    let v = serde_json::to_value(&crd(m)?.spec.versions[0])?;
+    Ok(v["schema"]["openAPIV3Schema"].clone())
+}
+
+/// What the apiserver does to a NetNamespace's body before storing it
+/// (defaults, then validation: the test apiserver's code): the causes.
+fn apiserver_verdict(schema: &serde_json::Value, spec: &serde_json::Value) -> Vec<String> {
+    let mut obj = serde_json::json!({ "spec": spec });
+    lab::kube_api::schema::default(schema, &mut obj);
+    let mut causes = Vec::new();
+    lab::kube_api::schema::validate(schema, &obj, "", &mut causes);
+    causes.into_iter().map(|c| c.message).collect()
+}
+
+#[test]
+fn netnamespace_crd_serves_the_object_the_controller_reads_and_validates_what_it_validates() -> Result<()> {
+    use controller::netns_object as obj;
+    let m = load()?;
+    let c = crd(&m)?;
+    ensure!(
+        c.spec.group == obj::GROUP && c.spec.names.plural == obj::PLURAL,
+        "group and plural the controller asks for"
+    );
+    ensure!(c.spec.scope == "Cluster", "cluster-scoped: no RoleBinding in a namespace can grant it");
+    let [v] = c.spec.versions.as_slice() else { bail!("one version (no conversion)") };
+    ensure!(v.name == obj::VERSION && v.served && v.storage, "v1 served and stored");
+    ensure!(
+        v.subresources.as_ref().is_some_and(|s| s.status.is_some()),
+        "the status subresource: status is the controller's alone"
+    );
+    let schema = crd_schema(&m)?;
+    let action = &schema["properties"]["spec"]["properties"]["action"];
+    ensure!(
+        action["enum"] == serde_json::json!(["join", "isolate", "global"]),
+        "the actions: {}",
+        action["enum"]
+    );
+    ensure!(action["default"] == "isolate", "isolate by default (a join removed from a manifest isolates)");
+    let target = &schema["properties"]["spec"]["properties"]["target"];
+    ensure!(target["maxLength"] == obj::MAX_NAME, "a target is a namespace name");
+    // The schema the apiserver checks and the controller's own check agree,
+    // spec by spec (the controller checks again: a CRD installed without the
+    // schema must not let a bad request through); the one thing only the
+    // controller can know is that a namespace joins itself.
+    let long = "a".repeat(64);
+    let specs = [
+        (serde_json::json!({"action": "join", "target": "blue"}), true),
+        (serde_json::json!({"action": "isolate"}), true),
+        (serde_json::json!({"action": "global"}), true),
+        (serde_json::json!({}), true),
+        (serde_json::json!({"action": "merge"}), false),
+        (serde_json::json!({"action": "join"}), false),
+        (serde_json::json!({"action": "join", "target": ""}), false),
+        (serde_json::json!({"action": "join", "target": "Blue"}), false),
+        (serde_json::json!({"action": "join", "target": long}), false),
+        (serde_json::json!({"action": "global", "target": "blue"}), false),
+        (serde_json::json!({"action": 7}), false),
+        (serde_json::json!({"target": "blue"}), false),
+    ];
+    for (spec, ok) in specs {
+        let apiserver = apiserver_verdict(&schema, &spec);
+        let controller = obj::asked("red", Some(&spec));
+        ensure!(apiserver.is_empty() == ok, "apiserver on {spec}: {apiserver:?}");
+        ensure!(controller.is_ok() == ok, "controller on {spec}: {controller:?}");
+    }
+    ensure!(apiserver_verdict(&schema, &serde_json::json!({"action": "join", "target": "red"})).is_empty());
+    ensure!(
+        obj::asked("red", Some(&serde_json::json!({"action": "join", "target": "red"}))).is_err(),
+        "joining itself"
+    );
+    Ok(())
+}
+
+#[test]
+fn netnamespace_status_fits_its_schema_and_the_printer_columns_show_it() -> Result<()> {
+    use controller::netns_object as obj;
+    use etcd_schema::{KubeRequest, RequestOutcome};
+    let m = load()?;
+    let schema = crd_schema(&m)?;
+    let ids = [("red".to_string(), 12u32), ("blue".to_string(), 13)].into();
+    let object = obj::ObjectView {
+        uid: "u1".into(),
+        generation: 3,
+        resource_version: "9".into(),
+        spec: Some(serde_json::json!({"action": "join", "target": "blue"})),
+        status: None,
+    };
+    let taken = KubeRequest {
+        uid: "u1".into(),
+        generation: 3,
+        outcome: RequestOutcome::Rejected,
+        message: "x".repeat(5000),
+    };
+    let error = "e".repeat(1 << 20);
+    let status = obj::status_json(&obj::status(&obj::StatusInputs {
+        name: "red",
+        object: &object,
+        exists: true,
+        ids: &ids,
+        etcd_pending: Some(&etcd_schema::Action::Global),
+        error: Some(&error),
+        taken: Some(&taken),
+        now: "2026-01-02T03:04:05Z",
+    }));
+    let full = serde_json::json!({"metadata": {"name": "red"}, "spec": object.spec, "status": status});
+    let mut causes = Vec::new();
+    let without_meta = serde_json::json!({"spec": full["spec"], "status": full["status"]});
+    lab::kube_api::schema::validate(&schema, &without_meta, "", &mut causes);
+    ensure!(causes.is_empty(), "the controller's status breaks the CRD's schema: {causes:?}");
+    let v = &crd(&m)?.spec.versions[0];
+    let columns = v.additional_printer_columns.as_deref().unwrap_or_default();
+    let cell = |name: &str| -> Result<serde_json::Value> {
+        let c = columns.iter().find(|c| c.name == name).with_context(|| format!("no column {name}"))?;
+        let got = lab::kube_api::jsonpath::eval(&full, &c.json_path).map_err(anyhow::Error::msg)?;
+        Ok(got.into_iter().next().unwrap_or_default())
+    };
+    ensure!(cell("NetID")? == 12, "NetID column: {}", cell("NetID")?);
+    ensure!(cell("Pending")? == "global", "Pending column: {}", cell("Pending")?);
+    ensure!(cell("Error")?.as_str().is_some_and(|e| e.starts_with("eee")), "Error column");
+    ensure!(cell("Applied")? == "Rejected", "Applied column: {}", cell("Applied")?);
+    ensure!(cell("Action")? == "join" && cell("Target")? == "blue", "the request");
+    Ok(())
+}
+
+/// Who asks, as the RBAC authorizer sees a request's user.
+struct User<'a> {
+    name: &'a str,
+    groups: &'a [&'a str],
+}
+
+/// One request's attributes (`namespace`: None for a cluster-scoped resource).
+struct Attrs<'a> {
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    subresource: Option<&'a str>,
+    namespace: Option<&'a str>,
+}
+
+/// kube-apiserver's RBAC rule match (rbac/v1 helpers: VerbMatches,
+/// APIGroupMatches, ResourceMatches with `*/subresource`, ResourceNameMatches:
+/// a rule with resourceNames never grants list, watch or create).
+fn rule_allows(r: &k8s_openapi::api::rbac::v1::PolicyRule, a: &Attrs<'_>) -> bool {
+    let any = |list: &[String], want: &str| list.iter().any(|x| x == "*" || x == want);
+    let combined = match a.subresource {
+        Some(s) => format!("{}/{s}", a.resource),
+        None => a.resource.to_string(),
+    };
+    let resource = r.resources.iter().flatten().any(|x| {
+        x == "*" || *x == combined || a.subresource.is_some_and(|s| x.strip_prefix("*/") == Some(s))
+    });
+    any(&r.verbs, a.verb)
+        && any(r.api_groups.as_deref().unwrap_or_default(), a.group)
+        && resource
+        && r.resource_names.as_ref().is_none_or(|n| n.is_empty())
+}
+
+fn subject_is(s: &k8s_openapi::api::rbac::v1::Subject, u: &User<'_>) -> bool {
+    match s.kind.as_str() {
+        "User" => s.name == u.name,
+        "Group" => u.groups.contains(&s.name.as_str()),
+        "ServiceAccount" => {
+            format!("system:serviceaccount:{}:{}", s.namespace.as_deref().unwrap_or(""), s.name) == u.name
+        }
+        _ => false,
+    }
+}
+
+/// The RBAC authorizer over ClusterRoleBindings (everywhere) and
+/// RoleBindings (only requests in their namespace: never a cluster-scoped
+/// resource).
+struct Authorizer<'a> {
+    cluster_roles: &'a [ClusterRole],
+    cluster_bindings: Vec<ClusterRoleBinding>,
+    /// (binding, the Role it names if it names a Role).
+    bindings: Vec<(k8s_openapi::api::rbac::v1::RoleBinding, Option<k8s_openapi::api::rbac::v1::Role>)>,
+}
+
+impl Authorizer<'_> {
+    fn cluster_role(&self, name: &str) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+        self.cluster_roles
+            .iter()
+            .filter(|r| r.metadata.name.as_deref() == Some(name))
+            .flat_map(|r| r.rules.clone().unwrap_or_default())
+            .collect()
+    }
+
+    fn allows(&self, u: &User<'_>, a: &Attrs<'_>) -> bool {
+        let by_cluster = self
+            .cluster_bindings
+            .iter()
+            .filter(|b| b.subjects.iter().flatten().any(|s| subject_is(s, u)))
+            .any(|b| self.cluster_role(&b.role_ref.name).iter().any(|r| rule_allows(r, a)));
+        let by_namespace =
+            self.bindings.iter().filter(|(b, _)| b.subjects.iter().flatten().any(|s| subject_is(s, u))).any(
+                |(b, role)| {
+                    let in_ns = a.namespace.is_some() && a.namespace == b.metadata.namespace.as_deref();
+                    let rules = match (&b.role_ref.kind[..], role) {
+                        ("Role", Some(role)) => role.rules.clone().unwrap_or_default(),
+                        ("ClusterRole", _) => self.cluster_role(&b.role_ref.name),
+                        _ => Vec::new(),
+                    };
+                    in_ns && rules.iter().any(|r| rule_allows(r, a))
+                },
+            );
+        by_cluster || by_namespace
+    }
+}
+
+#[test]
+fn rbac_keeps_tenancy_from_namespace_admins_and_status_from_tenant_network_admins() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    const TENANT_ROLE: &str = "k8s-ovs-tenant-network-admin";
+    let m = load()?;
+    // A request for a NetNamespace names a namespace only if the CRD makes
+    // them namespaced (it must not: that is what keeps alice out, below).
+    let scoped_to = (crd(&m)?.spec.scope == "Namespaced").then_some("red");
+    let tenant_role = m
+        .cluster_roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(TENANT_ROLE))
+        .context(TENANT_ROLE)?;
+    let labels = tenant_role.metadata.labels.clone().unwrap_or_default();
+    ensure!(
+        labels.keys().all(|k| !k.starts_with("rbac.authorization.k8s.io/aggregate-to-")),
+        "{TENANT_ROLE} must not be aggregated into admin/edit/view: {labels:?}"
+    );
+    ensure!(
+        !m.bindings.iter().any(|b| b.role_ref.name == TENANT_ROLE),
+        "{TENANT_ROLE} is the operator's to bind"
+    );
+    let subject = |kind: &str, name: &str, ns: Option<&str>| Subject {
+        kind: kind.into(),
+        name: name.into(),
+        namespace: ns.map(str::to_string),
+        api_group: None,
+    };
+    // Bound as docs/operations.md says: a ClusterRoleBinding to a group.
+    let mut cluster_bindings = m.bindings.clone();
+    cluster_bindings.push(ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some("tenant-network-admins".into()), ..ObjectMeta::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: TENANT_ROLE.into(),
+        },
+        subjects: Some(vec![subject("Group", "tenant-network-admins", None)]),
+    });
+    // A namespace's admin: everything in namespace red (a wildcard Role), and
+    // every shipped ClusterRole, the tenant role included, bound in red by
+    // RoleBindings (a mistake an operator could make).
+    let all = PolicyRule {
+        api_groups: Some(vec!["*".into()]),
+        resources: Some(vec!["*".into()]),
+        verbs: vec!["*".into()],
+        ..PolicyRule::default()
+    };
+    let in_red =
+        ObjectMeta { namespace: Some("red".into()), name: Some("red-admin".into()), ..ObjectMeta::default() };
+    let red_role = Role { metadata: in_red.clone(), rules: Some(vec![all]) };
+    let binding = |kind: &str, name: &str| RoleBinding {
+        metadata: in_red.clone(),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: kind.into(),
+            name: name.into(),
+        },
+        subjects: Some(vec![subject("User", "alice", None)]),
+    };
+    let mut bindings = vec![(binding("Role", "red-admin"), Some(red_role))];
+    for r in &m.cluster_roles {
+        bindings.push((binding("ClusterRole", r.metadata.name.as_deref().unwrap_or_default()), None));
+    }
+    let authz = Authorizer { cluster_roles: &m.cluster_roles, cluster_bindings, bindings };
+
+    let netns = |verb: &'static str, sub: Option<&'static str>| Attrs {
+        verb,
+        group: "k8s-ovs.io",
+        resource: "netnamespaces",
+        subresource: sub,
+        namespace: scoped_to,
+    };
+    let write_verbs = ["create", "update", "patch", "delete"];
+    let all_verbs = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
+    let admin = User { name: "bob", groups: &["tenant-network-admins"] };
+    for v in ["get", "list", "watch"].iter().chain(&write_verbs) {
+        ensure!(authz.allows(&admin, &netns(v, None)), "a tenant-network admin may {v} NetNamespaces");
+    }
+    for v in ["update", "patch"] {
+        ensure!(
+            !authz.allows(&admin, &netns(v, Some("status"))),
+            "a tenant-network admin must not {v} the status"
+        );
+    }
+    let ns_update =
+        Attrs { verb: "update", group: "", resource: "namespaces", subresource: None, namespace: None };
+    ensure!(!authz.allows(&admin, &ns_update), "the tenant role grants NetNamespaces only");
+
+    let controller = User { name: "system:serviceaccount:kube-system:k8s-ovs-controller", groups: &[] };
+    ensure!(authz.allows(&controller, &netns("update", Some("status"))), "the controller writes the status");
+    for v in ["create", "delete", "list", "watch"] {
+        ensure!(authz.allows(&controller, &netns(v, None)), "the controller may {v} NetNamespaces");
+    }
+    for v in ["update", "patch"] {
+        ensure!(!authz.allows(&controller, &netns(v, None)), "the controller never writes a spec ({v})");
+    }
+    let agent = User { name: "system:serviceaccount:kube-system:k8s-ovs-agent", groups: &[] };
+    let alice = User { name: "alice", groups: &["system:authenticated"] };
+    for (who, u) in [("the agent", &agent), ("a namespace's admin", &alice)] {
+        for v in all_verbs {
+            for sub in [None, Some("status")] {
+                ensure!(
+                    !authz.allows(u, &netns(v, sub)),
+                    "{who} may {v} NetNamespaces{}",
+                    sub.map(|s| format!("/{s}")).unwrap_or_default()
+                );
+            }
+        }
+    }
+    // The evaluator is not one that refuses everything: alice owns red.
+    let pods_in_red =
+        Attrs { verb: "create", group: "", resource: "pods", subresource: None, namespace: Some("red") };
+    ensure!(authz.allows(&alice, &pods_in_red), "alice administers red");
     Ok(())
 }

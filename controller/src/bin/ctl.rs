@@ -1,5 +1,6 @@
 //! `k8s-ovs-ctl`: the operator's commands, as the etcd edits K8S-OVS
-//! operators make by hand.
+//! operators make by hand, or (`--via kube`) as the NetNamespace objects'
+//! specs a tenant-network admin writes with kubectl.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use controller::args::{init_tracing, EtcdArgs};
 use controller::ctl::{self, Outcome};
+use controller::ctl_kube;
 use controller::trace;
 use etcd_schema::Action;
 use ovs_flows::pipeline::gateway_of;
@@ -31,8 +33,24 @@ struct Cli {
     /// sent as a bearer token to /debug/* by trace.
     #[arg(long, global = true, env = "K8S_OVS_DEBUG_TOKEN_FILE")]
     debug_token_file: Option<std::path::PathBuf>,
+    /// Where join, isolate, global and list go: etcd (the records, with etcd
+    /// credentials) or kube (the NetNamespace objects, through the Kubernetes
+    /// API and its RBAC; no etcd credentials needed).
+    #[arg(long, global = true, value_enum, default_value_t = Via::Etcd)]
+    via: Via,
+    /// Kubernetes API URL (without auth), for --via kube and for trace to
+    /// follow a Service to its EndpointSlices; else the kubeconfig or
+    /// in-cluster config, if any.
+    #[arg(long, global = true, env = "K8S_OVS_KUBE_URL")]
+    kube_url: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    Etcd,
+    Kube,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,18 +85,59 @@ enum Command {
         /// Also print each node's full ofproto/trace output.
         #[arg(long)]
         raw: bool,
-        /// Kubernetes API URL (without auth) for a Service's EndpointSlices,
-        /// to follow it to its endpoints; else the kubeconfig or in-cluster
-        /// config, if any.
-        #[arg(long, env = "K8S_OVS_KUBE_URL")]
-        kube_url: Option<String>,
     },
+}
+
+fn print_rows(rows: &[ctl::NamespaceRow]) {
+    println!("{:<32} {:>9}  {:<20} ERROR", "NAMESPACE", "NETID", "PENDING");
+    for r in rows {
+        let id = r.net_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+        println!("{:<32} {:>9}  {:<20} {}", r.namespace, id, r.pending, r.error);
+    }
+}
+
+/// `--via kube`: the actions as NetNamespace objects' specs.
+async fn via_kube(cli: &Cli) -> Result<()> {
+    let api = ctl_kube::api(ctl_kube::client(cli.kube_url.as_deref()).await?);
+    let (namespace, action) = match &cli.command {
+        Command::Join { namespace, to } => (namespace, Action::Join(to.clone())),
+        Command::Isolate { namespace } => (namespace, Action::Isolate),
+        Command::Global { namespace } => (namespace, Action::Global),
+        Command::List => {
+            print_rows(&ctl_kube::list(&api).await?);
+            return Ok(());
+        }
+        Command::Subnets | Command::Trace { .. } => {
+            bail!("--via kube serves join, isolate, global and list; subnets and trace read etcd")
+        }
+    };
+    let (uid, generation) = match ctl_kube::request(&api, namespace, &action).await? {
+        ctl_kube::Asked::Already { net_id } => {
+            let id = net_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+            println!("{namespace}: already so (NetID {id})");
+            return Ok(());
+        }
+        ctl_kube::Asked::Request { uid, generation } => (uid, generation),
+    };
+    if !cli.wait {
+        println!("requested (NetNamespace {namespace} generation {generation})");
+        return Ok(());
+    }
+    let timeout = Duration::from_secs(cli.timeout_secs);
+    match ctl_kube::wait(&api, namespace, (&uid, generation), timeout).await? {
+        Outcome::Applied(id) => println!("{namespace}: NetID {id}"),
+        Outcome::Rejected(e) => bail!("rejected: {e}"),
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
+    if cli.via == Via::Kube {
+        return via_kube(&cli).await;
+    }
     let mut client = cli.etcd.connect().await?;
     let (config, keys) = ctl::network(&mut client, &cli.etcd.prefix).await?;
     let (namespace, action) = match cli.command {
@@ -86,11 +145,7 @@ async fn main() -> Result<()> {
         Command::Isolate { namespace } => (namespace, Action::Isolate),
         Command::Global { namespace } => (namespace, Action::Global),
         Command::List => {
-            println!("{:<32} {:>9}  {:<20} ERROR", "NAMESPACE", "NETID", "PENDING");
-            for r in ctl::list(&mut client, &keys).await? {
-                let id = r.net_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-                println!("{:<32} {:>9}  {:<20} {}", r.namespace, id, r.pending, r.error);
-            }
+            print_rows(&ctl::list(&mut client, &keys).await?);
             return Ok(());
         }
         Command::Subnets => {
@@ -106,7 +161,7 @@ async fn main() -> Result<()> {
             }
             return Ok(());
         }
-        Command::Trace { src, dst, agent_port, raw, kube_url } => {
+        Command::Trace { src, dst, agent_port, raw } => {
             let token = match &cli.debug_token_file {
                 Some(p) => Some(
                     std::fs::read_to_string(p)
@@ -117,8 +172,8 @@ async fn main() -> Result<()> {
                 None => None,
             };
             let agents = (agent_port, token.as_deref());
-            let code =
-                trace(&mut client, &keys, &config, (&src, &dst), agents, kube_url.as_deref(), raw).await?;
+            let kube_url = cli.kube_url.as_deref();
+            let code = trace(&mut client, &keys, &config, (&src, &dst), agents, kube_url, raw).await?;
             std::process::exit(code);
         }
     };
