@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use lab::cluster::{cni, ctl, start_controller, start_kube_api, Agent, CniCall};
+use lab::cluster::{cni, ctl, start_controller, start_kube_api, Agent, CniCall, Daemon};
+use lab::kube_api::KubeApi;
 use lab::tenancy::{matrix_matches_etcd, netns_key, record, vni_of, TestPod};
 use lab::{traffic, Lab};
 
@@ -30,36 +31,42 @@ fn operator_edit_then(
     }
 }
 
+/// The test apiserver with the lab's two nodes and `namespaces`, the
+/// controller, and an agent per node.
+fn cluster(lab: &Lab, namespaces: &[&str]) -> Result<(KubeApi, Daemon, Vec<Agent>)> {
+    let api = start_kube_api(lab)?;
+    for i in 1..=2 {
+        api.create_node(&format!("n{i}"), &lab.node(i).ip)?;
+    }
+    for ns in namespaces {
+        api.create_namespace(ns)?;
+    }
+    let url = api.url();
+    let controller = start_controller(lab, &url, "c1", &[])?;
+    let agents = (1..=2).map(|i| Agent::start(lab, i, &["--kube-url", &url])).collect::<Result<Vec<_>>>()?;
+    Ok((api, controller, agents))
+}
+
+/// ADD of pod `name` in `ns` on `node` through the CNI binary.
+fn add_pod(lab: &mut Lab, agents: &[Agent], node: usize, ns: &str, name: &str) -> Result<TestPod> {
+    let netns = lab.pod_netns(name)?;
+    let out = cni(lab, node, "ADD", &CniCall::pod(&format!("cid-{name}"), &netns, ns, name))?;
+    ensure!(out.code == Some(0), "ADD {name}: {} {}", out.stdout, agents[node - 1].log_tail());
+    let ip =
+        out.stdout["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default();
+    Ok(TestPod { name: name.into(), namespace: ns.into(), netns, ip: ip.into() })
+}
+
 #[test]
 fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     lab::needs_root!();
     let mut lab = Lab::start(2)?;
-    let api = start_kube_api(&lab)?;
-    for i in 1..=2 {
-        api.create_node(&format!("n{i}"), &lab.node(i).ip)?;
-    }
-    for ns in ["red", "blue", "green", "kube-system"] {
-        api.create_namespace(ns)?;
-    }
-    let url = api.url();
-    let _controller = start_controller(&lab, &url, "c1", &[])?;
-    let agents = (1..=2).map(|i| Agent::start(&lab, i, &["--kube-url", &url])).collect::<Result<Vec<_>>>()?;
+    let (_api, _controller, agents) = cluster(&lab, &["red", "blue", "green", "kube-system"])?;
     let mut pods = Vec::new();
     // 3 namespaces x 2 pods on each node.
     for node in 1..=2 {
         for (ns, k) in ["red", "blue", "green"].into_iter().flat_map(|ns| [(ns, 1), (ns, 2)]) {
-            let name = format!("{ns}-n{node}-{k}");
-            let netns = lab.pod_netns(&name)?;
-            let out = cni(&lab, node, "ADD", &CniCall::pod(&format!("cid-{name}"), &netns, ns, &name))?;
-            ensure!(out.code == Some(0), "ADD {name}: {} {}", out.stdout, agents[node - 1].log_tail());
-            let ip = out.stdout["ips"][0]["address"]
-                .as_str()
-                .unwrap_or_default()
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            pods.push(TestPod { name, namespace: ns.into(), netns, ip });
+            pods.push(add_pod(&mut lab, &agents, node, ns, &format!("{ns}-n{node}-{k}"))?);
         }
     }
     // Every namespace has its own VNI from the controller; kube-system is global.
@@ -118,5 +125,97 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     matrix_matches_etcd(&lab, &pods)?;
     let (code, out, _) = ctl(&lab, &["list"])?;
     ensure!(code == Some(0) && out.contains("blue") && out.contains("green"), "ctl list: {out}");
+    Ok(())
+}
+
+/// The flow operations that take `before` to `after` (flows as
+/// `flows_without_cookies` gives them): identities added or removed, and
+/// identities whose actions changed (one modify each).
+fn flow_ops(before: &[String], after: &[String]) -> usize {
+    use std::collections::BTreeMap;
+    let by_key = |v: &[String]| -> BTreeMap<String, String> {
+        v.iter()
+            .map(|f| {
+                f.split_once(" actions=").map_or((f.clone(), String::new()), |(k, a)| (k.into(), a.into()))
+            })
+            .collect()
+    };
+    let (b, a) = (by_key(before), by_key(after));
+    let changed = a.iter().filter(|(k, v)| b.get(*k) != Some(v)).count();
+    changed + b.keys().filter(|k| !a.contains_key(*k)).count()
+}
+
+/// `k8s-ovs-ctl join --dry-run` writes nothing, and what it predicts is
+/// what the join then does: the namespaces red newly reaches (and no
+/// other reach changes, measured by ping before and after), and the flow
+/// operations each node's switch gets (its flows read back before and
+/// after).
+#[test]
+fn lab_cluster_a_dry_run_predicts_what_the_action_does() -> Result<()> {
+    lab::needs_root!();
+    let mut lab = Lab::start(2)?;
+    let (_api, _controller, agents) = cluster(&lab, &["red", "blue", "green"])?;
+    // red on both nodes, blue only on node 2, green only on node 1.
+    let mut pods = Vec::new();
+    for (node, ns, name) in
+        [(1, "red", "red-1"), (2, "red", "red-2"), (2, "blue", "blue-2"), (1, "green", "green-1")]
+    {
+        pods.push(add_pod(&mut lab, &agents, node, ns, name)?);
+    }
+    let red_before = vni_of(&lab, "red")?;
+    matrix_matches_etcd(&lab, &pods)?;
+    // Whom red's first pod reaches, by namespace (ping).
+    let reached = || -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for p in pods.iter().filter(|p| p.namespace != "red") {
+            if traffic::ping_count(&pods[0].netns, &p.ip, 2, 1)? > 0 {
+                out.push(p.namespace.clone());
+            }
+        }
+        Ok(out)
+    };
+    let reach_before = reached()?;
+
+    let (code, out, err) = ctl(&lab, &["join", "red", "--to", "blue", "--dry-run"])?;
+    ensure!(code == Some(0), "dry run: {out} {err}");
+    eprintln!("{out}");
+    ensure!(
+        vni_of(&lab, "red")? == red_before && record(&lab, "red")?["Action"] == "",
+        "the dry run wrote etcd"
+    );
+    let line =
+        |prefix: &str| out.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_default().to_string();
+    ensure!(line("newly reaches: ") == "blue", "{out}");
+    ensure!(line("stops reaching: ") == "(none)", "{out}");
+    let predicted: Vec<(String, usize)> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("NODE"))
+        .skip(1)
+        .filter_map(|l| {
+            let (ip, n) = l.split_once(' ')?;
+            Some((ip.to_string(), n.trim().parse().ok()?))
+        })
+        .collect();
+    ensure!(predicted.len() == 2, "a figure for each node: {out}");
+
+    let flows_before =
+        [lab::cluster::flows_without_cookies(&lab, 1)?, lab::cluster::flows_without_cookies(&lab, 2)?];
+    let (code, o, e) = ctl(&lab, &["join", "red", "--to", "blue", "--wait"])?;
+    ensure!(code == Some(0), "join: {o} {e}");
+    lab::tenancy::wait_reach(&pods[0], &pods[2], true)?;
+    matrix_matches_etcd(&lab, &pods)?;
+    let reach_after = reached()?;
+    let newly: Vec<&String> = reach_after.iter().filter(|n| !reach_before.contains(n)).collect();
+    let lost: Vec<&String> = reach_before.iter().filter(|n| !reach_after.contains(n)).collect();
+    ensure!(newly == ["blue"] && lost.is_empty(), "measured: newly {newly:?}, lost {lost:?}");
+    for (i, before) in flows_before.iter().enumerate() {
+        let node = i + 1;
+        let after = lab::cluster::flows_without_cookies(&lab, node)?;
+        let ip = lab.node(node).ip.clone();
+        let want = predicted.iter().find(|(p, _)| *p == ip).map(|(_, n)| *n);
+        let got = flow_ops(before, &after);
+        eprintln!("node {node} ({ip}): predicted {want:?} flow operations, the join made {got}");
+        ensure!(want == Some(got), "node {node}: predicted {want:?}, the switch changed {got}");
+    }
     Ok(())
 }

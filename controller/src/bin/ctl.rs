@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use controller::args::{init_tracing, EtcdArgs};
 use controller::ctl::{self, Outcome};
 use controller::ctl_kube;
+use controller::dry_run;
 use controller::trace;
 use etcd_schema::Action;
 use ovs_flows::pipeline::gateway_of;
@@ -26,6 +27,15 @@ struct Cli {
     /// Return once the controller applied the edit (or report its error).
     #[arg(long, global = true)]
     wait: bool,
+    /// join, isolate, global: print what the action would change (who
+    /// newly reaches whom, who no longer, how many flows each node's switch
+    /// would change) and write nothing. Reads etcd and the agents.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    /// The agents' HTTP port (their --metrics-addr) on the node IPs, for
+    /// trace and --dry-run.
+    #[arg(long, global = true, default_value_t = 9190)]
+    agent_port: u16,
     /// How long --wait waits.
     #[arg(long, global = true, default_value_t = 30)]
     timeout_secs: u64,
@@ -79,9 +89,6 @@ enum Command {
         /// The receiving pod (namespace/name, or its IP), or a service's
         /// CLUSTER_IP:PORT (TCP; add /udp for UDP).
         dst: String,
-        /// The agents' HTTP port (their --metrics-addr) on the node IPs.
-        #[arg(long, default_value_t = 9190)]
-        agent_port: u16,
         /// Also print each node's full ofproto/trace output.
         #[arg(long)]
         raw: bool,
@@ -136,8 +143,21 @@ async fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
     if cli.via == Via::Kube {
+        if cli.dry_run {
+            bail!("--dry-run reads etcd's records and the agents: leave out --via kube");
+        }
         return via_kube(&cli).await;
     }
+    let token = match &cli.debug_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("read the debug token file {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let agents = (cli.agent_port, token.as_deref());
     let mut client = cli.etcd.connect().await?;
     let (config, keys) = ctl::network(&mut client, &cli.etcd.prefix).await?;
     let (namespace, action) = match cli.command {
@@ -161,22 +181,15 @@ async fn main() -> Result<()> {
             }
             return Ok(());
         }
-        Command::Trace { src, dst, agent_port, raw } => {
-            let token = match &cli.debug_token_file {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("read the debug token file {}", p.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            let agents = (agent_port, token.as_deref());
+        Command::Trace { src, dst, raw } => {
             let kube_url = cli.kube_url.as_deref();
             let code = trace(&mut client, &keys, &config, (&src, &dst), agents, kube_url, raw).await?;
             std::process::exit(code);
         }
     };
+    if cli.dry_run {
+        return dry_run(&mut client, &keys, &config, &namespace, &action, agents).await;
+    }
     let rev = ctl::request(&mut client, &keys, &namespace, action).await?;
     if !cli.wait {
         println!("requested (revision {rev})");
@@ -186,6 +199,48 @@ async fn main() -> Result<()> {
         Outcome::Applied(id) => println!("{namespace}: NetID {id}"),
         Outcome::Rejected(e) => bail!("rejected: {e}"),
     }
+    Ok(())
+}
+
+/// `--dry-run`: the prediction from etcd's records and the agents' pods.
+async fn dry_run(
+    client: &mut etcd_client::Client,
+    keys: &etcd_schema::Keys,
+    config: &etcd_schema::NetworkConfig,
+    namespace: &str,
+    action: &Action,
+    (agent_port, token): (u16, Option<&str>),
+) -> Result<()> {
+    let ids =
+        ctl::list(client, keys).await?.into_iter().filter_map(|r| Some((r.namespace, r.net_id?))).collect();
+    let (p, _) = dry_run::predict(&config.plugin, namespace, action, &ids)?;
+    let after = match p.new_net_id {
+        true => format!("a new NetID (the controller picks it; {} or another unused)", p.net_id_after),
+        false => p.net_id_after.to_string(),
+    };
+    println!("{namespace}: NetID {} -> {after}", p.net_id_before);
+    let list = |v: &[String]| if v.is_empty() { "(none)".to_string() } else { v.join(" ") };
+    println!("newly reaches: {}", list(&p.newly_reaches));
+    println!("stops reaching: {}", list(&p.stops_reaching));
+    let node_ips: Vec<_> = ctl::subnets(client, keys, config)
+        .await?
+        .into_iter()
+        .filter_map(|s| s.ok())
+        .map(|s| s.host_ip)
+        .collect();
+    let (nodes, failed) = trace::node_pods(&node_ips, agent_port, token).await;
+    println!("{:<16} FLOWS", "NODE");
+    for n in &nodes {
+        println!(
+            "{:<16} {}",
+            n.node_ip,
+            dry_run::flow_changes(&config.plugin, n, &ids, namespace, p.net_id_after)
+        );
+    }
+    for f in &failed {
+        println!("{f}: not asked");
+    }
+    println!("dry run: nothing was written");
     Ok(())
 }
 
