@@ -16,7 +16,9 @@ use std::net::Ipv4Addr;
 
 use super::ids::FreeIds;
 use super::incremental::{namespace_id_flows, owner_flows, owners, Incremental, Owner};
-use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service};
+use super::{
+    isolation_flow, Builder, LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service, GLOBAL_VNI,
+};
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
 use crate::ofp::FlowOp;
@@ -48,6 +50,9 @@ pub struct NodePipeline {
     by_id: BTreeMap<u32, String>,
     /// Ids neither assigned nor reserved.
     free_ids: FreeIds,
+    /// How many local pods carry each VNI (a VNI with any has its
+    /// ISOLATION flow), so that flow is known without walking the pods.
+    pods_per_vni: BTreeMap<u32, usize>,
 }
 
 /// What the index knows of the namespaces, for computing an owner's flows.
@@ -56,6 +61,7 @@ struct Index<'a> {
     round: u16,
     uses: &'a BTreeMap<String, Uses>,
     by_id: &'a BTreeMap<u32, String>,
+    pods_per_vni: &'a BTreeMap<u32, usize>,
 }
 
 impl Index<'_> {
@@ -69,6 +75,13 @@ impl Index<'_> {
                 }
                 None => FlowSet::new(),
             },
+            (Category::Namespace, vni) => {
+                let mut b = Builder { round: self.round, flows: FlowSet::new() };
+                if vni != GLOBAL_VNI && self.pods_per_vni.get(&vni).is_some_and(|n| *n > 0) {
+                    isolation_flow(&mut b, vni);
+                }
+                b.flows
+            }
             _ => owner_flows(self.state, self.round, owner),
         }
     }
@@ -141,9 +154,13 @@ impl NodePipeline {
             state.namespace_ids.iter().map(|(ns, id)| (*id, ns.clone())).collect();
         let free_ids =
             FreeIds::without(state.namespace_ids.values().chain(&state.reserved_namespace_ids).copied());
-        let index = Index { state: &state, round, uses: &uses, by_id: &by_id };
+        let mut pods_per_vni: BTreeMap<u32, usize> = BTreeMap::new();
+        for v in state.pods.values().filter_map(|p| state.vni_of(&p.namespace)) {
+            *pods_per_vni.entry(v).or_default() += 1;
+        }
+        let index = Index { state: &state, round, uses: &uses, by_id: &by_id, pods_per_vni: &pods_per_vni };
         let flows = Incremental::of(round, owners(&state), |o| index.flows_of(o));
-        NodePipeline { state, round, flows, uses, by_id, free_ids }
+        NodePipeline { state, round, flows, uses, by_id, free_ids, pods_per_vni }
     }
 
     pub fn state(&self) -> &NodeState {
@@ -182,9 +199,9 @@ impl NodePipeline {
         let mut change = Change::default();
         change.owners.insert((Category::Pod, pod.ofport));
         change.pod_namespaces.insert(pod.namespace.clone());
-        self.uses.entry(pod.namespace.clone()).or_default().pods += 1;
+        self.count_pod(&pod.namespace, true);
         if let Some(old) = self.state.pods.insert(pod.ofport, pod) {
-            self.uses.entry(old.namespace.clone()).or_default().pods -= 1;
+            self.count_pod(&old.namespace, false);
             change.pod_namespaces.insert(old.namespace);
         }
         self.settle(change)
@@ -195,9 +212,26 @@ impl NodePipeline {
         let Some(old) = self.state.pods.remove(&ofport) else { return Vec::new() };
         let mut change = Change::default();
         change.owners.insert((Category::Pod, ofport));
-        self.uses.entry(old.namespace.clone()).or_default().pods -= 1;
+        self.count_pod(&old.namespace, false);
         change.pod_namespaces.insert(old.namespace);
         self.settle(change)
+    }
+
+    /// A pod of `ns` comes (`true`) or goes: its namespace's and its VNI's counts.
+    fn count_pod(&mut self, ns: &str, comes: bool) {
+        let u = &mut self.uses.entry(ns.to_string()).or_default().pods;
+        *u = if comes { *u + 1 } else { u.saturating_sub(1) };
+        if let Some(v) = self.state.vni_of(ns) {
+            self.count_vni(v, usize::from(comes), usize::from(!comes));
+        }
+    }
+
+    fn count_vni(&mut self, vni: u32, add: usize, remove: usize) {
+        let n = self.pods_per_vni.entry(vni).or_default();
+        *n = (*n + add).saturating_sub(remove);
+        if *n == 0 {
+            self.pods_per_vni.remove(&vni);
+        }
     }
 
     /// The namespaces' VNIs as they are now (the whole map: etcd's view).
@@ -229,10 +263,16 @@ impl NodePipeline {
             }
         };
         isolation(&self.state, owners);
+        if let Some(v) = self.state.vni_of(ns) {
+            self.count_vni(v, 0, uses.pods);
+        }
         match vni {
             Some(v) => self.state.vnis.insert(ns.to_string(), v),
             None => self.state.vnis.remove(ns),
         };
+        if let Some(v) = self.state.vni_of(ns) {
+            self.count_vni(v, uses.pods, 0);
+        }
         isolation(&self.state, owners);
         if let Some(id) = self.state.namespace_ids.get(ns) {
             owners.insert((Category::NamespaceId, *id));
@@ -366,7 +406,13 @@ impl NodePipeline {
     }
 
     fn recompute(&mut self, owners: &BTreeSet<Owner>) -> Vec<FlowOp> {
-        let index = Index { state: &self.state, round: self.round, uses: &self.uses, by_id: &self.by_id };
+        let index = Index {
+            state: &self.state,
+            round: self.round,
+            uses: &self.uses,
+            by_id: &self.by_id,
+            pods_per_vni: &self.pods_per_vni,
+        };
         self.flows.update_with(owners, |o| index.flows_of(o))
     }
 }
