@@ -27,4 +27,5 @@ pub mod netlink;
 pub mod ovsdb;
 pub mod pods;
 pub mod run;
+pub mod timing;
 pub mod unixctl;

@@ -51,6 +51,7 @@ use crate::metrics::Metrics;
 use crate::netlink::{MacAddr, PodInterface};
 use crate::ovsdb::{PortKind, PortSpec};
 use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
+use crate::timing::{timed, Stages};
 
 /// How long an ADD waits for ovs-vswitchd to give the new port an ofport.
 const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +103,8 @@ pub struct Dataplane<S, V, H> {
     /// (kube-dns's too) while the apiserver is slow or down. `None` once the
     /// services are known.
     kept_service_flows: Option<FlowSet>,
+    /// Where the current CNI request's time goes (logged at its end).
+    stages: Stages,
 }
 
 fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
@@ -143,6 +146,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             round,
             metrics,
             kept_service_flows: None,
+            stages: Stages::new(),
         }
     }
 
@@ -428,6 +432,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// Answers one CNI request.
     pub async fn handle(&mut self, req: Request) -> Response {
         let t = Instant::now();
+        self.stages = Stages::new();
         let outcome = match req.command {
             Command::Add => self.add(&req).await.map(Some),
             Command::Del => self.del(&req).await.map(|()| None),
@@ -439,6 +444,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             Command::Add => self.metrics.cni_add_seconds.observe_duration(t.elapsed()),
             Command::Del => self.metrics.cni_del_seconds.observe_duration(t.elapsed()),
             _ => {}
+        }
+        if matches!(req.command, Command::Add | Command::Del) {
+            self.stages.log(if req.command == Command::Add { "ADD" } else { "DEL" });
         }
         self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
         match outcome {
@@ -478,7 +486,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         let limits = Limits::resolve(&pod, &annotations, runtime.as_ref(), self.settings.pod_mtu)
             .map_err(bandwidth_error)?;
         let owner = Owner::new(key.container_id.clone(), key.ifname.clone());
+        self.stages.lap("prepare");
         let ip = self.ipam.allocate(&owner).map_err(|e| agent_error("IP allocation failed", e))?;
+        self.stages.lap("ipam");
         match self.wire(req, &key, ip, runtime, limits).await {
             Ok(rec) => {
                 let result = self.result_of(&rec);
@@ -504,7 +514,6 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         runtime_bandwidth: Option<RuntimeBandwidth>,
         limits: Limits,
     ) -> Result<PodRecord, CniError> {
-        let t0 = Instant::now();
         let host_veth = host_veth_name(key);
         let mac = mac_for_ip(ip);
         let address = Ipv4Network::new(ip, self.state.cluster_cidr.prefix_len())
@@ -540,7 +549,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             runtime_bandwidth,
             limits,
         };
-        let t_link = t0.elapsed();
+        self.stages.lap("link");
         // The agent picks the ofport (ofport_request), so the pod's flows can
         // go to the switch while ovs-vswitchd is still adding the port: the
         // two round trips overlap instead of adding up. Flows for a port that
@@ -555,13 +564,18 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 return Err(agent_error("adding the pod's egress meter failed", e));
             }
         }
+        self.stages.lap("meter");
         self.pods.insert(key.clone(), rec.clone());
         let desired = self.desired();
         let ops = reconcile::delta(&self.installed, &desired);
-        let (port, flows) = tokio::join!(
-            self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT),
-            self.flows.bundle(&ops)
+        self.stages.lap("compute");
+        let ((port, port_took), (flows, bundle_took)) = tokio::join!(
+            timed(self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT)),
+            timed(self.flows.bundle(&ops))
         );
+        self.stages.record("port", port_took);
+        self.stages.record("bundle", bundle_took);
+        self.stages.skip();
         if flows.is_ok() {
             self.installed = desired;
         }
@@ -581,7 +595,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                     self.sync_flows().await?;
                     self.drop_meter(requested).await
                 };
-                moved.await.err().map(|e| agent_error("installing the pod's flows failed", e))
+                let moved = moved.await.err().map(|e| agent_error("installing the pod's flows failed", e));
+                self.stages.lap("moved");
+                moved
             }
             (Err(e), _) => Some(agent_error("adding the OVS port failed", e)),
             (_, Err(e)) => Some(agent_error("installing the pod's flows failed", e)),
@@ -599,6 +615,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             }
             other => other,
         };
+        self.stages.lap("tc");
         if let Some(err) = failure {
             self.pods.remove(key);
             if let Err(e) = self.sync_flows().await {
@@ -611,7 +628,6 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             let _ = self.host.del_link(&host_veth).await;
             return Err(err);
         }
-        debug!(link = ?t_link, port_and_flows = ?(t0.elapsed() - t_link), "pod wired");
         Ok(rec)
     }
 
@@ -816,29 +832,37 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                     self.pods.insert(key.clone(), rec);
                     return Err(agent_error("removing the pod's flows failed", e));
                 }
+                self.stages.lap("flows");
                 let (ofport, name) = (rec.ofport, rec.host_veth);
                 // No flow names the meter any more; a failure leaves a
                 // leftover the next resync deletes.
                 if let Err(e) = self.drop_meter(ofport).await {
                     warn!(error = %e, "removing the pod's egress meter failed");
                 }
+                self.stages.lap("meter");
                 name
             }
             None => host_veth_name(key),
         };
         // The port and the veth go at once (the kernel's veth teardown is the
         // slow part); deleting the host end takes the pod end with it.
-        let (port, link) = tokio::join!(
-            self.ovsdb.del_port(&self.settings.bridge, &host_veth),
-            self.host.del_link(&host_veth)
+        self.stages.skip();
+        let ((port, port_took), (link, link_took)) = tokio::join!(
+            timed(self.ovsdb.del_port(&self.settings.bridge, &host_veth)),
+            timed(self.host.del_link(&host_veth))
         );
+        self.stages.record("port", port_took);
+        self.stages.record("link", link_took);
+        self.stages.skip();
         port.map_err(|e| agent_error("removing the OVS port failed", e))?;
         link.map_err(|e| agent_error("removing the veth failed", e))?;
         // The qdiscs went with the veth; an egress ifb is a device of its own.
         self.drop_shaping(&host_veth).await;
+        self.stages.lap("ifb");
         self.ipam
             .release(&Owner::new(key.container_id.clone(), key.ifname.clone()))
             .map_err(|e| agent_error("releasing the IP failed", e))?;
+        self.stages.lap("ipam");
         Ok(())
     }
 
