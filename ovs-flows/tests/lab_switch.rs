@@ -335,3 +335,60 @@ async fn lab_meters_install_read_back_and_police_flows() -> Result<()> {
     assert!(client.meters().await?.is_empty());
     Ok(())
 }
+
+/// `ovs-vsctl add-port` of an internal port asking for `ofport`.
+fn add_internal(sw: &PrivateSwitch, name: &str, ofport: u32) -> Result<String> {
+    let request = format!("ofport_request={ofport}");
+    sw.ovs.vsctl(&["add-port", "br0", name, "--", "set", "interface", name, "type=internal", &request])
+}
+
+/// With port status on, the switch reports a port as it installs it, with
+/// its ofport; the bridge's fragment handling is left as it was (the
+/// client sends back what it read), also across a reconnect. Without it,
+/// `port_added` does not wait for what will never come.
+#[tokio::test]
+async fn lab_port_status_reports_a_new_port_and_changes_no_setting() -> Result<()> {
+    lab::needs_root!();
+    let sw = start()?;
+    sw.ofctl("set-frags", &["nx-match"])?;
+    let ep: ovs_flows::client::Endpoint = sw.endpoint().parse().map_err(anyhow::Error::msg)?;
+    let opts = ClientOptions { port_status: true, ..ClientOptions::default() };
+    let client = Client::connect(ep.clone(), opts).await?;
+    assert_eq!(sw.ofctl("get-frags", &[])?.trim(), "nx-match", "fragment handling kept");
+
+    let added = client.port_added("p7");
+    let other = client.port_added("p8");
+    add_internal(&sw, "p7", 7)?;
+    let got = tokio::time::timeout(Duration::from_secs(10), added).await.context("no PORT_STATUS for p7")?;
+    assert_eq!(got, Some(7));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other).await.is_err(),
+        "p8 was never added: no report"
+    );
+    // A port deleted and added again is reported again.
+    sw.ovs.vsctl(&["del-port", "br0", "p7"])?;
+    let again = client.port_added("p7");
+    add_internal(&sw, "p7", 9)?;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), again).await?, Some(9));
+
+    // After a reconnect the switch still reports ports, settings still kept.
+    let mut events = client.events();
+    sw.ovs.vsctl(&["del-br", "br0"])?;
+    sw.ovs.add_bridge("br0", &["protocols=OpenFlow13,OpenFlow15", "fail_mode=secure"])?;
+    sw.ofctl("set-frags", &["drop"])?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.recv()).await? {
+            Ok(ConnEvent::Connected { generation: 2 }) => break,
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("events: {e}"),
+        }
+    }
+    let after = client.port_added("p3");
+    add_internal(&sw, "p3", 3)?;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), after).await?, Some(3));
+    assert_eq!(sw.ofctl("get-frags", &[])?.trim(), "drop");
+
+    let plain = Client::connect(ep, ClientOptions::default()).await?;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(1), plain.port_added("p4")).await?, None);
+    Ok(())
+}

@@ -17,7 +17,7 @@ use ovs_flows::{CookieFilter, Flow};
 
 use crate::bandwidth::tc::{self, PodDevices, ShapingError};
 use crate::bandwidth::{Limits, Rate};
-use crate::netlink::{setup_pod_interface, MacAddr, Netlink, NetlinkError, PodInterface};
+use crate::netlink::{configure_pod_end, create_pod_veth, MacAddr, Netlink, NetlinkError, PodInterface};
 use crate::ovsdb::{Client as OvsdbClient, OvsdbError, PortInfo, PortSpec};
 
 /// The bridge's OpenFlow side: flows and meters.
@@ -36,6 +36,9 @@ pub trait Switch: Send + Sync {
         meter: &Meter,
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
     fn meters(&self) -> impl Future<Output = Result<Vec<Meter>, ClientError>> + Send;
+    /// Resolves with the ofport once the switch reports the port `name`
+    /// added; `None` when it will not tell. Listens from the call on.
+    fn port_added(&self, name: &str) -> impl Future<Output = Option<u32>> + Send + 'static;
 }
 
 /// The bridge's ports, in OVSDB.
@@ -48,6 +51,13 @@ pub trait Vswitch: Send + Sync {
         spec: &PortSpec,
         timeout: Duration,
     ) -> impl Future<Output = Result<u32, OvsdbError>> + Send;
+    /// Waits until the interface has an ofport in OVSDB (see
+    /// `Client::wait_ofport`).
+    fn wait_ofport(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<u32, OvsdbError>> + Send;
     /// Removes a port; absent is success (`false`).
     fn del_port(&self, bridge: &str, name: &str) -> impl Future<Output = Result<bool, OvsdbError>> + Send;
     fn list_ports(&self, bridge: &str) -> impl Future<Output = Result<Vec<PortInfo>, OvsdbError>> + Send;
@@ -56,9 +66,16 @@ pub trait Vswitch: Send + Sync {
 /// The node's networking around a pod: its veth, the pod side of it, and
 /// the tc shaping on the node's side.
 pub trait Host: Send + Sync {
-    /// The veth pair with the pod end addressed and routed inside the pod's
-    /// namespace; a failure leaves no veth behind.
-    fn wire_pod(&self, iface: &PodInterface) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// The veth pair, its pod end inside the pod's namespace (down), its
+    /// host end up and ready for OVS; a failure leaves no veth behind.
+    fn create_pod_veth(&self, iface: &PodInterface) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// The pod end up, addressed and routed inside the pod's namespace
+    /// (after [`Host::create_pod_veth`]; the caller removes the veth if
+    /// this fails).
+    fn configure_pod_end(
+        &self,
+        iface: &PodInterface,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Deletes a link of the node (an ifb too); absent is success (`false`).
     fn del_link(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
     fn link_exists(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
@@ -108,11 +125,17 @@ impl Switch for FlowClient {
     async fn meters(&self) -> Result<Vec<Meter>, ClientError> {
         FlowClient::meters(self).await
     }
+    fn port_added(&self, name: &str) -> impl Future<Output = Option<u32>> + Send + 'static {
+        FlowClient::port_added(self, name)
+    }
 }
 
 impl Vswitch for OvsdbClient {
     async fn add_port(&self, bridge: &str, spec: &PortSpec, timeout: Duration) -> Result<u32, OvsdbError> {
         OvsdbClient::add_port(self, bridge, spec, timeout).await
+    }
+    async fn wait_ofport(&self, name: &str, timeout: Duration) -> Result<u32, OvsdbError> {
+        OvsdbClient::wait_ofport(self, name, timeout).await
     }
     async fn del_port(&self, bridge: &str, name: &str) -> Result<bool, OvsdbError> {
         OvsdbClient::del_port(self, bridge, name).await
@@ -127,8 +150,11 @@ impl Vswitch for OvsdbClient {
 pub struct NetlinkHost(pub Netlink);
 
 impl Host for NetlinkHost {
-    async fn wire_pod(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
-        setup_pod_interface(&self.0, iface).await.map(|_| ())
+    async fn create_pod_veth(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
+        create_pod_veth(&self.0, iface).await
+    }
+    async fn configure_pod_end(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
+        configure_pod_end(iface).await
     }
     async fn del_link(&self, name: &str) -> Result<bool, NetlinkError> {
         self.0.del_link(name).await

@@ -48,8 +48,8 @@ use crate::ipam::{IpamStore, Owner};
 use crate::kube_events;
 use crate::kube_source::{PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
-use crate::netlink::{MacAddr, PodInterface};
-use crate::ovsdb::{PortKind, PortSpec};
+use crate::netlink::{MacAddr, NetlinkError, PodInterface};
+use crate::ovsdb::{OvsdbError, PortKind, PortSpec};
 use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
 use crate::timing::{timed, Stages};
 
@@ -504,8 +504,10 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         }
     }
 
-    /// veth + address + routes, OVS port, then flows; each step undone if a
-    /// later one fails, so a failed ADD leaves nothing behind.
+    /// The veth first; then at once the pod end's configuration (up,
+    /// address, route), the OVS port (whose wait for ovs-vswitchd is the
+    /// longest step on a busy bridge) and the flows; then shaping. Each step
+    /// is undone if a later one fails, so a failed ADD leaves nothing behind.
     async fn wire(
         &mut self,
         req: &Request,
@@ -528,15 +530,6 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             gateway: self.state.gateway_ip,
             offloads_off: self.settings.datapath == DatapathType::Netdev,
         };
-        // A leftover host veth of an earlier, half-finished ADD is replaced.
-        let _ = self.host.del_link(&host_veth).await;
-        self.host.wire_pod(&iface).await.map_err(|e| agent_error("wiring the pod interface failed", e))?;
-        if self.settings.datapath == DatapathType::Netdev {
-            if let Err(e) = self.host.guard_veth(&host_veth) {
-                let _ = self.host.del_link(&host_veth).await;
-                return Err(agent_error("guarding the pod veth failed", e));
-            }
-        }
         let mut rec = PodRecord {
             key: key.clone(),
             namespace: req.pod_namespace.clone().unwrap_or_else(|| "default".into()),
@@ -549,37 +542,35 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             runtime_bandwidth,
             limits,
         };
-        self.stages.lap("link");
         // The agent picks the ofport (ofport_request), so the pod's flows can
-        // go to the switch while ovs-vswitchd is still adding the port: the
-        // two round trips overlap instead of adding up. Flows for a port that
-        // does not exist yet are valid and simply match nothing.
+        // go to the switch while the veth is made and ovs-vswitchd adds the
+        // port: the round trips overlap instead of adding up. Flows for a
+        // port that does not exist yet are valid and simply match nothing;
+        // nothing passes the veth before its pod end is up.
         rec.ofport = self.free_ofport();
         let mut spec = PortSpec::new(&host_veth, PortKind::System).ofport_request(rec.ofport as u16);
         spec.external_ids = rec.external_ids();
         // The egress meter before the flows that name it.
         if let Some(m) = self.egress_meter(rec.ofport, &limits) {
-            if let Err(e) = self.put_meter(m).await {
-                let _ = self.host.del_link(&host_veth).await;
-                return Err(agent_error("adding the pod's egress meter failed", e));
-            }
+            self.put_meter(m).await.map_err(|e| agent_error("adding the pod's egress meter failed", e))?;
         }
         self.stages.lap("meter");
         self.pods.insert(key.clone(), rec.clone());
         let desired = self.desired();
         let ops = reconcile::delta(&self.installed, &desired);
         self.stages.lap("compute");
-        let ((port, port_took), (flows, bundle_took)) = tokio::join!(
-            timed(self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT)),
-            timed(self.flows.bundle(&ops))
-        );
-        self.stages.record("port", port_took);
+        let ((wired, took), (flows, bundle_took)) =
+            tokio::join!(self.wire_veth_and_port(&iface, &spec), timed(self.flows.bundle(&ops)));
+        for (stage, d) in took {
+            self.stages.record(stage, d);
+        }
         self.stages.record("bundle", bundle_took);
         self.stages.skip();
         if flows.is_ok() {
             self.installed = desired;
         }
-        let failure = match (port, flows) {
+        let failure = match (wired, flows) {
+            (Err(e), _) => Some(e),
             (Ok(got), Ok(())) if got == rec.ofport => None,
             (Ok(got), Ok(())) => {
                 // ovs-vswitchd could not honour the request (the number was
@@ -599,7 +590,6 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 self.stages.lap("moved");
                 moved
             }
-            (Err(e), _) => Some(agent_error("adding the OVS port failed", e)),
             (_, Err(e)) => Some(agent_error("installing the pod's flows failed", e)),
         };
         // Shaping last: ovs-vswitchd resets a port's qdiscs when it takes the
@@ -629,6 +619,65 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             return Err(err);
         }
         Ok(rec)
+    }
+
+    /// The pod's veth (a leftover of an earlier, half-finished ADD is
+    /// replaced), guarded on the netdev datapath; then at once its pod end's
+    /// configuration and the OVS port. Returns the ofport the switch gave,
+    /// or the first failure as the ADD reports it (the caller undoes it
+    /// all), with the time of each step.
+    async fn wire_veth_and_port(
+        &self,
+        iface: &PodInterface,
+        spec: &PortSpec,
+    ) -> (Result<u32, CniError>, [(&'static str, Duration); 3]) {
+        let t = Instant::now();
+        let wiring = |e| agent_error("wiring the pod interface failed", e);
+        // Looked for only when the name is taken: no request otherwise.
+        let created = match self.host.create_pod_veth(iface).await {
+            Err(NetlinkError::LinkExists(_))
+                if self.host.del_link(&iface.host_name).await.unwrap_or(false) =>
+            {
+                self.host.create_pod_veth(iface).await
+            }
+            created => created,
+        };
+        let veth = created.map_err(wiring).and_then(|()| match self.settings.datapath {
+            DatapathType::Netdev => self
+                .host
+                .guard_veth(&iface.host_name)
+                .map_err(|e| agent_error("guarding the pod veth failed", e)),
+            DatapathType::System => Ok(()),
+        });
+        let link = t.elapsed();
+        if let Err(e) = veth {
+            return (Err(e), [("link", link), ("pod_end", Duration::ZERO), ("port", Duration::ZERO)]);
+        }
+        let ((pod_end, pod_end_took), (port, port_took)) =
+            tokio::join!(timed(self.host.configure_pod_end(iface)), timed(self.add_port(spec)));
+        let result = match (pod_end, port) {
+            (Err(e), _) => Err(wiring(e)),
+            (_, Err(e)) => Err(agent_error("adding the OVS port failed", e)),
+            (Ok(()), Ok(ofport)) => Ok(ofport),
+        };
+        (result, [("link", link), ("pod_end", pod_end_took), ("port", port_took)])
+    }
+
+    /// Adds the pod's port and returns its ofport once the switch has it:
+    /// when the switch reports the port added (OpenFlow PORT_STATUS, as
+    /// ovs-vswitchd installs it) or OVSDB shows its ofport, whichever comes
+    /// first (the first comes milliseconds earlier on a busy bridge: it
+    /// precedes the rest of ovs-vswitchd's reconfiguration and its OVSDB
+    /// write). A failure only OVSDB reports (the interface's error).
+    async fn add_port(&self, spec: &PortSpec) -> Result<u32, OvsdbError> {
+        // Listening before the port exists, so its report cannot be missed.
+        let reported = self.flows.port_added(&spec.name);
+        let added = self.ovsdb.add_port(&self.settings.bridge, spec, OFPORT_TIMEOUT);
+        tokio::pin!(added);
+        tokio::select! {
+            result = &mut added => result,
+            Some(ofport) = reported => Ok(ofport),
+        }
     }
 
     /// The part of a pod's limits tc enforces (on the netdev datapath,
@@ -901,7 +950,15 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             .list_ports(&self.settings.bridge)
             .await
             .map_err(|e| agent_error("reading the bridge failed", e))?;
-        if !ports.iter().any(|p| p.name == rec.host_veth && p.ofport == Some(rec.ofport)) {
+        let ofport = match ports.iter().find(|p| p.name == rec.host_veth) {
+            // Right after an ADD, which went on as soon as the switch had the
+            // port, ovs-vswitchd may not have written its ofport to OVSDB yet.
+            Some(p) if p.ofport.is_none() => {
+                self.ovsdb.wait_ofport(&rec.host_veth, OFPORT_TIMEOUT).await.ok()
+            }
+            p => p.and_then(|p| p.ofport),
+        };
+        if ofport != Some(rec.ofport) {
             return Err(unknown(format!("OVS port {} (ofport {}) is gone", rec.host_veth, rec.ofport)));
         }
         // Only shaping the agent installed is checked: without limits of its
