@@ -266,9 +266,9 @@ impl Host for Fake {
         Ok(())
     }
 
-    async fn configure_pod_end(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
+    async fn configure_veth(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
         let mut w = self.world();
-        w.calls.push(format!("configure_pod_end {}", iface.host_name));
+        w.calls.push(format!("configure_veth {}", iface.host_name));
         if w.failing(Op::ConfigurePod) {
             return Err(NetlinkError::Socket(std::io::Error::other("netlink socket closed")));
         }

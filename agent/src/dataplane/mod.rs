@@ -504,10 +504,11 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         }
     }
 
-    /// The veth first; then at once the pod end's configuration (up,
-    /// address, route), the OVS port (whose wait for ovs-vswitchd is the
-    /// longest step on a busy bridge) and the flows; then shaping. Each step
-    /// is undone if a later one fails, so a failed ADD leaves nothing behind.
+    /// The meter, then at once the flows and the veth, whose pod end is
+    /// configured (up, address, route) while OVS takes its port (the wait
+    /// for ovs-vswitchd is the longest step on a busy bridge); then
+    /// shaping. Each step is undone if a later one fails, so a failed ADD
+    /// leaves nothing behind.
     async fn wire(
         &mut self,
         req: &Request,
@@ -622,10 +623,14 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     }
 
     /// The pod's veth (a leftover of an earlier, half-finished ADD is
-    /// replaced), guarded on the netdev datapath; then at once its pod end's
-    /// configuration and the OVS port. Returns the ofport the switch gave,
-    /// or the first failure as the ADD reports it (the caller undoes it
-    /// all), with the time of each step.
+    /// replaced); then at once the OVS port and the veth's configuration
+    /// (guarded on the netdev datapath before its pod end goes up). The
+    /// port's row goes to OVSDB right after the veth is made: ovs-vswitchd
+    /// reconfigures on the veth's appearance anyway, and a row that arrives
+    /// during that reconfiguration is taken in the next one with no wait in
+    /// between. Returns the ofport the switch gave, or the first failure as
+    /// the ADD reports it (the caller undoes it all), with the time of each
+    /// step.
     async fn wire_veth_and_port(
         &self,
         iface: &PodInterface,
@@ -642,21 +647,22 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             }
             created => created,
         };
-        let veth = created.map_err(wiring).and_then(|()| match self.settings.datapath {
-            DatapathType::Netdev => self
-                .host
-                .guard_veth(&iface.host_name)
-                .map_err(|e| agent_error("guarding the pod veth failed", e)),
-            DatapathType::System => Ok(()),
-        });
         let link = t.elapsed();
-        if let Err(e) = veth {
-            return (Err(e), [("link", link), ("pod_end", Duration::ZERO), ("port", Duration::ZERO)]);
+        if let Err(e) = created {
+            return (Err(wiring(e)), [("link", link), ("pod_end", Duration::ZERO), ("port", Duration::ZERO)]);
         }
+        let configured = async {
+            if self.settings.datapath == DatapathType::Netdev {
+                self.host
+                    .guard_veth(&iface.host_name)
+                    .map_err(|e| agent_error("guarding the pod veth failed", e))?;
+            }
+            self.host.configure_veth(iface).await.map_err(wiring)
+        };
         let ((pod_end, pod_end_took), (port, port_took)) =
-            tokio::join!(timed(self.host.configure_pod_end(iface)), timed(self.add_port(spec)));
+            tokio::join!(timed(configured), timed(self.add_port(spec)));
         let result = match (pod_end, port) {
-            (Err(e), _) => Err(wiring(e)),
+            (Err(e), _) => Err(e),
             (_, Err(e)) => Err(agent_error("adding the OVS port failed", e)),
             (Ok(()), Ok(ofport)) => Ok(ofport),
         };

@@ -467,13 +467,13 @@ pub struct PodLinks {
     pub container: LinkInfo,
 }
 
-/// Wires a pod: [`create_pod_veth`], then [`configure_pod_end`]; on
+/// Wires a pod: [`create_pod_veth`], then [`configure_veth`]; on
 /// failure the veth is deleted again, so a retry starts clean. Fails with
 /// [`NetlinkError::LinkExists`] when the pod has `ifname` already.
 pub async fn setup_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<PodLinks, NetlinkError> {
     create_pod_veth(host, spec).await?;
     let wired = async {
-        configure_pod_end(spec).await?;
+        configure_veth(host, spec).await?;
         let pod = Netlink::in_netns(&spec.netns)?;
         Ok(PodLinks {
             host: host.require_link(&spec.host_name).await?,
@@ -489,32 +489,26 @@ pub async fn setup_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<
     wired
 }
 
-/// The first half of wiring a pod, all in the node's namespace: the veth
-/// pair with the pod end created inside the pod's namespace under `ifname`
-/// with its MAC and MTU (down), the host end up (in the same request), and
-/// the host end's offloads off if asked. Fails with
+/// The first half of wiring a pod, one request in the node's namespace:
+/// the veth pair with the pod end created inside the pod's namespace under
+/// `ifname` with its MAC and MTU (down), the host end up. Fails with
 /// [`NetlinkError::LinkExists`] when the host end or the pod's interface
-/// exists (nothing changed then). On failure no veth is left.
-/// The host end exists from here on: OVS may take it while the pod end is
-/// configured ([`configure_pod_end`]).
+/// exists (nothing changed then). The host end exists from here on: OVS
+/// may take it while the veth is configured ([`configure_veth`]); nothing
+/// passes before the pod end is up.
 pub async fn create_pod_veth(host: &Netlink, spec: &PodInterface) -> Result<(), NetlinkError> {
-    host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu, true).await?;
-    if spec.offloads_off {
-        if let Err(e) = host.offloads_off(&spec.host_name) {
-            if let Err(de) = host.del_link(&spec.host_name).await {
-                tracing::warn!(error = %de, link = %spec.host_name, "removing a half-made veth failed");
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
+    host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu, true).await
 }
 
-/// The second half, inside the pod's namespace, entered once (one thread
+/// The second half: the host end's offloads off if asked (in the node's
+/// namespace), then inside the pod's namespace, entered once (one thread
 /// turns the pod end's offloads off, if asked, and opens the netlink
-/// socket there): the pod end up, its address and the default route via
-/// the gateway, four requests. The caller deletes the host end on failure.
-pub async fn configure_pod_end(spec: &PodInterface) -> Result<(), NetlinkError> {
+/// socket there), the pod end up, its address and the default route via
+/// the gateway: four requests. The caller deletes the host end on failure.
+pub async fn configure_veth(host: &Netlink, spec: &PodInterface) -> Result<(), NetlinkError> {
+    if spec.offloads_off {
+        host.offloads_off(&spec.host_name)?;
+    }
     let offloads = spec.offloads_off.then(|| spec.ifname.clone());
     let pod = Netlink::in_netns_and(&spec.netns, move || match &offloads {
         Some(dev) => ethtool::offloads_off(dev),
