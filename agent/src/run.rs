@@ -184,24 +184,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut adopted: Vec<PodRecord> = Vec::new();
     let mut other_ofports = Vec::new();
     for p in ovsdb.list_ports(&cfg.bridge).await? {
-        let ofport = match p.ofport {
-            // A pod's port whose ofport ovs-vswitchd has not written yet: an
-            // ADD returns once the switch itself has the port, a moment
-            // before that write.
-            None if PodRecord::from_external_ids(&p.name, 0, &p.external_ids).is_some() => {
-                match ovsdb.wait_ofport(&p.name, Duration::from_secs(10)).await {
-                    Ok(o) => Some(o),
-                    Err(e) => {
-                        warn!(port = %p.name, error = %e, "a pod's port has no ofport; not adopted");
-                        None
-                    }
-                }
-            }
-            o => o,
-        };
-        match ofport.and_then(|o| PodRecord::from_external_ids(&p.name, o, &p.external_ids)) {
+        match p.ofport.and_then(|o| PodRecord::from_external_ids(&p.name, o, &p.external_ids)) {
             Some(rec) => adopted.push(rec),
-            None => other_ofports.extend(ofport),
+            None => other_ofports.extend(p.ofport),
         }
     }
     // Before any ADD: the IPAM log must hold every address a running pod's
@@ -211,8 +196,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
 
     let flows = FlowClient::connect(
         cfg.openflow_endpoint().parse::<Endpoint>().map_err(anyhow::Error::msg)?,
-        // An ADD learns from the switch itself when a pod's port is in.
-        ClientOptions { port_status: true, ..ClientOptions::default() },
+        ClientOptions::default(),
     )
     .await
     .context("OpenFlow")?;

@@ -10,10 +10,6 @@
 //! every waiter fails with [`ClientError::ConnectionLost`] and
 //! [`ConnEvent::Disconnected`] / [`ConnEvent::Connected`] tell the caller to
 //! replay its flows after the reconnect.
-//!
-//! With [`ClientOptions::port_status`] the switch also tells of its ports:
-//! [`Client::port_added`] resolves when the switch has a new port, the
-//! moment ovs-vswitchd installs it (before it writes the ofport to OVSDB).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,8 +28,8 @@ use crate::backoff::Backoff;
 use crate::cookie::CookieFilter;
 use crate::flow::Flow;
 use crate::ofp::{
-    self, BundleCtrlType, CodecError, Features, FlowOp, Message, OfpError, PortReason, PortStatus,
-    BUNDLE_ATOMIC, BUNDLE_ORDERED, OFP_VERSION_1_5,
+    self, BundleCtrlType, CodecError, Features, FlowOp, Message, OfpError, BUNDLE_ATOMIC, BUNDLE_ORDERED,
+    OFP_VERSION_1_5,
 };
 
 /// Where the switch listens.
@@ -79,12 +75,6 @@ pub struct ClientOptions {
     /// [`Backoff`]): the first, and the most it doubles to.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// Ask the switch for PORT_STATUS messages (see [`Client::port_added`]).
-    /// On OVS's `<bridge>.mgmt` this takes a nonzero `miss_send_len` (set
-    /// at each connect, the fragment handling read and sent back as it
-    /// was); the pipeline sends nothing to a controller, so no packet-in
-    /// comes with it.
-    pub port_status: bool,
 }
 
 impl Default for ClientOptions {
@@ -95,7 +85,6 @@ impl Default for ClientOptions {
             echo_interval: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
-            port_status: false,
         }
     }
 }
@@ -213,8 +202,6 @@ struct Shared {
     events: broadcast::Sender<ConnEvent>,
     generation: watch::Sender<u64>,
     features: Mutex<Option<Features>>,
-    /// PORT_STATUS messages, as they come.
-    ports: broadcast::Sender<PortStatus>,
     /// Why the last connection attempt failed (for the first-connect error).
     last_error: Mutex<Option<HandshakeError>>,
 }
@@ -266,7 +253,6 @@ impl Client {
     /// The client and its supervisor, and what tells of the first connection.
     fn start(endpoint: Endpoint, opts: ClientOptions) -> (Client, oneshot::Receiver<()>) {
         let (events, _) = broadcast::channel(64);
-        let (ports, _) = broadcast::channel(256);
         let (generation, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             endpoint: endpoint.clone(),
@@ -279,7 +265,6 @@ impl Client {
             events,
             generation,
             features: Mutex::new(None),
-            ports,
             last_error: Mutex::new(None),
         });
         let (first_tx, first_rx) = oneshot::channel::<()>();
@@ -290,25 +275,6 @@ impl Client {
     /// Connection events (connects, disconnects) from now on.
     pub fn events(&self) -> broadcast::Receiver<ConnEvent> {
         self.shared.events.subscribe()
-    }
-
-    /// Resolves with the port number once the switch reports a port named
-    /// `name` added (a PORT_STATUS); `None` if the client does not ask for
-    /// port status or the connection it listens on ends. Listens from this
-    /// call on, so call it before the port is added.
-    pub fn port_added(&self, name: &str) -> impl std::future::Future<Output = Option<u32>> + Send + 'static {
-        let mut rx = self.shared.opts.port_status.then(|| self.shared.ports.subscribe());
-        let name = name.to_string();
-        async move {
-            let rx = rx.as_mut()?;
-            loop {
-                match rx.recv().await {
-                    Ok(p) if p.reason == PortReason::Add && p.name == name => return Some(p.port_no),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        }
     }
 
     /// How many times a connection was established (0 = never).
@@ -625,12 +591,10 @@ async fn read_frame(r: &mut Reader, buf: &mut Vec<u8>) -> Result<Vec<u8>, Handsh
     }
 }
 
-/// Connects and exchanges HELLO (and, for port status, the switch config);
-/// returns the streams and any bytes read past what the handshake needed.
+/// Connects and exchanges HELLO; returns the streams and any bytes read past HELLO.
 async fn handshake(
     endpoint: &Endpoint,
     timeout: Duration,
-    port_status: bool,
 ) -> Result<(Reader, Writer, Vec<u8>), HandshakeError> {
     let fut = async {
         let (mut r, mut w) = open_stream(endpoint).await.map_err(HandshakeError::Connect)?;
@@ -642,44 +606,14 @@ async fn handshake(
         let f = ofp::decode(&frame)?;
         match f.msg {
             Message::Hello { version_bitmap } => match ofp::negotiate(f.version, version_bitmap) {
-                Some(OFP_VERSION_1_5) => {}
-                v => return Err(HandshakeError::Version(v)),
+                Some(OFP_VERSION_1_5) => Ok((r, w, buf)),
+                v => Err(HandshakeError::Version(v)),
             },
-            Message::Error(e) => return Err(HandshakeError::Refused(e)),
-            m => return Err(HandshakeError::Unexpected(format!("{m:?}"))),
+            Message::Error(e) => Err(HandshakeError::Refused(e)),
+            m => Err(HandshakeError::Unexpected(format!("{m:?}"))),
         }
-        if port_status {
-            ask_for_port_status(&mut r, &mut w, &mut buf).await?;
-        }
-        Ok((r, w, buf))
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| HandshakeError::Timeout(timeout))?
-}
-
-/// GET_CONFIG, then SET_CONFIG with the same fragment handling and a
-/// nonzero miss_send_len: from then on the switch sends PORT_STATUS. The
-/// only messages before the config reply are the switch's own (an echo).
-async fn ask_for_port_status(
-    r: &mut Reader,
-    w: &mut Writer,
-    buf: &mut Vec<u8>,
-) -> Result<(), HandshakeError> {
-    // xid 0 is the switch's own; these two are answered here, before any request.
-    const CONFIG_XID: u32 = 0xfff0_0001;
-    let mut req = Vec::new();
-    ofp::encode_get_config_request(&mut req, CONFIG_XID);
-    w.write_all(&req).await.map_err(HandshakeError::Write)?;
-    let flags = loop {
-        let frame = read_frame(r, buf).await?;
-        match ofp::decode(&frame)?.msg {
-            Message::ConfigReply { flags, .. } => break flags,
-            Message::Error(e) => return Err(HandshakeError::Refused(e)),
-            _ => {}
-        }
-    };
-    let mut set = Vec::new();
-    ofp::encode_set_config(&mut set, CONFIG_XID + 1, flags, u16::MAX);
-    w.write_all(&set).await.map_err(HandshakeError::Write)
 }
 
 async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<()>) {
@@ -687,7 +621,7 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<()>) {
     let mut backoff = Backoff::new(shared.opts.backoff_initial, shared.opts.backoff_max);
     let mut generation = 0u64;
     loop {
-        match handshake(&shared.endpoint, shared.opts.connect_timeout, shared.opts.port_status).await {
+        match handshake(&shared.endpoint, shared.opts.connect_timeout).await {
             Ok((r, w, leftover)) => {
                 backoff.reset();
                 generation += 1;
@@ -826,10 +760,6 @@ fn dispatch(shared: &Shared, frame: &[u8], out: &mpsc::UnboundedSender<Vec<u8>>)
                     }
                 }
             }
-        }
-        Message::PortStatus(status) => {
-            // Nobody listening is fine: only ADDs wait for ports.
-            let _ = shared.ports.send(status);
         }
         Message::FlowStatsReply { more, flows } => {
             if let Some(Waiter::Stats { flows: acc, .. }) = p.waiters.get_mut(&f.xid) {

@@ -36,9 +36,6 @@ pub trait Switch: Send + Sync {
         meter: &Meter,
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
     fn meters(&self) -> impl Future<Output = Result<Vec<Meter>, ClientError>> + Send;
-    /// Resolves with the ofport once the switch reports the port `name`
-    /// added; `None` when it will not tell. Listens from the call on.
-    fn port_added(&self, name: &str) -> impl Future<Output = Option<u32>> + Send + 'static;
 }
 
 /// The bridge's ports, in OVSDB.
@@ -49,13 +46,6 @@ pub trait Vswitch: Send + Sync {
         &self,
         bridge: &str,
         spec: &PortSpec,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<u32, OvsdbError>> + Send;
-    /// Waits until the interface has an ofport in OVSDB (see
-    /// `Client::wait_ofport`).
-    fn wait_ofport(
-        &self,
-        name: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<u32, OvsdbError>> + Send;
     /// Removes a port; absent is success (`false`).
@@ -122,17 +112,11 @@ impl Switch for FlowClient {
     async fn meters(&self) -> Result<Vec<Meter>, ClientError> {
         FlowClient::meters(self).await
     }
-    fn port_added(&self, name: &str) -> impl Future<Output = Option<u32>> + Send + 'static {
-        FlowClient::port_added(self, name)
-    }
 }
 
 impl Vswitch for OvsdbClient {
     async fn add_port(&self, bridge: &str, spec: &PortSpec, timeout: Duration) -> Result<u32, OvsdbError> {
         OvsdbClient::add_port(self, bridge, spec, timeout).await
-    }
-    async fn wait_ofport(&self, name: &str, timeout: Duration) -> Result<u32, OvsdbError> {
-        OvsdbClient::wait_ofport(self, name, timeout).await
     }
     async fn del_port(&self, bridge: &str, name: &str) -> Result<bool, OvsdbError> {
         OvsdbClient::del_port(self, bridge, name).await

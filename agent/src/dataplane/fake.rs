@@ -191,11 +191,6 @@ impl Switch for Fake {
     async fn meters(&self) -> Result<Vec<Meter>, ClientError> {
         Ok(self.world().meters.values().copied().collect())
     }
-
-    /// The fake switch does not report ports: OVSDB's ofport decides.
-    fn port_added(&self, _name: &str) -> impl std::future::Future<Output = Option<u32>> + Send + 'static {
-        std::future::ready(None)
-    }
 }
 
 impl Vswitch for Fake {
@@ -213,14 +208,6 @@ impl Vswitch for Fake {
         };
         w.ports.insert(spec.name.clone(), (ofport, spec.external_ids.clone()));
         Ok(ofport)
-    }
-
-    async fn wait_ofport(&self, name: &str, timeout: Duration) -> Result<u32, OvsdbError> {
-        let w = self.world();
-        match w.ports.get(name) {
-            Some((ofport, _)) => Ok(*ofport),
-            None => Err(OvsdbError::Timeout { what: format!("{name} ofport"), after: timeout }),
-        }
     }
 
     async fn del_port(&self, _bridge: &str, name: &str) -> Result<bool, OvsdbError> {

@@ -49,7 +49,7 @@ use crate::kube_events;
 use crate::kube_source::{PodAnnotations, ServiceMap};
 use crate::metrics::Metrics;
 use crate::netlink::{MacAddr, NetlinkError, PodInterface};
-use crate::ovsdb::{OvsdbError, PortKind, PortSpec};
+use crate::ovsdb::{PortKind, PortSpec};
 use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
 use crate::timing::{timed, Stages};
 
@@ -594,7 +594,8 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             (_, Err(e)) => Some(agent_error("installing the pod's flows failed", e)),
         };
         // Shaping last: ovs-vswitchd resets a port's qdiscs when it takes the
-        // port (its own QoS and ingress policing), so tc goes on after that.
+        // port (its own QoS and ingress policing, in the reconfiguration that
+        // ends with the ofport written to OVSDB), so tc goes on after that.
         let failure = match failure {
             None if !self.tc_limits(&limits).is_none() => {
                 let devices = self.devices(&host_veth, &req.netns, &key.ifname);
@@ -659,31 +660,16 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             }
             self.host.configure_veth(iface).await.map_err(wiring)
         };
-        let ((pod_end, pod_end_took), (port, port_took)) =
-            tokio::join!(timed(configured), timed(self.add_port(spec)));
+        let ((pod_end, pod_end_took), (port, port_took)) = tokio::join!(
+            timed(configured),
+            timed(self.ovsdb.add_port(&self.settings.bridge, spec, OFPORT_TIMEOUT))
+        );
         let result = match (pod_end, port) {
             (Err(e), _) => Err(e),
             (_, Err(e)) => Err(agent_error("adding the OVS port failed", e)),
             (Ok(()), Ok(ofport)) => Ok(ofport),
         };
         (result, [("link", link), ("pod_end", pod_end_took), ("port", port_took)])
-    }
-
-    /// Adds the pod's port and returns its ofport once the switch has it:
-    /// when the switch reports the port added (OpenFlow PORT_STATUS, as
-    /// ovs-vswitchd installs it) or OVSDB shows its ofport, whichever comes
-    /// first (the first comes milliseconds earlier on a busy bridge: it
-    /// precedes the rest of ovs-vswitchd's reconfiguration and its OVSDB
-    /// write). A failure only OVSDB reports (the interface's error).
-    async fn add_port(&self, spec: &PortSpec) -> Result<u32, OvsdbError> {
-        // Listening before the port exists, so its report cannot be missed.
-        let reported = self.flows.port_added(&spec.name);
-        let added = self.ovsdb.add_port(&self.settings.bridge, spec, OFPORT_TIMEOUT);
-        tokio::pin!(added);
-        tokio::select! {
-            result = &mut added => result,
-            Some(ofport) = reported => Ok(ofport),
-        }
     }
 
     /// The part of a pod's limits tc enforces (on the netdev datapath,
@@ -956,15 +942,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             .list_ports(&self.settings.bridge)
             .await
             .map_err(|e| agent_error("reading the bridge failed", e))?;
-        let ofport = match ports.iter().find(|p| p.name == rec.host_veth) {
-            // Right after an ADD, which went on as soon as the switch had the
-            // port, ovs-vswitchd may not have written its ofport to OVSDB yet.
-            Some(p) if p.ofport.is_none() => {
-                self.ovsdb.wait_ofport(&rec.host_veth, OFPORT_TIMEOUT).await.ok()
-            }
-            p => p.and_then(|p| p.ofport),
-        };
-        if ofport != Some(rec.ofport) {
+        if !ports.iter().any(|p| p.name == rec.host_veth && p.ofport == Some(rec.ofport)) {
             return Err(unknown(format!("OVS port {} (ofport {}) is gone", rec.host_veth, rec.ofport)));
         }
         // Only shaping the agent installed is checked: without limits of its

@@ -29,10 +29,6 @@ pub mod msg_type {
     pub const ECHO_REPLY: u8 = 3;
     pub const FEATURES_REQUEST: u8 = 5;
     pub const FEATURES_REPLY: u8 = 6;
-    pub const GET_CONFIG_REQUEST: u8 = 7;
-    pub const GET_CONFIG_REPLY: u8 = 8;
-    pub const SET_CONFIG: u8 = 9;
-    pub const PORT_STATUS: u8 = 12;
     pub const FLOW_MOD: u8 = 14;
     pub const MULTIPART_REQUEST: u8 = 18;
     pub const MULTIPART_REPLY: u8 = 19;
@@ -237,15 +233,6 @@ pub enum Message {
         more: bool,
         flows: Vec<Flow>,
     },
-    /// The switch configuration (GET_CONFIG_REPLY): fragment handling
-    /// flags and how much of a packet goes to a controller.
-    ConfigReply {
-        flags: u16,
-        miss_send_len: u16,
-    },
-    /// A port was added, deleted or changed (sent to a service connection
-    /// only after it set a miss_send_len, see [`encode_set_config`]).
-    PortStatus(PortStatus),
     /// Any other message, kept undecoded.
     Other {
         msg_type: u8,
@@ -321,22 +308,6 @@ pub fn encode_echo(buf: &mut Vec<u8>, xid: u32, reply: bool, data: &[u8]) -> Res
 pub fn encode_features_request(buf: &mut Vec<u8>, xid: u32) {
     let s = start_msg(buf, msg_type::FEATURES_REQUEST, xid);
     patch_u16(buf, s + 2, 8);
-}
-
-pub fn encode_get_config_request(buf: &mut Vec<u8>, xid: u32) {
-    let s = start_msg(buf, msg_type::GET_CONFIG_REQUEST, xid);
-    patch_u16(buf, s + 2, 8);
-}
-
-/// SET_CONFIG. `flags` is the bridge-wide fragment handling (send back what
-/// GET_CONFIG said, to change nothing); a nonzero `miss_send_len` is what
-/// makes OVS send asynchronous messages (port status) to a service
-/// connection such as `<bridge>.mgmt`.
-pub fn encode_set_config(buf: &mut Vec<u8>, xid: u32, flags: u16, miss_send_len: u16) {
-    let s = start_msg(buf, msg_type::SET_CONFIG, xid);
-    put_u16(buf, flags);
-    put_u16(buf, miss_send_len);
-    patch_u16(buf, s + 2, 12);
 }
 
 pub fn encode_barrier(buf: &mut Vec<u8>, xid: u32) {
@@ -527,8 +498,6 @@ pub fn decode(buf: &[u8]) -> Result<Frame, CodecError> {
             let capabilities = b.u32()?;
             Message::FeaturesReply(Features { datapath_id, n_buffers, n_tables, capabilities })
         }
-        msg_type::GET_CONFIG_REPLY => Message::ConfigReply { flags: b.u16()?, miss_send_len: b.u16()? },
-        msg_type::PORT_STATUS => Message::PortStatus(decode_port_status(&mut b)?),
         msg_type::BARRIER_REQUEST => Message::BarrierRequest,
         msg_type::BARRIER_REPLY => Message::BarrierReply,
         msg_type::BUNDLE_CONTROL => {
@@ -587,39 +556,6 @@ pub fn decode(buf: &[u8]) -> Result<Frame, CodecError> {
         t => Message::Other { msg_type: t },
     };
     Ok(Frame { version, xid, msg })
-}
-
-/// Why a PORT_STATUS was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortReason {
-    Add,
-    Delete,
-    Modify,
-    Other(u8),
-}
-
-/// A PORT_STATUS: what happened to which port (OpenFlow 1.5 `ofp_port`:
-/// number and name; the rest is not needed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortStatus {
-    pub reason: PortReason,
-    pub port_no: u32,
-    pub name: String,
-}
-
-fn decode_port_status(b: &mut Reader<'_>) -> Result<PortStatus, CodecError> {
-    let reason = match b.u8()? {
-        0 => PortReason::Add,
-        1 => PortReason::Delete,
-        2 => PortReason::Modify,
-        r => PortReason::Other(r),
-    };
-    b.skip(7)?;
-    let port_no = b.u32()?;
-    b.skip(2 + 2 + 6 + 2)?; // length, pad, hw_addr, pad
-    let name = b.sub(16, "port name")?.rest();
-    let name = String::from_utf8_lossy(name.split(|c| *c == 0).next().unwrap_or_default()).into_owned();
-    Ok(PortStatus { reason, port_no, name })
 }
 
 fn decode_hello(b: &mut Reader<'_>) -> Result<Option<u32>, CodecError> {

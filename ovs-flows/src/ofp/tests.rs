@@ -125,8 +125,6 @@ fn valid_messages() -> Vec<Vec<u8>> {
     let mut b = Vec::new();
     encode_hello(&mut b, 1);
     out.push(b);
-    out.push(hex(PORT_STATUS_FROM_OVS));
-    out.push(hex(CONFIG_REPLY_FROM_OVS));
     let mut b = Vec::new();
     encode_flow_stats_request(&mut b, 1, Some(3), CookieFilter::ours());
     out.push(b);
@@ -156,32 +154,6 @@ fn valid_messages() -> Vec<Vec<u8>> {
     wire::patch_u16(&mut b, 2, len);
     out.push(b);
     out
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
-}
-
-/// What ovs-vswitchd 3.1 sent on `br0.mgmt` when `ovs-vsctl add-port br0
-/// kovtest9 -- set interface kovtest9 ofport_request=4321` ran.
-const PORT_STATUS_FROM_OVS: &str = "060c0058000000000000000000000000000010e100480000a650aa61416e00006b6f76746573743900000000\
-                                    0000000000000001000000010000002000000000000008400000000000000000000000000098968000000000";
-/// Its answer to GET_CONFIG_REQUEST on a fresh bridge.
-const CONFIG_REPLY_FROM_OVS: &str = "0608000c0000000200000000";
-
-#[test]
-fn port_status_and_switch_config_as_ovs_sends_them() {
-    let f = decode(&hex(PORT_STATUS_FROM_OVS)).expect("decode");
-    let want = PortStatus { reason: PortReason::Add, port_no: 4321, name: "kovtest9".into() };
-    assert_eq!(f.msg, Message::PortStatus(want));
-    let f = decode(&hex(CONFIG_REPLY_FROM_OVS)).expect("decode");
-    assert_eq!((f.xid, f.msg), (2, Message::ConfigReply { flags: 0, miss_send_len: 0 }));
-    let mut b = Vec::new();
-    encode_set_config(&mut b, 3, 0, 0xffff);
-    assert_eq!(b, hex("0609000c000000030000ffff"));
-    let mut b = Vec::new();
-    encode_get_config_request(&mut b, 2);
-    assert_eq!(b, hex("0607000800000002"));
 }
 
 #[test]
