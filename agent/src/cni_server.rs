@@ -7,12 +7,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cni::protocol::{Request, Response};
+use cni::protocol::{Command, Request, Response};
 use cni::spec::{CniError, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
+
+use crate::timing::Stages;
 
 /// A CNI request on its way to the agent loop, with where to answer.
 pub type CniCall = (Request, oneshot::Sender<Response>);
@@ -57,14 +59,18 @@ pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<CniCall>) {
 }
 
 async fn handle(mut stream: UnixStream, to_loop: mpsc::Sender<CniCall>) -> Result<()> {
+    let mut stages = Stages::new();
     let mut body = Vec::new();
     (&mut stream).take(MAX_REQUEST).read_to_end(&mut body).await?;
+    stages.lap("read");
+    let mut command = None;
     let response = match serde_json::from_slice::<Request>(&body) {
         Err(e) => Response::Error(
             CniError::new(ErrorCode::DecodeFailure, "the agent cannot decode the request")
                 .with_details(e.to_string()),
         ),
         Ok(req) => {
+            command = Some(req.command);
             let (tx, rx) = oneshot::channel();
             if to_loop.send((req, tx)).await.is_err() {
                 Response::Error(CniError::new(ErrorCode::TryAgainLater, "the agent is shutting down"))
@@ -75,7 +81,14 @@ async fn handle(mut stream: UnixStream, to_loop: mpsc::Sender<CniCall>) -> Resul
             }
         }
     };
+    stages.lap("loop");
     stream.write_all(&serde_json::to_vec(&response)?).await?;
     stream.shutdown().await?;
+    stages.lap("write");
+    match command {
+        Some(Command::Add) => stages.log("serve_ADD"),
+        Some(Command::Del) => stages.log("serve_DEL"),
+        _ => {}
+    }
     Ok(())
 }

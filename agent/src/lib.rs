@@ -28,5 +28,6 @@ pub mod netlink;
 pub mod ovsdb;
 pub mod pods;
 pub mod run;
+pub mod timing;
 pub mod unixctl;
 pub mod view_follow;

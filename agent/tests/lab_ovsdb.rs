@@ -100,6 +100,13 @@ async fn lab_ovsdb_ports_are_ensured_listed_and_deleted() -> Result<()> {
     let moved = pod.clone().external_id("k8s-ovs.ip", "10.244.1.6");
     assert_eq!(client.ensure_port("br0", &moved).await?, Change::Updated);
     assert_eq!(client.wait_ofport("vethpod1", WAIT).await?, ofport);
+    // add_port of a port that exists (an ADD cut short, retried): ensured
+    // like ensure_port, its ofport returned.
+    let retried = moved.clone().external_id("k8s-ovs.ip", "10.244.1.7");
+    assert_eq!(client.add_port("br0", &retried, WAIT).await?, ofport);
+    assert_eq!(vsctl(&ovs, &["get", "interface", "vethpod1", "external_ids:k8s-ovs.ip"])?, r#""10.244.1.7""#);
+    assert_eq!(client.ensure_port("br0", &retried).await?, Change::Unchanged);
+    assert_eq!(client.ensure_port("br0", &moved).await?, Change::Updated);
     assert_eq!(vsctl(&ovs, &["get", "interface", "vethpod1", "external_ids:k8s-ovs.ip"])?, r#""10.244.1.6""#);
 
     let listed = client.list_ports("br0").await?;
@@ -143,9 +150,19 @@ async fn lab_ovsdb_failures_name_their_cause() -> Result<()> {
         client.ensure_port("nobr", &PortSpec::new("p", PortKind::Internal)).await.expect_err("no bridge");
     assert!(matches!(err, OvsdbError::NoSuchBridge(_)), "{err}");
 
+    let err =
+        client.add_port("nobr", &PortSpec::new("p", PortKind::Internal), WAIT).await.expect_err("no bridge");
+    assert!(matches!(err, OvsdbError::NoSuchBridge(_)), "{err}");
+    assert_eq!(vsctl(&ovs, &["--columns=name", "find", "interface", "name=p"])?, "", "nothing left of it");
+
     client.add_port("br1", &PortSpec::new("p1", PortKind::Internal), WAIT).await?;
     let err =
         client.ensure_port("br0", &PortSpec::new("p1", PortKind::Internal)).await.expect_err("other bridge");
+    assert!(matches!(err, OvsdbError::PortOnOtherBridge { .. }), "{err}");
+    let err = client
+        .add_port("br0", &PortSpec::new("p1", PortKind::Internal), WAIT)
+        .await
+        .expect_err("other bridge");
     assert!(matches!(err, OvsdbError::PortOnOtherBridge { .. }), "{err}");
     assert_eq!(vsctl(&ovs, &["port-to-br", "p1"])?, "br1");
 

@@ -262,3 +262,38 @@ fn lab_hostile_a_pod_with_net_admin_cannot_lift_its_egress_limit() -> Result<()>
     agent.stop();
     Ok(())
 }
+
+/// ovs-vswitchd resets a new port's qdiscs while it takes the port, after it
+/// reports the port on OpenFlow: the ingress tbf of a shaped pod must go on
+/// after that, so it is there when the ADD returns and stays there. Many
+/// pods, back to back, on a bridge that grows (its reconfiguration takes
+/// longer with each port): a tbf put on too early is lost for some of them.
+#[test]
+fn lab_bandwidth_shaping_is_in_place_when_add_returns() -> Result<()> {
+    lab::needs_root!();
+    let (mut lab, _api, _url) = one_node()?;
+    let _agent = Agent::start(&lab, 1, &["--no-kube"])?;
+    let mut shaped = Vec::new();
+    for i in 0..24 {
+        let name = format!("s{i}");
+        let netns = lab.pod_netns(&name)?;
+        let mut call = CniCall::pod(&format!("cid-{name}"), &netns, "shop", &name);
+        let mut conf = lab.cni_conf(1);
+        conf["runtimeConfig"] = json!({"bandwidth": {"ingressRate": 10_000_000, "ingressBurst": 100_000}});
+        call.conf = Some(conf);
+        let out = cni(&lab, 1, "ADD", &call)?;
+        ensure!(out.code == Some(0), "ADD {name}: {}", out.stdout);
+        let hv = out.stdout["interfaces"][0]["name"].as_str().unwrap_or_default().to_string();
+        let qdisc = lab.node(1).netns.exec(&["tc", "qdisc", "show", "dev", &hv])?;
+        ensure!(qdisc.contains("tbf"), "{name}: no tbf on {hv} when the ADD returned: {qdisc}");
+        shaped.push((name, hv, netns, call));
+    }
+    // Whatever ovs-vswitchd still had to do for the last ports is done by now.
+    std::thread::sleep(Duration::from_secs(1));
+    for (name, hv, _, call) in &shaped {
+        let qdisc = lab.node(1).netns.exec(&["tc", "qdisc", "show", "dev", hv])?;
+        ensure!(qdisc.contains("tbf"), "{name}: the tbf on {hv} went away: {qdisc}");
+        ensure!(cni(&lab, 1, "DEL", call)?.code == Some(0), "DEL {name}");
+    }
+    Ok(())
+}

@@ -17,7 +17,7 @@ use ovs_flows::{CookieFilter, Flow};
 
 use crate::bandwidth::tc::{self, PodDevices, ShapingError};
 use crate::bandwidth::{Limits, Rate};
-use crate::netlink::{setup_pod_interface, MacAddr, Netlink, NetlinkError, PodInterface};
+use crate::netlink::{configure_veth, create_pod_veth, MacAddr, Netlink, NetlinkError, PodInterface};
 use crate::ovsdb::{Client as OvsdbClient, OvsdbError, PortInfo, PortSpec};
 
 /// The bridge's OpenFlow side: flows and meters.
@@ -56,9 +56,13 @@ pub trait Vswitch: Send + Sync {
 /// The node's networking around a pod: its veth, the pod side of it, and
 /// the tc shaping on the node's side.
 pub trait Host: Send + Sync {
-    /// The veth pair with the pod end addressed and routed inside the pod's
-    /// namespace; a failure leaves no veth behind.
-    fn wire_pod(&self, iface: &PodInterface) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// The veth pair, its pod end inside the pod's namespace (down), its
+    /// host end up and ready for OVS; a failure leaves no veth behind.
+    fn create_pod_veth(&self, iface: &PodInterface) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Offloads off on both ends (if asked), then the pod end up,
+    /// addressed and routed inside the pod's namespace (after
+    /// [`Host::create_pod_veth`]; the caller removes the veth if this fails).
+    fn configure_veth(&self, iface: &PodInterface) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Deletes a link of the node (an ifb too); absent is success (`false`).
     fn del_link(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
     fn link_exists(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
@@ -127,8 +131,11 @@ impl Vswitch for OvsdbClient {
 pub struct NetlinkHost(pub Netlink);
 
 impl Host for NetlinkHost {
-    async fn wire_pod(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
-        setup_pod_interface(&self.0, iface).await.map(|_| ())
+    async fn create_pod_veth(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
+        create_pod_veth(&self.0, iface).await
+    }
+    async fn configure_veth(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
+        configure_veth(&self.0, iface).await
     }
     async fn del_link(&self, name: &str) -> Result<bool, NetlinkError> {
         self.0.del_link(name).await

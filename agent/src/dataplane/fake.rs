@@ -34,6 +34,7 @@ pub enum Op {
     AddPort,
     DelPort,
     WirePod,
+    ConfigurePod,
     DelLink,
     GuardVeth,
     ApplyShaping,
@@ -45,6 +46,8 @@ pub struct Veth {
     pub pod_netns: PathBuf,
     pub pod_ifname: String,
     pub pod_mac: MacAddr,
+    /// The pod end is up, addressed and routed.
+    pub configured: bool,
 }
 
 /// Everything the fake node holds.
@@ -232,15 +235,35 @@ impl Vswitch for Fake {
 }
 
 impl Host for Fake {
-    async fn wire_pod(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
+    async fn create_pod_veth(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
         let mut w = self.world();
-        w.calls.push(format!("wire_pod {}", iface.host_name));
-        if w.failing(Op::WirePod) || w.veths.contains_key(&iface.host_name) {
+        w.calls.push(format!("create_pod_veth {}", iface.host_name));
+        let taken = w.veths.contains_key(&iface.host_name)
+            || w.veths.values().any(|v| v.pod_netns == iface.netns && v.pod_ifname == iface.ifname);
+        if w.failing(Op::WirePod) || taken {
             return Err(NetlinkError::LinkExists(iface.host_name.clone()));
         }
-        let veth =
-            Veth { pod_netns: iface.netns.clone(), pod_ifname: iface.ifname.clone(), pod_mac: iface.mac };
+        let veth = Veth {
+            pod_netns: iface.netns.clone(),
+            pod_ifname: iface.ifname.clone(),
+            pod_mac: iface.mac,
+            configured: false,
+        };
         w.veths.insert(iface.host_name.clone(), veth);
+        Ok(())
+    }
+
+    async fn configure_veth(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
+        let mut w = self.world();
+        w.calls.push(format!("configure_veth {}", iface.host_name));
+        if w.failing(Op::ConfigurePod) {
+            return Err(NetlinkError::Socket(std::io::Error::other("netlink socket closed")));
+        }
+        let v = w
+            .veths
+            .get_mut(&iface.host_name)
+            .ok_or_else(|| NetlinkError::NoSuchLink(iface.ifname.clone()))?;
+        v.configured = true;
         Ok(())
     }
 

@@ -51,9 +51,10 @@ use crate::ipam::{IpamStore, Owner};
 use crate::kube_events;
 use crate::kube_source::{PodAnnotations, Services};
 use crate::metrics::Metrics;
-use crate::netlink::{MacAddr, PodInterface};
+use crate::netlink::{MacAddr, NetlinkError, PodInterface};
 use crate::ovsdb::{PortKind, PortSpec};
 use crate::pods::{host_veth_name, mac_for_ip, PodKey, PodRecord};
+use crate::timing::{timed, Stages};
 use crate::view_follow::ViewFollower;
 
 /// How long an ADD waits for ovs-vswitchd to give the new port an ofport.
@@ -115,6 +116,8 @@ pub struct Dataplane<S, V, H> {
     /// (kube-dns's too) while the apiserver is slow or down. `None` once the
     /// services are known.
     kept_service_flows: Option<FlowSet>,
+    /// Where the current CNI request's time goes (logged at its end).
+    stages: Stages,
 }
 
 fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
@@ -158,6 +161,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             kube: None,
             metrics,
             kept_service_flows: None,
+            stages: Stages::new(),
         }
     }
 
@@ -474,6 +478,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// Answers one CNI request.
     pub async fn handle(&mut self, req: Request) -> Response {
         let t = Instant::now();
+        self.stages = Stages::new();
         let outcome = match req.command {
             Command::Add => self.add(&req).await.map(Some),
             Command::Del => self.del(&req).await.map(|()| None),
@@ -485,6 +490,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             Command::Add => self.metrics.cni_add_seconds.observe_duration(t.elapsed()),
             Command::Del => self.metrics.cni_del_seconds.observe_duration(t.elapsed()),
             _ => {}
+        }
+        if matches!(req.command, Command::Add | Command::Del) {
+            self.stages.log(if req.command == Command::Add { "ADD" } else { "DEL" });
         }
         self.metrics.pods.store(self.pods.len() as u64, Ordering::Relaxed);
         match outcome {
@@ -524,7 +532,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         let limits = Limits::resolve(&pod, &annotations, runtime.as_ref(), self.settings.pod_mtu)
             .map_err(bandwidth_error)?;
         let owner = Owner::new(key.container_id.clone(), key.ifname.clone());
+        self.stages.lap("prepare");
         let ip = self.ipam.allocate(&owner).map_err(|e| agent_error("IP allocation failed", e))?;
+        self.stages.lap("ipam");
         match self.wire(req, &key, ip, runtime, limits).await {
             Ok(rec) => {
                 let result = self.result_of(&rec);
@@ -540,8 +550,11 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         }
     }
 
-    /// veth + address + routes, OVS port, then flows; each step undone if a
-    /// later one fails, so a failed ADD leaves nothing behind.
+    /// The meter, then at once the flows and the veth, whose pod end is
+    /// configured (up, address, route) while OVS takes its port (the wait
+    /// for ovs-vswitchd is the longest step on a busy bridge); then
+    /// shaping. Each step is undone if a later one fails, so a failed ADD
+    /// leaves nothing behind.
     async fn wire(
         &mut self,
         req: &Request,
@@ -550,7 +563,6 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         runtime_bandwidth: Option<RuntimeBandwidth>,
         limits: Limits,
     ) -> Result<PodRecord, CniError> {
-        let t0 = Instant::now();
         let host_veth = host_veth_name(key);
         let mac = mac_for_ip(ip);
         let address = Ipv4Network::new(ip, self.state().cluster_cidr.prefix_len())
@@ -565,15 +577,6 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             gateway: self.state().gateway_ip,
             offloads_off: self.settings.datapath == DatapathType::Netdev,
         };
-        // A leftover host veth of an earlier, half-finished ADD is replaced.
-        let _ = self.host.del_link(&host_veth).await;
-        self.host.wire_pod(&iface).await.map_err(|e| agent_error("wiring the pod interface failed", e))?;
-        if self.settings.datapath == DatapathType::Netdev {
-            if let Err(e) = self.host.guard_veth(&host_veth) {
-                let _ = self.host.del_link(&host_veth).await;
-                return Err(agent_error("guarding the pod veth failed", e));
-            }
-        }
         let mut rec = PodRecord {
             key: key.clone(),
             namespace: req.pod_namespace.clone().unwrap_or_else(|| "default".into()),
@@ -586,33 +589,43 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             runtime_bandwidth,
             limits,
         };
-        let t_link = t0.elapsed();
         // The agent picks the ofport (ofport_request), so the pod's flows can
-        // go to the switch while ovs-vswitchd is still adding the port: the
-        // two round trips overlap instead of adding up. Flows for a port that
-        // does not exist yet are valid and simply match nothing.
+        // go to the switch while the veth is made and ovs-vswitchd adds the
+        // port: the round trips overlap instead of adding up. Flows for a
+        // port that does not exist yet are valid and simply match nothing;
+        // nothing passes the veth before its pod end is up.
         rec.ofport = self.free_ofport();
         let mut spec = PortSpec::new(&host_veth, PortKind::System).ofport_request(rec.ofport as u16);
         spec.external_ids = rec.external_ids();
         // The egress meter before the flows that name it.
         if let Some(m) = self.egress_meter(rec.ofport, &limits) {
-            if let Err(e) = self.put_meter(m).await {
-                let _ = self.host.del_link(&host_veth).await;
-                return Err(agent_error("adding the pod's egress meter failed", e));
-            }
+            self.put_meter(m).await.map_err(|e| agent_error("adding the pod's egress meter failed", e))?;
         }
+        self.stages.lap("meter");
         let ops = self.put_pod(rec.clone());
-        let (port, flows) = if self.installed_differs {
-            let flows = self.commit(ops).await;
-            (self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT).await, flows)
+        self.stages.lap("compute");
+        let (wired, flows) = if self.installed_differs {
+            // The switch's flows are not known: a full reconcile first (it
+            // covers this pod's flows), then the veth and the port.
+            let (flows, bundle_took) = timed(self.commit(ops)).await;
+            self.stages.record("bundle", bundle_took);
+            let (wired, took) = self.wire_veth_and_port(&iface, &spec).await;
+            for (stage, d) in took {
+                self.stages.record(stage, d);
+            }
+            (wired, flows)
         } else {
-            let (port, flows) = tokio::join!(
-                self.ovsdb.add_port(&self.settings.bridge, &spec, OFPORT_TIMEOUT),
-                self.flows.bundle(&ops)
-            );
-            (port, self.bundled(flows))
+            let ((wired, took), (flows, bundle_took)) =
+                tokio::join!(self.wire_veth_and_port(&iface, &spec), timed(self.flows.bundle(&ops)));
+            for (stage, d) in took {
+                self.stages.record(stage, d);
+            }
+            self.stages.record("bundle", bundle_took);
+            (wired, self.bundled(flows))
         };
-        let failure = match (port, flows) {
+        self.stages.skip();
+        let failure = match (wired, flows) {
+            (Err(e), _) => Some(e),
             (Ok(got), Ok(())) if got == rec.ofport => None,
             (Ok(got), Ok(())) => {
                 // ovs-vswitchd could not honour the request (the number was
@@ -628,13 +641,15 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                     self.commit(ops).await?;
                     self.drop_meter(requested).await
                 };
-                moved.await.err().map(|e| agent_error("installing the pod's flows failed", e))
+                let moved = moved.await.err().map(|e| agent_error("installing the pod's flows failed", e));
+                self.stages.lap("moved");
+                moved
             }
-            (Err(e), _) => Some(agent_error("adding the OVS port failed", e)),
             (_, Err(e)) => Some(agent_error("installing the pod's flows failed", e)),
         };
         // Shaping last: ovs-vswitchd resets a port's qdiscs when it takes the
-        // port (its own QoS and ingress policing), so tc goes on after that.
+        // port (its own QoS and ingress policing, in the reconfiguration that
+        // ends with the ofport written to OVSDB), so tc goes on after that.
         let failure = match failure {
             None if !self.tc_limits(&limits).is_none() => {
                 let devices = self.devices(&host_veth, &req.netns, &key.ifname);
@@ -646,6 +661,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             }
             other => other,
         };
+        self.stages.lap("tc");
         if let Some(err) = failure {
             let ops = self.take_pod(key).map(|(_, ops)| ops).unwrap_or_default();
             if let Err(e) = self.commit(ops).await {
@@ -658,8 +674,56 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             let _ = self.host.del_link(&host_veth).await;
             return Err(err);
         }
-        debug!(link = ?t_link, port_and_flows = ?(t0.elapsed() - t_link), "pod wired");
         Ok(rec)
+    }
+
+    /// The pod's veth (a leftover of an earlier, half-finished ADD is
+    /// replaced); then at once the OVS port and the veth's configuration
+    /// (guarded on the netdev datapath before its pod end goes up). The
+    /// port's row goes to OVSDB right after the veth is made: ovs-vswitchd
+    /// reconfigures on the veth's appearance anyway, and a row that arrives
+    /// during that reconfiguration is taken in the next one with no wait in
+    /// between. Returns the ofport the switch gave, or the first failure as
+    /// the ADD reports it (the caller undoes it all), with the time of each
+    /// step.
+    async fn wire_veth_and_port(
+        &self,
+        iface: &PodInterface,
+        spec: &PortSpec,
+    ) -> (Result<u32, CniError>, [(&'static str, Duration); 3]) {
+        let t = Instant::now();
+        let wiring = |e| agent_error("wiring the pod interface failed", e);
+        // Looked for only when the name is taken: no request otherwise.
+        let created = match self.host.create_pod_veth(iface).await {
+            Err(NetlinkError::LinkExists(_))
+                if self.host.del_link(&iface.host_name).await.unwrap_or(false) =>
+            {
+                self.host.create_pod_veth(iface).await
+            }
+            created => created,
+        };
+        let link = t.elapsed();
+        if let Err(e) = created {
+            return (Err(wiring(e)), [("link", link), ("pod_end", Duration::ZERO), ("port", Duration::ZERO)]);
+        }
+        let configured = async {
+            if self.settings.datapath == DatapathType::Netdev {
+                self.host
+                    .guard_veth(&iface.host_name)
+                    .map_err(|e| agent_error("guarding the pod veth failed", e))?;
+            }
+            self.host.configure_veth(iface).await.map_err(wiring)
+        };
+        let ((pod_end, pod_end_took), (port, port_took)) = tokio::join!(
+            timed(configured),
+            timed(self.ovsdb.add_port(&self.settings.bridge, spec, OFPORT_TIMEOUT))
+        );
+        let result = match (pod_end, port) {
+            (Err(e), _) => Err(e),
+            (_, Err(e)) => Err(agent_error("adding the OVS port failed", e)),
+            (Ok(()), Ok(ofport)) => Ok(ofport),
+        };
+        (result, [("link", link), ("pod_end", pod_end_took), ("port", port_took)])
     }
 
     /// The part of a pod's limits tc enforces (on the netdev datapath,
@@ -869,29 +933,37 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                     self.put_pod(rec);
                     return Err(agent_error("removing the pod's flows failed", e));
                 }
+                self.stages.lap("flows");
                 let (ofport, name) = (rec.ofport, rec.host_veth);
                 // No flow names the meter any more; a failure leaves a
                 // leftover the next resync deletes.
                 if let Err(e) = self.drop_meter(ofport).await {
                     warn!(error = %e, "removing the pod's egress meter failed");
                 }
+                self.stages.lap("meter");
                 name
             }
             None => host_veth_name(key),
         };
         // The port and the veth go at once (the kernel's veth teardown is the
         // slow part); deleting the host end takes the pod end with it.
-        let (port, link) = tokio::join!(
-            self.ovsdb.del_port(&self.settings.bridge, &host_veth),
-            self.host.del_link(&host_veth)
+        self.stages.skip();
+        let ((port, port_took), (link, link_took)) = tokio::join!(
+            timed(self.ovsdb.del_port(&self.settings.bridge, &host_veth)),
+            timed(self.host.del_link(&host_veth))
         );
+        self.stages.record("port", port_took);
+        self.stages.record("link", link_took);
+        self.stages.skip();
         port.map_err(|e| agent_error("removing the OVS port failed", e))?;
         link.map_err(|e| agent_error("removing the veth failed", e))?;
         // The qdiscs went with the veth; an egress ifb is a device of its own.
         self.drop_shaping(&host_veth).await;
+        self.stages.lap("ifb");
         self.ipam
             .release(&Owner::new(key.container_id.clone(), key.ifname.clone()))
             .map_err(|e| agent_error("releasing the IP failed", e))?;
+        self.stages.lap("ipam");
         Ok(())
     }
 

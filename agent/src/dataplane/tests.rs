@@ -159,6 +159,7 @@ async fn add_wires_veth_port_flows_and_address() {
         let veth = w.veths.get(&rec.host_veth).expect("veth");
         assert_eq!(veth.pod_ifname, "eth0");
         assert_eq!(veth.pod_mac, MacAddr(rec.mac.0));
+        assert!(veth.configured, "the pod end is up, addressed and routed");
         assert!(w.guarded.contains(&rec.host_veth), "netdev: the veth is guarded");
         let (ofport, ids) = w.ports.get(&rec.host_veth).expect("port");
         assert_eq!(*ofport, rec.ofport);
@@ -430,6 +431,39 @@ async fn failed_add(op: Op, datapath: DatapathType, request: Request) -> (Node, 
 async fn rollback_when_the_veth_cannot_be_made() {
     let (n, e) = failed_add(Op::WirePod, DatapathType::Netdev, req(Command::Add, "c1", "a")).await;
     assert!(e.msg.contains("wiring the pod interface failed"), "{e:?}");
+    n.assert_no_pod_left();
+}
+
+#[tokio::test]
+async fn rollback_when_the_pod_end_cannot_be_configured() {
+    let (n, e) = failed_add(Op::ConfigurePod, DatapathType::Netdev, limited("c1", "a", 5_000_000)).await;
+    assert!(e.msg.contains("wiring the pod interface failed"), "{e:?}");
+    n.assert_no_pod_left();
+}
+
+/// A host veth left by an ADD the agent did not finish (it crashed) is
+/// replaced; a pod that has the interface already fails the ADD and keeps it.
+#[tokio::test]
+async fn a_leftover_veth_is_replaced_and_a_taken_ifname_refused() {
+    let mut n = node(DatapathType::Netdev).await;
+    let key = PodKey { container_id: "c1".into(), ifname: "eth0".into() };
+    let leftover = fake::Veth {
+        pod_netns: PathBuf::from("/run/netns/gone"),
+        pod_ifname: "eth0".into(),
+        pod_mac: MacAddr([0; 6]),
+        configured: false,
+    };
+    n.fake.world().veths.insert(host_veth_name(&key), leftover);
+    n.add("c1", "a").await.expect("ADD over a leftover");
+    let veth = n.fake.world().veths.get(&host_veth_name(&key)).cloned().expect("veth");
+    assert_eq!(veth.pod_netns, PathBuf::from("/run/netns/a"));
+    n.assert_switch_in_step();
+    // Another attachment into the same pod's eth0.
+    let e = n.dp.add(&req(Command::Add, "c2", "a")).await.expect_err("eth0 is taken");
+    assert!(e.msg.contains("wiring the pod interface failed"), "{e:?}");
+    assert_eq!(n.fake.world().veths.len(), 1, "the first pod's veth stays");
+    assert_eq!(n.dp.pods.len(), 1);
+    n.dp.del(&req(Command::Del, "c1", "a")).await.expect("DEL");
     n.assert_no_pod_left();
 }
 

@@ -180,9 +180,20 @@ impl Netlink {
     /// is opened by a short-lived thread that entered the namespace (a few
     /// tens of microseconds of blocking).
     pub fn in_netns(path: &Path) -> Result<Netlink, NetlinkError> {
+        Netlink::in_netns_and(path, || Ok(()))
+    }
+
+    /// [`Netlink::in_netns`], running `first` in the namespace too (on the
+    /// same thread, before the socket opens): one entry for both, e.g. for
+    /// an ethtool change there.
+    pub fn in_netns_and(
+        path: &Path,
+        first: impl FnOnce() -> Result<(), NetlinkError> + Send + 'static,
+    ) -> Result<Netlink, NetlinkError> {
         let runtime = runtime()?;
         let inside = runtime.clone();
         let (conn, handle) = netns::run_in(path, move || {
+            first()?;
             // The socket is registered with the caller's runtime; where the
             // registration happens does not matter, where the socket is
             // opened does.
@@ -226,12 +237,16 @@ impl Netlink {
     /// Sets a link administratively up.
     pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
         let link = self.require_link(name).await?;
+        self.set_up_at(&link).await
+    }
+
+    async fn set_up_at(&self, link: &LinkInfo) -> Result<(), NetlinkError> {
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(link.index).up().build())
             .execute()
             .await
-            .map_err(nl_err(format!("set {name} up")))
+            .map_err(nl_err(format!("set {} up", link.name)))
     }
 
     /// Sets MAC and/or MTU of a link.
@@ -256,6 +271,11 @@ impl Netlink {
     /// present is success.
     pub async fn add_ipv4(&self, name: &str, address: Ipv4Network) -> Result<(), NetlinkError> {
         let link = self.require_link(name).await?;
+        self.add_ipv4_at(&link, address).await
+    }
+
+    async fn add_ipv4_at(&self, link: &LinkInfo, address: Ipv4Network) -> Result<(), NetlinkError> {
+        let name = &link.name;
         self.handle
             .address()
             .add(link.index, IpAddr::V4(address.ip()), address.prefix())
@@ -355,8 +375,11 @@ impl Netlink {
 
     /// Creates a veth pair: `host_name` in this connection's namespace and
     /// `peer_name` created directly inside the namespace at `peer_netns`
-    /// (so it never clashes with a host device such as `eth0`), both with
-    /// `mtu`, the peer with `peer_mac`. Both ends stay down.
+    /// (so it never clashes with a host device such as `eth0`; and no
+    /// device moves between namespaces, which costs the kernel an RCU
+    /// barrier, ~18 ms on a loaded machine), both with `mtu`, the peer with
+    /// `peer_mac`. The peer stays down; the host end is created up if
+    /// `host_up` (it carries nothing before the peer is up too).
     pub async fn create_veth(
         &self,
         host_name: &str,
@@ -364,16 +387,18 @@ impl Netlink {
         peer_name: &str,
         peer_mac: Option<MacAddr>,
         mtu: u32,
+        host_up: bool,
     ) -> Result<(), NetlinkError> {
         let ns = netns::open(peer_netns)?;
         let mut peer = LinkUnspec::new_with_name(peer_name).mtu(mtu).setns_by_fd(ns.as_raw_fd());
         if let Some(mac) = peer_mac {
             peer = peer.address(mac.0.to_vec());
         }
-        let msg = LinkVeth::new(host_name, peer_name)
-            .mtu(mtu)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-            .build();
+        let mut msg = LinkVeth::new(host_name, peer_name).mtu(mtu);
+        if host_up {
+            msg = msg.up();
+        }
+        let msg = msg.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
         // `ns` stays open until the kernel has answered.
         let result = self.handle.link().add(msg).execute().await;
         drop(ns);
@@ -442,14 +467,20 @@ pub struct PodLinks {
     pub container: LinkInfo,
 }
 
-/// Wires a pod: veth pair with the container end created inside the pod
-/// namespace under `ifname` with MAC and MTU, both ends up, the address, the
-/// default route via the gateway, and offloads off if asked. On failure the
-/// veth is deleted again, so a retry starts clean. Fails with
-/// [`NetlinkError::LinkExists`] when the host end exists already.
+/// Wires a pod: [`create_pod_veth`], then [`configure_veth`]; on
+/// failure the veth is deleted again, so a retry starts clean. Fails with
+/// [`NetlinkError::LinkExists`] when the pod has `ifname` already.
 pub async fn setup_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<PodLinks, NetlinkError> {
-    host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu).await?;
-    let wired = configure_pod_interface(host, spec).await;
+    create_pod_veth(host, spec).await?;
+    let wired = async {
+        configure_veth(host, spec).await?;
+        let pod = Netlink::in_netns(&spec.netns)?;
+        Ok(PodLinks {
+            host: host.require_link(&spec.host_name).await?,
+            container: pod.require_link(&spec.ifname).await?,
+        })
+    };
+    let wired = wired.await;
     if wired.is_err() {
         if let Err(e) = host.del_link(&spec.host_name).await {
             tracing::warn!(error = %e, link = %spec.host_name, "removing a half-wired veth failed");
@@ -458,20 +489,35 @@ pub async fn setup_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<
     wired
 }
 
-async fn configure_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<PodLinks, NetlinkError> {
-    let pod = Netlink::in_netns(&spec.netns)?;
-    pod.set_up(&spec.ifname).await?;
-    pod.add_ipv4(&spec.ifname, spec.address).await?;
-    pod.set_default_route(spec.gateway).await?;
-    host.set_up(&spec.host_name).await?;
+/// The first half of wiring a pod, one request in the node's namespace:
+/// the veth pair with the pod end created inside the pod's namespace under
+/// `ifname` with its MAC and MTU (down), the host end up. Fails with
+/// [`NetlinkError::LinkExists`] when the host end or the pod's interface
+/// exists (nothing changed then). The host end exists from here on: OVS
+/// may take it while the veth is configured ([`configure_veth`]); nothing
+/// passes before the pod end is up.
+pub async fn create_pod_veth(host: &Netlink, spec: &PodInterface) -> Result<(), NetlinkError> {
+    host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu, true).await
+}
+
+/// The second half: the host end's offloads off if asked (in the node's
+/// namespace), then inside the pod's namespace, entered once (one thread
+/// turns the pod end's offloads off, if asked, and opens the netlink
+/// socket there), the pod end up, its address and the default route via
+/// the gateway: four requests. The caller deletes the host end on failure.
+pub async fn configure_veth(host: &Netlink, spec: &PodInterface) -> Result<(), NetlinkError> {
     if spec.offloads_off {
-        pod.offloads_off(&spec.ifname)?;
         host.offloads_off(&spec.host_name)?;
     }
-    Ok(PodLinks {
-        host: host.require_link(&spec.host_name).await?,
-        container: pod.require_link(&spec.ifname).await?,
-    })
+    let offloads = spec.offloads_off.then(|| spec.ifname.clone());
+    let pod = Netlink::in_netns_and(&spec.netns, move || match &offloads {
+        Some(dev) => ethtool::offloads_off(dev),
+        None => Ok(()),
+    })?;
+    let link = pod.require_link(&spec.ifname).await?;
+    pod.set_up_at(&link).await?;
+    pod.add_ipv4_at(&link, spec.address).await?;
+    pod.set_default_route(spec.gateway).await
 }
 
 #[cfg(test)]

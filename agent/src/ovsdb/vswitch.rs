@@ -158,6 +158,19 @@ pub enum Change {
     Unchanged,
 }
 
+/// How long the server-side wait of [`Client::add_port`] waits before the
+/// ordinary wait takes over (ovs-vswitchd takes a port in milliseconds).
+const SERVER_WAIT: Duration = Duration::from_secs(2);
+
+/// What the one-round-trip insert of [`Client::add_port`] found.
+enum Inserted {
+    Ofport(u32),
+    /// Inserted; the ofport not seen yet.
+    NotYet,
+    /// A port of that name exists.
+    Exists,
+}
+
 /// A port of a bridge with its (first) interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortInfo {
@@ -363,14 +376,88 @@ impl Client {
     }
 
     /// Ensures the port, then waits for its ofport (which it returns).
+    ///
+    /// A new port (the usual case: a pod's) takes one round trip: the
+    /// insert and a transaction that waits on the server (RFC 7047 `wait`)
+    /// until ovs-vswitchd wrote the interface's ofport go out together, and
+    /// the answer is the ofport. A port that exists already (an earlier ADD
+    /// cut short) makes the insert fail on the name index: then the port is
+    /// ensured and waited for as [`Client::ensure_port`] and
+    /// [`Client::wait_ofport`] do, as is an insert whose ofport the server
+    /// side wait did not see within [`SERVER_WAIT`] (so an interface that
+    /// gets no ofport at all is still reported as soon as ovs-vswitchd has
+    /// applied the change, by `wait_ofport`).
     pub async fn add_port(
         &self,
         bridge: &str,
         spec: &PortSpec,
         timeout: Duration,
     ) -> Result<u32, OvsdbError> {
-        self.ensure_port(bridge, spec).await?;
-        self.wait_ofport(&spec.name, timeout).await
+        match self.insert_port_waiting(bridge, spec, SERVER_WAIT.min(timeout)).await? {
+            Inserted::Ofport(ofport) => Ok(ofport),
+            Inserted::NotYet => self.wait_ofport(&spec.name, timeout).await,
+            Inserted::Exists => {
+                self.ensure_port(bridge, spec).await?;
+                self.wait_ofport(&spec.name, timeout).await
+            }
+        }
+    }
+
+    /// The insert and the server-side wait of [`Client::add_port`].
+    async fn insert_port_waiting(
+        &self,
+        bridge: &str,
+        spec: &PortSpec,
+        wait: Duration,
+    ) -> Result<Inserted, OvsdbError> {
+        let mut iface = spec.interface_settings();
+        iface["name"] = json!(spec.name);
+        let insert = vec![
+            json!({"op": "insert", "table": "Interface", "uuid-name": "iface", "row": iface}),
+            json!({"op": "insert", "table": "Port", "uuid-name": "port",
+                   "row": {"name": spec.name, "interfaces": datum::named_uuid("iface")}}),
+            json!({"op": "mutate", "table": "Bridge", "where": [eq("name", json!(bridge))],
+                   "mutations": [["ports", "insert", datum::set([datum::named_uuid("port")])]]}),
+            bump_next_cfg(),
+        ];
+        let named = || vec![eq("name", json!(spec.name))];
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let ofport = vec![
+            // Until the interface's ofport is no longer empty: a number, or
+            // -1 when ovs-vswitchd could not open it (with `error` set).
+            json!({"op": "wait", "timeout": wait_ms, "table": "Interface", "where": named(),
+                   "columns": ["ofport"], "until": "!=", "rows": [{"ofport": datum::set([])}]}),
+            select("Interface", named(), &["ofport", "error"]),
+        ];
+        // One writer sends both in this order, and the server runs a
+        // connection's transactions in order: the wait sees the insert.
+        let (inserted, waited) = tokio::join!(self.transact(insert), self.transact(ofport));
+        match inserted {
+            Err(OvsdbError::Transaction { error, .. }) if error == "constraint violation" => {
+                return Ok(Inserted::Exists)
+            }
+            Err(e) => return Err(e),
+            Ok(r) if r[2].get("count").and_then(Value::as_u64) == Some(0) => {
+                // Nothing referenced the new rows: OVSDB dropped them.
+                return Err(OvsdbError::NoSuchBridge(bridge.to_string()));
+            }
+            Ok(_) => {}
+        }
+        let Ok(waited) = waited else { return Ok(Inserted::NotYet) };
+        let row = rows(&waited[1]).first();
+        match row.map(|r| column(r, "ofport")).transpose()?.and_then(as_opt_int) {
+            Some(p) if p > 0 => u32::try_from(p)
+                .map(Inserted::Ofport)
+                .map_err(|_| OvsdbError::Protocol(format!("ofport {p} out of range"))),
+            Some(_) => {
+                let error = row.map(|r| column(r, "error")).transpose()?.and_then(as_opt_str);
+                Err(OvsdbError::Interface {
+                    name: spec.name.clone(),
+                    error: error.unwrap_or_default().to_string(),
+                })
+            }
+            None => Ok(Inserted::NotYet),
+        }
     }
 
     /// Removes the port from the bridge (OVSDB then drops its rows). A port

@@ -9,12 +9,22 @@
 //! run; the time goes to processes, netlink and OVS, not to our CPU).
 //! Figures: p50/p99 per command and the ratio ours/upstream; JSON in
 //! `bench/results/cni.json`, with every sample (`samples_ms`) for `--bin plot`.
+//!
+//! `--profile` also says where the time goes: the agent logs each ADD's and
+//! DEL's stages (`k8s_ovs_agent::timing`, turned on here), the socket server
+//! what it adds around them, and every pod also gets a VERSION exec of each
+//! plugin (the process alone: start, exit, no socket, no netlink); the
+//! medians per stage (all pods, the first 20, the last 20) are printed and
+//! written under `profile`. The extra execs add load, so the headline
+//! figures come from a run without it.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Parser;
+use k8s_ovs_agent::timing;
 use lab::cluster::{cni, upstream, Agent, CniCall};
 use lab::Lab;
 use serde_json::json;
@@ -30,6 +40,9 @@ struct Args {
     /// for per-step timings).
     #[arg(long)]
     agent_log: Option<PathBuf>,
+    /// Per-stage medians from the agent's timing lines (see the module doc).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -63,6 +76,10 @@ impl Series {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.profile && std::env::var_os("K8S_OVS_LAB_LOG").is_none() {
+        // Read by the lab when it starts the agent.
+        std::env::set_var("K8S_OVS_LAB_LOG", format!("info,{}=debug", timing::TARGET));
+    }
     let mut lab = Lab::start(1)?;
     lab.put_network_config("k8s-ovs-multitenant")?;
     lab.put_node_subnet(1)?;
@@ -78,6 +95,7 @@ fn main() -> Result<()> {
     let (mut ours_add, mut ours_del) = (Series::new("k8s-ovs ADD"), Series::new("k8s-ovs DEL"));
     let (mut ref_add, mut ref_del) =
         (Series::new("bridge+host-local ADD"), Series::new("bridge+host-local DEL"));
+    let (mut ours_exec, mut ref_exec) = (Series::new("k8s-ovs VERSION"), Series::new("bridge VERSION"));
     let mut calls = Vec::new();
     for i in 0..args.pods {
         let ours = CniCall::pod(
@@ -94,22 +112,30 @@ fn main() -> Result<()> {
         );
         calls.push((ours, theirs));
     }
+    let run = |command: &str, ours: &CniCall, theirs: &CniCall| -> Result<(Duration, Duration)> {
+        let o = cni(&lab, 1, command, ours)?;
+        ensure!(o.code == Some(0), "k8s-ovs {command}: {}", o.stdout);
+        let r = upstream(&lab, 1, "bridge", command, theirs, reference.clone())?;
+        ensure!(r.code == Some(0), "bridge {command}: {} {}", r.stdout, r.stderr);
+        Ok((o.elapsed, r.elapsed))
+    };
     for (ours, theirs) in &calls {
-        let o = cni(&lab, 1, "ADD", ours)?;
-        ensure!(o.code == Some(0), "k8s-ovs ADD: {}", o.stdout);
-        ours_add.samples.push(o.elapsed);
-        let r = upstream(&lab, 1, "bridge", "ADD", theirs, reference.clone())?;
-        ensure!(r.code == Some(0), "bridge ADD: {} {}", r.stdout, r.stderr);
-        ref_add.samples.push(r.elapsed);
+        let (o, r) = run("ADD", ours, theirs)?;
+        ours_add.samples.push(o);
+        ref_add.samples.push(r);
+        if args.profile {
+            let (o, r) = run("VERSION", ours, theirs)?;
+            ours_exec.samples.push(o);
+            ref_exec.samples.push(r);
+        }
     }
     for (ours, theirs) in &calls {
-        let o = cni(&lab, 1, "DEL", ours)?;
-        ensure!(o.code == Some(0), "k8s-ovs DEL: {}", o.stdout);
-        ours_del.samples.push(o.elapsed);
-        let r = upstream(&lab, 1, "bridge", "DEL", theirs, reference.clone())?;
-        ensure!(r.code == Some(0), "bridge DEL: {} {}", r.stdout, r.stderr);
-        ref_del.samples.push(r.elapsed);
+        let (o, r) = run("DEL", ours, theirs)?;
+        ours_del.samples.push(o);
+        ref_del.samples.push(r);
     }
+    // In the order measured (the summaries below sort them).
+    let measured = [("ADD", ours_add.samples.clone()), ("DEL", ours_del.samples.clone())];
     let mut out = serde_json::Map::new();
     println!("{:<26} {:>9} {:>9} {:>9}", "CNI, exec'd per pod", "p50 ms", "p99 ms", "max ms");
     for s in [&mut ours_add, &mut ref_add, &mut ours_del, &mut ref_del] {
@@ -131,6 +157,10 @@ fn main() -> Result<()> {
     out.insert("add_p50_ratio_ours_over_upstream".into(), add_ratio.into());
     out.insert("del_p50_ratio_ours_over_upstream".into(), del_ratio.into());
     out.insert("pods".into(), args.pods.into());
+    if args.profile {
+        let profile = profile(&agent.daemon.log, &measured, &ours_exec.samples, &ref_exec.samples)?;
+        out.insert("profile".into(), profile);
+    }
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -140,4 +170,96 @@ fn main() -> Result<()> {
         std::fs::copy(&agent.daemon.log, to)?;
     }
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
+
+fn ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The per-stage medians of ADD and DEL: from the agent's timing lines
+/// (one per request, in order), the socket server's around them, the
+/// plugin's total as the runtime sees it and the VERSION execs.
+fn profile(
+    log: &Path,
+    measured: &[(&str, Vec<Duration>)],
+    ours_exec: &[Duration],
+    ref_exec: &[Duration],
+) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("read {}", log.display()))?;
+    let mut lines: BTreeMap<String, Vec<BTreeMap<String, u64>>> = BTreeMap::new();
+    for (kind, stages) in text.lines().filter_map(timing::parse) {
+        lines.entry(kind).or_default().push(stages);
+    }
+    let us = |m: &BTreeMap<String, u64>, k: &str| m.get(k).map(|v| *v as f64 / 1e3);
+    let mut out = serde_json::Map::new();
+    for (command, totals) in measured {
+        let (Some(agent), Some(served)) = (lines.get(*command), lines.get(&format!("serve_{command}")))
+        else {
+            anyhow::bail!(
+                "no timing lines for {command} in {}: was the agent's debug log on?",
+                log.display()
+            );
+        };
+        let n = totals.len();
+        ensure!(
+            agent.len() == n && served.len() == n,
+            "{command}: {} agent and {} socket timing lines for {n} calls",
+            agent.len(),
+            served.len(),
+        );
+        // Every stage, per pod, in ms: the runtime's view first, then the
+        // socket server's, then the dataplane's own steps.
+        let mut rows: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+        let mut push = |name: &str, v: Vec<Option<f64>>| rows.push((name.to_string(), v));
+        let outside = |i: usize| us(&served[i], "total").map(|s| ms(&totals[i]) - s);
+        push("total as the runtime sees it", totals.iter().map(|d| Some(ms(d))).collect());
+        if ours_exec.len() == n && *command == "ADD" {
+            push("  plugin process alone (VERSION exec)", ours_exec.iter().map(|d| Some(ms(d))).collect());
+            push(
+                "  plugin's socket and JSON, outside the agent",
+                (0..n).map(|i| outside(i).map(|o| o - ms(&ours_exec[i]))).collect(),
+            );
+            push("  (upstream bridge VERSION exec)", ref_exec.iter().map(|d| Some(ms(d))).collect());
+        } else {
+            push("  plugin process, socket, outside the agent", (0..n).map(outside).collect());
+        }
+        push("  agent: socket read", served.iter().map(|s| us(s, "read")).collect());
+        push(
+            "  agent: to the loop and back",
+            (0..n).map(|i| Some(us(&served[i], "loop")? - us(&agent[i], "total")?)).collect(),
+        );
+        push("  agent: socket write", served.iter().map(|s| us(s, "write")).collect());
+        push("  agent: request handled", agent.iter().map(|s| us(s, "total")).collect());
+        let mut stages: Vec<String> = Vec::new();
+        for k in agent.iter().flat_map(|a| a.keys()).filter(|k| *k != "total") {
+            if !stages.contains(k) {
+                stages.push(k.clone());
+            }
+        }
+        for k in &stages {
+            push(&format!("    {k}"), agent.iter().map(|s| us(s, k)).collect());
+        }
+        let part =
+            |v: &[Option<f64>], r: std::ops::Range<usize>| median(v[r].iter().flatten().copied().collect());
+        println!("\n{command}: per-stage medians, ms {:>10} {:>10} {:>10}", "all", "first 20", "last 20");
+        let mut json_rows = serde_json::Map::new();
+        for (name, v) in &rows {
+            let (all, first, last) = (part(v, 0..n), part(v, 0..n.min(20)), part(v, n.saturating_sub(20)..n));
+            println!("{name:<46} {all:>10.2} {first:>10.2} {last:>10.2}");
+            json_rows.insert(
+                name.trim().to_string(),
+                json!({"p50_ms": all, "p50_first20_ms": first, "p50_last20_ms": last}),
+            );
+        }
+        out.insert(command.to_string(), serde_json::Value::Object(json_rows));
+    }
+    Ok(serde_json::Value::Object(out))
 }
