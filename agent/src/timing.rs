@@ -109,7 +109,8 @@ pub fn parse(line: &str) -> Option<(String, BTreeMap<String, u64>)> {
     Some((kind?, stages))
 }
 
-fn strip_ansi(s: &str) -> String {
+/// `s` without terminal colour sequences (ESC [ ... letter).
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

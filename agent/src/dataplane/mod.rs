@@ -96,6 +96,9 @@ pub struct Dataplane<S, V, H> {
     view: ViewFollower,
     /// Where the pipeline is in the services' change log.
     services: LogReader,
+    /// How long the pipeline took for the event the next commit sends
+    /// (logged with its bundle).
+    computed: Duration,
     /// The meters the switch holds, by id (the pod's ofport): pod egress
     /// limits on the netdev datapath. Added before the flows that name them,
     /// deleted after.
@@ -154,6 +157,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             ids_recovered: false,
             view: ViewFollower::default(),
             services: LogReader::default(),
+            computed: Duration::ZERO,
             meters: BTreeMap::new(),
             other_ofports: Default::default(),
             annotations: PodAnnotations::new(),
@@ -419,7 +423,8 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         if result.is_ok() {
             self.metrics.bundle_seconds.observe_duration(t.elapsed());
             self.metrics.bundle_flows.observe(ops.len() as f64);
-            debug!(bundle = ?t.elapsed(), ops = ops.len(), flows = self.pipeline.len(), "flows synced");
+            let computed = std::mem::take(&mut self.computed);
+            debug!(?computed, bundle = ?t.elapsed(), ops = ops.len(), flows = self.pipeline.len(), "flows synced");
         }
         self.bundled(result)
     }
@@ -444,7 +449,10 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// The pipeline part of [`Dataplane::on_view`]: the flow operations the
     /// view's changes need, not sent yet.
     pub fn on_view_state(&mut self, view: &EtcdView) -> Vec<FlowOp> {
-        self.view.apply(view, &mut self.pipeline)
+        let t = Instant::now();
+        let ops = self.view.apply(view, &mut self.pipeline);
+        self.computed = t.elapsed();
+        ops
     }
 
     /// A complete service map (the watch's first list, or any change after it).
@@ -457,6 +465,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// the kept service flows: those the pipeline now has are replaced by
     /// its operations, the others deleted.
     pub fn on_services_state(&mut self, services: &Services) -> Vec<FlowOp> {
+        let t = Instant::now();
         let mut ops = match self.services.read(&services.changes) {
             Some(changed) => self
                 .pipeline
@@ -472,6 +481,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 "first Service list: service flows follow the apiserver again"
             );
         }
+        self.computed = t.elapsed();
         ops
     }
 

@@ -45,6 +45,7 @@ use etcd_client::{Client, EventType, GetOptions};
 use etcd_schema::{parse_net_namespace, Keys};
 use k8s_ovs_agent::dataplane::prefix_of;
 use k8s_ovs_agent::etcd_source::{self, mode_of, EtcdSettings, EtcdView};
+use k8s_ovs_agent::timing::strip_ansi;
 use k8s_ovs_agent::view_follow::ViewFollower;
 use lab::cluster::{add_pod, start_controller, start_kube_api_with, Agent, Daemon, NAME, PREFIX};
 use lab::kube_api::KubeApi;
@@ -708,24 +709,6 @@ fn by_kind(kinds: &[&'static str], values: &[Option<f64>]) -> Value {
     let mut v = by.json(false);
     v["missing"] = json!(values.iter().filter(|v| v.is_none()).count());
     v
-}
-
-/// `line` without terminal colour sequences (ESC [ ... letter).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The fields of `... DEBUG k8s_ovs_agent::dataplane: flows synced computed=1.2µs bundle=3.4ms ops=8 flows=700`.
