@@ -18,6 +18,7 @@ pub const ETH_TYPE_IPV6: u16 = 0x86dd;
 pub const IP_PROTO_ICMP: u8 = 1;
 pub const IP_PROTO_TCP: u8 = 6;
 pub const IP_PROTO_UDP: u8 = 17;
+pub const IP_PROTO_SCTP: u8 = 132;
 /// Connection-tracking state bits (`ct_state`), in the order OVS prints them.
 pub mod ct_state {
     pub const NEW: u32 = 0x01;
@@ -194,6 +195,15 @@ impl Masked<u32> {
     }
 }
 
+impl Masked<u16> {
+    pub fn exact(value: u16) -> Self {
+        Masked { value, mask: u16::MAX }
+    }
+    pub fn new(value: u16, mask: u16) -> Self {
+        Masked { value: value & mask, mask }
+    }
+}
+
 impl Masked<u64> {
     pub fn exact(value: u64) -> Self {
         Masked { value, mask: u64::MAX }
@@ -234,7 +244,9 @@ pub struct Match {
     /// ("normal") zeroes the ports of every fragment, the first included, so
     /// a port match never sees them.
     pub fragment: bool,
-    pub tp_dst: Option<u16>,
+    /// Destination TCP/UDP/SCTP port, possibly masked (a NetworkPolicy
+    /// port range is a few masked matches).
+    pub tp_dst: Option<Masked<u16>>,
     pub arp_op: Option<u16>,
     pub arp_spa: Option<Ipv4Prefix>,
     pub arp_tpa: Option<Ipv4Prefix>,
@@ -246,6 +258,9 @@ pub struct Match {
     /// Connection-tracking state bits ([`ct_state`]) with the mask of those that matter.
     pub ct_state: Option<Masked<u32>>,
     pub ct_mark: Option<Masked<u32>>,
+    /// `conj_id=N`: the packet completed conjunctive match N (set by the
+    /// switch after a lookup whose `conjunction` flows matched in every clause).
+    pub conj_id: Option<u32>,
 }
 
 impl Match {
@@ -326,7 +341,23 @@ impl Match {
     /// Destination TCP/UDP port; set `tcp()` or `udp()` first (the switch
     /// drops a port match without a transport protocol).
     pub fn tp_dst(mut self, port: u16) -> Self {
-        self.tp_dst = Some(port);
+        self.tp_dst = Some(Masked::<u16>::exact(port));
+        self
+    }
+
+    /// Destination ports `value` under `mask` (a port range is cut into these).
+    pub fn tp_dst_masked(mut self, value: u16, mask: u16) -> Self {
+        self.tp_dst = Some(Masked::<u16>::new(value, mask));
+        self
+    }
+
+    /// `sctp` = ip + ip_proto 132.
+    pub fn sctp(self) -> Self {
+        self.ip_proto(IP_PROTO_SCTP)
+    }
+
+    pub fn conj_id(mut self, id: u32) -> Self {
+        self.conj_id = Some(id);
         self
     }
 
@@ -438,7 +469,10 @@ impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut skip_type = false;
         let mut skip_proto = false;
-        // match_format prints the conntrack fields before the protocol.
+        // match_format prints conj_id, then the conntrack fields, before the protocol.
+        if let Some(id) = self.conj_id {
+            write!(f, "conj_id={id},")?;
+        }
         if let Some(m) = self.ct_state {
             f.write_str("ct_state=")?;
             for (bit, name) in ct_state::NAMES {
@@ -458,6 +492,7 @@ impl fmt::Display for Match {
                     Some(IP_PROTO_ICMP) => (f.write_str("icmp,")?, skip_proto = true).1,
                     Some(IP_PROTO_TCP) => (f.write_str("tcp,")?, skip_proto = true).1,
                     Some(IP_PROTO_UDP) => (f.write_str("udp,")?, skip_proto = true).1,
+                    Some(IP_PROTO_SCTP) => (f.write_str("sctp,")?, skip_proto = true).1,
                     _ => f.write_str("ip,")?,
                 },
                 ETH_TYPE_IPV6 => f.write_str("ipv6,")?,
@@ -526,8 +561,13 @@ impl fmt::Display for Match {
                 f.write_str("nw_frag=yes,")?;
             }
         }
+        // format_be16_masked: decimal when exact, hex value/mask otherwise.
         if let Some(p) = self.tp_dst {
-            write!(f, "tp_dst={p},")?;
+            if p.mask == u16::MAX {
+                write!(f, "tp_dst={},", p.value)?;
+            } else {
+                write!(f, "tp_dst={:#x}/{:#x},", p.value, p.mask)?;
+            }
         }
         Ok(())
     }
@@ -726,6 +766,9 @@ pub enum Action {
     /// `meter:N`: the packet passes meter N (OpenFlow 1.5's meter action);
     /// over its rate it is dropped.
     Meter(u32),
+    /// `conjunction(ID,K/N)`: this flow is clause K (1-based) of N of
+    /// conjunctive match ID; a flow with it has only conjunction actions.
+    Conjunction { id: u32, clause: u8, n_clauses: u8 },
 }
 
 /// The arguments of [`Action::Ct`].
@@ -807,6 +850,9 @@ impl fmt::Display for Action {
             Action::GotoTable(t) => write!(f, "goto_table:{t}"),
             Action::DecTtl => f.write_str("dec_ttl"),
             Action::Meter(id) => write!(f, "meter:{id}"),
+            Action::Conjunction { id, clause, n_clauses } => {
+                write!(f, "conjunction({id},{clause}/{n_clauses})")
+            }
             // format_CT: commit, table, zone, exec(...), without a trailing comma.
             Action::Ct(ct) => {
                 let mut parts = Vec::new();

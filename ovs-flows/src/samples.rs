@@ -157,5 +157,32 @@ pub fn every_feature() -> Vec<Flow> {
                 .ct_mark(1, 1),
             vec![Action::set_eth_dst(mac(2)), Action::Output(2)],
         ),
+        // Conjunctive match (NetworkPolicy): clauses over sources, ports
+        // (a masked port range, SCTP) and the flow that completes it.
+        Flow::new(
+            30,
+            90,
+            c(18),
+            Match::new().nw_src(ip(10, 2, 0, 5)),
+            vec![
+                Action::Conjunction { id: 7, clause: 1, n_clauses: 2 },
+                Action::Conjunction { id: 0x1_0002, clause: 1, n_clauses: 3 },
+            ],
+        ),
+        Flow::new(
+            30,
+            90,
+            c(19),
+            Match::new().tcp().tp_dst_masked(0x1f40, 0xffc0),
+            vec![Action::Conjunction { id: 7, clause: 2, n_clauses: 2 }],
+        ),
+        Flow::new(
+            30,
+            90,
+            c(20),
+            Match::new().sctp().tp_dst(9999),
+            vec![Action::Conjunction { id: 0x1_0002, clause: 3, n_clauses: 3 }],
+        ),
+        Flow::new(30, 90, c(21), Match::new().ip().conj_id(7), vec![Action::GotoTable(40)]),
     ]
 }

@@ -26,6 +26,7 @@ const NXAST_OUTPUT_REG: u16 = 15;
 const NXAST_DEC_TTL: u16 = 18;
 const NXAST_OUTPUT_REG2: u16 = 32;
 const NXAST_REG_LOAD2: u16 = 33;
+const NXAST_CONJUNCTION: u16 = 34;
 const NXAST_CT: u16 = 35;
 /// `nx_action_conntrack.flags`: commit the connection.
 const NX_CT_F_COMMIT: u16 = 1;
@@ -149,6 +150,16 @@ fn encode_action(buf: &mut Vec<u8>, a: &Action) -> Result<(), CodecError> {
             put_u16(buf, OFPAT_METER);
             put_u16(buf, 8);
             put_u32(buf, *id);
+        }
+        // nx_action_conjunction: clause (0-based on the wire), n_clauses, id.
+        Action::Conjunction { id, clause, n_clauses } => {
+            if *clause == 0 || clause > n_clauses || *n_clauses < 2 || *n_clauses > 64 {
+                return Err(CodecError::Invalid(format!("conjunction({id},{clause}/{n_clauses})")));
+            }
+            nx_start(buf, NXAST_CONJUNCTION);
+            buf.extend_from_slice(&[clause - 1, *n_clauses]);
+            put_u32(buf, *id);
+            finish(buf, start);
         }
         // nx_action_conntrack: flags, zone_src (0: immediate zone), zone,
         // recirc_table, pad[3], alg, then the nested actions.
@@ -311,6 +322,10 @@ fn decode_nx_action(b: &mut Reader<'_>) -> Result<Action, CodecError> {
             Action::OutputReg(range(field, ofs, (on & 0x3f) + 1)?)
         }
         NXAST_DEC_TTL => Action::DecTtl,
+        NXAST_CONJUNCTION => {
+            let (clause, n_clauses) = (b.u8()?, b.u8()?);
+            Action::Conjunction { id: b.u32()?, clause: clause.saturating_add(1), n_clauses }
+        }
         NXAST_CT => {
             let flags = b.u16()?;
             let zone_src = b.u32()?;

@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use super::wire::{be_uint, pad_to_8, patch_u16, put_u16, put_u32, put_uint, Reader};
 use super::CodecError;
 use crate::flow::{
-    Field, Ipv4Prefix, Mac, Masked, Match, Reg, ETH_TYPE_ARP, ETH_TYPE_IP, IP_PROTO_TCP, IP_PROTO_UDP,
+    Field, Ipv4Prefix, Mac, Masked, Match, Reg, ETH_TYPE_ARP, ETH_TYPE_IP, IP_PROTO_SCTP, IP_PROTO_TCP,
+    IP_PROTO_UDP,
 };
 
 pub const OXM_OF: u16 = 0x8000;
@@ -38,6 +39,7 @@ const OF_IPV4_SRC: u8 = 11;
 const OF_IPV4_DST: u8 = 12;
 const OF_TCP_DST: u8 = 14;
 const OF_UDP_DST: u8 = 16;
+const OF_SCTP_DST: u8 = 18;
 const OF_ARP_OP: u8 = 21;
 const OF_ARP_SPA: u8 = 22;
 const OF_ARP_TPA: u8 = 23;
@@ -55,6 +57,7 @@ const NX_IP_FRAG: u8 = 26;
 const FRAG_ANY: u64 = 0x1;
 const NX_CT_STATE: u8 = 105;
 const NX_CT_MARK: u8 = 107;
+const NX_CONJ_ID: u8 = 37;
 const NXOF_IN_PORT: u8 = 0;
 const NXOF_ETH_DST: u8 = 1;
 const NXOF_ETH_SRC: u8 = 2;
@@ -272,9 +275,10 @@ pub fn encode_match(buf: &mut Vec<u8>, m: &Match) -> Result<(), CodecError> {
         let num = match m.ip_proto {
             Some(IP_PROTO_TCP) => OF_TCP_DST,
             Some(IP_PROTO_UDP) => OF_UDP_DST,
-            _ => return Err(CodecError::Invalid("tp_dst needs tcp or udp".into())),
+            Some(IP_PROTO_SCTP) => OF_SCTP_DST,
+            _ => return Err(CodecError::Invalid("tp_dst needs tcp, udp or sctp".into())),
         };
-        put_tlv(buf, OXM_OF, num, 2, port.into(), all);
+        put_tlv(buf, OXM_OF, num, 2, port.value.into(), port.mask.into());
     }
     if m.arp_op.is_some() || m.arp_spa.is_some() || m.arp_tpa.is_some() || m.arp_sha.is_some() {
         if !is_arp {
@@ -311,6 +315,9 @@ pub fn encode_match(buf: &mut Vec<u8>, m: &Match) -> Result<(), CodecError> {
     }
     if let Some(c) = m.ct_mark {
         put_tlv(buf, NXM_NX, NX_CT_MARK, 4, c.value.into(), c.mask.into());
+    }
+    if let Some(id) = m.conj_id {
+        put_tlv(buf, NXM_NX, NX_CONJ_ID, 4, id.into(), all);
     }
     let len = buf.len() - start;
     let len16 = u16::try_from(len).map_err(|_| CodecError::Invalid("match too long".into()))?;
@@ -356,9 +363,16 @@ pub fn decode_match(r: &mut Reader<'_>) -> Result<Match, CodecError> {
             }
             (OXM_OF, OF_IPV4_SRC) | (NXM_OF, NXOF_IP_SRC) => m.nw_src = Some(ip_prefix(&t)?),
             (OXM_OF, OF_IPV4_DST) | (NXM_OF, NXOF_IP_DST) => m.nw_dst = Some(ip_prefix(&t)?),
-            (OXM_OF, OF_TCP_DST) | (NXM_OF, NXOF_TCP_DST) | (OXM_OF, OF_UDP_DST) | (NXM_OF, NXOF_UDP_DST) => {
-                tp_dst = Some(exact(&t, "tp_dst")? as u16)
+            (OXM_OF, OF_TCP_DST)
+            | (NXM_OF, NXOF_TCP_DST)
+            | (OXM_OF, OF_UDP_DST)
+            | (NXM_OF, NXOF_UDP_DST)
+            | (OXM_OF, OF_SCTP_DST)
+                if t.nbytes == 2 =>
+            {
+                tp_dst = Some(Masked::<u16>::new(t.value as u16, t.mask as u16))
             }
+            (NXM_NX, NX_CONJ_ID) => m.conj_id = Some(exact(&t, "conj_id")? as u32),
             (OXM_OF, OF_ARP_OP) | (NXM_OF, NXOF_ARP_OP) => m.arp_op = Some(exact(&t, "arp_op")? as u16),
             (OXM_OF, OF_ARP_SPA) | (NXM_OF, NXOF_ARP_SPA) => m.arp_spa = Some(ip_prefix(&t)?),
             (OXM_OF, OF_ARP_TPA) | (NXM_OF, NXOF_ARP_TPA) => m.arp_tpa = Some(ip_prefix(&t)?),
