@@ -28,6 +28,8 @@ pub enum Category: u8 {
     /// Flows of one namespace on this node (its VNI); object = the node's
     /// namespace id for it.
     NamespaceId = 7,
+    /// The node's NetworkPolicy flows (conjunctions, isolated pods); object = 0.
+    Policy = 8,
     /// Flows written by the benchmarks and tests.
     Test = 0xfe,
 }

@@ -816,6 +816,11 @@ impl Action {
         let exec = vec![Action::SetField { dst: Field::CtMark.all(), value: mark.into() }];
         Action::Ct(Box::new(Conntrack { commit: true, table: None, zone, exec }))
     }
+
+    /// `ct(commit,zone=Z)`: remember the connection, mark unchanged.
+    pub fn ct_commit_plain(zone: u16) -> Action {
+        Action::Ct(Box::new(Conntrack { commit: true, table: None, zone, exec: vec![] }))
+    }
 }
 
 fn write_value(f: &mut fmt::Formatter<'_>, fmtk: ValueFormat, v: u64) -> fmt::Result {

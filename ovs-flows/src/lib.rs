@@ -40,6 +40,7 @@ pub mod cookie;
 pub mod flow;
 pub mod ofp;
 pub mod pipeline;
+pub mod policy;
 pub mod reconcile;
 pub mod samples;
 pub mod trace;

@@ -70,6 +70,7 @@ pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
                 }
             }
         }
+        Category::Policy => super::policy_flows(&mut b, state),
         Category::Test => {}
     }
     b.flows
@@ -102,6 +103,9 @@ pub(super) fn owners(state: &NodeState) -> BTreeSet<Owner> {
     );
     out.extend(state.remote_nodes.keys().map(|ip| (Category::RemoteNode, u32::from(*ip))));
     out.extend(state.services.keys().map(|ip| (Category::Service, u32::from(*ip))));
+    if !state.policies.policies.is_empty() {
+        out.insert((Category::Policy, 0));
+    }
     out
 }
 
@@ -174,6 +178,11 @@ pub fn touched(old: &NodeState, new: &NodeState) -> Option<BTreeSet<Owner>> {
                     .map(|s| (Category::Service, u32::from(s.ip))),
             );
         }
+    }
+    // Policy flows depend on the view and on which pods are local.
+    let with_policies = !old.policies.policies.is_empty() || !new.policies.policies.is_empty();
+    if old.policies != new.policies || (with_policies && old.pods != new.pods) {
+        out.insert((Category::Policy, 0));
     }
     Some(out)
 }

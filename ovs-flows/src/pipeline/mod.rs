@@ -57,7 +57,7 @@ pub const VXLAN_UDP_PORT: u16 = 4789;
 
 value_enum! {
 /// The tables, declared once, in packet order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table: u8 {
     /// Dispatch by in_port: tunnel, gateway or pod.
     Classifier = 0,
@@ -74,6 +74,10 @@ pub enum Table: u8 {
     Service = 30,
     /// A service is reached only from its own VNI or by a global pod.
     ServiceVni = 35,
+    /// NetworkPolicy egress of the sending local pod (conntrack looked up).
+    EgressPolicy = 36,
+    /// Commits an admitted connection that leaves this node.
+    EgressCommit = 38,
     /// L3 dispatch: gateway, local subnet, other nodes, outside.
     Routing = 40,
     /// Destination is a local pod (or the gateway): its namespace id and port.
@@ -85,6 +89,10 @@ pub enum Table: u8 {
     GatewayReply = 55,
     /// The isolation point: source VNI vs destination VNI.
     Isolation = 60,
+    /// NetworkPolicy ingress of the local destination pod.
+    IngressPolicy = 62,
+    /// Commits an admitted connection to a local pod and delivers it.
+    IngressCommit = 64,
     /// Destination is another node's subnet: into the tunnel.
     RemoteNode = 70,
 }
@@ -104,11 +112,15 @@ impl Table {
             Table::SourceVni => "SOURCE_VNI",
             Table::Service => "SERVICE",
             Table::ServiceVni => "SERVICE_VNI",
+            Table::EgressPolicy => "EGRESS_POLICY",
+            Table::EgressCommit => "EGRESS_COMMIT",
             Table::Routing => "ROUTING",
             Table::LocalPod => "LOCAL_POD",
             Table::DestVni => "DEST_VNI",
             Table::GatewayReply => "GATEWAY_REPLY",
             Table::Isolation => "ISOLATION",
+            Table::IngressPolicy => "INGRESS_POLICY",
+            Table::IngressCommit => "INGRESS_COMMIT",
             Table::RemoteNode => "REMOTE_NODE",
         }
     }
@@ -129,6 +141,11 @@ pub const REG_SRC_NS: Reg = Reg::R3;
 /// The destination's namespace id (a local pod's, or a service's), mapped
 /// by DEST_VNI (or checked by SERVICE_VNI).
 pub const REG_DST_NS: Reg = Reg::R4;
+/// Flags of the packet's walk: [`FLAG_FROM_GATEWAY`].
+pub const REG_FLAGS: Reg = Reg::R5;
+/// In [`REG_FLAGS`]: a local pod's service traffic after kube-proxy's DNAT
+/// (GATEWAY_IN); its connection is committed with [`CT_MARK_FROM_GATEWAY`].
+pub const FLAG_FROM_GATEWAY: u32 = 0x1;
 
 fn reg(r: Reg) -> FieldRange {
     Field::Reg(r).all()
@@ -158,6 +175,7 @@ impl Builder {
 
 const PIPELINE: (Category, u32) = (Category::Pipeline, 0);
 const NODE: (Category, u32) = (Category::Node, 0);
+const POLICY: (Category, u32) = (Category::Policy, 0);
 
 /// The complete desired flow set of a node, every cookie in `round`.
 pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
@@ -202,7 +220,20 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
             service_flows(&mut b, svc, *id);
         }
     }
+    policy_flows(&mut b, state);
     b.flows
+}
+
+/// The node's NetworkPolicy flows (one owner: a flow there may carry the
+/// conjunction clauses of several policies).
+fn policy_flows(b: &mut Builder, state: &NodeState) {
+    if state.policies.policies.is_empty() {
+        return;
+    }
+    let local: Vec<(Ipv4Addr, String)> = state.pods.values().map(|p| (p.ip, p.namespace.clone())).collect();
+    for f in crate::policy::compile(&local, &state.policies).flows {
+        b.add(f.table, f.priority, POLICY, f.m, f.actions);
+    }
 }
 
 /// The namespace ids a switch's flows use, read back after a restart so the
@@ -254,7 +285,7 @@ fn isolation_flow(b: &mut Builder, vni: u32) {
         200,
         (Category::Namespace, vni),
         Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_VNI, vni),
-        vec![Action::OutputReg(reg(REG_DST_PORT))],
+        vec![goto(Table::IngressPolicy)],
     );
 }
 
@@ -289,7 +320,15 @@ fn namespace_flows(b: &mut Builder, id: u32, vni: u32, uses: NamespaceUse, to_ke
     // SOURCE_VNI: a local pod's DNATed traffic back from the kernel goes on
     // to ROUTING (it went through SERVICE on its way out), the pod's own IP
     // to SERVICE, its ARP to ROUTING.
-    b.add(SourceVni, 200, owner, Match::new().in_port(GATEWAY_OFPORT).reg(REG_SRC_NS, id), src(Routing));
+    // DNATed traffic is checked against the pod's egress policy there, with
+    // the endpoint's address.
+    b.add(
+        SourceVni,
+        200,
+        owner,
+        Match::new().ip().in_port(GATEWAY_OFPORT).reg(REG_SRC_NS, id),
+        vec![Action::load_reg(REG_SRC_VNI, vni), Action::ct_lookup(CT_ZONE, EgressPolicy.id())],
+    );
     b.add(SourceVni, 100, owner, Match::new().ip().reg(REG_SRC_NS, id), src(Service));
     b.add(SourceVni, 100, owner, Match::new().arp().reg(REG_SRC_NS, id), src(Routing));
     // DEST_VNI: IP passes GATEWAY_REPLY (it may be a reply to steer back to
@@ -331,12 +370,77 @@ fn static_flows(b: &mut Builder) {
     for t in [TunnelIn, SpoofGuard, SourceVni, ServiceVni, LocalPod, DestVni, Isolation, RemoteNode] {
         b.add(t, 0, PIPELINE, Match::new(), vec![Action::Drop]);
     }
-    b.add(Service, 0, PIPELINE, Match::new(), vec![goto(Routing)]);
+    // SERVICE: a local pod's IP that is no service goes through its egress
+    // policy, with its connection's state.
+    // (Only IP comes here, and conntrack takes only IP.)
+    b.add(Service, 0, PIPELINE, Match::new().ip(), vec![Action::ct_lookup(CT_ZONE, EgressPolicy.id())]);
     b.add(Routing, 0, PIPELINE, Match::new(), vec![Action::Drop]);
-    // ISOLATION: either end global.
-    let out = vec![Action::OutputReg(reg(REG_DST_PORT))];
-    b.add(Isolation, 300, PIPELINE, Match::new().reg(REG_SRC_VNI, GLOBAL_VNI), out.clone());
-    b.add(Isolation, 300, PIPELINE, Match::new().reg(REG_DST_VNI, GLOBAL_VNI), out);
+    // ISOLATION: either end global; on to the destination's ingress policy.
+    let on = vec![goto(IngressPolicy)];
+    b.add(Isolation, 300, PIPELINE, Match::new().reg(REG_SRC_VNI, GLOBAL_VNI), on.clone());
+    b.add(Isolation, 300, PIPELINE, Match::new().reg(REG_DST_VNI, GLOBAL_VNI), on);
+    policy_static_flows(b);
+}
+
+/// The policy tables' fixed flows: replies and related packets of admitted
+/// connections pass, admitted new connections are committed where this
+/// node's last decision on them is taken (INGRESS_COMMIT for a local
+/// destination, EGRESS_COMMIT otherwise), so conntrack holds only
+/// connections both ends' policies admitted. Packets in a connection's
+/// original direction meet the rules every time: a policy change applies to
+/// established connections too.
+fn policy_static_flows(b: &mut Builder) {
+    use Table::*;
+    let deliver = Action::OutputReg(reg(REG_DST_PORT));
+    let reply = |m: Match, bit: u32| m.ip().ct_state(ct_state::TRK | bit, 0);
+    // EGRESS_POLICY (entered through ct(table=36), so tracked).
+    for bit in [ct_state::RPL, ct_state::REL] {
+        b.add(EgressPolicy, 300, PIPELINE, reply(Match::new(), bit), vec![goto(Routing)]);
+    }
+    b.add(EgressPolicy, 0, PIPELINE, Match::new(), vec![goto(EgressCommit)]);
+    // EGRESS_COMMIT: a connection from the DNAT path carries the mark that
+    // GATEWAY_REPLY steers its replies by.
+    let new = || Match::new().ip().ct_state(ct_state::TRK | ct_state::NEW, 0);
+    b.add(
+        EgressCommit,
+        100,
+        PIPELINE,
+        new().reg_masked(REG_FLAGS, FLAG_FROM_GATEWAY, FLAG_FROM_GATEWAY),
+        vec![Action::ct_commit(CT_ZONE, CT_MARK_FROM_GATEWAY), goto(Routing)],
+    );
+    b.add(EgressCommit, 90, PIPELINE, new(), vec![Action::ct_commit_plain(CT_ZONE), goto(Routing)]);
+    b.add(EgressCommit, 0, PIPELINE, Match::new(), vec![goto(Routing)]);
+    // INGRESS_POLICY: ARP and the gateway as destination are not policed;
+    // untracked IP (from the tunnel it was looked up in GATEWAY_REPLY, from a
+    // local pod in SERVICE) is looked up here.
+    b.add(IngressPolicy, 400, PIPELINE, Match::new().arp(), vec![deliver.clone()]);
+    b.add(
+        IngressPolicy,
+        400,
+        PIPELINE,
+        Match::new().reg(REG_DST_PORT, GATEWAY_OFPORT),
+        vec![deliver.clone()],
+    );
+    b.add(
+        IngressPolicy,
+        300,
+        PIPELINE,
+        Match::new().ip().ct_state(0, ct_state::TRK),
+        vec![Action::ct_lookup(CT_ZONE, IngressPolicy.id())],
+    );
+    for bit in [ct_state::RPL, ct_state::REL] {
+        b.add(IngressPolicy, 200, PIPELINE, reply(Match::new(), bit), vec![deliver.clone()]);
+    }
+    b.add(IngressPolicy, 0, PIPELINE, Match::new(), vec![goto(IngressCommit)]);
+    b.add(
+        IngressCommit,
+        100,
+        PIPELINE,
+        new().reg_masked(REG_FLAGS, FLAG_FROM_GATEWAY, FLAG_FROM_GATEWAY),
+        vec![Action::ct_commit(CT_ZONE, CT_MARK_FROM_GATEWAY), deliver.clone()],
+    );
+    b.add(IngressCommit, 90, PIPELINE, new(), vec![Action::ct_commit_plain(CT_ZONE), deliver.clone()]);
+    b.add(IngressCommit, 0, PIPELINE, Match::new(), vec![deliver]);
 }
 
 /// Flows that depend on this node's addresses.
@@ -399,6 +503,27 @@ fn node_flows(b: &mut Builder, s: &NodeState) {
     ];
     b.add(LocalPod, 100, NODE, Match::new().ip().nw_dst(gw), to_gw.clone());
     b.add(LocalPod, 100, NODE, Match::new().arp().arp_tpa(gw), to_gw);
+    // Traffic between a pod and its own node is always allowed (Kubernetes'
+    // rule): to the gateway or the node's address (EGRESS_POLICY), and from
+    // tun0 with the node's own source: the gateway and node addresses
+    // (kubelet's probes, masqueraded traffic) and ClusterIPs (the kernel's
+    // un-DNATed replies of service connections). Other sources from tun0
+    // (replies from outside the cluster) meet the policy.
+    for dst in [gw, Ipv4Prefix::host(s.node_ip)] {
+        b.add(EgressPolicy, 400, NODE, Match::new().ip().nw_dst(dst), vec![goto(Routing)]);
+    }
+    let deliver = vec![Action::OutputReg(reg(REG_DST_PORT))];
+    for src in [gw, Ipv4Prefix::host(s.node_ip), s.service_cidr] {
+        b.add(
+            IngressPolicy,
+            390,
+            NODE,
+            Match::new().ip().in_port(GATEWAY_OFPORT).nw_src(src),
+            deliver.clone(),
+        );
+    }
+    // EGRESS_COMMIT: what stays on this node is committed at its ingress.
+    b.add(EgressCommit, 200, NODE, Match::new().ip().nw_dst(s.subnet), vec![goto(Routing)]);
 }
 
 /// Into the node kernel: addressed to tun0's MAC, whatever MAC the sender
@@ -417,7 +542,8 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, ns_id: u32) {
     // its service traffic after kube-proxy's DNAT (kube-proxy masquerades
     // only hairpin and off-cluster sources). It keeps the pod's VNI, so the
     // endpoint's ISOLATION decides as for pod-to-pod traffic, and it is
-    // committed, so GATEWAY_REPLY sends the endpoint's reply back to the kernel.
+    // flagged, so its connection is committed with the mark by which
+    // GATEWAY_REPLY sends the endpoint's reply back to the kernel.
     b.add(
         GatewayIn,
         100,
@@ -425,7 +551,7 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, ns_id: u32) {
         Match::new().ip().nw_src(ip),
         vec![
             Action::load_reg(REG_SRC_NS, ns_id),
-            Action::ct_commit(CT_ZONE, CT_MARK_FROM_GATEWAY),
+            Action::load_reg(REG_FLAGS, FLAG_FROM_GATEWAY),
             goto(SourceVni),
         ],
     );

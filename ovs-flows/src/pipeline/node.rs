@@ -196,7 +196,7 @@ impl NodePipeline {
         if self.state.pods.get(&pod.ofport) == Some(&pod) {
             return Vec::new();
         }
-        let mut change = Change::default();
+        let mut change = self.pod_change();
         change.owners.insert((Category::Pod, pod.ofport));
         change.pod_namespaces.insert(pod.namespace.clone());
         self.count_pod(&pod.namespace, true);
@@ -210,11 +210,33 @@ impl NodePipeline {
     /// A pod gone (unknown ofport: nothing to do).
     pub fn remove_pod(&mut self, ofport: u32) -> Vec<FlowOp> {
         let Some(old) = self.state.pods.remove(&ofport) else { return Vec::new() };
-        let mut change = Change::default();
+        let mut change = self.pod_change();
         change.owners.insert((Category::Pod, ofport));
         self.count_pod(&old.namespace, false);
         change.pod_namespaces.insert(old.namespace);
         self.settle(change)
+    }
+
+    /// A local pod's change: with policies, their flows too (which pods are
+    /// local decides which rules this node enforces).
+    fn pod_change(&self) -> Change {
+        let mut change = Change::default();
+        if !self.state.policies.policies.is_empty() {
+            change.owners.insert((Category::Policy, 0));
+        }
+        change
+    }
+
+    /// The cluster's NetworkPolicies and what they select, as they are now.
+    /// Its cost is that of the node's policy flows (one owner), never of the
+    /// rest of the pipeline. Put the view first when a pod arrives, so the
+    /// pod's flows and its policy's go out in one bundle.
+    pub fn set_policies(&mut self, view: std::sync::Arc<crate::policy::PolicyView>) -> Vec<FlowOp> {
+        if *self.state.policies == *view {
+            return Vec::new();
+        }
+        self.state.policies = view;
+        self.recompute(&BTreeSet::from([(Category::Policy, 0)]))
     }
 
     /// A pod of `ns` comes (`true`) or goes: its namespace's and its VNI's counts.

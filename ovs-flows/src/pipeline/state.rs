@@ -95,6 +95,9 @@ pub struct NodeState {
     /// service flows still name for namespaces not known yet (see
     /// [`super::recovered_namespace_ids`]).
     pub reserved_namespace_ids: BTreeSet<u32>,
+    /// The cluster's NetworkPolicies with the pods and namespaces they
+    /// select (shared: the agent swaps in a new view per change).
+    pub policies: std::sync::Arc<crate::policy::PolicyView>,
 }
 
 impl NodeState {
@@ -121,6 +124,7 @@ impl NodeState {
             vnis: BTreeMap::new(),
             namespace_ids: BTreeMap::new(),
             reserved_namespace_ids: BTreeSet::new(),
+            policies: Default::default(),
         }
     }
 
