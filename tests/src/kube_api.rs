@@ -87,6 +87,8 @@ pub enum Kind {
     Event,
     /// discovery.k8s.io/v1.
     EndpointSlice,
+    /// networking.k8s.io/v1.
+    NetworkPolicy,
     /// apiextensions.k8s.io/v1: creating one serves its custom resources.
     CustomResourceDefinition,
 }
@@ -97,6 +99,7 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::CustomResourceDefinition => "apiextensions.k8s.io/v1",
             _ => "v1",
         }
@@ -106,6 +109,7 @@ impl Kind {
     fn group(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::NetworkPolicy => "networking.k8s.io",
             Kind::CustomResourceDefinition => "apiextensions.k8s.io",
             _ => "",
         }
@@ -119,6 +123,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Event => "Event",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::NetworkPolicy => "NetworkPolicy",
             Kind::CustomResourceDefinition => "CustomResourceDefinition",
         }
     }
@@ -131,12 +136,13 @@ impl Kind {
             Kind::Service => "services",
             Kind::Event => "events",
             Kind::EndpointSlice => "endpointslices",
+            Kind::NetworkPolicy => "networkpolicies",
             Kind::CustomResourceDefinition => "customresourcedefinitions",
         }
     }
 
     fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Service | Kind::Event | Kind::EndpointSlice)
+        matches!(self, Kind::Pod | Kind::Service | Kind::Event | Kind::EndpointSlice | Kind::NetworkPolicy)
     }
 
     fn from_name(s: &str) -> Option<Kind> {
@@ -547,6 +553,7 @@ fn write(inner: &Inner, mut object: Value, must_exist: Option<bool>) -> Result<V
         String::new()
     };
     object["apiVersion"] = json!(kind.api_version());
+    builtin_defaults(kind, &mut object);
     let mut st = inner.lock();
     let key = (kind.name().to_string(), ns, name);
     let existing = st.objects.get(&key).cloned();
@@ -566,6 +573,55 @@ fn write(inner: &Inner, mut object: Value, must_exist: Option<bool>) -> Result<V
     drop(st);
     inner.changed.notify_all();
     Ok(object)
+}
+
+/// What kube-apiserver's defaulting and its registry strategies add to a
+/// built-in object on every write (clients read these back, so the
+/// stand-in must add them too): a Namespace's `kubernetes.io/metadata.name`
+/// label (always set to its name), a NetworkPolicy's `policyTypes`
+/// (Ingress, plus Egress when it has egress rules) and port protocols
+/// (TCP), a Pod's container port protocols (TCP).
+fn builtin_defaults(kind: Kind, object: &mut Value) {
+    let tcp_default = |ports: Option<&mut Value>| {
+        for port in ports.and_then(Value::as_array_mut).into_iter().flatten() {
+            if port.get("protocol").is_none_or(Value::is_null) {
+                port["protocol"] = json!("TCP");
+            }
+        }
+    };
+    match kind {
+        Kind::Namespace => {
+            let name = object["metadata"]["name"].clone();
+            if !object["metadata"]["labels"].is_object() {
+                object["metadata"]["labels"] = json!({});
+            }
+            object["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+        }
+        Kind::NetworkPolicy => {
+            let spec = &mut object["spec"];
+            if !spec.is_object() {
+                return;
+            }
+            let has_egress = spec["egress"].as_array().is_some_and(|e| !e.is_empty());
+            if spec["policyTypes"].as_array().is_none_or(|t| t.is_empty()) {
+                spec["policyTypes"] =
+                    if has_egress { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) };
+            }
+            for dir in ["ingress", "egress"] {
+                for rule in spec[dir].as_array_mut().into_iter().flatten() {
+                    tcp_default(rule.get_mut("ports"));
+                }
+            }
+        }
+        Kind::Pod => {
+            for list in ["initContainers", "containers"] {
+                for c in object["spec"][list].as_array_mut().into_iter().flatten() {
+                    tcp_default(c.get_mut("ports"));
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 struct Request {
@@ -1201,5 +1257,39 @@ mod tests {
         assert_eq!(kind(r("/api/v1/endpointslices")), "404", "not in the core group");
         assert_eq!(kind(r("/apis/apps/v1/deployments")), "404");
         assert_eq!(kind(r("/apis")), "discovery");
+        assert_eq!(
+            kind(r("/apis/networking.k8s.io/v1/namespaces/d/networkpolicies/p")),
+            "get NetworkPolicy Some(\"d\") p None"
+        );
+    }
+
+    #[test]
+    fn writes_get_the_apiservers_defaults() {
+        let api = KubeApi::start().expect("start");
+        let ns =
+            api.create(json!({"kind": "Namespace", "metadata": {"name": "red", "labels": {"team": "r"}}}));
+        let ns = ns.expect("namespace");
+        assert_eq!(ns["metadata"]["labels"], json!({"team": "r", "kubernetes.io/metadata.name": "red"}));
+        let forged = json!({"kind": "Namespace", "metadata": {"name": "blue", "labels": {"kubernetes.io/metadata.name": "red"}}});
+        let blue = api.create(forged).expect("namespace");
+        assert_eq!(
+            blue["metadata"]["labels"]["kubernetes.io/metadata.name"], "blue",
+            "the server overwrites it"
+        );
+        let np = |spec: Value| json!({"kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "red"}, "spec": spec});
+        let ingress_only =
+            api.apply(np(json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))).expect("np");
+        assert_eq!(ingress_only["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(ingress_only["spec"]["ingress"][0]["ports"][0], json!({"port": 80, "protocol": "TCP"}));
+        assert_eq!(ingress_only["apiVersion"], "networking.k8s.io/v1");
+        let both = api.apply(np(json!({"podSelector": {}, "egress": [{}]}))).expect("np");
+        assert_eq!(both["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        let given =
+            api.apply(np(json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}))).expect("np");
+        assert_eq!(given["spec"]["policyTypes"], json!(["Egress"]), "given types are kept");
+        let pod = json!({"kind": "Pod", "metadata": {"name": "w", "namespace": "red"},
+                         "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]}});
+        let pod = api.create(pod).expect("pod");
+        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
     }
 }
