@@ -43,6 +43,7 @@ fn two_node_state(mode: Mode) -> NodeState {
                 ip: Ipv4Addr::new(172, 11, 0, last),
                 mac: mac(&format!("0a:58:ac:0b:00:{last:02x}")),
                 namespace: ns.into(),
+                name: format!("pod{port}"),
                 // One pod with an egress limit (userspace datapath).
                 egress_meter: (port == 4).then_some(4),
             },
@@ -135,6 +136,7 @@ fn sized_state(n: u32) -> NodeState {
                 ip: addr,
                 mac: Mac::for_ipv4(addr),
                 namespace: namespace.into(),
+                name: format!("pod{port}"),
                 egress_meter: None,
             },
         );
@@ -217,6 +219,7 @@ fn random_pod(port: u32, namespace: String, metered: bool) -> LocalPod {
         ip: addr,
         mac: Mac::for_ipv4(addr),
         namespace,
+        name: format!("pod{port}"),
         egress_meter: metered.then_some(port),
     }
 }

@@ -16,7 +16,10 @@
 //! selects it: one low-priority drop flow per isolated pod and direction,
 //! under the rules. A local pod the view does not know yet (no labels) is
 //! isolated in every direction some policy of its namespace has, and no
-//! rule admits it: fail closed until its labels arrive.
+//! rule admits it: fail closed until its labels arrive (Kubernetes allows
+//! exactly this: isolation before the pod starts, allow rules eventually).
+//! The node's own pods have the addresses its IPAM gave them, known before
+//! the pod's status shows them; other pods the address in their status.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -24,7 +27,7 @@ use std::net::Ipv4Addr;
 use super::model::{Peer, Policy, PolicyPod, PolicyPort, PolicyProtocol, PolicyRule, PolicyView, PortMatch};
 use super::ranges::{port_masks, subtract};
 use crate::flow::{Action, Ipv4Prefix, Match};
-use crate::pipeline::Table;
+use crate::pipeline::{LocalPod, Table};
 
 /// Rules of one clause (only the selected pods) are plain flows, above the
 /// conjunctions (OpenFlow leaves a packet matching two flows of one
@@ -152,29 +155,41 @@ struct Conjunction {
     ports: Option<Vec<Match>>,
 }
 
-/// The node's policy flows: `local` are the node's pods (address, namespace).
-pub fn compile(local: &[(Ipv4Addr, String)], view: &PolicyView) -> Compiled {
+/// A pod with the address the node uses for it.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    pod: &'a PolicyPod,
+    ip: Ipv4Addr,
+}
+
+/// The node's policy flows: `local` are the node's pods.
+pub fn compile(local: &[&LocalPod], view: &PolicyView) -> Compiled {
     let mut out = Out::default();
-    let by_ip: HashMap<Ipv4Addr, &PolicyPod> =
-        view.pods.values().filter_map(|p| p.ip.map(|ip| (ip, p))).collect();
+    let own: HashMap<(&str, &str), Ipv4Addr> =
+        local.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), p.ip)).collect();
+    // Every pod with an address: the node's own with the IPAM's.
+    let known: Vec<Known> = view
+        .pods
+        .iter()
+        .filter_map(|((ns, name), pod)| {
+            let ip = own.get(&(ns.as_str(), name.as_str())).copied().or(pod.ip)?;
+            Some(Known { pod, ip })
+        })
+        .collect();
     let slots = policy_slots(view);
     for (key, policy) in &view.policies {
         let Some(slot) = slots.get(key) else { continue };
         // The node's pods this policy selects; unknown pods of its namespace
         // count as selected for isolation only.
-        let mut selected: Vec<&PolicyPod> = Vec::new();
+        let mut selected: Vec<Known> = Vec::new();
         let mut unknown: Vec<Ipv4Addr> = Vec::new();
-        for (ip, ns) in local {
-            if *ns != policy.namespace {
-                continue;
-            }
-            match by_ip.get(ip) {
-                Some(pod) if pod.namespace == *ns => {
-                    if policy.pod_selector.matches(&pod.labels) {
-                        selected.push(pod);
-                    }
+        for p in local.iter().filter(|p| p.namespace == policy.namespace) {
+            match view.pods.get(&(p.namespace.clone(), p.name.clone())) {
+                Some(pod) if policy.pod_selector.matches(&pod.labels) => {
+                    selected.push(Known { pod, ip: p.ip })
                 }
-                _ => unknown.push(*ip),
+                Some(_) => {}
+                None => unknown.push(p.ip),
             }
         }
         if selected.is_empty() && unknown.is_empty() {
@@ -188,11 +203,11 @@ pub fn compile(local: &[(Ipv4Addr, String)], view: &PolicyView) -> Compiled {
                 Direction::Ingress => Match::new().nw_dst(ip),
                 Direction::Egress => Match::new().nw_src(ip),
             };
-            for ip in selected.iter().filter_map(|p| p.ip).chain(unknown.iter().copied()) {
+            for ip in selected.iter().map(|k| k.ip).chain(unknown.iter().copied()) {
                 out.plain(direction.table(), PRIORITY_ISOLATED, side(ip), vec![]);
             }
             for (index, rule) in rules.iter().enumerate() {
-                for conj in conjunctions(view, policy, direction, rule, &selected) {
+                for conj in conjunctions(view, &known, policy, direction, rule, &selected) {
                     sub += 1;
                     if sub >= 1 << SUB_RULE_BITS {
                         // More sub-rules than ids: the rest admit nothing (fail closed).
@@ -257,10 +272,11 @@ fn emit(out: &mut Out, direction: Direction, id: u32, rule: RuleRef, conj: Conju
 /// value each named port resolves to on the pods that carry it.
 fn conjunctions(
     view: &PolicyView,
+    known: &[Known],
     policy: &Policy,
     direction: Direction,
     rule: &PolicyRule,
-    selected: &[&PolicyPod],
+    selected: &[Known],
 ) -> Vec<Conjunction> {
     let own = |ip: Ipv4Addr| match direction {
         Direction::Ingress => Match::new().nw_dst(ip),
@@ -270,14 +286,13 @@ fn conjunctions(
         Direction::Ingress => Match::new().nw_src(p),
         Direction::Egress => Match::new().nw_dst(p),
     };
-    let selected_ips: Vec<Ipv4Addr> = selected.iter().filter_map(|p| p.ip).collect();
+    let selected_ips: Vec<Ipv4Addr> = selected.iter().map(|k| k.ip).collect();
     // The peer pods (None: any source / destination at all).
-    let peer_pods: Option<Vec<&PolicyPod>> = rule.peers.as_ref().map(|peers| {
-        view.pods
-            .values()
-            .filter(|pod| {
-                pod.ip.is_some() && peers.iter().any(|peer| view.peer_selects(peer, &policy.namespace, pod))
-            })
+    let peer_pods: Option<Vec<Known>> = rule.peers.as_ref().map(|peers| {
+        known
+            .iter()
+            .filter(|k| peers.iter().any(|peer| view.peer_selects(peer, &policy.namespace, k.pod)))
+            .copied()
             .collect()
     });
     let blocks: Vec<Ipv4Prefix> = rule
@@ -290,8 +305,8 @@ fn conjunctions(
         })
         .flatten()
         .collect();
-    let peer_matches = |pods: &[&PolicyPod], with_blocks: bool| -> Vec<Match> {
-        let mut set: BTreeSet<Ipv4Prefix> = pods.iter().filter_map(|p| p.ip).map(Ipv4Prefix::host).collect();
+    let peer_matches = |pods: &[Known], with_blocks: bool| -> Vec<Match> {
+        let mut set: BTreeSet<Ipv4Prefix> = pods.iter().map(|k| Ipv4Prefix::host(k.ip)).collect();
         if with_blocks {
             set.extend(blocks.iter().copied());
         }
@@ -319,9 +334,9 @@ fn conjunctions(
             // Resolved on each selected (destination) pod.
             Direction::Ingress => {
                 let mut by_value: BTreeMap<u16, Vec<Ipv4Addr>> = BTreeMap::new();
-                for pod in selected {
-                    if let (Some(ip), Some(v)) = (pod.ip, pod.named_ports.get(&key)) {
-                        by_value.entry(*v).or_default().push(ip);
+                for k in selected {
+                    if let Some(v) = k.pod.named_ports.get(&key) {
+                        by_value.entry(*v).or_default().push(k.ip);
                     }
                 }
                 for (value, ips) in by_value {
@@ -335,14 +350,11 @@ fn conjunctions(
             // Resolved on each peer (destination) pod; an ipBlock has no
             // named ports, and "any peer" means any pod that has it.
             Direction::Egress => {
-                let candidates: Vec<&PolicyPod> = match &peer_pods {
-                    Some(pods) => pods.clone(),
-                    None => view.pods.values().filter(|p| p.ip.is_some()).collect(),
-                };
-                let mut by_value: BTreeMap<u16, Vec<&PolicyPod>> = BTreeMap::new();
-                for pod in candidates {
-                    if let Some(v) = pod.named_ports.get(&key) {
-                        by_value.entry(*v).or_default().push(pod);
+                let candidates: &[Known] = peer_pods.as_deref().unwrap_or(known);
+                let mut by_value: BTreeMap<u16, Vec<Known>> = BTreeMap::new();
+                for k in candidates {
+                    if let Some(v) = k.pod.named_ports.get(&key) {
+                        by_value.entry(*v).or_default().push(*k);
                     }
                 }
                 for (value, pods) in by_value {
