@@ -267,7 +267,7 @@ async fn main() -> Result<()> {
     let mut kinds = serde_json::Map::new();
     println!(
         "{:<22} {:>6} {:>12} {:>12} {:>12} {:>12}",
-        "event", "ops", "watch p50", "computed p50", "committed p50", "committed p99"
+        "event", "ops", "watch p50", "compute p50", "committed p50", "committed p99"
     );
     for (name, ts) in &samples {
         let watch = summary(ts.iter().map(|t| t.watch).collect());
