@@ -1052,7 +1052,10 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             .dump_flows(Some(Table::SpoofGuard.id()), CookieFilter::owner(Category::Pod, want.id))
             .await
             .map_err(|e| agent_error("reading the pod's flows failed", e))?;
-        if flows.is_empty() || !flows.iter().all(|f| f.actions.contains(&Action::Meter(want.id))) {
+        // The flows that let the pod's packets on (its drop flow polices nothing).
+        let passing: Vec<_> =
+            flows.iter().filter(|f| f.actions.iter().any(|a| matches!(a, Action::GotoTable(_)))).collect();
+        if passing.is_empty() || !passing.iter().all(|f| f.actions.contains(&Action::Meter(want.id))) {
             return Err(agent_error(
                 not_as_requested,
                 format!("the pod's SPOOF_GUARD flows do not use meter {}", want.id),
