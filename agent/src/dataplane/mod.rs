@@ -254,6 +254,20 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         NodePods { node_ip: self.state().node_ip, bridge: self.settings.bridge.clone(), pods, services }
     }
 
+    /// Who owns the switch's counting flows (for `traffic`): each pod's
+    /// namespace and name by ofport, each namespace id's namespace and VNI.
+    pub fn traffic_owners(&self) -> crate::traffic::Owners {
+        let state = self.state();
+        crate::traffic::Owners {
+            pods: self.pods.values().map(|r| (r.ofport, (r.namespace.clone(), r.name.clone()))).collect(),
+            namespaces: state
+                .namespace_ids
+                .iter()
+                .map(|(ns, id)| (*id, (ns.clone(), state.vni_of(ns))))
+                .collect(),
+        }
+    }
+
     /// Adopts pods found on the bridge at start (from their external_ids):
     /// a restarted agent keeps serving them without touching their wiring.
     /// `other_ofports`: the ofports of every other port on the bridge.

@@ -25,11 +25,13 @@
 //! join, isolate or global changes the same handful of flows per node
 //! whatever the namespace's size.
 
+mod counted;
 mod ids;
 mod incremental;
 mod node;
 mod state;
 
+pub use counted::{counted, Counted, COUNTING_TABLES};
 pub use incremental::{owner_flows, touched, Incremental, Owner};
 pub use node::NodePipeline;
 pub use state::{LocalPod, Mode, NodeState, Protocol, RemoteNode, Service, ServicePort, GLOBAL_VNI};
@@ -284,25 +286,28 @@ fn namespace_flows(b: &mut Builder, id: u32, vni: u32, uses: NamespaceUse, to_ke
     // traffic"); the same decisions as one flow per VNI would make. Only the
     // first depends on the VNI: a tenant action changes one ISOLATION flow
     // of the namespace, whatever its size.
+    use counted::prio;
     let out = vec![Action::OutputReg(reg(REG_DST_PORT))];
     match vni {
-        // From its own VNI (a global namespace's own VNI is every sender's
-        // global one: the next flow counts that).
+        // A global namespace's pods take every VNI's packets (the next flow
+        // takes those of global senders: its own VNI).
         GLOBAL_VNI => {
-            b.add(Isolation, 305, owner, Match::new().reg(REG_DST_NS, id), out.clone());
+            b.add(Isolation, prio::FROM_OTHER_VNI, owner, Match::new().reg(REG_DST_NS, id), out.clone());
         }
         _ => {
-            b.add(Isolation, 200, owner, Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_NS, id), out.clone())
+            let own = Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_NS, id);
+            b.add(Isolation, prio::FROM_OWN_VNI, owner, own, out.clone());
         }
     }
     // From a global sender (a global namespace's pods, the node, outside).
-    b.add(Isolation, 310, owner, Match::new().reg(REG_SRC_VNI, GLOBAL_VNI).reg(REG_DST_NS, id), out);
+    let from_global = Match::new().reg(REG_SRC_VNI, GLOBAL_VNI).reg(REG_DST_NS, id);
+    b.add(Isolation, prio::FROM_GLOBAL, owner, from_global, out);
     // From another tenant: refused (below it, the table's default drop
     // catches nothing but what no namespace owns).
-    b.add(Isolation, 100, owner, Match::new().reg(REG_DST_NS, id), vec![Action::Drop]);
+    b.add(Isolation, prio::REFUSED, owner, Match::new().reg(REG_DST_NS, id), vec![Action::Drop]);
     // ROUTING: what its pods send out of the cluster, counted per namespace
     // (the same action as the node's priority-50 flow below it).
-    b.add(Routing, 60, owner, Match::new().ip().reg(REG_SRC_NS, id), to_kernel.to_vec());
+    b.add(Routing, prio::LEAVING, owner, Match::new().ip().reg(REG_SRC_NS, id), to_kernel.to_vec());
 }
 
 /// Flows that are the same on every node: table defaults and fixed ports.
@@ -460,7 +465,7 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, ns_id: u32) {
     );
     // Anything else from the port is dropped by the pod's own flow (not only
     // the table's default), so the switch counts each pod's forgeries.
-    b.add(SpoofGuard, 10, owner, Match::new().in_port(p.ofport), vec![Action::Drop]);
+    b.add(SpoofGuard, counted::prio::SPOOFED, owner, Match::new().in_port(p.ofport), vec![Action::Drop]);
     // LOCAL_POD: the pod's namespace id and port; DEST_VNI takes it on.
     let to_pod =
         vec![Action::load_reg(REG_DST_NS, ns_id), Action::load_reg(REG_DST_PORT, p.ofport), goto(DestVni)];
