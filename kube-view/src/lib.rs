@@ -11,6 +11,10 @@
 //! [`reflect_changes`] is the same for a caller that keeps its own view up
 //! to date change by change (the agent's 10,000 services): each complete
 //! list whole, then each object applied or deleted.
+//! [`events`] posts the Events agent and controller tell objects' owners
+//! about (fire and forget).
+
+pub mod events;
 
 use std::fmt::Debug;
 use std::hash::Hash;

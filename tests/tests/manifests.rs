@@ -928,13 +928,15 @@ fn rbac_grants_only_what_each_daemon_watches_and_posts() -> Result<()> {
     ensure!(
         grants(&m, "k8s-ovs-controller")?
             == triples(&[
-                ("", "namespaces", &["list", "watch"]),
+                ("", "events", &["create"]),
+                ("", "namespaces", &["get", "list", "watch"]),
                 ("", "nodes", &["list", "watch"]),
                 ("k8s-ovs.io", "netnamespaces", &["create", "delete", "list", "watch"]),
                 ("k8s-ovs.io", "netnamespaces/status", &["update"]),
             ]),
         "controller: list/watch namespaces and nodes (kube_watch.rs); the NetNamespace objects' views and \
-         statuses (kube_objects.rs), never their spec; nothing else"
+         statuses (kube_objects.rs), never their spec; an Event on a namespace whose NetID changed (run.rs, \
+         its uid read with get); nothing else"
     );
     ensure!(
         grants(&m, "k8s-ovs-agent")?
