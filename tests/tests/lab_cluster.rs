@@ -72,7 +72,7 @@ fn add_pod(lab: &mut Lab, agents: &[Agent], node: usize, ns: &str, name: &str) -
 fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     lab::needs_root!();
     let mut lab = Lab::start(2)?;
-    let (_api, _controller, agents) = cluster(&lab, &["red", "blue", "green", "kube-system"])?;
+    let (api, _controller, agents) = cluster(&lab, &["red", "blue", "green", "kube-system"])?;
     let mut pods = Vec::new();
     // 3 namespaces x 2 pods on each node.
     for node in 1..=2 {
@@ -98,6 +98,16 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     )?;
     eprintln!("join observed {took:?} after the etcdctl put");
     ensure!(vni_of(&lab, "red")? == blue && record(&lab, "red")?["Action"] == "");
+    // The Namespace's history: an Event with the action and both NetIDs.
+    let joined = format!("joined blue (etcd edit at revision");
+    let event = wait_event(&api, "red", |m| {
+        m.starts_with(&joined) && m.ends_with(&format!("NetID {red} -> {blue}"))
+    })?;
+    ensure!(
+        event["involvedObject"]["kind"] == "Namespace" && event["metadata"]["namespace"] == "red",
+        "{event}"
+    );
+    ensure!(event["involvedObject"]["uid"].is_string(), "the Event names this Namespace's uid: {event}");
     matrix_matches_etcd(&lab, &pods)?;
     // isolate: red gets its own NetID back.
     let took = operator_edit_then(
@@ -121,6 +131,9 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     )?;
     eprintln!("global observed {took:?} after the etcdctl put");
     ensure!(vni_of(&lab, "green")? == 0);
+    wait_event(&api, "green", |m| {
+        m.starts_with("made global") && m.ends_with(&format!("NetID {green} -> 0"))
+    })?;
     matrix_matches_etcd(&lab, &pods)?;
 
     // The friendly way: k8s-ovs-ctl with --wait returns once applied.
@@ -137,6 +150,28 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     let (code, out, _) = ctl(&lab, &["list"])?;
     ensure!(code == Some(0) && out.contains("blue") && out.contains("green"), "ctl list: {out}");
     Ok(())
+}
+
+/// Waits (5 s at most) for a TenancyChanged Event on namespace `ns` whose
+/// message passes `matches`, as the test apiserver stored it.
+fn wait_event(api: &KubeApi, ns: &str, matches: impl Fn(&str) -> bool) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = api.objects(lab::kube_api::Kind::Event).into_iter().find(|e| {
+            e["reason"] == "TenancyChanged"
+                && e["involvedObject"]["name"] == ns
+                && e["message"].as_str().is_some_and(&matches)
+        });
+        if let Some(e) = found {
+            return Ok(e);
+        }
+        if Instant::now() > deadline {
+            let all: Vec<String> =
+                api.objects(lab::kube_api::Kind::Event).iter().map(|e| e["message"].to_string()).collect();
+            bail!("no TenancyChanged event on {ns}; events: {all:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The flow operations that take `before` to `after` (flows as
