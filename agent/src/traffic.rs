@@ -234,33 +234,11 @@ async fn read(switch: &FlowClient) -> Result<Vec<CountedFlow>, ovs_flows::client
 mod tests {
     use super::*;
     use ovs_flows::ofp::FlowStats;
-    use ovs_flows::pipeline::{pipeline, LocalPod, Mode, NodeState, Table};
-    use ovs_flows::{Flow, Ipv4Prefix, Mac};
-    use std::net::Ipv4Addr;
+    use ovs_flows::pipeline::{pipeline, NodeState, Table};
+    use ovs_flows::Flow;
 
     fn state(red_vni: u32) -> NodeState {
-        let p = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
-        let mut s = NodeState::new(
-            Mode::MultiTenant,
-            p("192.0.2.11"),
-            Ipv4Prefix::new(p("172.11.0.0"), 22),
-            Ipv4Prefix::new(p("172.11.0.0"), 16),
-            Ipv4Prefix::new(p("10.96.0.0"), 12),
-        );
-        for (port, ns) in [(3, "red"), (4, "blue")] {
-            let ip = Ipv4Addr::from(u32::from(p("172.11.0.0")) + port);
-            let pod = LocalPod {
-                ofport: port,
-                ip,
-                mac: Mac::for_ipv4(ip),
-                namespace: ns.into(),
-                egress_meter: None,
-            };
-            s.pods.insert(port, pod);
-        }
-        s.vnis = BTreeMap::from([("red".into(), red_vni), ("blue".into(), 200)]);
-        s.assign_namespace_ids();
-        s
+        ovs_flows::samples::tenant_node(&[(3, "red"), (4, "blue")], &[("red", red_vni), ("blue", 200)])
     }
 
     fn owners(s: &NodeState) -> Owners {

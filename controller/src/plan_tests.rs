@@ -334,11 +334,7 @@ fn an_applied_action_that_changes_the_netid_names_the_change() {
     assert_eq!(joined.len(), 1, "{joined:?}");
     assert_eq!((joined[0].old_net_id, joined[0].new_net_id), (a, b));
     assert_eq!(joined[0].action, Action::Join("b".into()));
-    assert!(
-        joined[0].message().starts_with("joined b (etcd edit at revision"),
-        "{}",
-        joined[0].message()
-    );
+    assert!(joined[0].message().starts_with("joined b (etcd edit at revision"), "{}", joined[0].message());
     assert!(joined[0].message().ends_with(&format!("NetID {a} -> {b}")), "{}", joined[0].message());
     let isolated = edit(&mut w, "isolate", "");
     assert_eq!(isolated.len(), 1);

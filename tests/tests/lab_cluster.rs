@@ -99,10 +99,9 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     eprintln!("join observed {took:?} after the etcdctl put");
     ensure!(vni_of(&lab, "red")? == blue && record(&lab, "red")?["Action"] == "");
     // The Namespace's history: an Event with the action and both NetIDs.
-    let joined = format!("joined blue (etcd edit at revision");
-    let event = wait_event(&api, "red", |m| {
-        m.starts_with(&joined) && m.ends_with(&format!("NetID {red} -> {blue}"))
-    })?;
+    let joined = "joined blue (etcd edit at revision";
+    let event =
+        wait_event(&api, "red", |m| m.starts_with(joined) && m.ends_with(&format!("NetID {red} -> {blue}")))?;
     ensure!(
         event["involvedObject"]["kind"] == "Namespace" && event["metadata"]["namespace"] == "red",
         "{event}"
@@ -371,10 +370,8 @@ fn lab_cluster_tenant_traffic_is_counted_per_namespace_and_shown_by_top() -> Res
         ("red sent (3 streams)", 1, pk, red_l("sent", "any"), 3 * N, 3 * N + 3 * arp),
         ("red-1 forged", 1, sp, spoof_l.clone(), FORGED, FORGED + 3),
     ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let deltas = loop {
-        let after = [metrics(1)?, metrics(2)?];
-        let d: Vec<u64> = checks
+    let grown = |after: &[String; 2]| -> Vec<u64> {
+        checks
             .iter()
             .map(|(_, node, name, labels, _, _)| {
                 counter(&after[node - 1], name, labels).saturating_sub(counter(
@@ -383,22 +380,15 @@ fn lab_cluster_tenant_traffic_is_counted_per_namespace_and_shown_by_top() -> Res
                     labels,
                 ))
             })
-            .collect();
-        let reached = d.iter().zip(&checks).all(|(v, c)| *v >= c.4);
-        if reached || Instant::now() > deadline {
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deltas = loop {
+        let d = grown(&[metrics(1)?, metrics(2)?]);
+        if d.iter().zip(&checks).all(|(v, c)| *v >= c.4) || Instant::now() > deadline {
             // One more period or two, so a late count would show as too many.
             std::thread::sleep(Duration::from_millis(2500));
-            let after = [metrics(1)?, metrics(2)?];
-            break checks
-                .iter()
-                .map(|(_, node, name, labels, _, _)| {
-                    counter(&after[node - 1], name, labels).saturating_sub(counter(
-                        &before[node - 1],
-                        name,
-                        labels,
-                    ))
-                })
-                .collect::<Vec<u64>>();
+            break grown(&[metrics(1)?, metrics(2)?]);
         }
         std::thread::sleep(Duration::from_millis(300));
     };

@@ -87,36 +87,17 @@ pub const COUNTING_TABLES: [(Table, Category); 4] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{pipeline, LocalPod, Mode, NodeState};
-    use crate::{Ipv4Prefix, Mac};
+    use crate::pipeline::pipeline;
     use std::collections::BTreeMap;
-    use std::net::Ipv4Addr;
 
     /// Every counting flow of a node is found, once per namespace (and pod)
     /// and kind, and no other flow is taken for one.
     #[test]
     fn every_namespace_and_pod_has_its_counting_flows() {
-        let p = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
-        let mut s = NodeState::new(
-            Mode::MultiTenant,
-            p("192.0.2.11"),
-            Ipv4Prefix::new(p("172.11.0.0"), 22),
-            Ipv4Prefix::new(p("172.11.0.0"), 16),
-            Ipv4Prefix::new(p("10.96.0.0"), 12),
+        let s = crate::samples::tenant_node(
+            &[(3, "red"), (4, "red"), (5, "blue"), (6, "kube-system")],
+            &[("red", 100), ("blue", 200), ("kube-system", 0)],
         );
-        for (port, ns) in [(3, "red"), (4, "red"), (5, "blue"), (6, "kube-system")] {
-            let ip = Ipv4Addr::from(u32::from(p("172.11.0.0")) + port);
-            let pod = LocalPod {
-                ofport: port,
-                ip,
-                mac: Mac::for_ipv4(ip),
-                namespace: ns.into(),
-                egress_meter: None,
-            };
-            s.pods.insert(port, pod);
-        }
-        s.vnis = BTreeMap::from([("red".into(), 100), ("blue".into(), 200), ("kube-system".into(), 0)]);
-        s.assign_namespace_ids();
         let mut got: BTreeMap<(Counted, u32), usize> = BTreeMap::new();
         for f in pipeline(&s, 1).iter() {
             if let Some(c) = counted(f) {
