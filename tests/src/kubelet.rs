@@ -56,9 +56,25 @@ pub fn run_pod(
     labels: &Value,
     ports: &[ContainerPort<'_>],
 ) -> Result<CniPod> {
+    let netns = lab.pod_netns(name)?;
+    run_pod_in(lab, api, node, netns, namespace, name, labels, ports)
+}
+
+/// [`run_pod`] in a sandbox the caller made already (`Lab::pod_netns`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_pod_in(
+    lab: &Lab,
+    api: &KubeApi,
+    node: usize,
+    netns: crate::Netns,
+    namespace: &str,
+    name: &str,
+    labels: &Value,
+    ports: &[ContainerPort<'_>],
+) -> Result<CniPod> {
     api.create(pod_object(namespace, name, node, labels, ports))
         .with_context(|| format!("create Pod {namespace}/{name}"))?;
-    let pod = cluster::add_pod(lab, node, namespace, name)?;
+    let pod = cluster::add_pod_in(lab, node, netns, namespace, name)?;
     set_running(api, lab, &pod)?;
     Ok(pod)
 }
