@@ -242,38 +242,38 @@ impl World {
         Ok(t)
     }
 
-    /// Probes every pair with every probe, in parallel (a thread per pair,
-    /// inside the source's namespace).
+    /// Probes every pair with every probe, all at once (a thread per probe,
+    /// inside the source's namespace): one measurement costs about one
+    /// denied probe's wait.
     fn measure(&self, want: &Table) -> Result<Table> {
-        let pairs = self.pairs();
-        let results = std::thread::scope(|s| {
-            let handles: Vec<_> = pairs
+        let keys: Vec<Key> = self
+            .pairs()
+            .into_iter()
+            .flat_map(|(src, dst)| probes().into_iter().map(move |p| (src, dst, p)))
+            .collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = keys
                 .iter()
-                .map(|&(src, dst)| {
+                .map(|&key| {
+                    let (src, dst, probe) = key;
                     let netns = self.src_netns(src);
                     let ip = self.pods[dst].ip.as_str();
-                    s.spawn(move || -> Result<Vec<(Key, bool)>> {
+                    s.spawn(move || -> Result<(Key, bool)> {
                         netns.enter_this_thread()?;
-                        let mut out = Vec::new();
-                        for probe in probes() {
-                            let key = (src, dst, probe);
-                            let mut got = probe_once(netns, ip, probe)?;
-                            let until = Instant::now() + RETRY_ALLOWED;
-                            while !got && want.get(&key) == Some(&true) && Instant::now() < until {
-                                got = probe_once(netns, ip, probe)?;
-                            }
-                            out.push((key, got));
+                        let mut got = probe_once(netns, ip, probe)?;
+                        let until = Instant::now() + RETRY_ALLOWED;
+                        while !got && want.get(&key) == Some(&true) && Instant::now() < until {
+                            got = probe_once(netns, ip, probe)?;
                         }
-                        Ok(out)
+                        Ok((key, got))
                     })
                 })
                 .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().map_err(|_| anyhow::anyhow!("probe thread panicked"))?)
-                .collect::<Result<Vec<_>>>()
-        })?;
-        Ok(results.into_iter().flatten().collect())
+                .collect()
+        })
     }
 
     /// Polls the matrix until it equals the evaluator's, then measures it
