@@ -63,6 +63,10 @@ pub struct Metrics {
     pub ipam_recovered: AtomicU64,
     /// Set once the agent serves CNI requests with a programmed bridge.
     pub ready: AtomicBool,
+    /// NetworkPolicies in the cluster (the agent's view of them).
+    pub network_policies: AtomicU64,
+    /// This node's NetworkPolicy flows (conjunctions, isolated pods).
+    pub policy_flows: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -81,6 +85,8 @@ impl Default for Metrics {
             bandwidth_errors: AtomicU64::new(0),
             ipam_recovered: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            network_policies: AtomicU64::new(0),
+            policy_flows: AtomicU64::new(0),
         }
     }
 }
@@ -149,6 +155,18 @@ impl Collector for Export {
                 counter,
                 "running pods' addresses the IPAM log lacked, taken back from the bridge's ports at start",
                 load(&m.ipam_recovered),
+            ),
+            (
+                "k8s_ovs_network_policies",
+                gauge,
+                "NetworkPolicies in the cluster, as the agent's watch has them",
+                load(&m.network_policies),
+            ),
+            (
+                "k8s_ovs_policy_flows",
+                gauge,
+                "this node's NetworkPolicy flows (conjunction clauses, rules, isolated pods)",
+                load(&m.policy_flows),
             ),
             (
                 "k8s_ovs_ready",

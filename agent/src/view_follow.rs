@@ -108,6 +108,7 @@ mod tests {
                 ip,
                 mac: Mac::for_ipv4(ip),
                 namespace: ns.into(),
+                name: format!("pod{port}"),
                 egress_meter: None,
             };
             s.pods.insert(port, pod);

@@ -109,6 +109,7 @@ pub fn flow_changes(
             ip: p.ip,
             mac: Mac::for_ipv4(p.ip),
             namespace: p.namespace.clone(),
+            name: p.name.clone(),
             egress_meter: None,
         };
         state.pods.insert(p.ofport, pod);

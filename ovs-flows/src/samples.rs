@@ -186,3 +186,14 @@ pub fn every_feature() -> Vec<Flow> {
         Flow::new(30, 90, c(21), Match::new().ip().conj_id(7), vec![Action::GotoTable(40)]),
     ]
 }
+
+/// A deterministic xorshift sequence for randomized tests: each call, a
+/// number below its argument (the same seed, the same sequence).
+pub fn random_below(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    }
+}

@@ -102,9 +102,17 @@ fn lab_pipeline_isolates_tenants_across_nodes() -> Result<()> {
             pod.netns.ip(&["route", "add", "default", "via", &state.gateway_ip.to_string()])?;
             lab.node(node).ovs.add_port_at("br0", &host_if, ofport)?;
             let mac: Mac = pod.mac.parse().context("pod mac")?;
-            state
-                .pods
-                .insert(ofport, LocalPod { ofport, ip, mac, namespace: ns.to_string(), egress_meter: None });
+            state.pods.insert(
+                ofport,
+                LocalPod {
+                    ofport,
+                    ip,
+                    mac,
+                    namespace: ns.to_string(),
+                    name: name.clone(),
+                    egress_meter: None,
+                },
+            );
             pods.push(TestPod { name, namespace: ns, netns: pod.netns.clone(), ip });
         }
         states.push(state);

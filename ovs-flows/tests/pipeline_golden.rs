@@ -43,6 +43,7 @@ fn two_node_state(mode: Mode) -> NodeState {
                 ip: Ipv4Addr::new(172, 11, 0, last),
                 mac: mac(&format!("0a:58:ac:0b:00:{last:02x}")),
                 namespace: ns.into(),
+                name: format!("pod{port}"),
                 // One pod with an egress limit (userspace datapath).
                 egress_meter: (port == 4).then_some(4),
             },
@@ -86,6 +87,94 @@ fn check_golden(name: &str, lines: Vec<String>) {
 #[test]
 fn multi_tenant_node() {
     check_golden("multi_tenant", pipeline(&two_node_state(Mode::MultiTenant), 1).to_strings());
+}
+
+/// The two-node state with NetworkPolicies in `red`: `db-from-web`
+/// (pod3, app=db, takes TCP 6379 from red's app=web pods, one of them on the
+/// other node) and `egress-dns-only` (every red pod may send only DNS to
+/// kube-system). The golden file holds the policy owner's flows.
+fn policy_state() -> NodeState {
+    use ovs_flows::policy::{
+        LabelSelector, Peer, Policy, PolicyPod, PolicyPort, PolicyProtocol, PolicyRule, PolicyView, PortMatch,
+    };
+    let mut s = two_node_state(Mode::MultiTenant);
+    let labels = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
+    let app = |a: &str| LabelSelector { match_labels: labels(a), match_expressions: vec![] };
+    let mut v = PolicyView::default();
+    let pods = [
+        ("red", "pod3", None, "db"),
+        ("red", "pod4", None, "web"),
+        ("red", "far", Some("172.11.4.7"), "web"),
+        ("kube-system", "pod6", None, "dns"),
+    ];
+    for (ns, name, far_ip, a) in pods {
+        let p = PolicyPod {
+            namespace: ns.into(),
+            name: name.into(),
+            ip: far_ip.map(ip),
+            labels: labels(a),
+            named_ports: BTreeMap::new(),
+        };
+        v.pods.insert((ns.into(), name.into()), p);
+    }
+    let db = Policy {
+        namespace: "red".into(),
+        name: "db-from-web".into(),
+        pod_selector: app("db"),
+        ingress: Some(vec![PolicyRule {
+            peers: Some(vec![Peer::Pods { namespaces: None, pods: Some(app("web")) }]),
+            ports: Some(vec![PolicyPort {
+                protocol: PolicyProtocol::Tcp,
+                port: PortMatch::Range(6379, 6379),
+            }]),
+        }]),
+        egress: None,
+    };
+    let kube_system = LabelSelector {
+        match_labels: BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            "kube-system".to_string(),
+        )]),
+        match_expressions: vec![],
+    };
+    let dns = Policy {
+        namespace: "red".into(),
+        name: "egress-dns-only".into(),
+        pod_selector: LabelSelector::everything(),
+        ingress: None,
+        egress: Some(vec![PolicyRule {
+            peers: Some(vec![Peer::Pods { namespaces: Some(kube_system), pods: None }]),
+            ports: Some(vec![PolicyPort { protocol: PolicyProtocol::Udp, port: PortMatch::Range(53, 53) }]),
+        }]),
+    };
+    for p in [db, dns] {
+        v.policies.insert((p.namespace.clone(), p.name.clone()), p);
+    }
+    s.policies = std::sync::Arc::new(v);
+    s
+}
+
+#[test]
+fn network_policy_node() {
+    let s = policy_state();
+    let flows = pipeline(&s, 1);
+    let policy: Vec<String> = flows
+        .iter()
+        .filter(|f| f.cookie.category() == Some(ovs_flows::Category::Policy))
+        .map(|f| f.to_string())
+        .collect();
+    check_golden("network_policy", policy);
+    // The event-by-event pipeline ends where the whole one does: policies
+    // set first, then a pod added and removed.
+    let mut without = s.clone();
+    let pod4 = without.pods.remove(&4).expect("pod4");
+    let mut node = ovs_flows::pipeline::NodePipeline::new(without, 1);
+    node.put_pod(pod4);
+    assert_eq!(node.flows().to_strings(), flows.to_strings());
+    node.remove_pod(3);
+    let mut fewer = s.clone();
+    fewer.pods.remove(&3);
+    assert_eq!(node.flows().to_strings(), pipeline(&fewer, 1).to_strings());
 }
 
 #[test]
@@ -135,6 +224,7 @@ fn sized_state(n: u32) -> NodeState {
                 ip: addr,
                 mac: Mac::for_ipv4(addr),
                 namespace: namespace.into(),
+                name: format!("pod{port}"),
                 egress_meter: None,
             },
         );
@@ -198,15 +288,7 @@ fn namespace_ids_are_recovered_from_the_flows() {
     assert!(!ids.contains_key("red") && !ids.contains_key("green"), "{ids:?}");
 }
 
-/// A deterministic xorshift sequence: each call, a number below its argument.
-fn random_below(mut seed: u64) -> impl FnMut(u64) -> u64 {
-    move |n| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    }
-}
+use ovs_flows::samples::random_below;
 
 /// A pod of the random sequences at `port`, with the address sized_state
 /// gives the port (IPAM: one address, one pod).
@@ -217,6 +299,7 @@ fn random_pod(port: u32, namespace: String, metered: bool) -> LocalPod {
         ip: addr,
         mac: Mac::for_ipv4(addr),
         namespace,
+        name: format!("pod{port}"),
         egress_meter: metered.then_some(port),
     }
 }

@@ -39,6 +39,7 @@ use ovs_flows::ofp::{FlowOp, Meter, MeterCommand};
 use ovs_flows::pipeline::{
     recovered_namespace_ids, LocalPod, NodePipeline, NodeState, Protocol, Table, FIRST_POD_OFPORT,
 };
+use ovs_flows::policy::PolicyView;
 use ovs_flows::trace::{NodePods, TracePod, TraceService};
 use ovs_flows::{reconcile, Action, Category, CookieFilter, FlowSet, Ipv4Prefix};
 use tracing::{debug, info, warn};
@@ -119,6 +120,10 @@ pub struct Dataplane<S, V, H> {
     /// (kube-dns's too) while the apiserver is slow or down. `None` once the
     /// services are known.
     kept_service_flows: Option<FlowSet>,
+    /// The same for NetworkPolicy: until the first complete policy view
+    /// after a start, the policy flows the switch holds stay, so a restart
+    /// never opens what a policy closed (fail closed). `None` once known.
+    kept_policy_flows: Option<FlowSet>,
     /// Where the current CNI request's time goes (logged at its end).
     stages: Stages,
 }
@@ -165,6 +170,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             kube: None,
             metrics,
             kept_service_flows: None,
+            kept_policy_flows: None,
             stages: Stages::new(),
         }
     }
@@ -173,6 +179,12 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// until its first list (see `kept_service_flows`).
     pub fn await_services(&mut self) {
         self.kept_service_flows = Some(FlowSet::new());
+    }
+
+    /// NetworkPolicies will come from a watch: keep the switch's policy
+    /// flows until its first complete view (see `kept_policy_flows`).
+    pub fn await_policies(&mut self) {
+        self.kept_policy_flows = Some(FlowSet::new());
     }
 
     /// The pipeline's state.
@@ -184,7 +196,8 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     /// services are not known yet, the service flows kept from before.
     fn desired(&self) -> FlowSet {
         let mut desired = self.pipeline.flows();
-        for f in self.kept_service_flows.iter().flat_map(FlowSet::iter) {
+        let kept = self.kept_service_flows.iter().chain(&self.kept_policy_flows);
+        for f in kept.flat_map(FlowSet::iter) {
             if !desired.contains(&f.key()) {
                 desired.insert(f.clone());
             }
@@ -274,6 +287,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             ip: rec.ip,
             mac: rec.mac,
             namespace: rec.namespace.clone(),
+            name: rec.name.clone(),
             egress_meter: self.egress_meter(rec.ofport, &rec.limits).map(|m| m.id),
         }
     }
@@ -372,6 +386,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                     })
                     .cloned(),
             );
+        }
+        if let Some(kept) = self.kept_policy_flows.as_mut() {
+            kept.extend(installed.iter().filter(|f| f.cookie.category() == Some(Category::Policy)).cloned());
         }
         let desired = self.desired();
         let tables: Vec<u8> = Table::ALL.iter().map(|t| t.id()).collect();
@@ -481,6 +498,33 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 "first Service list: service flows follow the apiserver again"
             );
         }
+        self.computed = t.elapsed();
+        ops
+    }
+
+    /// The cluster's NetworkPolicies changed (or the pods or namespaces they
+    /// select): the node's policy flows, in one bundle.
+    pub async fn on_policies(&mut self, view: Arc<PolicyView>) -> anyhow::Result<()> {
+        let ops = self.on_policies_state(view);
+        self.commit(ops).await
+    }
+
+    /// The pipeline part of [`Dataplane::on_policies`]. The first view ends
+    /// the kept policy flows: those the pipeline now has are replaced by its
+    /// operations, the others deleted, in the same bundle.
+    pub fn on_policies_state(&mut self, view: Arc<PolicyView>) -> Vec<FlowOp> {
+        let t = Instant::now();
+        self.metrics.network_policies.store(view.policies.len() as u64, Ordering::Relaxed);
+        let mut ops = self.pipeline.set_policies(view);
+        if let Some(kept) = self.kept_policy_flows.take() {
+            let gone = kept.into_iter().filter(|f| !self.pipeline.holds(f));
+            ops.extend(gone.map(FlowOp::DeleteStrict));
+            info!(
+                policies = self.state().policies.policies.len(),
+                "first NetworkPolicy view: policy flows follow the apiserver"
+            );
+        }
+        self.metrics.policy_flows.store(self.pipeline.policy_flow_count() as u64, Ordering::Relaxed);
         self.computed = t.elapsed();
         ops
     }

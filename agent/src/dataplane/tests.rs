@@ -665,3 +665,97 @@ async fn a_service_change_sends_only_its_flows() {
     assert_eq!(n.fake.world().calls, ["bundle 3"]);
     n.assert_switch_in_step();
 }
+
+/// The policy view of a cluster where namespace `red` denies all ingress
+/// (`podSelector: {}`, no rules) and `known` pods of it have labels.
+fn deny_red_ingress(known: &[&str]) -> Arc<PolicyView> {
+    use ovs_flows::policy::{LabelSelector, Policy, PolicyPod};
+    let mut view = PolicyView::default();
+    let deny = Policy {
+        namespace: "red".into(),
+        name: "deny".into(),
+        pod_selector: LabelSelector::everything(),
+        ingress: Some(vec![]),
+        egress: None,
+    };
+    view.policies.insert(("red".into(), "deny".into()), deny);
+    for name in known {
+        let pod = PolicyPod {
+            namespace: "red".into(),
+            name: name.to_string(),
+            ip: None,
+            labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+            named_ports: BTreeMap::new(),
+        };
+        view.pods.insert(("red".into(), name.to_string()), pod);
+    }
+    Arc::new(view)
+}
+
+/// The switch's INGRESS_POLICY drop flow of an isolated pod at `ip`.
+fn isolated(n: &Node, ip: &str) -> bool {
+    let w = n.fake.world();
+    let want = format!("priority=50,ip,nw_dst={ip} actions=drop");
+    let found = w.flows.iter().any(|f| {
+        f.table == Table::IngressPolicy.id()
+            && f.cookie.category() == Some(Category::Policy)
+            && f.to_string().ends_with(&want)
+    });
+    found
+}
+
+/// A pod that a deny policy selects is isolated by the same bundle that
+/// makes it reachable at all (its LOCAL_POD flow): there is no moment when
+/// it is wired and unprotected. A pod the view does not know yet is isolated
+/// too (fail closed); a namespace without policies is untouched.
+#[tokio::test]
+async fn a_new_pod_a_deny_policy_selects_is_isolated_in_its_own_bundle() {
+    let mut n = node(DatapathType::Netdev).await;
+    n.dp.on_policies(deny_red_ingress(&["a"])).await.expect("the first view");
+    assert_eq!(n.dp.pipeline.policy_flow_count(), 0, "no pod of red here yet");
+    n.fake.world().calls.clear();
+    let a = n.add("c1", "a").await.expect("ADD a");
+    let bundles: Vec<String> =
+        n.fake.world().calls.iter().filter(|c| c.starts_with("bundle")).cloned().collect();
+    assert_eq!(bundles.len(), 1, "{bundles:?}");
+    assert!(isolated(&n, &ip_of(&a)), "a is isolated by its ADD's bundle");
+    let unknown = n.add("c2", "not-in-the-view").await.expect("ADD");
+    assert!(isolated(&n, &ip_of(&unknown)), "a pod without labels yet is isolated (fail closed)");
+    let blue =
+        n.dp.add(&Request { pod_namespace: Some("blue".into()), ..req(Command::Add, "c3", "b") }).await;
+    assert!(!isolated(&n, &ip_of(&blue.expect("ADD blue"))), "blue has no policy");
+    n.assert_switch_in_step();
+    // The policy gone: one bundle takes every drop away.
+    n.fake.world().calls.clear();
+    n.dp.on_policies(Arc::new(PolicyView::default())).await.expect("no policies");
+    assert_eq!(n.fake.world().calls.len(), 1);
+    assert!(!isolated(&n, &ip_of(&a)));
+    assert_eq!(n.dp.metrics.policy_flows.load(Ordering::Relaxed), 0);
+    n.assert_switch_in_step();
+}
+
+/// A restarted agent keeps the policy flows it finds until the first
+/// policy view: the apiserver being slow or down never opens an isolated pod.
+#[tokio::test]
+async fn a_restart_keeps_the_policy_flows_until_the_first_policy_view() {
+    let mut n = node(DatapathType::Netdev).await;
+    n.dp.on_policies(deny_red_ingress(&["a"])).await.expect("view");
+    let a = n.add("c1", "a").await.expect("ADD a");
+    assert!(isolated(&n, &ip_of(&a)));
+    let Node { fake, _dir: dir, dp } = n;
+    drop(dp);
+    let mut n = node_on(fake, dir, DatapathType::Netdev);
+    let ports = n.fake.list_ports("br0").await.expect("ports");
+    let adopted: Vec<PodRecord> = ports
+        .iter()
+        .filter_map(|p| PodRecord::from_external_ids(&p.name, p.ofport?, &p.external_ids))
+        .collect();
+    n.dp.adopt(adopted, []);
+    n.dp.await_policies();
+    n.dp.full_reconcile().await.expect("reconcile");
+    assert!(isolated(&n, &ip_of(&a)), "kept across the restart");
+    // The first view: here the policy is gone, so its flows go.
+    n.dp.on_policies(Arc::new(PolicyView::default())).await.expect("first view");
+    assert!(!isolated(&n, &ip_of(&a)), "deleted by the first view");
+    n.assert_switch_in_step();
+}

@@ -830,7 +830,14 @@ async fn sim_agent_run(
         // .1 is the gateway; ofports 1 and 2 are vxlan0 and tun0.
         let pod_ip = Ipv4Addr::from(u32::from(subnet.network()) + 2 + j as u32);
         let ofport = GATEWAY_OFPORT + 1 + j as u32;
-        let pod = LocalPod { ofport, ip: pod_ip, mac: Mac::for_ipv4(pod_ip), namespace, egress_meter: None };
+        let pod = LocalPod {
+            ofport,
+            ip: pod_ip,
+            mac: Mac::for_ipv4(pod_ip),
+            namespace,
+            name: format!("pod{ofport}"),
+            egress_meter: None,
+        };
         state.pods.insert(ofport, pod);
     }
     let mut pipeline = NodePipeline::new(state, 1);

@@ -69,7 +69,14 @@ fn namespace(i: u32) -> String {
 
 fn pod(ofport: u32, ns: u32) -> LocalPod {
     let ip = Ipv4Addr::from(u32::from(subnet(0).addr()) + ofport);
-    LocalPod { ofport, ip, mac: Mac::for_ipv4(ip), namespace: namespace(ns), egress_meter: None }
+    LocalPod {
+        ofport,
+        ip,
+        mac: Mac::for_ipv4(ip),
+        namespace: namespace(ns),
+        name: format!("pod{ofport}"),
+        egress_meter: None,
+    }
 }
 
 fn service(i: u32, namespaces: u32) -> Service {

@@ -240,6 +240,11 @@ impl Incremental {
         self.groups.is_empty()
     }
 
+    /// How many flows one owner has.
+    pub fn len_of(&self, owner: Owner) -> usize {
+        self.groups.get(&owner).map_or(0, Vec::len)
+    }
+
     /// Whether a flow of `flow`'s owner and identity is held.
     pub fn holds(&self, flow: &Flow) -> bool {
         let Some(category) = flow.cookie.category() else { return false };

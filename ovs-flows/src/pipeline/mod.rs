@@ -230,7 +230,7 @@ fn policy_flows(b: &mut Builder, state: &NodeState) {
     if state.policies.policies.is_empty() {
         return;
     }
-    let local: Vec<(Ipv4Addr, String)> = state.pods.values().map(|p| (p.ip, p.namespace.clone())).collect();
+    let local: Vec<&LocalPod> = state.pods.values().collect();
     for f in crate::policy::compile(&local, &state.policies).flows {
         b.add(f.table, f.priority, POLICY, f.m, f.actions);
     }

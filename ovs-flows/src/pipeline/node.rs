@@ -191,6 +191,11 @@ impl NodePipeline {
         self.flows.is_empty()
     }
 
+    /// How many NetworkPolicy flows the node holds.
+    pub fn policy_flow_count(&self) -> usize {
+        self.flows.len_of((Category::Policy, 0))
+    }
+
     /// A pod added, or changed (its meter, or another pod at its ofport).
     pub fn put_pod(&mut self, pod: LocalPod) -> Vec<FlowOp> {
         if self.state.pods.get(&pod.ofport) == Some(&pod) {

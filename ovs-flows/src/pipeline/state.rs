@@ -27,6 +27,9 @@ pub struct LocalPod {
     pub mac: Mac,
     /// Kubernetes namespace; its VNI comes from [`NodeState::vnis`].
     pub namespace: String,
+    /// Kubernetes pod name: NetworkPolicies select the pod by the labels
+    /// the policy view has for (namespace, name).
+    pub name: String,
     /// The OpenFlow meter policing what the pod sends (its egress limit on
     /// the userspace datapath), applied in SPOOF_GUARD; `None` = unpoliced.
     /// The agent adds the meter before any flow names it.
@@ -205,6 +208,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 1, 0, ofport as u8),
             mac: Mac::for_ipv4(Ipv4Addr::new(10, 1, 0, ofport as u8)),
             namespace: namespace.into(),
+            name: format!("pod{ofport}"),
             egress_meter: None,
         }
     }

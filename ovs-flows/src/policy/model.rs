@@ -10,6 +10,9 @@ use crate::flow::{Ipv4Prefix, IP_PROTO_SCTP, IP_PROTO_TCP, IP_PROTO_UDP};
 
 pub type Labels = BTreeMap<String, String>;
 
+/// The label the API server sets on every namespace: its name.
+pub const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// A `metav1.LabelSelector`: every `matchLabels` pair and every expression
 /// must hold; the empty selector selects everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -163,9 +166,12 @@ impl PolicyView {
             Peer::Pods { namespaces, pods } => {
                 let ns_ok = match namespaces {
                     None => pod.namespace == policy_ns,
-                    Some(sel) => {
-                        self.namespaces.get(&pod.namespace).is_some_and(|labels| sel.matches(labels))
-                    }
+                    // A namespace the view has not seen yet has at least the
+                    // label the API server gives every namespace.
+                    Some(sel) => match self.namespaces.get(&pod.namespace) {
+                        Some(labels) => sel.matches(labels),
+                        None => sel.matches(&Labels::from([(NAME_LABEL.to_string(), pod.namespace.clone())])),
+                    },
                 };
                 ns_ok && pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels))
             }
