@@ -3,7 +3,8 @@
 //! - `run`: start-up and the one loop every input goes through;
 //! - `dataplane`: the node state and every change to it (pods, etcd, services),
 //!   each ending in one atomic flow bundle;
-//! - inputs: `cni_server` (the CNI plugin's socket), `etcd_source`, `kube_source`;
+//! - inputs: `cni_server` (the CNI plugin's socket), `etcd_source`, `kube_source`,
+//!   `policy_source` (NetworkPolicies, and the pods and namespaces they select);
 //!   `kube_events` posts warnings on pods (an invalid bandwidth annotation);
 //! - edges: `ovsdb` (bridge and ports), `netlink` (veths, addresses, routes),
 //!   `ipam` (addresses kept on disk), `iptables` (masquerade, netdev guard);
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod ovsdb;
 pub mod pods;
+pub mod policy_source;
 pub mod run;
 pub mod timing;
 pub mod unixctl;

@@ -11,6 +11,9 @@
 //! [`reflect_changes`] is the same for a caller that keeps its own view up
 //! to date change by change (the agent's 10,000 services): each complete
 //! list whole, then each object applied or deleted.
+//! [`reflect_changes_trimmed`] is that for a caller that needs only a few
+//! fields of many large objects (the agent's NetworkPolicy view of every Pod
+//! in the cluster): the store, which holds every object, keeps only those.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -42,28 +45,47 @@ where
     K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    complete_changes(events_of(api, config), |_, store| publish(store.state())).await
+    complete_changes(events_of(api, config, |_| {}), |_, store| publish(store.state())).await
 }
 
 /// [`reflect`] change by change: `on_change` gets each complete list whole
 /// (the first one even empty), then each object applied or deleted.
-pub async fn reflect_changes<K>(api: Api<K>, config: watcher::Config, mut on_change: impl FnMut(Change<K>))
+pub async fn reflect_changes<K>(api: Api<K>, config: watcher::Config, on_change: impl FnMut(Change<K>))
 where
     K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    complete_changes(events_of(api, config), |change, _| on_change(change)).await
+    reflect_changes_trimmed(api, config, |_| {}, on_change).await
 }
 
-fn events_of<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = watcher::Result<Event<K>>>
+/// [`reflect_changes`] with `trim` applied to every object as it arrives,
+/// before the store keeps it: what it removes is neither kept nor seen.
+pub async fn reflect_changes_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K),
+    mut on_change: impl FnMut(Change<K>),
+) where
+    K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    complete_changes(events_of(api, config, trim), |change, _| on_change(change)).await
+}
+
+fn events_of<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut trim: impl FnMut(&mut K),
+) -> impl Stream<Item = watcher::Result<Event<K>>>
 where
     K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    watcher(api, config)
-        .default_backoff()
+    watcher(api, config).default_backoff().modify(move |o| {
         // Managed fields are most of an object's size and nothing here reads them.
-        .modify(|o| o.managed_fields_mut().clear())
+        o.managed_fields_mut().clear();
+        trim(o)
+    })
 }
 
 /// The complete views of any stream of watcher events (the tests feed

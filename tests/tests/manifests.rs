@@ -940,10 +940,13 @@ fn rbac_grants_only_what_each_daemon_watches_and_posts() -> Result<()> {
         grants(&m, "k8s-ovs-agent")?
             == triples(&[
                 ("", "events", &["create"]),
+                ("", "namespaces", &["list", "watch"]),
                 ("", "pods", &["get", "list", "watch"]),
                 ("", "services", &["list", "watch"]),
+                ("networking.k8s.io", "networkpolicies", &["list", "watch"]),
             ]),
-        "agent: list/watch services, get/list/watch pods (agent/src/kube_source.rs, dataplane.rs), create events (kube_events.rs), nothing else"
+        "agent: list/watch services, get/list/watch pods (agent/src/kube_source.rs, dataplane.rs), list/watch \
+         namespaces and networkpolicies (policy_source.rs), create events (kube_events.rs), nothing else"
     );
     // Each daemon's ServiceAccount exists and is bound to its role.
     for (pod, role) in [(agent_pod(&m)?, "k8s-ovs-agent"), (controller_pod(&m)?, "k8s-ovs-controller")] {
@@ -1493,6 +1496,17 @@ fn rbac_keeps_tenancy_from_namespace_admins_and_status_from_tenant_network_admin
                     sub.map(|s| format!("/{s}")).unwrap_or_default()
                 );
             }
+        }
+    }
+    // NetworkPolicy: the agent watches policies, pods and namespaces of the
+    // whole cluster (no namespace: a cluster-wide list), and writes none.
+    for (group, resource) in [("networking.k8s.io", "networkpolicies"), ("", "pods"), ("", "namespaces")] {
+        let at = |verb| Attrs { verb, group, resource, subresource: None, namespace: None };
+        for v in ["list", "watch"] {
+            ensure!(authz.allows(&agent, &at(v)), "the agent may {v} {resource} cluster-wide");
+        }
+        for v in write_verbs {
+            ensure!(!authz.allows(&agent, &at(v)), "the agent must not {v} {resource}");
         }
     }
     // The evaluator is not one that refuses everything: alice owns red.
