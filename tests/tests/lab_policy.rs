@@ -288,11 +288,43 @@ impl World {
             if got == want {
                 break;
             }
+            let wrong: Vec<String> = want
+                .iter()
+                .filter(|(k, v)| got.get(k) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "{}->{} {}{}",
+                        self.src_name(k.0),
+                        self.pods[k.1].name,
+                        k.2,
+                        if *v { "X" } else { "!" }
+                    )
+                })
+                .collect();
+            eprintln!(
+                "{label}: poll {polls}: {} differ: {}",
+                wrong.len(),
+                wrong.iter().take(6).cloned().collect::<Vec<_>>().join(" ")
+            );
             if t.elapsed() > CONVERGE {
+                let report = format!(
+                    "{}{}{}",
+                    self.render(&want, &got, set),
+                    self.conntrack_of(&want, &got),
+                    self.datapath_flows_of(&want, &got)
+                );
+                // Whether the switches' datapath flow caches hold the
+                // difference (their OpenFlow tables being right): purged,
+                // every packet is classified again. The test fails either way.
+                for node in 1..=2 {
+                    let _ = self.lab.node(node).ovs.appctl(&["revalidator/purge"]);
+                }
+                let after = self.measure(&want)?;
+                let left = want.iter().filter(|(k, v)| after.get(k) != Some(v)).count();
                 bail!(
-                    "{label}: the measured matrix differs from the evaluator's after {:?} ({polls} polls)\n{}",
-                    t.elapsed(),
-                    self.render(&want, &got, set)
+                    "{label}: the measured matrix differs from the evaluator's after {:?} ({polls} polls); \
+                     after purging the datapath flow caches (revalidator/purge) {left} probes differ\n{report}",
+                    t.elapsed()
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -311,6 +343,71 @@ impl World {
             t.elapsed() - settled
         );
         Ok(())
+    }
+
+    /// The (source, destination) addresses of the pod pairs that differ.
+    fn differing_ends(&self, want: &Table, got: &Table) -> Vec<(String, String)> {
+        want.iter()
+            .filter(|(k, v)| got.get(k) != Some(v))
+            .filter_map(|(k, _)| match k.0 {
+                Src::Pod(a) => Some((self.pods[a].ip.clone(), self.pods[k.1].ip.clone())),
+                Src::Node(_) => None,
+            })
+            .collect()
+    }
+
+    /// Each node's datapath flows between the ends of the pairs that differ.
+    fn datapath_flows_of(&self, want: &Table, got: &Table) -> String {
+        let ips = self.differing_ends(want, got);
+        let mut out = String::new();
+        for node in 1..=2 {
+            let dump =
+                self.lab.node(node).ovs.appctl(&["dpctl/dump-flows"]).unwrap_or_else(|e| format!("{e:#}"));
+            let upcalls =
+                self.lab.node(node).ovs.appctl(&["upcall/show"]).unwrap_or_else(|e| format!("{e:#}"));
+            out += &format!("\nupcall/show on n{node}:\n{upcalls}");
+            out += &format!("\ndatapath flows of n{node} between differing pairs:\n");
+            for line in dump.lines() {
+                if ips
+                    .iter()
+                    .any(|(a, b)| line.contains(&format!("src={a}")) && line.contains(&format!("dst={b}")))
+                {
+                    out += line;
+                    out += "\n";
+                }
+            }
+        }
+        out
+    }
+
+    /// Each node's conntrack entries between the ends of the pairs that
+    /// differ (what a reply-direction pass would come from).
+    fn conntrack_of(&self, want: &Table, got: &Table) -> String {
+        let ips = self.differing_ends(want, got);
+        let mut out = String::new();
+        for node in 1..=2 {
+            for table in ["36", "62"] {
+                let flows = self.lab.node(node).ovs.ofctl("dump-flows", "br0", &[&format!("table={table}")]);
+                out += &format!("\nn{node} table {table}:\n{}", flows.unwrap_or_else(|e| format!("{e:#}")));
+            }
+            let dump = self
+                .lab
+                .node(node)
+                .ovs
+                .appctl(&["dpctl/dump-conntrack"])
+                .unwrap_or_else(|e| format!("{e:#}"));
+            out += &format!("\nconntrack of n{node} between differing pairs:\n");
+            for line in dump.lines() {
+                if ips
+                    .iter()
+                    .any(|(a, b)| line.contains(&format!("={a},")) && line.contains(&format!("={b},")))
+                {
+                    out += line;
+                    out += "\n";
+                }
+            }
+        }
+        out
     }
 
     /// The tables that differ, one per probe: rows are sources, columns
@@ -612,7 +709,11 @@ fn lab_policy_truth_table_equals_the_kubernetes_rules() -> Result<()> {
     eprintln!("lab with {} pods up in {:?}", w.pods.len(), t0.elapsed());
 
     w.converge("no policies (tenancy only)", &[])?;
-    for (label, set) in policy_sets(&w) {
+    // K8S_OVS_POLICY_SETS=<text>|<text>...: only the sets whose label
+    // contains one of them (to chase one).
+    let only = std::env::var("K8S_OVS_POLICY_SETS").unwrap_or_default();
+    let chosen = |l: &str| only.split('|').any(|o| l.contains(o));
+    for (label, set) in policy_sets(&w).into_iter().filter(|(l, _)| chosen(l)) {
         w.apply(&set)?;
         w.converge(label, &set)?;
     }
