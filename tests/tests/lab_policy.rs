@@ -368,12 +368,28 @@ impl World {
             out += &format!("\nupcall/show on n{node}:\n{upcalls}");
             out += &format!("\ndatapath flows of n{node} between differing pairs:\n");
             for line in dump.lines() {
-                if ips
-                    .iter()
-                    .any(|(a, b)| line.contains(&format!("src={a}")) && line.contains(&format!("dst={b}")))
-                {
+                // The pair's flows, and its source's flows before conntrack
+                // (recirc_id(0): they name the recirculation the packet resumes in).
+                let pair = |(a, b): &(String, String)| {
+                    line.contains(&format!("src={a}"))
+                        && (line.contains(&format!("dst={b}")) || line.contains("recirc_id(0),"))
+                };
+                if !line.contains("tunnel(") && ips.iter().any(pair) {
                     out += line;
                     out += "\n";
+                    // What the OpenFlow tables decide now for the cached flow's key.
+                    let key = line.split(", packets:").next().unwrap_or_default().trim();
+                    let trace = self.lab.node(node).ovs.appctl(&["ofproto/trace", "ovs-netdev", key]);
+                    let verdict = trace.map_or_else(
+                        |e| format!("{e:#}"),
+                        |t| {
+                            t.lines()
+                                .filter(|l| l.starts_with("Datapath actions"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        },
+                    );
+                    out += &format!("      ofproto/trace of that key now: {verdict}\n");
                 }
             }
         }
