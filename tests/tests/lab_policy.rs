@@ -308,10 +308,11 @@ impl World {
             );
             if t.elapsed() > CONVERGE {
                 let report = format!(
-                    "{}{}{}",
+                    "{}{}{}{}",
                     self.render(&want, &got, set),
                     self.conntrack_of(&want, &got),
-                    self.datapath_flows_of(&want, &got)
+                    self.datapath_flows_of(&want, &got),
+                    self.fresh_traces(&want, &got)
                 );
                 // Whether the switches' datapath flow caches hold the
                 // difference (their OpenFlow tables being right): purged,
@@ -356,6 +357,59 @@ impl World {
             .collect()
     }
 
+    /// `ofproto/trace` on the source's node of a new packet of the first
+    /// differing probes (pod sources), conntrack's answer `trk,new`: what
+    /// the OpenFlow tables decide for a packet no cache has seen.
+    fn fresh_traces(&self, want: &Table, got: &Table) -> String {
+        let mut out = String::from("\nofproto/trace of new packets of differing probes:\n");
+        let differing = want.iter().filter(|(k, v)| got.get(k) != Some(v));
+        for (&(src, dst, probe), _) in differing.take(4) {
+            let Src::Pod(src) = src else { continue };
+            let (a, b) = (&self.pods[src], &self.pods[dst]);
+            let verdict = (|| -> Result<String> {
+                let ovs = &self.lab.node(a.node).ovs;
+                let ifaces = ovs.vsctl(&[
+                    "--format=csv",
+                    "--no-headings",
+                    "--columns=name,external_ids",
+                    "list",
+                    "Interface",
+                ])?;
+                let name = ifaces
+                    .lines()
+                    .find(|l| {
+                        l.contains(&format!("\"{}\"", a.ip))
+                            || l.contains(&format!("={},", a.ip))
+                            || l.contains(&format!("={}\"", a.ip))
+                    })
+                    .and_then(|l| l.split(',').next())
+                    .context("no interface with the pod's address")?
+                    .trim_matches('"')
+                    .to_string();
+                let mac =
+                    |n: &Netns| n.exec(&["cat", "/sys/class/net/eth0/address"]).map(|m| m.trim().to_string());
+                let (proto, l4) = match probe.proto {
+                    Proto::Icmp => ("icmp", "icmp_type=8".to_string()),
+                    Proto::Tcp => ("tcp", format!("tp_dst={}", probe.port)),
+                    Proto::Udp => ("udp", format!("tp_dst={}", probe.port)),
+                    Proto::Sctp => ("sctp", format!("tp_dst={}", probe.port)),
+                };
+                let flow = format!(
+                    "in_port={name},{proto},dl_src={},dl_dst={},nw_src={},nw_dst={},nw_ttl=64,{l4}",
+                    mac(&a.netns)?,
+                    mac(&b.netns)?,
+                    a.ip,
+                    b.ip
+                );
+                let t = ovs.appctl(&["ofproto/trace", "br0", &flow, "--ct-next", "trk,new"])?;
+                Ok(t.lines().filter(|l| l.starts_with("Datapath actions")).collect::<Vec<_>>().join(" | "))
+            })()
+            .unwrap_or_else(|e| format!("{e:#}"));
+            out += &format!("  {} -> {} {probe} on n{}: {verdict}\n", a.name, b.name, a.node);
+        }
+        out
+    }
+
     /// Each node's datapath flows between the ends of the pairs that differ.
     fn datapath_flows_of(&self, want: &Table, got: &Table) -> String {
         let ips = self.differing_ends(want, got);
@@ -377,19 +431,6 @@ impl World {
                 if !line.contains("tunnel(") && ips.iter().any(pair) {
                     out += line;
                     out += "\n";
-                    // What the OpenFlow tables decide now for the cached flow's key.
-                    let key = line.split(", packets:").next().unwrap_or_default().trim();
-                    let trace = self.lab.node(node).ovs.appctl(&["ofproto/trace", "ovs-netdev", key]);
-                    let verdict = trace.map_or_else(
-                        |e| format!("{e:#}"),
-                        |t| {
-                            t.lines()
-                                .filter(|l| l.starts_with("Datapath actions"))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        },
-                    );
-                    out += &format!("      ofproto/trace of that key now: {verdict}\n");
                 }
             }
         }
