@@ -216,6 +216,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         pod_mtu: cfg.pod_mtu(),
         datapath: cfg.datapath_type,
         node_name: cfg.node_name.clone(),
+        ovs_rundir: Some(cfg.ovs_rundir.clone()),
     };
     // Per-tenant traffic: read in a task of its own, which asks the loop
     // only who owns the flows it read.
@@ -235,6 +236,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         dp.await_services();
         dp.await_policies();
     }
+    dp.start_purging();
     let changed = dp.full_reconcile().await.context("initial flows")?;
     info!(changed, flows = dp.flow_count(), "flows reconciled");
 

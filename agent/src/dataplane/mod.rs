@@ -72,6 +72,10 @@ pub struct NodeSettings {
     pub datapath: DatapathType,
     /// The Kubernetes Node name (the source of the agent's Events).
     pub node_name: String,
+    /// Where ovs-vswitchd's control socket is, for `revalidator/purge`
+    /// after a change of policy flows (see `purge_after_policy_change`);
+    /// None: never purged (tests over the fake switch).
+    pub ovs_rundir: Option<PathBuf>,
 }
 
 pub struct Dataplane<S, V, H> {
@@ -126,6 +130,10 @@ pub struct Dataplane<S, V, H> {
     kept_policy_flows: Option<FlowSet>,
     /// Where the current CNI request's time goes (logged at its end).
     stages: Stages,
+    /// Asks the purge task for a `revalidator/purge` (None without a
+    /// control socket). Capacity one: a request already waiting starts after
+    /// this commit too, so it covers it.
+    purge: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 fn agent_error(msg: impl Into<String>, e: impl std::fmt::Display) -> CniError {
@@ -172,6 +180,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             kept_service_flows: None,
             kept_policy_flows: None,
             stages: Stages::new(),
+            purge: None,
         }
     }
 
@@ -408,6 +417,7 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         let tables: Vec<u8> = Table::ALL.iter().map(|t| t.id()).collect();
         let (ops, foreign) = reconcile::diff_owning(&desired, &installed, &tables);
         self.flows.bundle(&ops).await?;
+        self.purge_after_policy_change(&ops);
         if foreign > 0 {
             warn!(flows = foreign, "removed flows k8s-ovs did not write from its tables");
         }
@@ -452,12 +462,61 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         let t = Instant::now();
         let result = self.flows.bundle(&ops).await;
         if result.is_ok() {
+            self.purge_after_policy_change(&ops);
             self.metrics.bundle_seconds.observe_duration(t.elapsed());
             self.metrics.bundle_flows.observe(ops.len() as f64);
             let computed = std::mem::take(&mut self.computed);
             debug!(?computed, bundle = ?t.elapsed(), ops = ops.len(), flows = self.pipeline.len(), "flows synced");
         }
         self.bundled(result)
+    }
+
+    /// After a bundle that changed policy flows, ovs-vswitchd's cached
+    /// datapath flows are purged, off the loop. Measured on OVS 3.1 (netdev
+    /// datapath, `lab_policy_truth_table_equals_the_kubernetes_rules`): after
+    /// a sequence of policy changes some cached datapath flows past the
+    /// conntrack recirculation kept the old verdict for over a minute while
+    /// the tables and a fresh `ofproto/trace` gave the new one, and
+    /// `revalidator/purge` ended every difference. Until that is understood
+    /// in OVS, the agent purges: what runs in between is the old policy's
+    /// verdict (which the old policy allowed), and the cost is one upcall per
+    /// active megaflow after a policy change.
+    fn purge_after_policy_change(&self, ops: &[FlowOp]) {
+        let policy = |f: &ovs_flows::Flow| f.cookie.category() == Some(Category::Policy);
+        let touched = ops.iter().any(|op| match op {
+            FlowOp::Add(f) | FlowOp::ModifyStrict(f) | FlowOp::DeleteStrict(f) => {
+                policy(f) || f.table == Table::EgressPolicy.id() || f.table == Table::IngressPolicy.id()
+            }
+            FlowOp::DeleteByCookie { .. } => true,
+        });
+        if let Some(tx) = self.purge.as_ref().filter(|_| touched) {
+            // Full: one is waiting already, and it starts after this commit.
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Starts the task that purges ovs-vswitchd's datapath flows on request
+    /// (needs the runtime; the agent calls it once at start).
+    pub fn start_purging(&mut self) {
+        let Some(rundir) = self.settings.ovs_rundir.clone() else { return };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                let r = crate::unixctl::call(
+                    &rundir,
+                    "ovs-vswitchd",
+                    "revalidator/purge",
+                    &[],
+                    Duration::from_secs(5),
+                )
+                .await;
+                match r {
+                    Ok(_) => debug!("datapath flows purged after a policy change"),
+                    Err(e) => warn!(error = %e, "purging the datapath flows after a policy change failed"),
+                }
+            }
+        });
+        self.purge = Some(tx);
     }
 
     /// Records how a bundle ended: after a failure the switch's flows are
@@ -689,6 +748,9 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 self.stages.record(stage, d);
             }
             self.stages.record("bundle", bundle_took);
+            if flows.is_ok() {
+                self.purge_after_policy_change(&ops);
+            }
             (wired, self.bundled(flows))
         };
         self.stages.skip();

@@ -69,7 +69,13 @@ fn node_on(fake: Fake, dir: Scratch, datapath: DatapathType) -> Node {
         Ipv4Prefix::new("10.96.0.0".parse().expect("ip"), 12),
     );
     state.vnis = BTreeMap::from([("red".to_string(), 100), ("blue".to_string(), 200)]);
-    let settings = NodeSettings { bridge: "br0".into(), pod_mtu: 1450, datapath, node_name: "n1".into() };
+    let settings = NodeSettings {
+        bridge: "br0".into(),
+        pod_mtu: 1450,
+        datapath,
+        node_name: "n1".into(),
+        ovs_rundir: None,
+    };
     let metrics = Arc::new(Metrics::default());
     let edges = Edges { switch: fake.clone(), vswitch: fake.clone(), host: fake.clone() };
     let dp = Dataplane::new(settings, edges, ipam, state, 1, metrics);
