@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use ovs_flows::client::{Client as FlowClient, ClientOptions, ConnEvent, Endpoint};
 use ovs_flows::pipeline::{gateway_of, NodeState, GATEWAY_OFPORT, VXLAN_OFPORT, VXLAN_UDP_PORT};
+use ovs_flows::policy::PolicyView;
 use ovs_flows::Mac;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -26,6 +27,7 @@ use crate::netlink::Netlink;
 use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortKind, PortSpec};
 use crate::pods::PodRecord;
 use crate::pods::VETH_PREFIX;
+use crate::policy_source;
 use crate::{cni_server, iptables};
 
 /// Bridge external_ids key holding the flow round of the last agent start.
@@ -224,6 +226,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let _ = dp.on_view_state(&view);
     if !cfg.no_kube {
         dp.await_services();
+        dp.await_policies();
     }
     let changed = dp.full_reconcile().await.context("initial flows")?;
     info!(changed, flows = dp.flow_count(), "flows reconciled");
@@ -234,10 +237,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
 
     let (svc_tx, mut svc_rx) = watch::channel(Services::default());
     let (pods_tx, mut pods_rx) = watch::channel(PodAnnotations::new());
+    let (policy_tx, mut policy_rx) = watch::channel(Arc::new(PolicyView::default()));
     if !cfg.no_kube {
         let client = kube_client(&cfg).await?;
         dp.set_kube(client.clone());
         tokio::spawn(kube_source::run_services(client.clone(), svc_tx));
+        tokio::spawn(policy_source::run_policies(client.clone(), policy_tx));
         tokio::spawn(kube_source::run_pods(client, cfg.node_name.clone(), pods_tx));
     }
     metrics.ready.store(true, Ordering::Relaxed);
@@ -271,6 +276,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             Ok(()) = pods_rx.changed() => {
                 let p = pods_rx.borrow_and_update().clone();
                 dp.on_pods(&p).await;
+            }
+            Ok(()) = policy_rx.changed() => {
+                let view = policy_rx.borrow_and_update().clone();
+                if let Err(e) = dp.on_policies(view).await {
+                    warn!(error = %e, "applying a NetworkPolicy change failed; retrying on the next change or reconnect");
+                }
             }
             Ok(()) = svc_rx.changed() => {
                 let ops = dp.on_services_state(&svc_rx.borrow_and_update());
