@@ -8,7 +8,10 @@
 //! the tunnel on DST's node; a TCP/UDP packet to a Service, which the
 //! SERVICE table hands to tun0 or drops) and the tables it crossed are read
 //! back. When the two disagree, the node is out of step with etcd: that is
-//! the bug to chase.
+//! the bug to chase. The probe to a pod may be TCP or UDP to a port
+//! ([`Packet`]); the NetworkPolicy tables it crossed are read too
+//! ([`netpol`]): the rule that admitted it, or the policies isolating the
+//! pod whose drop took it, named by the agents.
 //!
 //! The agents are found through etcd's node subnet records (HostIP) and
 //! asked over their HTTP listener: `/debug/pods`, `/debug/trace?flow=`.
