@@ -58,6 +58,11 @@ pub struct AgentConfig {
     /// drift from the desired set repaired (0: never).
     #[arg(long, default_value_t = 60)]
     pub flow_resync_secs: u64,
+    /// Every this many seconds the switch's flow counters are read into the
+    /// per-tenant traffic metrics (`k8s_ovs_namespace_*`, `k8s_ovs_pod_spoofed_*`;
+    /// 0: never). A rate over a shorter window than this is not meaningful.
+    #[arg(long, env = "K8S_OVS_TRAFFIC_STATS_SECS", default_value_t = 10)]
+    pub traffic_stats_secs: u64,
     /// Install the masquerade rule for traffic leaving the cluster.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,

@@ -4,49 +4,30 @@
 //! Fire and forget: an API server that is slow or refuses costs a log line,
 //! never the agent loop's time.
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
 use kube::{Api, Client};
-use tracing::{debug, warn};
+use kube_view::events::{self, Happened, Reporter};
+use tracing::warn;
 
 /// Why the agent warns (the Event's `reason`).
 pub const INVALID_BANDWIDTH: &str = "InvalidBandwidth";
 
 /// The Event for `pod` (its uid ties it to this incarnation of the pod).
-pub fn warning(pod: &Pod, node: &str, reason: &str, message: &str, now: Timestamp) -> Event {
+pub fn warning(pod: &Pod, node: &str, reason: &'static str, message: &str, now: Timestamp) -> Event {
     let (ns, name) = (pod.metadata.namespace.clone(), pod.metadata.name.clone().unwrap_or_default());
-    Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
-            namespace: ns.clone(),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: ns,
-            name: Some(name),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
-            ..Default::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        type_: Some("Warning".into()),
-        source: Some(EventSource { component: Some("k8s-ovs-agent".into()), host: Some(node.into()) }),
-        reporting_component: Some("k8s-ovs-agent".into()),
-        reporting_instance: Some(node.into()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        event_time: Some(MicroTime(now)),
-        action: Some("Shape".into()),
-        count: Some(1),
+    let object = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: ns.clone(),
+        name: Some(name),
+        uid: pod.metadata.uid.clone(),
+        resource_version: pod.metadata.resource_version.clone(),
         ..Default::default()
-    }
+    };
+    let by = Reporter { component: "k8s-ovs-agent".into(), instance: node.into() };
+    let what = Happened { type_: "Warning", reason, action: "Shape".into(), message: message.into() };
+    events::event(ns.as_deref().unwrap_or_default(), object, &by, what, now)
 }
 
 /// Posts a warning on `namespace/name` in the background.
@@ -59,19 +40,14 @@ pub fn warn_pod(
     message: String,
 ) {
     tokio::spawn(async move {
-        let post = async {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-            let pod = pods.get(&name).await?;
-            let events: Api<Event> = Api::namespaced(client, &namespace);
-            let now = Timestamp::now();
-            events.create(&PostParams::default(), &warning(&pod, &node, reason, &message, now)).await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), post).await {
-            Ok(Ok(_)) => debug!(pod = %format!("{namespace}/{name}"), reason, "event posted"),
-            Ok(Err(e)) => {
-                warn!(pod = %format!("{namespace}/{name}"), error = %e, "posting the pod's event failed")
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let about = format!("{namespace}/{name}");
+        match tokio::time::timeout(std::time::Duration::from_secs(5), pods.get(&name)).await {
+            Ok(Ok(pod)) => {
+                events::post(client, warning(&pod, &node, reason, &message, Timestamp::now()), about)
             }
-            Err(_) => warn!(pod = %format!("{namespace}/{name}"), "posting the pod's event timed out"),
+            Ok(Err(e)) => warn!(pod = %about, error = %e, "reading the pod for its event failed"),
+            Err(_) => warn!(pod = %about, "reading the pod for its event timed out"),
         }
     });
 }

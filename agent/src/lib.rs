@@ -10,6 +10,7 @@
 //!   `ipam` (addresses kept on disk), `iptables` (masquerade, netdev guard);
 //! - `bandwidth`: pod rate limits (annotations, runtimeConfig) enforced with tc;
 //! - `pods` (how a pod is named and recorded), `metrics`, `config`;
+//!   `traffic` (per-tenant traffic from the switch's flow counters);
 //! - `http` (metrics, health, and the read-only `/debug/pods` and
 //!   `/debug/trace` behind `k8s-ovs-ctl trace`), `unixctl` (ovs-appctl's protocol).
 
@@ -31,5 +32,6 @@ pub mod pods;
 pub mod policy_source;
 pub mod run;
 pub mod timing;
+pub mod traffic;
 pub mod unixctl;
 pub mod view_follow;

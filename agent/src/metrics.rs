@@ -7,9 +7,10 @@
 //! encoded through a collector, because the registry's `register` would
 //! append a full stop to every HELP text.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -19,6 +20,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::traffic::{Count, Series};
 
 /// Bucket bounds in seconds (1 ms .. 5 s), for latencies.
 const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
@@ -67,6 +70,11 @@ pub struct Metrics {
     pub network_policies: AtomicU64,
     /// This node's NetworkPolicy flows (conjunctions, isolated pods).
     pub policy_flows: AtomicU64,
+    /// Per-tenant traffic: the running totals of the switch's counting
+    /// flows, as of the last read (`traffic.rs`).
+    pub traffic: Mutex<BTreeMap<Series, Count>>,
+    /// Reads of the flow counters that failed.
+    pub traffic_read_errors: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -87,6 +95,8 @@ impl Default for Metrics {
             ready: AtomicBool::new(false),
             network_policies: AtomicU64::new(0),
             policy_flows: AtomicU64::new(0),
+            traffic: Mutex::new(BTreeMap::new()),
+            traffic_read_errors: AtomicU64::new(0),
         }
     }
 }
@@ -169,6 +179,12 @@ impl Collector for Export {
                 load(&m.policy_flows),
             ),
             (
+                "k8s_ovs_traffic_read_errors",
+                counter,
+                "reads of the switch's flow counters (per-tenant traffic) that failed",
+                load(&m.traffic_read_errors),
+            ),
+            (
                 "k8s_ovs_ready",
                 gauge,
                 "1 once the agent serves CNI requests",
@@ -183,8 +199,49 @@ impl Collector for Export {
                 ConstGauge::new(v).encode(e)?;
             }
         }
-        Ok(())
+        encode_traffic(&mut encoder, &m.traffic.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// The per-tenant traffic families (counters with labels; `traffic.rs`
+/// says what each counts). Names and labels are in docs/operations.md.
+pub const TRAFFIC_FAMILIES: [(&str, &str); 6] = [
+    (
+        "k8s_ovs_namespace_packets",
+        "packets of the namespace's pods on this node, by direction (sent, received) and peer (any, outside; own_vni, global, other_vni), from the switch's flow counters",
+    ),
+    ("k8s_ovs_namespace_bytes", "bytes of the traffic k8s_ovs_namespace_packets_total counts"),
+    ("k8s_ovs_namespace_refused_packets", "packets to the namespace's pods on this node that isolation dropped (another tenant's)"),
+    ("k8s_ovs_namespace_refused_bytes", "bytes of the packets k8s_ovs_namespace_refused_packets_total counts"),
+    ("k8s_ovs_pod_spoofed_packets", "packets the pod's port sent that the switch dropped: forged MAC or IP, forged ARP, VLAN tags, non-IPv4"),
+    ("k8s_ovs_pod_spoofed_bytes", "bytes of the packets k8s_ovs_pod_spoofed_packets_total counts"),
+];
+
+fn encode_traffic(encoder: &mut DescriptorEncoder, totals: &BTreeMap<Series, Count>) -> fmt::Result {
+    for (i, (name, help)) in TRAFFIC_FAMILIES.iter().enumerate() {
+        let bytes = i % 2 == 1;
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (series, count) in totals {
+            let labels: Vec<(&str, String)> = match (series, i / 2) {
+                (Series::Traffic { namespace, vni, direction, peer }, 0) => vec![
+                    ("namespace", namespace.clone()),
+                    ("vni", vni.to_string()),
+                    ("direction", direction.as_str().to_string()),
+                    ("peer", peer.as_str().to_string()),
+                ],
+                (Series::Refused { namespace, vni }, 1) => {
+                    vec![("namespace", namespace.clone()), ("vni", vni.to_string())]
+                }
+                (Series::Spoofed { namespace, pod }, 2) => {
+                    vec![("namespace", namespace.clone()), ("pod", pod.clone())]
+                }
+                _ => continue,
+            };
+            let v = if bytes { count.bytes } else { count.packets };
+            ConstCounter::new(v).encode(e.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,6 +279,23 @@ mod tests {
         m.flow_drift.fetch_add(3, Ordering::Relaxed);
         m.ovsdb_reconnects.fetch_add(2, Ordering::Relaxed);
         m.ready.store(true, Ordering::Relaxed);
-        assert_eq!(m.render(), include_str!("../tests/golden/metrics.txt"));
+        {
+            use crate::traffic::{Direction, Peer};
+            let mut t = m.traffic.lock().expect("lock");
+            let red = |direction, peer| Series::Traffic { namespace: "red".into(), vni: 12, direction, peer };
+            t.insert(red(Direction::Sent, Peer::Any), Count { packets: 30, bytes: 2940 });
+            t.insert(red(Direction::Received, Peer::OwnVni), Count { packets: 10, bytes: 980 });
+            t.insert(Series::Refused { namespace: "blue".into(), vni: 10 }, Count { packets: 5, bytes: 490 });
+            t.insert(
+                Series::Spoofed { namespace: "red".into(), pod: "web-1".into() },
+                Count { packets: 2, bytes: 84 },
+            );
+        }
+        let text = m.render();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt"), &text)
+                .expect("write");
+        }
+        assert_eq!(text, include_str!("../tests/golden/metrics.txt"));
     }
 }

@@ -28,7 +28,7 @@ use crate::ovsdb::{BridgeSpec, Client as OvsdbClient, PortKind, PortSpec};
 use crate::pods::PodRecord;
 use crate::pods::VETH_PREFIX;
 use crate::policy_source;
-use crate::{cni_server, iptables};
+use crate::{cni_server, iptables, traffic};
 
 /// Bridge external_ids key holding the flow round of the last agent start.
 pub const ROUND_KEY: &str = "k8s-ovs-round";
@@ -217,6 +217,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         datapath: cfg.datapath_type,
         node_name: cfg.node_name.clone(),
     };
+    // Per-tenant traffic: read in a task of its own, which asks the loop
+    // only who owns the flows it read.
+    let (owners_tx, mut owners_rx) = mpsc::channel::<traffic::OwnersRequest>(1);
+    if cfg.traffic_stats_secs > 0 {
+        let period = Duration::from_secs(cfg.traffic_stats_secs);
+        tokio::spawn(traffic::run(flows.clone(), owners_tx, metrics.clone(), period));
+    }
     let edges = Edges { switch: flows, vswitch: ovsdb, host: NetlinkHost(host) };
     let mut dp = Dataplane::new(node, edges, ipam, state, round, metrics.clone());
     info!(pods = adopted.len(), round, "adopting pods found on the bridge");
@@ -264,6 +271,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             }
             Some(reply) = pods_req_rx.recv() => {
                 let _ = reply.send(dp.node_pods());
+            }
+            Some(reply) = owners_rx.recv() => {
+                let _ = reply.send(dp.traffic_owners());
             }
             Ok(()) = view_rx.changed() => {
                 // Read in place (the view holds every namespace and node):

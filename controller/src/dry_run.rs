@@ -215,11 +215,12 @@ mod tests {
         let join = |n: &NodePods| flow_changes(&mt, n, &ids(), "red", 200);
         assert_eq!(join(&node(20, &[("blue", 5)])), join(&node(200, &[("blue", 5)])));
         // SOURCE_VNI x3 and DEST_VNI x2 modified, SERVICE_VNI replaced (its
-        // match names the VNI: a delete and an add), VNI 100's ISOLATION flow
-        // out (no pink pod here), VNI 200's already there.
-        assert_eq!(join(&node(20, &[("blue", 5)])), 8);
-        // With a pink pod on the node, VNI 100's ISOLATION flow stays.
-        assert_eq!(join(&node(20, &[("blue", 5), ("pink", 1)])), 7);
+        // match names the VNI: a delete and an add), and red's own ISOLATION
+        // flow for its VNI replaced (the same: 2).
+        assert_eq!(join(&node(20, &[("blue", 5)])), 9);
+        // Other namespaces' pods change nothing of it: each namespace has
+        // its own ISOLATION flows.
+        assert_eq!(join(&node(20, &[("blue", 5), ("pink", 1)])), 9);
         // No red pod here: only red's SERVICE_VNI flow (services are everywhere).
         assert_eq!(join(&node(0, &[("blue", 5)])), 2);
     }

@@ -22,4 +22,5 @@ pub mod object_plan;
 pub mod plan;
 pub mod run;
 pub mod store;
+pub mod top;
 pub mod trace;

@@ -54,6 +54,43 @@ pub struct Write {
     pub request: Option<(String, RecordWrite)>,
     /// What this write does, for the log.
     pub why: String,
+    /// The namespace's NetID changes by an action: once committed, an Event
+    /// on the Namespace says so (`kubectl describe namespace`).
+    pub tenancy: Option<TenancyChange>,
+}
+
+/// An applied action that changed a namespace's NetID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenancyChange {
+    pub namespace: String,
+    pub action: Action,
+    pub old_net_id: u32,
+    pub new_net_id: u32,
+    /// Where the request came from (an etcd edit, a NetNamespace object).
+    pub via: String,
+}
+
+impl TenancyChange {
+    /// `Some` when the NetID changes.
+    fn of(namespace: &str, action: &Action, old: u32, new: u32, via: String) -> Option<TenancyChange> {
+        (old != new).then(|| TenancyChange {
+            namespace: namespace.to_string(),
+            action: action.clone(),
+            old_net_id: old,
+            new_net_id: new,
+            via,
+        })
+    }
+
+    /// The Event's message.
+    pub fn message(&self) -> String {
+        let what = match &self.action {
+            Action::Join(to) => format!("joined {to}"),
+            Action::Isolate => "isolated".to_string(),
+            Action::Global => "made global".to_string(),
+        };
+        format!("{what} ({}): NetID {} -> {}", self.via, self.old_net_id, self.new_net_id)
+    }
 }
 
 /// Namespaces that always get VNI 0 and refuse actions.
@@ -185,7 +222,7 @@ fn write(
     why: String,
 ) -> Write {
     let error = error.map_or(ErrorWrite::Clear, ErrorWrite::Put);
-    Write { key, expect_rev: rev, record, error_key, error, applied: None, request: None, why }
+    Write { key, expect_rev: rev, record, error_key, error, applied: None, request: None, why, tenancy: None }
 }
 
 /// A net namespace write: the applied copy follows the record (the
@@ -372,6 +409,8 @@ fn plan_netnamespaces(inp: &Inputs<'_>, vnis: &mut VniAllocator, out: &mut Vec<W
                 ids.insert(name.clone(), id);
                 let why = format!("{action:?} on {name}: NetID {} -> {id}", rec.net_id);
                 let mut w = netns_write(inp, name, entry.rev, restore_to(id), None, why);
+                let via = format!("etcd edit at revision {}", entry.rev);
+                w.tenancy = TenancyChange::of(name, action, rec.net_id, id, via);
                 // Both paths at once: the etcd edit wins, in this transaction,
                 // and the object's request is answered as superseded (never
                 // applied later: no flip-flop between the two).
@@ -437,6 +476,7 @@ fn take_request(
             };
             let why = format!("{object}: {action:?}: NetID {} -> {id}", rec.net_id);
             let mut w = netns_write(inp, name, entry.rev, record, None, why);
+            w.tenancy = TenancyChange::of(name, action, rec.net_id, id, object.clone());
             let taken = req.taken(RequestOutcome::Applied, format!("{}: NetID {id}", describe(action)));
             w.request = Some((request_key, RecordWrite::Put(taken.to_json())));
             w
@@ -502,6 +542,7 @@ fn sync_applied(inp: &Inputs<'_>, ids: &BTreeMap<String, u32>, start: usize, out
         applied: Some((inp.keys.applied_netnamespace(name), applied)),
         request: None,
         why,
+        tenancy: None,
     };
     for (name, entry) in &recs.netns {
         let Some(&id) = ids.get(name) else { continue };
@@ -543,6 +584,7 @@ fn sync_applied(inp: &Inputs<'_>, ids: &BTreeMap<String, u32>, start: usize, out
             applied: None,
             request: None,
             why: "every namespace has its applied copy: agents take VNIs from them alone".to_string(),
+            tenancy: None,
         });
     }
 }

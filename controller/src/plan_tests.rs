@@ -316,6 +316,35 @@ fn join_isolate_global_follow_k8s_ovs() {
     assert!(w.settle().is_empty());
 }
 
+/// An action that changes a NetID says so for the namespace's Event (old
+/// and new NetID, the action); one that changes nothing, and every other
+/// write, carries no change.
+#[test]
+fn an_applied_action_that_changes_the_netid_names_the_change() {
+    let mut w = World::new(&["a", "b"]);
+    assert!(w.settle().iter().all(|x| x.tenancy.is_none()));
+    let (a, b) = (w.id("a"), w.id("b"));
+    let edit = |w: &mut World, action: &str, target: &str| {
+        let v =
+            format!(r#"{{"NetName":"a","NetID":{},"Action":"{action}","Namespace":"{target}"}}"#, w.id("a"));
+        w.edit("a", &v);
+        w.settle().into_iter().filter_map(|x| x.tenancy).collect::<Vec<_>>()
+    };
+    let joined = edit(&mut w, "join", "b");
+    assert_eq!(joined.len(), 1, "{joined:?}");
+    assert_eq!((joined[0].old_net_id, joined[0].new_net_id), (a, b));
+    assert_eq!(joined[0].action, Action::Join("b".into()));
+    assert!(joined[0].message().starts_with("joined b (etcd edit at revision"), "{}", joined[0].message());
+    assert!(joined[0].message().ends_with(&format!("NetID {a} -> {b}")), "{}", joined[0].message());
+    let isolated = edit(&mut w, "isolate", "");
+    assert_eq!(isolated.len(), 1);
+    assert_eq!(isolated[0].old_net_id, b);
+    // Alone already: isolate changes nothing, no event.
+    assert!(edit(&mut w, "isolate", "").is_empty());
+    let global = edit(&mut w, "global", "");
+    assert_eq!((global[0].new_net_id, global[0].action.clone()), (0, Action::Global));
+}
+
 #[test]
 fn bad_edits_keep_the_last_safe_state_and_show_why() {
     let mut w = World::new(&["a", "b", "kube-system"]);

@@ -178,6 +178,7 @@ async fn lead(
     let mut subnets = SubnetAllocator::new(config);
     let mut grace = plan::SubnetGrace::new(settings.subnet_grace);
     let fence = leadership.fence.clone();
+    let kube_client = kube;
     // Records changed by etcd events since the object task last got them.
     let mut dirty = false;
     loop {
@@ -192,12 +193,16 @@ async fn lead(
             if chunk.len() > 1 {
                 if let Some(rev) = store::apply_batch(client, keys, config, records, chunk, &fence).await? {
                     chunk.iter().for_each(|w| log_committed(w, rev));
+                    chunk.iter().for_each(|w| announce(kube_client, w, &settings.id));
                     continue;
                 }
             }
             for w in chunk {
                 match store::apply(client, keys, config, records, w, &fence).await? {
-                    Applied::Committed(rev) => log_committed(w, rev),
+                    Applied::Committed(rev) => {
+                        log_committed(w, rev);
+                        announce(kube_client, w, &settings.id);
+                    }
                     // The view changed under the plan: replan with what etcd holds now.
                     Applied::Stale => tracing::debug!(key = %w.key, "record changed meanwhile; replanning"),
                     Applied::NotLeader => return Ok(Ended::LostLeadership),
@@ -274,6 +279,52 @@ fn observe(
     }
     Ok(None)
 }
+
+/// A committed write that changed a namespace's NetID: an Event on the
+/// Namespace (in the background; the Namespace is read for its uid, which
+/// `kubectl describe namespace` selects its Events by).
+fn announce(kube: Option<&kube::Client>, w: &plan::Write, instance: &str) {
+    let (Some(client), Some(change)) = (kube, &w.tenancy) else { return };
+    let (client, change, instance) = (client.clone(), change.clone(), instance.to_string());
+    tokio::spawn(async move {
+        use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+        use kube_view::events::{self, Happened, Reporter};
+        let name = change.namespace.clone();
+        let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+        let uid = match tokio::time::timeout(Duration::from_secs(5), namespaces.get(&name)).await {
+            Ok(Ok(ns)) => ns.metadata.uid,
+            Ok(Err(e)) => {
+                tracing::warn!(namespace = %name, error = %e, "reading the namespace for its event failed");
+                None
+            }
+            Err(_) => None,
+        };
+        let object = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(name.clone()),
+            uid,
+            ..Default::default()
+        };
+        let by = Reporter { component: "k8s-ovs-controller".into(), instance };
+        let action = match &change.action {
+            etcd_schema::Action::Join(_) => "Join",
+            etcd_schema::Action::Isolate => "Isolate",
+            etcd_schema::Action::Global => "Global",
+        };
+        let what = Happened {
+            type_: "Normal",
+            reason: TENANCY_CHANGED,
+            action: action.into(),
+            message: change.message(),
+        };
+        let event = events::event(&name, object, &by, what, k8s_openapi::jiff::Timestamp::now());
+        events::post(client, event, format!("namespace {name}"));
+    });
+}
+
+/// The reason of the Event a tenancy change posts on its Namespace.
+pub const TENANCY_CHANGED: &str = "TenancyChanged";
 
 fn log_committed(w: &plan::Write, rev: i64) {
     match &w.error {

@@ -14,6 +14,10 @@
 //! [`reflect_changes_trimmed`] is that for a caller that needs only a few
 //! fields of many large objects (the agent's NetworkPolicy view of every Pod
 //! in the cluster): the store, which holds every object, keeps only those.
+//! [`events`] posts the Events agent and controller tell objects' owners
+//! about (fire and forget).
+
+pub mod events;
 
 use std::fmt::Debug;
 use std::hash::Hash;

@@ -174,7 +174,7 @@ pub enum ConnEvent {
 
 enum Waiter {
     Reply(oneshot::Sender<Result<Message, ClientError>>),
-    Stats { flows: Vec<Flow>, tx: oneshot::Sender<Result<Vec<Flow>, ClientError>> },
+    Stats { flows: Vec<ofp::CountedFlow>, tx: oneshot::Sender<Result<Vec<ofp::CountedFlow>, ClientError>> },
 }
 
 /// Errors for a range of xids (the adds of one bundle), collected by the reader.
@@ -547,6 +547,17 @@ impl Client {
         table: Option<u8>,
         cookie: CookieFilter,
     ) -> Result<Vec<Flow>, ClientError> {
+        Ok(self.flow_stats(table, cookie).await?.into_iter().map(|c| c.flow).collect())
+    }
+
+    /// The installed flows of `table` (or all tables) whose cookie matches,
+    /// each with its packet and byte counters and age (the same request as
+    /// [`Client::dump_flows`]: OpenFlow 1.5 replies always carry them).
+    pub async fn flow_stats(
+        &self,
+        table: Option<u8>,
+        cookie: CookieFilter,
+    ) -> Result<Vec<ofp::CountedFlow>, ClientError> {
         let xid = self.xids(1);
         let mut buf = Vec::new();
         ofp::encode_flow_stats_request(&mut buf, xid, table, cookie);

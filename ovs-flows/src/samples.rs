@@ -197,3 +197,33 @@ pub fn random_below(mut seed: u64) -> impl FnMut(u64) -> u64 {
         seed % n
     }
 }
+
+/// A multi-tenant node (`192.0.2.11`, subnet `172.11.0.0/22` of the cluster
+/// `172.11.0.0/16`, services `10.96.0.0/12`) with a pod at each
+/// `(ofport, namespace)`, the namespaces' `vnis`, and its namespace ids
+/// assigned: for tests of what the pipeline's flows mean.
+pub fn tenant_node(pods: &[(u32, &str)], vnis: &[(&str, u32)]) -> crate::pipeline::NodeState {
+    use crate::pipeline::{LocalPod, Mode, NodeState};
+    let mut s = NodeState::new(
+        Mode::MultiTenant,
+        Ipv4Addr::new(192, 0, 2, 11),
+        Ipv4Prefix::new(Ipv4Addr::new(172, 11, 0, 0), 22),
+        Ipv4Prefix::new(Ipv4Addr::new(172, 11, 0, 0), 16),
+        Ipv4Prefix::new(Ipv4Addr::new(10, 96, 0, 0), 12),
+    );
+    for &(ofport, namespace) in pods {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 11, 0, 0)) + ofport);
+        let pod = LocalPod {
+            ofport,
+            ip,
+            mac: Mac::for_ipv4(ip),
+            namespace: namespace.into(),
+            name: format!("pod{ofport}"),
+            egress_meter: None,
+        };
+        s.pods.insert(ofport, pod);
+    }
+    s.vnis = vnis.iter().map(|(ns, v)| (ns.to_string(), *v)).collect();
+    s.assign_namespace_ids();
+    s
+}

@@ -260,6 +260,18 @@ pub struct CniPod {
 /// checks the result is a well-formed CNI 1.0 result for its sandbox.
 pub fn add_pod(lab: &mut Lab, node: usize, namespace: &str, name: &str) -> Result<CniPod> {
     let netns = lab.pod_netns(name)?;
+    add_pod_in(lab, node, netns, namespace, name)
+}
+
+/// [`add_pod`] into a sandbox the caller made already (`Lab::pod_netns`),
+/// e.g. with a process waiting inside before the pod has its network.
+pub fn add_pod_in(
+    lab: &Lab,
+    node: usize,
+    netns: crate::Netns,
+    namespace: &str,
+    name: &str,
+) -> Result<CniPod> {
     let cid = format!("cid-{name}");
     let out = cni(lab, node, "ADD", &CniCall::pod(&cid, &netns, namespace, name))?;
     if out.code != Some(0) {

@@ -608,7 +608,8 @@ fn builtin_defaults(kind: Kind, object: &mut Value) {
                     if has_egress { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) };
             }
             for dir in ["ingress", "egress"] {
-                for rule in spec[dir].as_array_mut().into_iter().flatten() {
+                // get_mut, not spec[dir]: indexing would store `dir: null`.
+                for rule in spec.get_mut(dir).and_then(Value::as_array_mut).into_iter().flatten() {
                     tcp_default(rule.get_mut("ports"));
                 }
             }

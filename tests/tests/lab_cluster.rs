@@ -34,6 +34,15 @@ fn operator_edit_then(
 /// The test apiserver with the lab's two nodes and `namespaces`, the
 /// controller, and an agent per node.
 fn cluster(lab: &Lab, namespaces: &[&str]) -> Result<(KubeApi, Daemon, Vec<Agent>)> {
+    cluster_with(lab, namespaces, &[])
+}
+
+/// [`cluster`] with more flags for the agents.
+fn cluster_with(
+    lab: &Lab,
+    namespaces: &[&str],
+    agent_flags: &[&str],
+) -> Result<(KubeApi, Daemon, Vec<Agent>)> {
     let api = start_kube_api(lab)?;
     for i in 1..=2 {
         api.create_node(&format!("n{i}"), &lab.node(i).ip)?;
@@ -43,7 +52,9 @@ fn cluster(lab: &Lab, namespaces: &[&str]) -> Result<(KubeApi, Daemon, Vec<Agent
     }
     let url = api.url();
     let controller = start_controller(lab, &url, "c1", &[])?;
-    let agents = (1..=2).map(|i| Agent::start(lab, i, &["--kube-url", &url])).collect::<Result<Vec<_>>>()?;
+    let mut flags = vec!["--kube-url", &url];
+    flags.extend_from_slice(agent_flags);
+    let agents = (1..=2).map(|i| Agent::start(lab, i, &flags)).collect::<Result<Vec<_>>>()?;
     Ok((api, controller, agents))
 }
 
@@ -61,7 +72,7 @@ fn add_pod(lab: &mut Lab, agents: &[Agent], node: usize, ns: &str, name: &str) -
 fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     lab::needs_root!();
     let mut lab = Lab::start(2)?;
-    let (_api, _controller, agents) = cluster(&lab, &["red", "blue", "green", "kube-system"])?;
+    let (api, _controller, agents) = cluster(&lab, &["red", "blue", "green", "kube-system"])?;
     let mut pods = Vec::new();
     // 3 namespaces x 2 pods on each node.
     for node in 1..=2 {
@@ -87,6 +98,15 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     )?;
     eprintln!("join observed {took:?} after the etcdctl put");
     ensure!(vni_of(&lab, "red")? == blue && record(&lab, "red")?["Action"] == "");
+    // The Namespace's history: an Event with the action and both NetIDs.
+    let joined = "joined blue (etcd edit at revision";
+    let event =
+        wait_event(&api, "red", |m| m.starts_with(joined) && m.ends_with(&format!("NetID {red} -> {blue}")))?;
+    ensure!(
+        event["involvedObject"]["kind"] == "Namespace" && event["metadata"]["namespace"] == "red",
+        "{event}"
+    );
+    ensure!(event["involvedObject"]["uid"].is_string(), "the Event names this Namespace's uid: {event}");
     matrix_matches_etcd(&lab, &pods)?;
     // isolate: red gets its own NetID back.
     let took = operator_edit_then(
@@ -110,6 +130,9 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     )?;
     eprintln!("global observed {took:?} after the etcdctl put");
     ensure!(vni_of(&lab, "green")? == 0);
+    wait_event(&api, "green", |m| {
+        m.starts_with("made global") && m.ends_with(&format!("NetID {green} -> 0"))
+    })?;
     matrix_matches_etcd(&lab, &pods)?;
 
     // The friendly way: k8s-ovs-ctl with --wait returns once applied.
@@ -126,6 +149,28 @@ fn lab_cluster_operator_actions_apply_end_to_end() -> Result<()> {
     let (code, out, _) = ctl(&lab, &["list"])?;
     ensure!(code == Some(0) && out.contains("blue") && out.contains("green"), "ctl list: {out}");
     Ok(())
+}
+
+/// Waits (5 s at most) for a TenancyChanged Event on namespace `ns` whose
+/// message passes `matches`, as the test apiserver stored it.
+fn wait_event(api: &KubeApi, ns: &str, matches: impl Fn(&str) -> bool) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = api.objects(lab::kube_api::Kind::Event).into_iter().find(|e| {
+            e["reason"] == "TenancyChanged"
+                && e["involvedObject"]["name"] == ns
+                && e["message"].as_str().is_some_and(&matches)
+        });
+        if let Some(e) = found {
+            return Ok(e);
+        }
+        if Instant::now() > deadline {
+            let all: Vec<String> =
+                api.objects(lab::kube_api::Kind::Event).iter().map(|e| e["message"].to_string()).collect();
+            bail!("no TenancyChanged event on {ns}; events: {all:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The flow operations that take `before` to `after` (flows as
@@ -217,5 +262,171 @@ fn lab_cluster_a_dry_run_predicts_what_the_action_does() -> Result<()> {
         eprintln!("node {node} ({ip}): predicted {want:?} flow operations, the join made {got}");
         ensure!(want == Some(got), "node {node}: predicted {want:?}, the switch changed {got}");
     }
+    Ok(())
+}
+
+/// The value of the counter `name{labels}` in an agent's `/metrics` answer
+/// (0 when the series is not there yet).
+fn counter(metrics: &str, name: &str, labels: &str) -> u64 {
+    let head = format!("{name}{{{labels}}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&head)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Tenant traffic as the switches count it: a known volume red -> red
+/// (across nodes), red -> global and refused red -> blue, and forged
+/// packets from a red pod, appear in the agents' metrics with the right
+/// counts (to the counters' granularity: at least the pings, at most a few
+/// ARP packets more), and `k8s-ovs-ctl top` shows the rates while it flows.
+#[test]
+fn lab_cluster_tenant_traffic_is_counted_per_namespace_and_shown_by_top() -> Result<()> {
+    lab::needs_root!();
+    let mut lab = Lab::start(2)?;
+    let (_api, _controller, agents) =
+        cluster_with(&lab, &["red", "blue", "kube-system"], &["--traffic-stats-secs", "1"])?;
+    let red1 = add_pod(&mut lab, &agents, 1, "red", "red-1")?;
+    let red2 = add_pod(&mut lab, &agents, 2, "red", "red-2")?;
+    let blue2 = add_pod(&mut lab, &agents, 2, "blue", "blue-2")?;
+    let sys2 = add_pod(&mut lab, &agents, 2, "kube-system", "dns-2")?;
+    let (red, blue) = (vni_of(&lab, "red")?, vni_of(&lab, "blue")?);
+    ensure!(red != blue && vni_of(&lab, "kube-system")? == 0);
+    // Warm up: the tunnel's underlay neighbour and the pods' ARP caches.
+    lab::tenancy::wait_reach(&red1, &red2, true)?;
+    lab::tenancy::wait_reach(&red1, &sys2, true)?;
+    // red-1 knows blue-2's MAC (isolation drops its ARP too, so without it
+    // red-1's kernel would send no IP packet at all): each ping is one
+    // packet refused at blue's ISOLATION.
+    let blue_mac = {
+        let ip: std::net::Ipv4Addr = blue2.ip.parse()?;
+        ovs_flows::Mac::for_ipv4(ip).to_string()
+    };
+    red1.netns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        &blue2.ip,
+        "lladdr",
+        &blue_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    // A second address on red-1 that is not its own: what it sends from it
+    // is forged, and dropped at its port.
+    let forged = "192.0.2.99";
+    red1.netns.exec(&["ip", "addr", "add", &format!("{forged}/32"), "dev", "eth0"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = |node: usize| lab::cluster::agent_http(&lab, node, "/metrics");
+    let before = [metrics(1)?, metrics(2)?];
+
+    const N: u64 = 20;
+    const FORGED: u64 = 5;
+    // ICMP echo of ping's default 56 bytes: 98-byte frames.
+    const FRAME: u64 = 98;
+    let replies = std::thread::scope(|s| {
+        let own = s.spawn(|| traffic::ping_count(&red1.netns, &red2.ip, N as u32, 1));
+        let global = s.spawn(|| traffic::ping_count(&red1.netns, &sys2.ip, N as u32, 1));
+        let refused = s.spawn(|| traffic::ping_count(&red1.netns, &blue2.ip, N as u32, 1));
+        let spoofed = s.spawn(|| {
+            let c = FORGED.to_string();
+            red1.netns.exec_full(
+                &["ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "1", "-I", forged, &red2.ip],
+                Duration::from_secs(15),
+            )
+        });
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<u32>>| {
+            h.join().map_err(|_| anyhow::anyhow!("ping panicked"))?
+        };
+        let r = (join(own)?, join(global)?, join(refused)?);
+        spoofed.join().map_err(|_| anyhow::anyhow!("ping panicked"))??;
+        anyhow::Ok(r)
+    })?;
+    ensure!(replies == (N as u32, N as u32, 0), "ping replies (own VNI, global, refused): {replies:?}");
+
+    let red_l = |dir: &str, peer: &str| {
+        format!("namespace=\"red\",vni=\"{red}\",direction=\"{dir}\",peer=\"{peer}\"")
+    };
+    let sys_other =
+        "namespace=\"kube-system\",vni=\"0\",direction=\"received\",peer=\"other_vni\"".to_string();
+    let blue_refused = format!("namespace=\"blue\",vni=\"{blue}\"");
+    let spoof_l = "namespace=\"red\",pod=\"red-1\"".to_string();
+    let pk = "k8s_ovs_namespace_packets_total";
+    let by = "k8s_ovs_namespace_bytes_total";
+    let rp = "k8s_ovs_namespace_refused_packets_total";
+    let rb = "k8s_ovs_namespace_refused_bytes_total";
+    let sp = "k8s_ovs_pod_spoofed_packets_total";
+    // (what, node, family, labels, at least, at most): every echo request
+    // and reply once where it is delivered or dropped; a few ARP packets
+    // (42 bytes) more at most.
+    let arp = 4;
+    let checks: Vec<(&str, usize, &str, String, u64, u64)> = vec![
+        ("red -> red delivered", 2, pk, red_l("received", "own_vni"), N, N + arp),
+        ("red -> red bytes", 2, by, red_l("received", "own_vni"), N * FRAME, N * FRAME + arp * 42),
+        ("red <- red replies", 1, pk, red_l("received", "own_vni"), N, N + arp),
+        ("red -> global delivered", 2, pk, sys_other.clone(), N, N + arp),
+        ("red <- global replies", 1, pk, red_l("received", "global"), N, N + arp),
+        ("red -> blue refused", 2, rp, blue_refused.clone(), N, N + 1),
+        ("red -> blue refused bytes", 2, rb, blue_refused.clone(), N * FRAME, N * FRAME + 42),
+        ("red sent (3 streams)", 1, pk, red_l("sent", "any"), 3 * N, 3 * N + 3 * arp),
+        ("red-1 forged", 1, sp, spoof_l.clone(), FORGED, FORGED + 3),
+    ];
+    let grown = |after: &[String; 2]| -> Vec<u64> {
+        checks
+            .iter()
+            .map(|(_, node, name, labels, _, _)| {
+                counter(&after[node - 1], name, labels).saturating_sub(counter(
+                    &before[node - 1],
+                    name,
+                    labels,
+                ))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deltas = loop {
+        let d = grown(&[metrics(1)?, metrics(2)?]);
+        if d.iter().zip(&checks).all(|(v, c)| *v >= c.4) || Instant::now() > deadline {
+            // One more period or two, so a late count would show as too many.
+            std::thread::sleep(Duration::from_millis(2500));
+            break grown(&[metrics(1)?, metrics(2)?]);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut wrong = Vec::new();
+    for ((what, node, name, labels, lo, hi), got) in checks.iter().zip(&deltas) {
+        eprintln!("{what}: n{node} {name}{{{labels}}} +{got} (expected {lo}..={hi})");
+        if got < lo || got > hi {
+            wrong.push(format!("{what}: +{got}, expected {lo}..={hi}"));
+        }
+    }
+    ensure!(wrong.is_empty(), "counters off:\n{}", wrong.join("\n"));
+
+    // `k8s-ovs-ctl top` over 3 s while red talks to red and to blue.
+    let (top, pinged) = std::thread::scope(|s| {
+        let a = s.spawn(|| traffic::ping_count(&red1.netns, &red2.ip, 25, 1));
+        let b = s.spawn(|| traffic::ping_count(&red1.netns, &blue2.ip, 25, 1));
+        std::thread::sleep(Duration::from_millis(500));
+        let top = ctl(&lab, &["top", "--interval-secs", "3"]);
+        let pinged = (a.join().ok(), b.join().ok());
+        (top, pinged)
+    });
+    let (code, out, err) = top?;
+    eprintln!("{out}");
+    ensure!(code == Some(0), "top: {out} {err}");
+    ensure!(matches!(pinged, (Some(Ok(25)), Some(Ok(0)))), "pings during top: {pinged:?}");
+    let column = |ns: &str, col: usize| -> Option<f64> {
+        let line = out.lines().find(|l| l.split_whitespace().next() == Some(ns))?;
+        line.split_whitespace().nth(col)?.trim_end_matches(['k', 'M', 'G']).parse().ok()
+    };
+    // 5 pings a second to red-2 and 5 to blue-2: red sends 15/s (10 from
+    // red-1, 5 replies from red-2) and receives 10/s (5 each side); blue
+    // refuses 5/s. The counters move once a second: roughly.
+    let sent = column("red", 1).unwrap_or(0.0);
+    let received = column("red", 3).unwrap_or(0.0);
+    let refused = column("blue", 6).unwrap_or(0.0);
+    ensure!((9.0..=21.0).contains(&sent), "red SENT-PPS {sent}: {out}");
+    ensure!((6.0..=14.0).contains(&received), "red RECV-PPS {received}: {out}");
+    ensure!((3.0..=8.0).contains(&refused), "blue REFUSED-PPS {refused}: {out}");
+    ensure!(out.contains("2 of 2 nodes"), "{out}");
     Ok(())
 }

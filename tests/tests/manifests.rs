@@ -928,13 +928,15 @@ fn rbac_grants_only_what_each_daemon_watches_and_posts() -> Result<()> {
     ensure!(
         grants(&m, "k8s-ovs-controller")?
             == triples(&[
-                ("", "namespaces", &["list", "watch"]),
+                ("", "events", &["create"]),
+                ("", "namespaces", &["get", "list", "watch"]),
                 ("", "nodes", &["list", "watch"]),
                 ("k8s-ovs.io", "netnamespaces", &["create", "delete", "list", "watch"]),
                 ("k8s-ovs.io", "netnamespaces/status", &["update"]),
             ]),
         "controller: list/watch namespaces and nodes (kube_watch.rs); the NetNamespace objects' views and \
-         statuses (kube_objects.rs), never their spec; nothing else"
+         statuses (kube_objects.rs), never their spec; an Event on a namespace whose NetID changed (run.rs, \
+         its uid read with get); nothing else"
     );
     ensure!(
         grants(&m, "k8s-ovs-agent")?
@@ -1513,5 +1515,75 @@ fn rbac_keeps_tenancy_from_namespace_admins_and_status_from_tenant_network_admin
     let pods_in_red =
         Attrs { verb: "create", group: "", resource: "pods", subresource: None, namespace: Some("red") };
     ensure!(authz.allows(&alice, &pods_in_red), "alice administers red");
+    Ok(())
+}
+
+/// The Grafana dashboard in deploy/grafana imports as is (a dashboard
+/// object with a title, uid, panels placed on the grid, a Prometheus
+/// datasource variable) and queries only metrics the agent exports: every
+/// `k8s_ovs_*` name in its queries is a family of the agent's golden
+/// `/metrics` exposition (agent/tests/golden/metrics.txt).
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_agent_exports() -> Result<()> {
+    let path = repo().join("deploy/grafana/k8s-ovs-tenants.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path)?).context("dashboard JSON")?;
+    ensure!(
+        d["title"].is_string() && d["uid"].is_string() && d["schemaVersion"].is_u64(),
+        "dashboard header"
+    );
+    let vars = d["templating"]["list"].as_array().context("templating")?;
+    ensure!(
+        vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
+        "datasource variable"
+    );
+    let golden = std::fs::read_to_string(repo().join("agent/tests/golden/metrics.txt"))?;
+    let mut exported = BTreeSet::new();
+    for l in golden.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (it.next(), it.next()) else { continue };
+            exported.insert(name.to_string());
+            if kind == "histogram" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+    let mut queries: Vec<String> = Vec::new();
+    let panels = d["panels"].as_array().context("panels")?;
+    ensure!(!panels.is_empty(), "no panels");
+    for p in panels {
+        ensure!(p["gridPos"]["w"].is_u64() && p["gridPos"]["h"].is_u64(), "panel {} placed", p["title"]);
+        ensure!(
+            p["datasource"]["uid"] == "${datasource}",
+            "panel {} uses the datasource variable",
+            p["title"]
+        );
+        let targets = p["targets"].as_array().context("targets")?;
+        ensure!(!targets.is_empty(), "panel {} queries nothing", p["title"]);
+        queries.extend(targets.iter().filter_map(|t| t["expr"].as_str().map(str::to_string)));
+    }
+    queries.extend(vars.iter().filter_map(|v| v["definition"].as_str().map(str::to_string)));
+    let name = regex::Regex::new(r"k8s_ovs_[a-z0-9_]+")?;
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        for m in name.find_iter(q) {
+            ensure!(
+                exported.contains(m.as_str()),
+                "the dashboard queries {}, which the agent does not export: {q}",
+                m.as_str()
+            );
+            used.insert(m.as_str().to_string());
+        }
+    }
+    for family in [
+        "k8s_ovs_namespace_bytes_total",
+        "k8s_ovs_namespace_refused_packets_total",
+        "k8s_ovs_pod_spoofed_packets_total",
+    ] {
+        ensure!(used.contains(family), "the dashboard shows {family}");
+    }
     Ok(())
 }

@@ -280,6 +280,20 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         }
     }
 
+    /// Who owns the switch's counting flows (for `traffic`): each pod's
+    /// namespace and name by ofport, each namespace id's namespace and VNI.
+    pub fn traffic_owners(&self) -> crate::traffic::Owners {
+        let state = self.state();
+        crate::traffic::Owners {
+            pods: self.pods.values().map(|r| (r.ofport, (r.namespace.clone(), r.name.clone()))).collect(),
+            namespaces: state
+                .namespace_ids
+                .iter()
+                .map(|(ns, id)| (*id, (ns.clone(), state.vni_of(ns))))
+                .collect(),
+        }
+    }
+
     /// Adopts pods found on the bridge at start (from their external_ids):
     /// a restarted agent keeps serving them without touching their wiring.
     /// `other_ofports`: the ofports of every other port on the bridge.
@@ -1109,7 +1123,10 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
             .dump_flows(Some(Table::SpoofGuard.id()), CookieFilter::owner(Category::Pod, want.id))
             .await
             .map_err(|e| agent_error("reading the pod's flows failed", e))?;
-        if flows.is_empty() || !flows.iter().all(|f| f.actions.contains(&Action::Meter(want.id))) {
+        // The flows that let the pod's packets on (its drop flow polices nothing).
+        let passing: Vec<_> =
+            flows.iter().filter(|f| f.actions.iter().any(|a| matches!(a, Action::GotoTable(_)))).collect();
+        if passing.is_empty() || !passing.iter().all(|f| f.actions.contains(&Action::Meter(want.id))) {
             return Err(agent_error(
                 not_as_requested,
                 format!("the pod's SPOOF_GUARD flows do not use meter {}", want.id),

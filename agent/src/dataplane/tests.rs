@@ -226,8 +226,12 @@ async fn netdev_egress_is_a_meter_added_before_the_flows_that_name_it() {
     let rec = n.dp.pods.values().next().cloned().expect("pod");
     let want = meter::egress_meter(rec.ofport, &Rate { bits_per_sec: 5_000_000, burst_bits: 100_000 });
     assert_eq!(n.fake.world().meters.get(&rec.ofport), Some(&want));
-    let guard: Vec<_> =
-        n.pod_flows(rec.ofport).into_iter().filter(|f| f.table == Table::SpoofGuard.id()).collect();
+    // The two that let its packets on (its drop flow polices nothing).
+    let guard: Vec<_> = n
+        .pod_flows(rec.ofport)
+        .into_iter()
+        .filter(|f| f.table == Table::SpoofGuard.id() && f.priority == 100)
+        .collect();
     assert_eq!(guard.len(), 2);
     assert!(guard.iter().all(|f| f.actions.first() == Some(&Action::Meter(rec.ofport))), "{guard:?}");
     let calls = n.fake.world().calls.clone();
@@ -268,7 +272,8 @@ async fn live_limits_change_the_meter_and_removing_them_deletes_it_after_the_flo
     // have deleted the pod's flows with it otherwise).
     n.dp.on_pods(&annotations(None)).await;
     assert!(n.fake.world().meters.is_empty());
-    assert_eq!(n.pod_flows(rec.ofport).iter().filter(|f| f.table == Table::SpoofGuard.id()).count(), 2);
+    // Its two flows that let packets on, and its drop flow.
+    assert_eq!(n.pod_flows(rec.ofport).iter().filter(|f| f.table == Table::SpoofGuard.id()).count(), 3);
     n.assert_switch_in_step();
 }
 

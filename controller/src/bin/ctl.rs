@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long, global = true)]
     dry_run: bool,
     /// The agents' HTTP port (their --metrics-addr) on the node IPs, for
-    /// trace and --dry-run.
+    /// trace, top and --dry-run.
     #[arg(long, global = true, default_value_t = 9190)]
     agent_port: u16,
     /// How long --wait waits.
@@ -101,6 +101,15 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Per-namespace traffic rates across the nodes (packets and bytes per
+    /// second sent, received, sent out of the cluster, refused by
+    /// isolation), from each agent's /metrics read twice an interval apart.
+    Top {
+        /// Seconds between the two reads (at least the agents'
+        /// --traffic-stats-secs, which is how often their counters move).
+        #[arg(long, default_value_t = 10)]
+        interval_secs: u64,
+    },
 }
 
 fn print_rows(rows: &[ctl::NamespaceRow]) {
@@ -122,8 +131,8 @@ async fn via_kube(cli: &Cli) -> Result<()> {
             print_rows(&ctl_kube::list(&api).await?);
             return Ok(());
         }
-        Command::Subnets | Command::Trace { .. } => {
-            bail!("--via kube serves join, isolate, global and list; subnets and trace read etcd")
+        Command::Subnets | Command::Trace { .. } | Command::Top { .. } => {
+            bail!("--via kube serves join, isolate, global and list; subnets, trace and top read etcd")
         }
     };
     let (uid, generation) = match ctl_kube::request(&api, namespace, &action).await? {
@@ -194,6 +203,9 @@ async fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Command::Top { interval_secs } => {
+            return top(&mut client, &keys, &config, cli.agent_port, interval_secs).await;
+        }
         Command::Trace { src, dst, raw, .. } => {
             let kube_url = cli.kube_url.as_deref();
             let pair = (src.as_str(), dst.as_str(), &packet);
@@ -213,6 +225,42 @@ async fn main() -> Result<()> {
         Outcome::Applied(id) => println!("{namespace}: NetID {id}"),
         Outcome::Rejected(e) => bail!("rejected: {e}"),
     }
+    Ok(())
+}
+
+/// `top`: every node's agent's /metrics, twice, `interval_secs` apart.
+async fn top(
+    client: &mut etcd_client::Client,
+    keys: &etcd_schema::Keys,
+    config: &etcd_schema::NetworkConfig,
+    agent_port: u16,
+    interval_secs: u64,
+) -> Result<()> {
+    let node_ips: Vec<_> = ctl::subnets(client, keys, config)
+        .await?
+        .into_iter()
+        .filter_map(|s| s.ok())
+        .map(|s| std::net::SocketAddrV4::new(s.host_ip, agent_port))
+        .collect();
+    let read_all = || {
+        futures::future::join_all(
+            node_ips.iter().map(|a| async move { (*a, trace::http_get(*a, "/metrics", None).await) }),
+        )
+    };
+    let first = read_all().await;
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(interval_secs.max(1))).await;
+    let second = read_all().await;
+    let secs = started.elapsed().as_secs_f64();
+    let mut samples = Vec::new();
+    for ((addr, a), (_, b)) in first.into_iter().zip(second) {
+        match (a, b) {
+            (Ok(a), Ok(b)) => samples.push((a, b)),
+            (Err(e), _) | (_, Err(e)) => eprintln!("warning: {addr}: not counted: {e:#}"),
+        }
+    }
+    print!("{}", controller::top::table(&controller::top::rates(&samples, secs)));
+    println!("{} of {} nodes, over {secs:.1} s", samples.len(), node_ips.len());
     Ok(())
 }
 

@@ -228,16 +228,43 @@ pub enum Message {
         more: bool,
         meters: Vec<Meter>,
     },
-    /// One part of a flow stats reply; `more` until the last.
+    /// One part of a flow stats reply; `more` until the last. Each flow
+    /// with the counters the switch keeps for it.
     FlowStatsReply {
         more: bool,
-        flows: Vec<Flow>,
+        flows: Vec<CountedFlow>,
     },
     /// Any other message, kept undecoded.
     Other {
         msg_type: u8,
     },
 }
+
+/// A flow's counters from a flow stats reply (OpenFlow 1.5 `ofp_stats`,
+/// the OXS fields of the basic class). A field the switch left out or could
+/// not count (all ones, as OVS reports an unknown count) is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+    /// How long the flow has been in the table: a flow replaced by an ADD of
+    /// the same identity starts again from 0, counters and all.
+    pub duration: Option<std::time::Duration>,
+}
+
+/// A flow as read back, with its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedFlow {
+    pub flow: Flow,
+    pub stats: FlowStats,
+}
+
+/// The OXS class of the basic statistics (OpenFlow 1.5 `OFPXSC_OPENFLOW_BASIC`).
+const OFPXSC_OPENFLOW_BASIC: u16 = 0x8002;
+/// Its fields (`oxs_ofb_stat_fields`): those k8s-ovs reads.
+const OFPXST_OFB_DURATION: u8 = 0;
+const OFPXST_OFB_PACKET_COUNT: u8 = 4;
+const OFPXST_OFB_BYTE_COUNT: u8 = 5;
 
 /// One message with its header fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -596,7 +623,7 @@ fn decode_flow_mod(b: &mut Reader<'_>) -> Result<FlowMod, CodecError> {
     Ok(FlowMod { command, cookie, cookie_mask, table, priority, out_port, out_group, flags, m, actions })
 }
 
-fn decode_flow_desc(b: &mut Reader<'_>) -> Result<Flow, CodecError> {
+fn decode_flow_desc(b: &mut Reader<'_>) -> Result<CountedFlow, CodecError> {
     let len = usize::from(b.u16()?);
     if len < 24 {
         return Err(CodecError::Malformed(format!("flow desc length {len}")));
@@ -610,15 +637,50 @@ fn decode_flow_desc(b: &mut Reader<'_>) -> Result<Flow, CodecError> {
     e.skip(2)?; // importance
     let cookie = e.u64()?;
     let m = oxm::decode_match(&mut e)?;
-    // ofp_stats (OXS): reserved, length, fields, padded to 8
+    // ofp_stats (OXS): reserved, length (of the header and fields, not
+    // the padding), the fields, padded to 8.
     e.skip(2)?;
     let stat_len = usize::from(e.u16()?);
     if stat_len < 4 {
         return Err(CodecError::Malformed(format!("flow stats length {stat_len}")));
     }
-    e.skip(stat_len - 4 + (8 - stat_len % 8) % 8)?;
+    let mut fields = e.sub(stat_len - 4, "flow stats")?;
+    let stats = decode_oxs_stats(&mut fields)?;
+    e.skip((8 - stat_len % 8) % 8)?;
     let actions = action::decode_instructions(&mut e)?;
-    Ok(Flow::new(table, priority, crate::cookie::Cookie(cookie), m, actions))
+    Ok(CountedFlow { flow: Flow::new(table, priority, crate::cookie::Cookie(cookie), m, actions), stats })
+}
+
+/// The OXS fields of an `ofp_stats`: each a 32-bit header (class 16 bits,
+/// field 7, reserved 1, length 8) and its value. Fields of other classes,
+/// or that k8s-ovs does not read (idle time, flow count), are skipped.
+fn decode_oxs_stats(b: &mut Reader<'_>) -> Result<FlowStats, CodecError> {
+    let mut stats = FlowStats::default();
+    let known = |v: u64| (v != u64::MAX).then_some(v);
+    while !b.is_empty() {
+        let header = b.u32()?;
+        let class = (header >> 16) as u16;
+        let field = ((header >> 9) & 0x7f) as u8;
+        let len = (header & 0xff) as usize;
+        let mut v = b.sub(len, "OXS field")?;
+        if class != OFPXSC_OPENFLOW_BASIC {
+            continue;
+        }
+        match (field, len) {
+            (OFPXST_OFB_DURATION, 8) => {
+                let (sec, nsec) = (v.u32()?, v.u32()?);
+                stats.duration = (sec != u32::MAX)
+                    .then(|| std::time::Duration::new(u64::from(sec), nsec.min(999_999_999)));
+            }
+            (OFPXST_OFB_PACKET_COUNT, 8) => stats.packets = known(v.u64()?),
+            (OFPXST_OFB_BYTE_COUNT, 8) => stats.bytes = known(v.u64()?),
+            (OFPXST_OFB_DURATION | OFPXST_OFB_PACKET_COUNT | OFPXST_OFB_BYTE_COUNT, n) => {
+                return Err(CodecError::Malformed(format!("OXS field {field} of length {n}")));
+            }
+            _ => {}
+        }
+    }
+    Ok(stats)
 }
 
 impl FlowMod {

@@ -1,6 +1,5 @@
 //! The pipeline one owner at a time: an event recomputes the flows of the
-//! owners it touches (a pod, a namespace, a VNI's ISOLATION flow, a remote
-//! node, a service), not the node's whole flow set. [`super::pipeline`]
+//! owners it touches (a pod, a namespace id, a remote node, a service), not the node's whole flow set. [`super::pipeline`]
 //! stays the reference: start, restart and replay compute the whole set,
 //! and the tests check that incremental updates always end where it does.
 //!
@@ -12,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use super::{
     namespace_flows, node_flows, pod_flows, remote_node_flows, service_flows, static_flows, to_gateway,
-    Builder, NamespaceUse, NodeState, GLOBAL_VNI,
+    Builder, NamespaceUse, NodeState,
 };
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
@@ -51,12 +50,9 @@ pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
                 return namespace_id_flows(state, round, object, ns, uses);
             }
         }
-        Category::Namespace => {
-            let in_use = state.pods.values().any(|p| state.vni_of(&p.namespace) == Some(object));
-            if object != GLOBAL_VNI && in_use {
-                super::isolation_flow(&mut b, object);
-            }
-        }
+        // A VNI owns no flow any more (ISOLATION's are its namespaces' own,
+        // so each can be counted); the category stays in the cookie format.
+        Category::Namespace => {}
         Category::RemoteNode => {
             let ip = Ipv4Addr::from(object);
             if let Some(n) = state.remote_nodes.get(&ip).filter(|_| ip != state.node_ip) {
@@ -98,9 +94,6 @@ pub(super) fn owners(state: &NodeState) -> BTreeSet<Owner> {
     let mut out = BTreeSet::from([(Category::Pipeline, 0), (Category::Node, 0)]);
     out.extend(state.pods.keys().map(|p| (Category::Pod, *p)));
     out.extend(state.namespace_ids.values().map(|id| (Category::NamespaceId, *id)));
-    out.extend(
-        state.pods.values().filter_map(|p| state.vni_of(&p.namespace)).map(|v| (Category::Namespace, v)),
-    );
     out.extend(state.remote_nodes.keys().map(|ip| (Category::RemoteNode, u32::from(*ip))));
     out.extend(state.services.keys().map(|ip| (Category::Service, u32::from(*ip))));
     if !state.policies.policies.is_empty() {
@@ -124,9 +117,6 @@ pub fn touched(old: &NodeState, new: &NodeState) -> Option<BTreeSet<Owner>> {
     let ns_owners = |s: &NodeState, ns: &str, out: &mut BTreeSet<Owner>| {
         if let Some(id) = s.namespace_ids.get(ns) {
             out.insert((Category::NamespaceId, *id));
-        }
-        if let Some(vni) = s.vni_of(ns) {
-            out.insert((Category::Namespace, vni));
         }
     };
     for port in old.pods.keys().chain(new.pods.keys()) {

@@ -25,11 +25,13 @@
 //! join, isolate or global changes the same handful of flows per node
 //! whatever the namespace's size.
 
+mod counted;
 mod ids;
 mod incremental;
 mod node;
 mod state;
 
+pub use counted::{counted, Counted, COUNTING_TABLES};
 pub use incremental::{owner_flows, touched, Incremental, Owner};
 pub use node::NodePipeline;
 pub use state::{LocalPod, Mode, NodeState, Protocol, RemoteNode, Service, ServicePort, GLOBAL_VNI};
@@ -203,13 +205,6 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
             pod_flows(&mut b, pod, *id);
         }
     }
-    // One isolation flow per VNI in use by a local pod (OpenShift SDN's
-    // scheme): a VNI change rewrites these, not a flow per pair of pods.
-    let local_vnis: std::collections::BTreeSet<u32> =
-        state.pods.values().filter_map(|p| state.vni_of(&p.namespace)).filter(|v| *v != GLOBAL_VNI).collect();
-    for vni in local_vnis {
-        isolation_flow(&mut b, vni);
-    }
     for node in state.remote_nodes.values() {
         if node.ip != state.node_ip {
             remote_node_flows(&mut b, node);
@@ -278,17 +273,6 @@ pub fn recovered_namespace_ids(
     (ids, reserved)
 }
 
-/// ISOLATION's flow of one VNI in use by a local pod.
-fn isolation_flow(b: &mut Builder, vni: u32) {
-    b.add(
-        Table::Isolation,
-        200,
-        (Category::Namespace, vni),
-        Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_VNI, vni),
-        vec![goto(Table::IngressPolicy)],
-    );
-}
-
 /// What a namespace has on this node, so it gets only the flows it needs
 /// (most namespaces of a large cluster have services here and no pods).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -336,6 +320,34 @@ fn namespace_flows(b: &mut Builder, id: u32, vni: u32, uses: NamespaceUse, to_ke
     let dst = |next: Table| vec![Action::load_reg(REG_DST_VNI, vni), goto(next)];
     b.add(DestVni, 100, owner, Match::new().ip().reg(REG_DST_NS, id), dst(GatewayReply));
     b.add(DestVni, 100, owner, Match::new().arp().reg(REG_DST_NS, id), dst(Isolation));
+    // ISOLATION: the namespace's own verdicts, so the switch counts what it
+    // receives and refuses per namespace (`docs/operations.md`, "Tenant
+    // traffic"); the same decisions as one flow per VNI would make. Only the
+    // first depends on the VNI: a tenant action changes one ISOLATION flow
+    // of the namespace, whatever its size.
+    // What ISOLATION admits goes on to the destination's ingress policy.
+    use counted::prio;
+    let out = vec![goto(IngressPolicy)];
+    match vni {
+        // A global namespace's pods take every VNI's packets (the next flow
+        // takes those of global senders: its own VNI).
+        GLOBAL_VNI => {
+            b.add(Isolation, prio::FROM_OTHER_VNI, owner, Match::new().reg(REG_DST_NS, id), out.clone());
+        }
+        _ => {
+            let own = Match::new().reg(REG_SRC_VNI, vni).reg(REG_DST_NS, id);
+            b.add(Isolation, prio::FROM_OWN_VNI, owner, own, out.clone());
+        }
+    }
+    // From a global sender (a global namespace's pods, the node, outside).
+    let from_global = Match::new().reg(REG_SRC_VNI, GLOBAL_VNI).reg(REG_DST_NS, id);
+    b.add(Isolation, prio::FROM_GLOBAL, owner, from_global, out);
+    // From another tenant: refused (below it, the table's default drop
+    // catches nothing but what no namespace owns).
+    b.add(Isolation, prio::REFUSED, owner, Match::new().reg(REG_DST_NS, id), vec![Action::Drop]);
+    // ROUTING: what its pods send out of the cluster, counted per namespace
+    // (the same action as the node's priority-50 flow below it).
+    b.add(Routing, prio::LEAVING, owner, Match::new().ip().reg(REG_SRC_NS, id), to_kernel.to_vec());
 }
 
 /// Flows that are the same on every node: table defaults and fixed ports.
@@ -578,6 +590,9 @@ fn pod_flows(b: &mut Builder, p: &LocalPod, ns_id: u32) {
         Match::new().arp().in_port(p.ofport).untagged().dl_src(p.mac).arp_spa(ip).arp_sha(p.mac),
         from_pod,
     );
+    // Anything else from the port is dropped by the pod's own flow (not only
+    // the table's default), so the switch counts each pod's forgeries.
+    b.add(SpoofGuard, counted::prio::SPOOFED, owner, Match::new().in_port(p.ofport), vec![Action::Drop]);
     // LOCAL_POD: the pod's namespace id and port; DEST_VNI takes it on.
     let to_pod =
         vec![Action::load_reg(REG_DST_NS, ns_id), Action::load_reg(REG_DST_PORT, p.ofport), goto(DestVni)];

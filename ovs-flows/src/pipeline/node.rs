@@ -16,9 +16,7 @@ use std::net::Ipv4Addr;
 
 use super::ids::FreeIds;
 use super::incremental::{namespace_id_flows, owner_flows, owners, Incremental, Owner};
-use super::{
-    isolation_flow, Builder, LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service, GLOBAL_VNI,
-};
+use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service};
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
 use crate::ofp::FlowOp;
@@ -50,9 +48,6 @@ pub struct NodePipeline {
     by_id: BTreeMap<u32, String>,
     /// Ids neither assigned nor reserved.
     free_ids: FreeIds,
-    /// How many local pods carry each VNI (a VNI with any has its
-    /// ISOLATION flow), so that flow is known without walking the pods.
-    pods_per_vni: BTreeMap<u32, usize>,
 }
 
 /// What the index knows of the namespaces, for computing an owner's flows.
@@ -61,7 +56,6 @@ struct Index<'a> {
     round: u16,
     uses: &'a BTreeMap<String, Uses>,
     by_id: &'a BTreeMap<u32, String>,
-    pods_per_vni: &'a BTreeMap<u32, usize>,
 }
 
 impl Index<'_> {
@@ -75,13 +69,6 @@ impl Index<'_> {
                 }
                 None => FlowSet::new(),
             },
-            (Category::Namespace, vni) => {
-                let mut b = Builder { round: self.round, flows: FlowSet::new() };
-                if vni != GLOBAL_VNI && self.pods_per_vni.get(&vni).is_some_and(|n| *n > 0) {
-                    isolation_flow(&mut b, vni);
-                }
-                b.flows
-            }
             _ => owner_flows(self.state, self.round, owner),
         }
     }
@@ -154,13 +141,9 @@ impl NodePipeline {
             state.namespace_ids.iter().map(|(ns, id)| (*id, ns.clone())).collect();
         let free_ids =
             FreeIds::without(state.namespace_ids.values().chain(&state.reserved_namespace_ids).copied());
-        let mut pods_per_vni: BTreeMap<u32, usize> = BTreeMap::new();
-        for v in state.pods.values().filter_map(|p| state.vni_of(&p.namespace)) {
-            *pods_per_vni.entry(v).or_default() += 1;
-        }
-        let index = Index { state: &state, round, uses: &uses, by_id: &by_id, pods_per_vni: &pods_per_vni };
+        let index = Index { state: &state, round, uses: &uses, by_id: &by_id };
         let flows = Incremental::of(round, owners(&state), |o| index.flows_of(o));
-        NodePipeline { state, round, flows, uses, by_id, free_ids, pods_per_vni }
+        NodePipeline { state, round, flows, uses, by_id, free_ids }
     }
 
     pub fn state(&self) -> &NodeState {
@@ -244,21 +227,10 @@ impl NodePipeline {
         self.recompute(&BTreeSet::from([(Category::Policy, 0)]))
     }
 
-    /// A pod of `ns` comes (`true`) or goes: its namespace's and its VNI's counts.
+    /// A pod of `ns` comes (`true`) or goes: its namespace's count.
     fn count_pod(&mut self, ns: &str, comes: bool) {
         let u = &mut self.uses.entry(ns.to_string()).or_default().pods;
         *u = if comes { *u + 1 } else { u.saturating_sub(1) };
-        if let Some(v) = self.state.vni_of(ns) {
-            self.count_vni(v, usize::from(comes), usize::from(!comes));
-        }
-    }
-
-    fn count_vni(&mut self, vni: u32, add: usize, remove: usize) {
-        let n = self.pods_per_vni.entry(vni).or_default();
-        *n = (*n + add).saturating_sub(remove);
-        if *n == 0 {
-            self.pods_per_vni.remove(&vni);
-        }
     }
 
     /// The namespaces' VNIs as they are now (the whole map: etcd's view).
@@ -280,27 +252,12 @@ impl NodePipeline {
     }
 
     /// Sets a VNI, naming the owners whose flows that changes: the
-    /// namespace's id flows and, with pods here, the old and new VNI's
-    /// ISOLATION flows.
+    /// namespace's id flows (its ISOLATION flows among them).
     fn change_vni(&mut self, ns: &str, vni: Option<u32>, owners: &mut BTreeSet<Owner>) {
-        let uses = self.uses.get(ns).copied().unwrap_or_default();
-        let isolation = |s: &NodeState, owners: &mut BTreeSet<Owner>| {
-            if let Some(v) = s.vni_of(ns).filter(|_| uses.pods > 0) {
-                owners.insert((Category::Namespace, v));
-            }
-        };
-        isolation(&self.state, owners);
-        if let Some(v) = self.state.vni_of(ns) {
-            self.count_vni(v, 0, uses.pods);
-        }
         match vni {
             Some(v) => self.state.vnis.insert(ns.to_string(), v),
             None => self.state.vnis.remove(ns),
         };
-        if let Some(v) = self.state.vni_of(ns) {
-            self.count_vni(v, uses.pods, 0);
-        }
-        isolation(&self.state, owners);
         if let Some(id) = self.state.namespace_ids.get(ns) {
             owners.insert((Category::NamespaceId, *id));
         }
@@ -399,11 +356,6 @@ impl NodePipeline {
     /// those it brought into use (in name order, lowest free id first: what
     /// `assign_namespace_ids` does), and recomputes what it touched.
     fn settle(&mut self, mut change: Change) -> Vec<FlowOp> {
-        for ns in &change.pod_namespaces {
-            if let Some(v) = self.state.vni_of(ns) {
-                change.owners.insert((Category::Namespace, v));
-            }
-        }
         let namespaces: BTreeSet<&String> =
             change.pod_namespaces.iter().chain(&change.service_namespaces).collect();
         for ns in &namespaces {
@@ -433,13 +385,7 @@ impl NodePipeline {
     }
 
     fn recompute(&mut self, owners: &BTreeSet<Owner>) -> Vec<FlowOp> {
-        let index = Index {
-            state: &self.state,
-            round: self.round,
-            uses: &self.uses,
-            by_id: &self.by_id,
-            pods_per_vni: &self.pods_per_vni,
-        };
+        let index = Index { state: &self.state, round: self.round, uses: &self.uses, by_id: &self.by_id };
         self.flows.update_with(owners, |o| index.flows_of(o))
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! lab-echo serve tcp|udp ADDR:PORT NAME     # until killed
+//! lab-echo serve-many IP NAME tcp/PORT udp/PORT ...   # every socket in one process, until killed
 //! lab-echo ask tcp|udp ADDR:PORT [--count N] [--timeout-ms T] [--size BYTES]
 //! ```
 //! `ask` prints each answer line; with `--count` it makes N connections (or
@@ -24,6 +25,9 @@ fn usage() -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-many") {
+        return serve_many(&args[1..]);
+    }
     let (Some(mode), Some(proto), Some(addr)) = (args.first(), args.get(1), args.get(2)) else {
         return usage();
     };
@@ -89,8 +93,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// `IP NAME proto/port...`: one thread per socket, all bound before the
+/// first answer, so a caller that sees one port answer knows all listen.
+fn serve_many(args: &[String]) -> ExitCode {
+    let (Some(ip), Some(name)) = (args.first(), args.get(1)) else { return usage() };
+    let mut sockets = Vec::new();
+    for spec in &args[2..] {
+        let Some((proto, port)) = spec.split_once('/') else { return usage() };
+        let Ok(addr) = format!("{ip}:{port}").parse::<SocketAddr>() else { return usage() };
+        let bound = match proto {
+            "tcp" => TcpListener::bind(addr).map(Socket::Tcp),
+            "udp" => UdpSocket::bind(addr).map(Socket::Udp),
+            _ => return usage(),
+        };
+        match bound {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                eprintln!("lab-echo: bind {spec} on {ip}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let threads: Vec<_> = sockets
+        .into_iter()
+        .map(|s| {
+            let name = name.clone();
+            std::thread::spawn(move || match s {
+                Socket::Tcp(l) => accept_tcp(&l, &name),
+                Socket::Udp(u) => answer_udp(&u, &name),
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    ExitCode::FAILURE
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
 fn serve_tcp(addr: SocketAddr, name: &str) -> std::io::Result<()> {
-    let l = TcpListener::bind(addr)?;
+    accept_tcp(&TcpListener::bind(addr)?, name)
+}
+
+fn accept_tcp(l: &TcpListener, name: &str) -> std::io::Result<()> {
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
         let peer = c.peer_addr().map(|p| p.to_string()).unwrap_or_default();
@@ -100,7 +149,10 @@ fn serve_tcp(addr: SocketAddr, name: &str) -> std::io::Result<()> {
 }
 
 fn serve_udp(addr: SocketAddr, name: &str) -> std::io::Result<()> {
-    let s = UdpSocket::bind(addr)?;
+    answer_udp(&UdpSocket::bind(addr)?, name)
+}
+
+fn answer_udp(s: &UdpSocket, name: &str) -> std::io::Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let (_, peer) = s.recv_from(&mut buf)?;
