@@ -199,7 +199,14 @@ mod tests {
             ports: vec![],
             vni: None,
         };
-        NodePods { node_ip: Ipv4Addr::new(192, 0, 2, 11), bridge: "br0".into(), pods, services: vec![web] }
+        NodePods {
+            node_ip: Ipv4Addr::new(192, 0, 2, 11),
+            bridge: "br0".into(),
+            pods,
+            services: vec![web],
+            rules: vec![],
+            isolated: vec![],
+        }
     }
 
     #[test]

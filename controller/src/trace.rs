@@ -8,7 +8,10 @@
 //! the tunnel on DST's node; a TCP/UDP packet to a Service, which the
 //! SERVICE table hands to tun0 or drops) and the tables it crossed are read
 //! back. When the two disagree, the node is out of step with etcd: that is
-//! the bug to chase.
+//! the bug to chase. The probe to a pod may be TCP or UDP to a port
+//! ([`Packet`]); the NetworkPolicy tables it crossed are read too
+//! ([`netpol`]): the rule that admitted it, or the policies isolating the
+//! pod whose drop took it, named by the agents.
 //!
 //! The agents are found through etcd's node subnet records (HostIP) and
 //! asked over their HTTP listener: `/debug/pods`, `/debug/trace?flow=`.
@@ -19,8 +22,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use etcd_schema::{PluginName, GLOBAL_VNI};
-use ovs_flows::pipeline::table_name;
-use ovs_flows::trace::{self, NodePods, Outcome, Trace, TracePod, TraceService};
+use ovs_flows::pipeline::{table_name, Table};
+use ovs_flows::policy::compile::PRIORITY_ISOLATED;
+use ovs_flows::policy::Direction;
+use ovs_flows::trace::{self, NodePods, Outcome, Step, Trace, TracePod, TraceService};
 use tokio::net::TcpStream;
 
 /// What etcd says about the pair.
@@ -101,6 +106,54 @@ impl Target {
         match self {
             Target::Pod(l) => &l.pod.namespace,
             Target::Service { service, .. } => &service.namespace,
+        }
+    }
+}
+
+/// The probe a pod target is traced with: an ICMP echo, or a TCP or UDP
+/// packet to a port (what NetworkPolicy rules with ports decide on).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Packet {
+    #[default]
+    Echo,
+    L4 {
+        protocol: String,
+        port: u16,
+    },
+}
+
+impl Packet {
+    /// From `--protocol` (`icmp`, the default, `tcp`, `udp`) and `--port`:
+    /// a port needs TCP or UDP, and TCP or UDP a port.
+    pub fn from_flags(protocol: Option<&str>, port: Option<u16>) -> Result<Packet> {
+        match (protocol.unwrap_or("icmp"), port) {
+            ("icmp", None) => Ok(Packet::Echo),
+            ("icmp", Some(_)) => bail!("--port needs --protocol tcp or udp (an ICMP echo has no port)"),
+            ("tcp" | "udp", None) => bail!("--protocol {} needs --port N", protocol.unwrap_or_default()),
+            (_, Some(0)) => bail!("--port 0: a port is 1 to 65535"),
+            (p @ ("tcp" | "udp"), Some(port)) => Ok(Packet::L4 { protocol: p.to_string(), port }),
+            (other, _) => bail!("--protocol {other}: expected icmp, tcp or udp"),
+        }
+    }
+
+    /// `--protocol`/`--port` shape the probe to a pod; a Service's
+    /// protocol and port are in its `CLUSTER_IP:PORT[/udp]`.
+    pub fn check_target(&self, dst: &Target) -> Result<()> {
+        match (self, dst) {
+            (Packet::L4 { .. }, Target::Service { .. }) => bail!(
+                "--protocol and --port are for a pod; a Service's protocol and port are in DST \
+                 (CLUSTER_IP:PORT or CLUSTER_IP:PORT/udp)"
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Packet::Echo => write!(f, "an ICMP echo"),
+            Packet::L4 { protocol, port } => write!(f, "{} to port {port}", protocol.to_uppercase()),
         }
     }
 }
@@ -189,15 +242,104 @@ fn outcome_text(outcome: &Outcome, at: Ipv4Addr) -> String {
     }
 }
 
+/// The `conj_id=N` of a flow's match as `ofproto/trace` prints it
+/// (`conj_id=2844123137,ip`): the conjunction that admitted the packet.
+fn conj_id(matched: &str) -> Option<u32> {
+    matched.split(',').find_map(|f| f.strip_prefix("conj_id=")).and_then(|v| v.parse().ok())
+}
+
+/// Whether the trace ends in a drop in EGRESS_POLICY or INGRESS_POLICY.
+pub fn dropped_by_network_policy(legs: &[Leg]) -> bool {
+    let policy_tables = [Table::EgressPolicy.id(), Table::IngressPolicy.id()];
+    matches!(legs.last().map(|l| &l.trace.outcome), Some(Outcome::Dropped { table }) if policy_tables.contains(table))
+}
+
+/// What NetworkPolicy decided for a pod-to-pod trace, one line per direction
+/// whose table the packet reached: EGRESS_POLICY on SRC's node, for SRC's
+/// egress; INGRESS_POLICY on DST's node, for DST's ingress. A `conj_id`
+/// match names the admitting rule, the priority-50 drop the policies that
+/// isolate the pod (each node's agent serves both with `/debug/pods`), the
+/// table's default that no policy selects the pod there.
+pub fn netpol(src: &Located, dst: &Located, legs: &[Leg], nodes: &[NodePods]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (direction, pod) in [(Direction::Egress, src), (Direction::Ingress, dst)] {
+        let table = direction.table().id();
+        let Some(leg) = legs.iter().find(|l| l.trace.steps.iter().any(|s| s.table == table)) else {
+            continue;
+        };
+        let steps: Vec<&Step> = leg.trace.steps.iter().filter(|s| s.table == table).collect();
+        let Some(last) = steps.last() else { continue };
+        let facts = nodes.iter().find(|n| n.node_ip == leg.node_ip);
+        let name = format!("{}/{}", pod.pod.namespace, pod.pod.name);
+        let dir = direction.name();
+        let isolating: Option<String> = facts
+            .and_then(|n| n.isolated.iter().find(|i| i.ip == pod.pod.ip && i.direction == direction))
+            .filter(|i| !i.policies.is_empty())
+            .map(|i| i.policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+        let flow = |s: &Step| {
+            let m = if s.matched.is_empty() { "(any)" } else { s.matched.as_str() };
+            format!("{m} (priority {})", s.priority.map(|p| p.to_string()).unwrap_or_else(|| "?".into()))
+        };
+        let dropped_here = matches!(leg.trace.outcome, Outcome::Dropped { table: t } if t == table);
+        let text = match (steps.iter().find_map(|s| conj_id(&s.matched)), dropped_here) {
+            (Some(id), _) => match facts.and_then(|n| n.rules.iter().find(|r| r.id == id)) {
+                Some(r) => {
+                    format!(
+                        "admitted by NetworkPolicy {} ({} rule {})",
+                        r.policy,
+                        r.direction.name(),
+                        r.rule + 1
+                    )
+                }
+                None => format!(
+                    "admitted by conjunction {id}, a rule the agent on {} does not name (an agent older \
+                     than this k8s-ovs-ctl, or out of step with its flows: see --raw)",
+                    leg.node_ip
+                ),
+            },
+            (None, true) if last.priority == Some(PRIORITY_ISOLATED) => match &isolating {
+                Some(by) => format!(
+                    "refused by NetworkPolicy: {name} is isolated for {dir} by {by}, and no rule of theirs \
+                     admits this packet"
+                ),
+                None => format!(
+                    "refused by NetworkPolicy: {name} is isolated for {dir}, and no rule admits this packet \
+                     (the agent on {} names no policy isolating it: an agent older than this \
+                     k8s-ovs-ctl, or out of step with its flows: see --raw)",
+                    leg.node_ip
+                ),
+            },
+            (None, true) => format!("dropped by {}, which is no policy's flow (see --raw)", flow(last)),
+            (None, false) if last.priority == Some(0) => match &isolating {
+                Some(by) => format!(
+                    "passed by the table's default although the agent says {by} isolate {name}: the \
+                     switch is out of step with the agent (see --raw)"
+                ),
+                None => format!("no NetworkPolicy selects {name} for {dir}"),
+            },
+            (None, false) => format!(
+                "not decided by a policy: passed by {} (the node's own traffic, ARP, or a reply)",
+                flow(last)
+            ),
+        };
+        out.push(format!("{dir} of {name}: {text}"));
+    }
+    out
+}
+
 /// The printed report and the exit code: 0 both say yes, 3 both say no,
-/// 4 etcd and the switch disagree.
+/// 4 etcd and the switch disagree. A pod target's report also reads the
+/// NetworkPolicy tables ([`netpol`], with the agents' `nodes`): a packet
+/// tenancy allows and a policy table drops is denied by NetworkPolicy (3:
+/// the switch agrees with the policies).
 /// A Service's traced `endpoints` (when known) join the verdict: allowed
 /// when the ClusterIP and at least one endpoint are.
 pub fn report(
     src: &Located,
-    dst: &Target,
+    (dst, packet): (&Target, &Packet),
     policy: &Policy,
     legs: &[Leg],
+    nodes: &[NodePods],
     endpoints: Option<&[EndpointTrace]>,
     raw: bool,
 ) -> (String, i32) {
@@ -230,7 +372,15 @@ pub fn report(
             service.ports.join(" ")
         );
     }
+    if let Packet::L4 { .. } = packet {
+        let _ = writeln!(out, "probe   {packet}");
+    }
     let _ = writeln!(out, "policy  {}: {}", if policy.allowed { "allowed" } else { "denied" }, policy.reason);
+    if let Target::Pod(to) = dst {
+        for line in netpol(src, to, legs, nodes) {
+            let _ = writeln!(out, "netpol  {line}");
+        }
+    }
     let _ = writeln!(out, "switch  {}", d.detail);
     let _ = writeln!(out, "\npath (ofproto/trace on each node):");
     for leg in legs {
@@ -264,8 +414,17 @@ pub fn report(
         allowed &= ep_allowed;
         delivered &= ep_delivered;
     }
+    let by_network_policy = matches!(dst, Target::Pod(_)) && dropped_by_network_policy(legs);
     let (verdict, code) = match (allowed, delivered) {
         (true, true) => (format!("ALLOWED: {} (the switch agrees with etcd)", can(true)), 0),
+        // Tenancy lets it through, a policy table drops it: the policies decide.
+        (true, false) if by_network_policy => (
+            format!(
+                "DENIED by NetworkPolicy: {} (etcd's tenancy allows it; the switch agrees with the policies)",
+                can(false)
+            ),
+            3,
+        ),
         (false, false) => (format!("DENIED: {} (the switch agrees with etcd)", can(false)), 3),
         (p, _) => (
             format!(
@@ -292,7 +451,12 @@ pub fn report(
 
 /// The probes to run: SRC's node first; across nodes, DST's node with the
 /// VNI the first leg put on the tunnel (known only after it ran).
-pub fn next_probe(src: &Located, dst: &Target, legs: &[Leg]) -> Option<(Ipv4Addr, String)> {
+/// A pod target is probed with `packet`.
+pub fn next_probe(
+    src: &Located,
+    (dst, packet): (&Target, &Packet),
+    legs: &[Leg],
+) -> Option<(Ipv4Addr, String)> {
     let dst = match dst {
         Target::Pod(l) => l,
         Target::Service { service, protocol, port } => {
@@ -301,11 +465,27 @@ pub fn next_probe(src: &Located, dst: &Target, legs: &[Leg]) -> Option<(Ipv4Addr
         }
     };
     match legs {
-        [] => Some((src.node_ip, trace::pod_probe(&src.pod, &dst.pod))),
+        [] => Some((
+            src.node_ip,
+            match packet {
+                Packet::Echo => trace::pod_probe(&src.pod, &dst.pod),
+                Packet::L4 { protocol, port } => trace::pod_l4_probe(&src.pod, &dst.pod, (protocol, *port)),
+            },
+        )),
         [first] => match first.trace.outcome {
-            Outcome::Tunnel { vni, remote } if remote == dst.node_ip && remote != src.node_ip => {
-                Some((remote, trace::tunnel_probe(vni, src.node_ip, remote, &src.pod, &dst.pod)))
-            }
+            Outcome::Tunnel { vni, remote } if remote == dst.node_ip && remote != src.node_ip => Some((
+                remote,
+                match packet {
+                    Packet::Echo => trace::tunnel_probe(vni, src.node_ip, remote, &src.pod, &dst.pod),
+                    Packet::L4 { protocol, port } => trace::tunnel_l4_probe(
+                        vni,
+                        (src.node_ip, remote),
+                        &src.pod,
+                        &dst.pod,
+                        (protocol, *port),
+                    ),
+                },
+            )),
             _ => None,
         },
         _ => None,
@@ -384,7 +564,12 @@ pub async fn node_pods(
 }
 
 /// Runs the legs against the agents.
-pub async fn run_legs(src: &Located, dst: &Target, port: u16, token: Option<&str>) -> Result<Vec<Leg>> {
+pub async fn run_legs(
+    src: &Located,
+    dst: (&Target, &Packet),
+    port: u16,
+    token: Option<&str>,
+) -> Result<Vec<Leg>> {
     run_probes(|legs| next_probe(src, dst, legs), port, token).await
 }
 
@@ -634,6 +819,8 @@ mod tests {
             bridge: "br0".into(),
             pods: vec![located("red", "red1", [10, 1, 0, 2], 3, [0; 4]).pod],
             services: vec![service()],
+            rules: vec![],
+            isolated: vec![],
         };
         let nodes = [n];
         assert_eq!(locate("red/red1", &nodes)?.pod.ofport, 3);
@@ -654,11 +841,12 @@ mod tests {
     fn a_cross_node_pair_is_traced_on_both_nodes_with_the_tunnel_vni() {
         let src = located("red", "a", [10, 1, 0, 2], 3, [172, 30, 0, 11]);
         let dst = Target::Pod(located("red", "b", [10, 1, 4, 2], 5, [172, 30, 0, 12]));
-        let (node, probe) = next_probe(&src, &dst, &[]).expect("first leg");
+        let (node, probe) = next_probe(&src, (&dst, &Packet::Echo), &[]).expect("first leg");
         assert_eq!(node, src.node_ip);
         assert!(probe.starts_with("in_port=3,"));
         let first = leg([172, 30, 0, 11], "70. ip, priority 100, cookie 0x1\n    set_field:172.30.0.12->tun_dst\n    move:NXM_NX_REG0[]->NXM_NX_TUN_ID[0..31]\n     -> NXM_NX_TUN_ID[0..31] is now 0x64\n    output:1\n");
-        let (node, probe) = next_probe(&src, &dst, std::slice::from_ref(&first)).expect("second leg");
+        let (node, probe) =
+            next_probe(&src, (&dst, &Packet::Echo), std::slice::from_ref(&first)).expect("second leg");
         assert_eq!(node, Ipv4Addr::new(172, 30, 0, 12));
         assert!(
             probe.starts_with("in_port=1,tun_id=0x64,tun_src=172.30.0.11,tun_dst=172.30.0.12,"),
@@ -666,10 +854,10 @@ mod tests {
         );
         let second = leg([172, 30, 0, 12], "60. reg0=0x64,reg1=0x64, priority 200, cookie 0x1\n    output:NXM_NX_REG2[]\n     -> output port is 5\n");
         let legs = [first, second];
-        assert_eq!(next_probe(&src, &dst, &legs), None);
+        assert_eq!(next_probe(&src, (&dst, &Packet::Echo), &legs), None);
         assert!(delivery(&legs, &dst).delivered);
         let allowed = policy(&PluginName::MultiTenant, ("red", Some(100)), ("red", Some(100)));
-        let (text, code) = report(&src, &dst, &allowed, &legs, None, false);
+        let (text, code) = report(&src, (&dst, &Packet::Echo), &allowed, &legs, &[], None, false);
         assert_eq!(code, 0, "{text}");
         assert!(text.contains("ISOLATION") && text.contains("ALLOWED"), "{text}");
     }
@@ -682,9 +870,9 @@ mod tests {
         let d = delivery(&legs, &dst);
         assert!(!d.delivered && d.detail.contains("table 60 ISOLATION"), "{d:?}");
         let denied = policy(&PluginName::MultiTenant, ("red", Some(100)), ("blue", Some(200)));
-        assert_eq!(report(&src, &dst, &denied, &legs, None, false).1, 3);
+        assert_eq!(report(&src, (&dst, &Packet::Echo), &denied, &legs, &[], None, false).1, 3);
         let allowed = policy(&PluginName::MultiTenant, ("red", Some(100)), ("blue", Some(100)));
-        let (text, code) = report(&src, &dst, &allowed, &legs, None, true);
+        let (text, code) = report(&src, (&dst, &Packet::Echo), &allowed, &legs, &[], None, true);
         assert_eq!(code, 4);
         assert!(text.contains("MISMATCH") && text.contains("ofproto/trace"), "{text}");
         // Delivered to another port than the pod's is not delivery.
@@ -699,19 +887,19 @@ mod tests {
     fn a_service_is_reached_through_the_gateway_or_dropped_by_service() {
         let src = located("blue", "a", [10, 1, 0, 2], 3, [172, 30, 0, 11]);
         let dst = Target::Service { service: service(), protocol: "tcp".into(), port: 80 };
-        let (node, probe) = next_probe(&src, &dst, &[]).expect("one leg");
+        let (node, probe) = next_probe(&src, (&dst, &Packet::Echo), &[]).expect("one leg");
         assert_eq!(node, src.node_ip);
         assert!(
-            probe.contains(",tcp,") && probe.ends_with("nw_dst=10.96.5.5,nw_ttl=64,tp_dst=80"),
+            probe.contains(",tcp,") && probe.ends_with("nw_dst=10.96.5.5,nw_ttl=64,tcp_dst=80"),
             "{probe}"
         );
         let dropped =
             [leg([172, 30, 0, 11], "30. ip,nw_dst=10.96.0.0/12, priority 100, cookie 0x1\n    drop\n")];
-        assert_eq!(next_probe(&src, &dst, &dropped), None);
+        assert_eq!(next_probe(&src, (&dst, &Packet::Echo), &dropped), None);
         let d = delivery(&dropped, &dst);
         assert!(!d.delivered && d.detail.contains("table 30 SERVICE"), "{d:?}");
         let denied = policy(&PluginName::MultiTenant, ("blue", Some(200)), (dst.namespace(), Some(100)));
-        let (text, code) = report(&src, &dst, &denied, &dropped, None, false);
+        let (text, code) = report(&src, (&dst, &Packet::Echo), &denied, &dropped, &[], None, false);
         assert_eq!(code, 3, "{text}");
         assert!(text.contains("to    service 10.96.5.5:80/tcp in namespace red"), "{text}");
         let to_gw = [leg(
@@ -719,6 +907,229 @@ mod tests {
             "30. tcp,reg0=0x64,nw_dst=10.96.5.5,tp_dst=80, priority 200, cookie 0x1\n    output:2\n",
         )];
         assert!(delivery(&to_gw, &dst).delivered);
+    }
+
+    // Real OVS 3.1 ofproto/trace answers (captured from a lab switch holding
+    // tests/golden multi_tenant + network_policy): node 192.0.2.11 with
+    // red/pod3 172.11.0.2 (port 3; red/db-from-web admits TCP 6379 from app=web
+    // to it), red/pod4 172.11.0.3 (port 4, app=web), kube-system/pod6
+    // 172.11.0.5 (port 6, global); red/egress-dns-only lets red's pods send
+    // only UDP 53 to kube-system.
+    const EGRESS_ADMITTED: &str = include_str!("testdata/egress_conj_admitted.txt");
+    const EGRESS_REFUSED: &str = include_str!("testdata/egress_isolated_refused.txt");
+    const INGRESS_REFUSED: &str = include_str!("testdata/ingress_isolated_refused.txt");
+    const INGRESS_ADMITTED_TUNNEL: &str = include_str!("testdata/ingress_conj_admitted_tunnel.txt");
+
+    const NODE: [u8; 4] = [192, 0, 2, 11];
+
+    fn policy_node() -> NodePods {
+        use ovs_flows::trace::{PolicyName, TraceIsolated, TraceRule};
+        let name = |n: &str| PolicyName { namespace: "red".into(), name: n.into() };
+        let isolated = |ip: [u8; 4], direction, by: &str| TraceIsolated {
+            ip: Ipv4Addr::from(ip),
+            direction,
+            policies: vec![name(by)],
+        };
+        NodePods {
+            node_ip: Ipv4Addr::from(NODE),
+            bridge: "br0".into(),
+            pods: vec![],
+            services: vec![],
+            rules: vec![
+                TraceRule {
+                    id: 2844123137,
+                    policy: name("db-from-web"),
+                    direction: Direction::Ingress,
+                    rule: 0,
+                },
+                TraceRule {
+                    id: 4132204545,
+                    policy: name("egress-dns-only"),
+                    direction: Direction::Egress,
+                    rule: 0,
+                },
+            ],
+            isolated: vec![
+                isolated([172, 11, 0, 2], Direction::Ingress, "db-from-web"),
+                isolated([172, 11, 0, 2], Direction::Egress, "egress-dns-only"),
+                isolated([172, 11, 0, 3], Direction::Egress, "egress-dns-only"),
+            ],
+        }
+    }
+
+    fn pod3() -> Located {
+        located("red", "pod3", [172, 11, 0, 2], 3, NODE)
+    }
+    fn pod4() -> Located {
+        located("red", "pod4", [172, 11, 0, 3], 4, NODE)
+    }
+    fn pod6() -> Located {
+        located("kube-system", "pod6", [172, 11, 0, 5], 6, NODE)
+    }
+
+    fn tcp(port: u16) -> Packet {
+        Packet::L4 { protocol: "tcp".into(), port }
+    }
+
+    fn same_vni() -> Policy {
+        policy(&PluginName::MultiTenant, ("red", Some(100)), ("red", Some(100)))
+    }
+
+    #[test]
+    fn an_admitting_conjunction_is_named_by_its_policy_and_rule() {
+        let legs = [leg(NODE, EGRESS_ADMITTED)];
+        let dst = Target::Pod(pod6());
+        let udp = Packet::L4 { protocol: "udp".into(), port: 53 };
+        let nodes = [policy_node()];
+        let lines = netpol(&pod3(), &pod6(), &legs, &nodes);
+        assert_eq!(
+            lines,
+            [
+                "egress of red/pod3: admitted by NetworkPolicy red/egress-dns-only (egress rule 1)",
+                "ingress of kube-system/pod6: no NetworkPolicy selects kube-system/pod6 for ingress",
+            ]
+        );
+        let global = policy(&PluginName::MultiTenant, ("red", Some(100)), ("kube-system", Some(0)));
+        let (text, code) = report(&pod3(), (&dst, &udp), &global, &legs, &nodes, None, false);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("\nprobe   UDP to port 53\n"), "{text}");
+        let order: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).take(6).collect();
+        assert_eq!(order, ["from", "to", "probe", "policy", "netpol", "netpol"], "{text}");
+        assert!(text.contains("verdict ALLOWED"), "{text}");
+        // An agent that does not serve the facts (older): the id, unnamed.
+        let lines = netpol(&pod3(), &pod6(), &legs, &[]);
+        assert!(
+            lines[0]
+                .contains("admitted by conjunction 4132204545, a rule the agent on 192.0.2.11 does not name"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn an_isolation_drop_names_the_isolating_policies_and_denies_by_network_policy() {
+        let nodes = [policy_node()];
+        // pod4 may send only DNS: its egress refuses TCP 6379.
+        let legs = [leg(NODE, EGRESS_REFUSED)];
+        let dst = Target::Pod(pod3());
+        assert!(dropped_by_network_policy(&legs));
+        assert_eq!(
+            netpol(&pod4(), &pod3(), &legs, &nodes),
+            ["egress of red/pod4: refused by NetworkPolicy: red/pod4 is isolated for egress by \
+              red/egress-dns-only, and no rule of theirs admits this packet"],
+            "INGRESS_POLICY was not reached: no ingress line"
+        );
+        let (text, code) = report(&pod4(), (&dst, &tcp(6379)), &same_vni(), &legs, &nodes, None, false);
+        assert_eq!(code, 3, "{text}");
+        assert!(text.contains("verdict DENIED by NetworkPolicy: the pods cannot talk"), "{text}");
+        assert!(text.contains("switch  dropped in table 36 EGRESS_POLICY on 192.0.2.11"), "{text}");
+        assert!(!text.contains("MISMATCH"), "{text}");
+        // Tenancy closed as well: tenancy's verdict, as before.
+        let closed = policy(&PluginName::MultiTenant, ("red", Some(100)), ("red", Some(200)));
+        let (text, code) = report(&pod4(), (&dst, &tcp(6379)), &closed, &legs, &nodes, None, false);
+        assert_eq!(code, 3);
+        assert!(
+            text.contains("verdict DENIED: the pods cannot talk (the switch agrees with etcd)"),
+            "{text}"
+        );
+
+        // pod6 sends anything (no policy selects it), pod3 admits only app=web.
+        let legs = [leg(NODE, INGRESS_REFUSED)];
+        let lines = netpol(&pod6(), &pod3(), &legs, &nodes);
+        assert_eq!(
+            lines,
+            [
+                "egress of kube-system/pod6: no NetworkPolicy selects kube-system/pod6 for egress",
+                "ingress of red/pod3: refused by NetworkPolicy: red/pod3 is isolated for ingress by \
+                 red/db-from-web, and no rule of theirs admits this packet",
+            ]
+        );
+        let global = policy(&PluginName::MultiTenant, ("kube-system", Some(0)), ("red", Some(100)));
+        let (text, code) = report(&pod6(), (&dst, &tcp(6379)), &global, &legs, &nodes, None, false);
+        assert_eq!(code, 3, "{text}");
+        assert!(text.contains("DENIED by NetworkPolicy") && text.contains("62 INGRESS_POLICY"), "{text}");
+        // An older agent: the drop is still the policy table's, unnamed.
+        let lines = netpol(&pod6(), &pod3(), &legs, &[]);
+        assert!(lines[1].contains("red/pod3 is isolated for ingress, and no rule admits this packet (the agent on 192.0.2.11 names no policy"), "{lines:?}");
+        assert_eq!(report(&pod6(), (&dst, &tcp(6379)), &global, &legs, &[], None, false).1, 3);
+    }
+
+    #[test]
+    fn across_nodes_the_receiving_nodes_ingress_rule_is_named() {
+        let far = located("red", "far", [172, 11, 4, 7], 3, [192, 0, 2, 12]);
+        let dst = Target::Pod(pod3());
+        let (node, probe) = next_probe(&far, (&dst, &tcp(6379)), &[]).expect("first leg");
+        assert_eq!(node, Ipv4Addr::new(192, 0, 2, 12));
+        assert!(probe.starts_with("in_port=3,tcp,") && probe.ends_with(",tcp_dst=6379"), "{probe}");
+        // Node 192.0.2.12: no egress policy selects far (its default), then the tunnel.
+        let first = leg([192, 0, 2, 12], "36. priority 0, cookie 0x1014b00000000\n    goto_table:38\n70. ip,nw_dst=172.11.0.0/22, priority 100, cookie 0x1\n    move:NXM_NX_REG0[]->NXM_NX_TUN_ID[0..31]\n     -> NXM_NX_TUN_ID[0..31] is now 0x64\n    set_field:192.0.2.11->tun_dst\n    output:1\n");
+        let (node, probe) =
+            next_probe(&far, (&dst, &tcp(6379)), std::slice::from_ref(&first)).expect("second leg");
+        assert_eq!(node, Ipv4Addr::from(NODE));
+        assert!(
+            probe.starts_with("in_port=1,tun_id=0x64,tun_src=192.0.2.12,tun_dst=192.0.2.11,tcp,")
+                && probe.ends_with(",tcp_dst=6379"),
+            "{probe}"
+        );
+        let legs = [first, leg(NODE, INGRESS_ADMITTED_TUNNEL)];
+        let far_node = NodePods {
+            node_ip: Ipv4Addr::new(192, 0, 2, 12),
+            rules: vec![],
+            isolated: vec![],
+            ..policy_node()
+        };
+        let nodes = [far_node, policy_node()];
+        assert_eq!(
+            netpol(&far, &pod3(), &legs, &nodes),
+            [
+                "egress of red/far: no NetworkPolicy selects red/far for egress",
+                "ingress of red/pod3: admitted by NetworkPolicy red/db-from-web (ingress rule 1)",
+            ]
+        );
+        let (text, code) = report(&far, (&dst, &tcp(6379)), &same_vni(), &legs, &nodes, None, false);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("delivered to port 3 (pod3) on 192.0.2.11"), "{text}");
+    }
+
+    #[test]
+    fn a_switch_passing_an_isolated_pod_is_called_out_of_step() {
+        // The agent says red/egress-dns-only isolates pod3, the switch's
+        // EGRESS_POLICY let it through its default flow.
+        let text = EGRESS_ADMITTED.replace("36. conj_id=4132204545,ip, priority 100", "36. priority 0");
+        let legs = [leg(NODE, &text)];
+        let lines = netpol(&pod3(), &pod6(), &legs, &[policy_node()]);
+        assert!(
+            lines[0].contains("although the agent says red/egress-dns-only isolate red/pod3"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn the_probe_flags_need_each_other_and_a_pod() -> Result<()> {
+        assert_eq!(Packet::from_flags(None, None)?, Packet::Echo);
+        assert_eq!(Packet::from_flags(Some("icmp"), None)?, Packet::Echo);
+        assert_eq!(
+            Packet::from_flags(Some("udp"), Some(53))?,
+            Packet::L4 { protocol: "udp".into(), port: 53 }
+        );
+        let err = |p: Option<&str>, port| Packet::from_flags(p, port).map_err(|e| e.to_string()).err();
+        assert_eq!(
+            err(None, Some(80)).as_deref(),
+            Some("--port needs --protocol tcp or udp (an ICMP echo has no port)")
+        );
+        assert_eq!(err(Some("tcp"), None).as_deref(), Some("--protocol tcp needs --port N"));
+        assert!(err(Some("udp"), Some(0)).is_some_and(|e| e.contains("1 to 65535")));
+        assert!(err(Some("sctp"), Some(80)).is_some_and(|e| e.contains("expected icmp, tcp or udp")));
+        let svc = Target::Service { service: service(), protocol: "tcp".into(), port: 80 };
+        assert!(tcp(80).check_target(&svc).is_err());
+        assert!(Packet::Echo.check_target(&svc).is_ok());
+        assert!(tcp(80).check_target(&Target::Pod(pod3())).is_ok());
+        assert_eq!(tcp(80).to_string(), "TCP to port 80");
+        // An echo's report has no probe line (as before the flags).
+        let legs = [leg(NODE, EGRESS_ADMITTED)];
+        let (text, _) =
+            report(&pod3(), (&Target::Pod(pod6()), &Packet::Echo), &same_vni(), &legs, &[], None, false);
+        assert!(!text.contains("probe"), "{text}");
+        Ok(())
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::{Table, GATEWAY_OFPORT, VXLAN_OFPORT};
+use crate::policy::{Compiled, Direction};
 
 /// A pod as its node's switch sees it (the agent's `/debug/pods` answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +38,9 @@ pub struct TraceService {
     pub vni: Option<u32>,
 }
 
-/// What a node's agent reports for tracing: its address, bridge, pods and
-/// the services its SERVICE table holds.
+/// What a node's agent reports for tracing: its address, bridge, pods,
+/// the services its SERVICE table holds, and its NetworkPolicy facts (an
+/// agent from before NetworkPolicy reports none: the defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePods {
     pub node_ip: Ipv4Addr,
@@ -46,6 +48,72 @@ pub struct NodePods {
     pub pods: Vec<TracePod>,
     #[serde(default)]
     pub services: Vec<TraceService>,
+    /// The rule each conjunction id of the node's policy tables stands for.
+    #[serde(default)]
+    pub rules: Vec<TraceRule>,
+    /// The node's pods a NetworkPolicy isolates, per direction.
+    #[serde(default)]
+    pub isolated: Vec<TraceIsolated>,
+}
+
+/// A policy by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PolicyName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The NetworkPolicy rule a conjunction id (`conj_id=N` in a trace) stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRule {
+    pub id: u32,
+    #[serde(flatten)]
+    pub policy: PolicyName,
+    pub direction: Direction,
+    /// Index in the policy's `ingress` / `egress` list (0 is the first).
+    pub rule: usize,
+}
+
+/// A local pod isolated for `direction`, and the policies selecting it:
+/// what none of their rules admits is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceIsolated {
+    pub ip: Ipv4Addr,
+    pub direction: Direction,
+    pub policies: Vec<PolicyName>,
+}
+
+/// A node's compiled policies as `/debug/pods` reports them.
+pub fn policy_facts(compiled: &Compiled) -> (Vec<TraceRule>, Vec<TraceIsolated>) {
+    let rules = compiled
+        .rules
+        .iter()
+        .map(|(id, r)| TraceRule {
+            id: *id,
+            policy: PolicyName { namespace: r.namespace.clone(), name: r.name.clone() },
+            direction: r.direction,
+            rule: r.rule,
+        })
+        .collect();
+    let isolated = compiled
+        .isolated_by
+        .iter()
+        .map(|((ip, direction), by)| TraceIsolated {
+            ip: *ip,
+            direction: *direction,
+            policies: by
+                .iter()
+                .map(|(namespace, name)| PolicyName { namespace: namespace.clone(), name: name.clone() })
+                .collect(),
+        })
+        .collect();
+    (rules, isolated)
 }
 
 /// The flow for `src` opening `protocol`/`port` on a service's cluster IP
@@ -53,7 +121,7 @@ pub struct NodePods {
 /// it matches the protocol and the port.
 pub fn service_probe(src: &TracePod, ip: Ipv4Addr, protocol: &str, port: u16) -> String {
     format!(
-        "in_port={},{protocol},dl_src={},nw_src={},nw_dst={ip},nw_ttl=64,tp_dst={port}",
+        "in_port={},{protocol},dl_src={},nw_src={},nw_dst={ip},nw_ttl=64,{protocol}_dst={port}",
         src.ofport, src.mac, src.ip
     )
 }
@@ -87,9 +155,12 @@ pub fn gateway_tunnel_probe(
     )
 }
 
+/// A `protocol` (`tcp` or `udp`) packet to `endpoint`'s `port`. The port is
+/// `tcp_dst` / `udp_dst`: `ofproto/trace` reads `tp_dst` as TCP's field and
+/// refuses it on a UDP packet.
 fn l4_packet(client: Ipv4Addr, src_mac: &str, endpoint: &TracePod, protocol: &str, port: u16) -> String {
     format!(
-        "{protocol},dl_src={src_mac},dl_dst={},nw_src={client},nw_dst={},nw_ttl=64,tp_dst={port}",
+        "{protocol},dl_src={src_mac},dl_dst={},nw_src={client},nw_dst={},nw_ttl=64,{protocol}_dst={port}",
         endpoint.mac, endpoint.ip
     )
 }
@@ -113,6 +184,26 @@ pub fn tunnel_probe(
     format!(
         "in_port={VXLAN_OFPORT},tun_id={vni:#x},tun_src={src_node},tun_dst={dst_node},{}",
         packet(src, dst)
+    )
+}
+
+/// [`pod_probe`] with a `protocol` (`tcp` or `udp`) packet to `dst`'s
+/// `port` instead of an echo: what NetworkPolicy rules with ports decide on.
+pub fn pod_l4_probe(src: &TracePod, dst: &TracePod, (protocol, port): (&str, u16)) -> String {
+    format!("in_port={},{}", src.ofport, l4_packet(src.ip, &src.mac, dst, protocol, port))
+}
+
+/// [`pod_l4_probe`]'s packet as `dst`'s node receives it from the tunnel.
+pub fn tunnel_l4_probe(
+    vni: u32,
+    (src_node, dst_node): (Ipv4Addr, Ipv4Addr),
+    src: &TracePod,
+    dst: &TracePod,
+    (protocol, port): (&str, u16),
+) -> String {
+    format!(
+        "in_port={VXLAN_OFPORT},tun_id={vni:#x},tun_src={src_node},tun_dst={dst_node},{}",
+        l4_packet(src.ip, &src.mac, dst, protocol, port)
     )
 }
 
@@ -514,8 +605,81 @@ Datapath actions: 4
         let svc = service_probe(&a, Ipv4Addr::new(10, 96, 5, 5), "tcp", 80);
         assert_eq!(
             svc,
-            "in_port=3,tcp,dl_src=0a:58:0a:01:00:02,nw_src=10.1.0.2,nw_dst=10.96.5.5,nw_ttl=64,tp_dst=80"
+            "in_port=3,tcp,dl_src=0a:58:0a:01:00:02,nw_src=10.1.0.2,nw_dst=10.96.5.5,nw_ttl=64,tcp_dst=80"
         );
         assert!(is_probe_text(&svc));
+        assert!(service_probe(&a, Ipv4Addr::new(10, 96, 0, 10), "udp", 53).ends_with(",udp_dst=53"));
+    }
+
+    #[test]
+    fn policy_facts_name_each_conjunction_and_isolated_pod_and_old_agents_parse() {
+        use crate::policy::RuleRef;
+        let ip = Ipv4Addr::new(172, 11, 0, 2);
+        let rule = |name: &str, direction, rule| RuleRef {
+            namespace: "red".into(),
+            name: name.into(),
+            direction,
+            rule,
+        };
+        let compiled = Compiled {
+            flows: vec![],
+            rules: [(4097, rule("web", Direction::Ingress, 0)), (8194, rule("dns", Direction::Egress, 1))]
+                .into(),
+            isolated_by: [(
+                (ip, Direction::Ingress),
+                vec![("red".into(), "web".into()), ("red".into(), "deny".into())],
+            )]
+            .into(),
+        };
+        let (rules, isolated) = policy_facts(&compiled);
+        let node = NodePods {
+            node_ip: Ipv4Addr::new(172, 30, 0, 11),
+            bridge: "br0".into(),
+            pods: vec![],
+            services: vec![],
+            rules,
+            isolated,
+        };
+        let json = serde_json::to_value(&node).expect("serialize");
+        assert_eq!(
+            json["rules"],
+            serde_json::json!([
+                {"id": 4097, "namespace": "red", "name": "web", "direction": "ingress", "rule": 0},
+                {"id": 8194, "namespace": "red", "name": "dns", "direction": "egress", "rule": 1}
+            ])
+        );
+        assert_eq!(
+            json["isolated"],
+            serde_json::json!([{"ip": "172.11.0.2", "direction": "ingress", "policies": [
+                {"namespace": "red", "name": "web"}, {"namespace": "red", "name": "deny"}]}])
+        );
+        assert_eq!(serde_json::from_value::<NodePods>(json).expect("round trip"), node);
+        // An agent from before NetworkPolicy (and before services).
+        let old: NodePods =
+            serde_json::from_str(r#"{"node_ip":"172.30.0.11","bridge":"br0","pods":[]}"#).expect("old agent");
+        assert!(old.rules.is_empty() && old.isolated.is_empty() && old.services.is_empty());
+        assert_eq!(PolicyName { namespace: "red".into(), name: "web".into() }.to_string(), "red/web");
+    }
+
+    #[test]
+    fn l4_probes_open_the_port_on_the_destination_pod() {
+        let (a, b) = (pod("red", "a", [10, 1, 0, 2], 3), pod("red", "b", [10, 1, 4, 2], 5));
+        let tcp = pod_l4_probe(&a, &b, ("tcp", 8080));
+        assert_eq!(
+            tcp,
+            "in_port=3,tcp,dl_src=0a:58:0a:01:00:02,dl_dst=0a:58:0a:01:04:02,nw_src=10.1.0.2,nw_dst=10.1.4.2,nw_ttl=64,tcp_dst=8080"
+        );
+        // UDP names its own port field (ofproto/trace refuses tp_dst on UDP).
+        assert_eq!(
+            pod_l4_probe(&a, &b, ("udp", 53)),
+            "in_port=3,udp,dl_src=0a:58:0a:01:00:02,dl_dst=0a:58:0a:01:04:02,nw_src=10.1.0.2,nw_dst=10.1.4.2,nw_ttl=64,udp_dst=53"
+        );
+        let nodes = (Ipv4Addr::new(172, 30, 0, 11), Ipv4Addr::new(172, 30, 0, 12));
+        let t = tunnel_l4_probe(13, nodes, &a, &b, ("udp", 53));
+        assert_eq!(
+            t,
+            "in_port=1,tun_id=0xd,tun_src=172.30.0.11,tun_dst=172.30.0.12,udp,dl_src=0a:58:0a:01:00:02,dl_dst=0a:58:0a:01:04:02,nw_src=10.1.0.2,nw_dst=10.1.4.2,nw_ttl=64,udp_dst=53"
+        );
+        assert!(is_probe_text(&tcp) && is_probe_text(&t));
     }
 }

@@ -241,7 +241,8 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
         Some((rec, ops))
     }
 
-    /// The pods as the switch sees them (for `/debug/pods`).
+    /// The pods as the switch sees them, and the NetworkPolicy facts a
+    /// trace names (for `/debug/pods`).
     pub fn node_pods(&self) -> NodePods {
         let pods = self
             .pods
@@ -273,7 +274,19 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
                 vni: self.state().vni_of(&s.namespace),
             })
             .collect();
-        NodePods { node_ip: self.state().node_ip, bridge: self.settings.bridge.clone(), pods, services }
+        // The debug path compiles the policies again: the rule behind each
+        // conjunction id and who isolates whom, as the flows have them.
+        let local: Vec<&LocalPod> = self.state().pods.values().collect();
+        let compiled = ovs_flows::policy::compile(&local, &self.state().policies);
+        let (rules, isolated) = ovs_flows::trace::policy_facts(&compiled);
+        NodePods {
+            node_ip: self.state().node_ip,
+            bridge: self.settings.bridge.clone(),
+            pods,
+            services,
+            rules,
+            isolated,
+        }
     }
 
     /// Who owns the switch's counting flows (for `traffic`): each pod's

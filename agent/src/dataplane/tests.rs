@@ -770,3 +770,41 @@ async fn a_restart_keeps_the_policy_flows_until_the_first_policy_view() {
     assert!(!isolated(&n, &ip_of(&a)), "deleted by the first view");
     n.assert_switch_in_step();
 }
+
+/// `/debug/pods` carries the node's policy facts: who a policy isolates,
+/// and the rule behind each conjunction id of its flows.
+#[tokio::test]
+async fn node_pods_name_the_isolating_policies_and_the_rules_of_the_conjunctions() {
+    use ovs_flows::policy::{Direction, PolicyRule};
+    let mut n = node(DatapathType::Netdev).await;
+    n.dp.on_policies(deny_red_ingress(&["a"])).await.expect("view");
+    let a = n.add("c1", "a").await.expect("ADD a");
+    let ip: std::net::Ipv4Addr = ip_of(&a).parse().expect("pod ip");
+    let facts = n.dp.node_pods();
+    assert_eq!(facts.isolated.len(), 1, "{facts:?}");
+    let iso = &facts.isolated[0];
+    assert_eq!((iso.ip, iso.direction), (ip, Direction::Ingress));
+    assert_eq!(iso.policies.iter().map(ToString::to_string).collect::<Vec<_>>(), ["red/deny"]);
+    assert!(facts.rules.is_empty(), "deny has no rules: {facts:?}");
+    // A second policy admitting everything: one rule, one conjunction id.
+    let mut view = (*deny_red_ingress(&["a"])).clone();
+    let mut allow = view.policies[&("red".to_string(), "deny".to_string())].clone();
+    allow.name = "allow".into();
+    allow.ingress = Some(vec![PolicyRule { peers: None, ports: None }]);
+    view.policies.insert(("red".into(), "allow".into()), allow);
+    n.dp.on_policies(Arc::new(view)).await.expect("view");
+    let facts = n.dp.node_pods();
+    assert_eq!(facts.rules.len(), 1, "{facts:?}");
+    let rule = &facts.rules[0];
+    assert_eq!(
+        (rule.policy.to_string(), rule.direction, rule.rule),
+        ("red/allow".into(), Direction::Ingress, 0)
+    );
+    let flows = n.fake.world().flows.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert!(
+        flows.iter().any(|f| f.contains(&format!("conj_id={},ip", rule.id))),
+        "the switch has the conjunction the facts name: {flows:#?}"
+    );
+    let by: Vec<String> = facts.isolated[0].policies.iter().map(ToString::to_string).collect();
+    assert_eq!(by, ["red/allow", "red/deny"]);
+}

@@ -80,15 +80,23 @@ enum Command {
     /// Node subnets.
     Subnets,
     /// Whether and why two pods can talk: etcd's VNIs beside what each
-    /// node's switch does with a probe packet (ofproto/trace via the agents).
-    /// Pods as namespace/name or IP. Exit code: 0 allowed, 3 denied,
-    /// 4 etcd and the switch disagree.
+    /// node's switch does with a probe packet (ofproto/trace via the agents),
+    /// and the NetworkPolicy rule or isolation that decided it.
+    /// Pods as namespace/name or IP. Exit code: 0 allowed, 3 denied (by
+    /// tenancy or by NetworkPolicy), 4 etcd and the switch disagree.
     Trace {
         /// The sending pod: namespace/name, or its IP.
         src: String,
         /// The receiving pod (namespace/name, or its IP), or a service's
         /// CLUSTER_IP:PORT (TCP; add /udp for UDP).
         dst: String,
+        /// The probe to a pod: an ICMP echo (the default), or TCP or UDP
+        /// to --port.
+        #[arg(long, value_parser = ["icmp", "tcp", "udp"])]
+        protocol: Option<String>,
+        /// The destination port of a TCP or UDP probe to a pod.
+        #[arg(long)]
+        port: Option<u16>,
         /// Also print each node's full ofproto/trace output.
         #[arg(long)]
         raw: bool,
@@ -151,6 +159,11 @@ async fn via_kube(cli: &Cli) -> Result<()> {
 async fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
+    // trace's probe flags are checked before anything is asked.
+    let packet = match &cli.command {
+        Command::Trace { protocol, port, .. } => trace::Packet::from_flags(protocol.as_deref(), *port)?,
+        _ => trace::Packet::Echo,
+    };
     if cli.via == Via::Kube {
         if cli.dry_run {
             bail!("--dry-run reads etcd's records and the agents: leave out --via kube");
@@ -193,9 +206,10 @@ async fn main() -> Result<()> {
         Command::Top { interval_secs } => {
             return top(&mut client, &keys, &config, cli.agent_port, interval_secs).await;
         }
-        Command::Trace { src, dst, raw } => {
+        Command::Trace { src, dst, raw, .. } => {
             let kube_url = cli.kube_url.as_deref();
-            let code = trace(&mut client, &keys, &config, (&src, &dst), agents, kube_url, raw).await?;
+            let pair = (src.as_str(), dst.as_str(), &packet);
+            let code = trace(&mut client, &keys, &config, pair, agents, kube_url, raw).await?;
             std::process::exit(code);
         }
     };
@@ -296,7 +310,7 @@ async fn trace(
     client: &mut etcd_client::Client,
     keys: &etcd_schema::Keys,
     config: &etcd_schema::NetworkConfig,
-    (src, dst): (&str, &str),
+    (src, dst, packet): (&str, &str, &trace::Packet),
     (agent_port, token): (u16, Option<&str>),
     kube_url: Option<&str>,
     raw: bool,
@@ -309,6 +323,7 @@ async fn trace(
         eprintln!("warning: {f}");
     }
     let (src, dst) = (trace::locate(src, &nodes)?, trace::target(dst, &nodes)?);
+    packet.check_target(&dst)?;
     let vnis: std::collections::BTreeMap<String, Option<u32>> =
         ctl::list(client, keys).await?.into_iter().map(|r| (r.namespace, r.net_id)).collect();
     let vni_of = |ns: &str| vnis.get(ns).copied().flatten();
@@ -316,7 +331,7 @@ async fn trace(
         trace::policy(&config.plugin, (&src.pod.namespace, vni_of(&src.pod.namespace)), (ns, vni_of(ns)))
     };
     let policy = policy_to(dst.namespace());
-    let legs = trace::run_legs(&src, &dst, agent_port, token).await?;
+    let legs = trace::run_legs(&src, (&dst, packet), agent_port, token).await?;
     // A Service handed to the gateway goes on through kube-proxy's DNAT:
     // follow it to each endpoint (the switch decides again there).
     let mut endpoints = None;
@@ -337,7 +352,7 @@ async fn trace(
             _ => {}
         }
     }
-    let (text, code) = trace::report(&src, &dst, &policy, &legs, endpoints.as_deref(), raw);
+    let (text, code) = trace::report(&src, (&dst, packet), &policy, &legs, &nodes, endpoints.as_deref(), raw);
     print!("{text}");
     Ok(code)
 }

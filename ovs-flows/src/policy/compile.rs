@@ -34,7 +34,9 @@ pub const PRIORITY_RULE: u16 = 100;
 /// An isolated pod: what no rule admitted is dropped.
 pub const PRIORITY_ISOLATED: u16 = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Serialized as its [`Direction::name`] (`/debug/pods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
     Egress,
