@@ -144,6 +144,20 @@ impl Daemon {
     }
 }
 
+/// Processes a test started (servers in pods), ended by PID when dropped,
+/// also when the test fails.
+#[derive(Default)]
+pub struct Children(pub Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();

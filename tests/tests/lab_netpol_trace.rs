@@ -7,10 +7,11 @@
 //! names the admitting rule (exit 0) and the isolating policy (exit 3).
 //! Every address used lives inside namespaces the lab made.
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
+// Servers started in pods, ended by PID when dropped (also on failure).
+use lab::cluster::Children as Servers;
 use lab::cluster::{cni, ctl, start_controller, start_kube_api, Agent, CniCall, Daemon};
 use lab::kube_api::KubeApi;
 use lab::services::{ask, spawn_echo};
@@ -21,19 +22,6 @@ use serde_json::{json, Value};
 const CONVERGE: Duration = Duration::from_secs(60);
 const ADMITTED: u16 = 8080;
 const REFUSED: u16 = 9090;
-
-/// Servers started in pods, ended by PID when dropped (also on failure).
-#[derive(Default)]
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 struct Pod {
     netns: Netns,

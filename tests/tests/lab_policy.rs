@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+// Servers started in pods, ended by PID when dropped (also on failure).
+use lab::cluster::Children as Servers;
 use lab::cluster::{ctl, start_controller, start_kube_api, Agent, CniPod, Daemon};
 use lab::kube_api::{Kind, KubeApi};
 use lab::kubelet::{self, ContainerPort};
@@ -49,19 +51,6 @@ fn probes() -> Vec<Probe> {
     v.extend(UDP_PORTS.iter().map(|p| Probe::udp(*p)));
     v.push(Probe::icmp());
     v
-}
-
-/// Servers started in pods, ended by PID when dropped.
-#[derive(Default)]
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Starts `lab-echo serve-many` in `netns` on `ip` (`0.0.0.0` before the

@@ -153,6 +153,19 @@ impl Node {
 
 use ovs_flows::Cookie;
 
+/// What a restarted agent does first: adopts the pods found on the
+/// bridge's ports (their external_ids); how many.
+async fn adopt_ports(n: &mut Node) -> usize {
+    let ports = n.fake.list_ports("br0").await.expect("ports");
+    let adopted: Vec<PodRecord> = ports
+        .iter()
+        .filter_map(|p| PodRecord::from_external_ids(&p.name, p.ofport?, &p.external_ids))
+        .collect();
+    let count = adopted.len();
+    n.dp.adopt(adopted, []);
+    count
+}
+
 #[tokio::test]
 async fn add_wires_veth_port_flows_and_address() {
     let mut n = node(DatapathType::Netdev).await;
@@ -368,13 +381,7 @@ async fn a_restart_adopts_the_pods_keeps_their_flows_and_meters_and_serves_them(
     drop(dp);
 
     let mut n = node_on(fake, dir, DatapathType::Netdev);
-    let ports = n.fake.list_ports("br0").await.expect("ports");
-    let adopted: Vec<PodRecord> = ports
-        .iter()
-        .filter_map(|p| PodRecord::from_external_ids(&p.name, p.ofport?, &p.external_ids))
-        .collect();
-    assert_eq!(adopted.len(), 2);
-    n.dp.adopt(adopted, []);
+    assert_eq!(adopt_ports(&mut n).await, 2);
     n.dp.read_adopted_shaping().await;
     n.dp.full_reconcile().await.expect("reconcile");
     let strip = |fs: &FlowSet| -> Vec<String> {
@@ -756,12 +763,7 @@ async fn a_restart_keeps_the_policy_flows_until_the_first_policy_view() {
     let Node { fake, _dir: dir, dp } = n;
     drop(dp);
     let mut n = node_on(fake, dir, DatapathType::Netdev);
-    let ports = n.fake.list_ports("br0").await.expect("ports");
-    let adopted: Vec<PodRecord> = ports
-        .iter()
-        .filter_map(|p| PodRecord::from_external_ids(&p.name, p.ofport?, &p.external_ids))
-        .collect();
-    n.dp.adopt(adopted, []);
+    adopt_ports(&mut n).await;
     n.dp.await_policies();
     n.dp.full_reconcile().await.expect("reconcile");
     assert!(isolated(&n, &ip_of(&a)), "kept across the restart");

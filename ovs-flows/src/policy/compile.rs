@@ -178,6 +178,9 @@ pub fn compile(local: &[&LocalPod], view: &PolicyView) -> Compiled {
             Some(Known { pod, ip })
         })
         .collect();
+    // Each local pod with what the view knows of it (None: no labels yet).
+    let locals: Vec<(&LocalPod, Option<&PolicyPod>)> =
+        local.iter().map(|p| (*p, view.pods.get(&(p.namespace.clone(), p.name.clone())))).collect();
     let slots = policy_slots(view);
     for (key, policy) in &view.policies {
         let Some(slot) = slots.get(key) else { continue };
@@ -185,8 +188,8 @@ pub fn compile(local: &[&LocalPod], view: &PolicyView) -> Compiled {
         // count as selected for isolation only.
         let mut selected: Vec<Known> = Vec::new();
         let mut unknown: Vec<Ipv4Addr> = Vec::new();
-        for p in local.iter().filter(|p| p.namespace == policy.namespace) {
-            match view.pods.get(&(p.namespace.clone(), p.name.clone())) {
+        for (p, known) in locals.iter().filter(|(p, _)| p.namespace == policy.namespace) {
+            match known {
                 Some(pod) if policy.pod_selector.matches(&pod.labels) => {
                     selected.push(Known { pod, ip: p.ip })
                 }

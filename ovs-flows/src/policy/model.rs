@@ -184,10 +184,6 @@ impl PolicyView {
             .values()
             .filter(move |p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
     }
-
-    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PolicyPod> {
-        self.pods.values().find(|p| p.ip == Some(ip))
-    }
 }
 
 #[cfg(test)]
