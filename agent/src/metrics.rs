@@ -205,7 +205,7 @@ impl Collector for Export {
 
 /// The per-tenant traffic families (counters with labels; `traffic.rs`
 /// says what each counts). Names and labels are in docs/operations.md.
-pub const TRAFFIC_FAMILIES: [(&str, &str); 6] = [
+pub const TRAFFIC_FAMILIES: [(&str, &str); 10] = [
     (
         "k8s_ovs_namespace_packets",
         "packets of the namespace's pods on this node, by direction (sent, received) and peer (any, outside; own_vni, global, other_vni), from the switch's flow counters",
@@ -215,6 +215,13 @@ pub const TRAFFIC_FAMILIES: [(&str, &str); 6] = [
     ("k8s_ovs_namespace_refused_bytes", "bytes of the packets k8s_ovs_namespace_refused_packets_total counts"),
     ("k8s_ovs_pod_spoofed_packets", "packets the pod's port sent that the switch dropped: forged MAC or IP, forged ARP, VLAN tags, non-IPv4"),
     ("k8s_ovs_pod_spoofed_bytes", "bytes of the packets k8s_ovs_pod_spoofed_packets_total counts"),
+    ("k8s_ovs_vni_refused_packets", "packets from the VNI's pods that isolation dropped on this node (their destination's): who knocks"),
+    ("k8s_ovs_vni_refused_bytes", "bytes of the packets k8s_ovs_vni_refused_packets_total counts"),
+    (
+        "k8s_ovs_namespace_policy_refused_packets",
+        "packets to (direction=received) or from (sent) the namespace's pods on this node that their NetworkPolicy isolation dropped",
+    ),
+    ("k8s_ovs_namespace_policy_refused_bytes", "bytes of the packets k8s_ovs_namespace_policy_refused_packets_total counts"),
 ];
 
 fn encode_traffic(encoder: &mut DescriptorEncoder, totals: &BTreeMap<Series, Count>) -> fmt::Result {
@@ -235,6 +242,12 @@ fn encode_traffic(encoder: &mut DescriptorEncoder, totals: &BTreeMap<Series, Cou
                 (Series::Spoofed { namespace, pod }, 2) => {
                     vec![("namespace", namespace.clone()), ("pod", pod.clone())]
                 }
+                (Series::RefusedFromVni { vni }, 3) => vec![("vni", vni.to_string())],
+                (Series::PolicyRefused { namespace, vni, direction }, 4) => vec![
+                    ("namespace", namespace.clone()),
+                    ("vni", vni.to_string()),
+                    ("direction", direction.as_str().to_string()),
+                ],
                 _ => continue,
             };
             let v = if bytes { count.bytes } else { count.packets };
@@ -289,6 +302,11 @@ mod tests {
             t.insert(
                 Series::Spoofed { namespace: "red".into(), pod: "web-1".into() },
                 Count { packets: 2, bytes: 84 },
+            );
+            t.insert(Series::RefusedFromVni { vni: 12 }, Count { packets: 5, bytes: 490 });
+            t.insert(
+                Series::PolicyRefused { namespace: "red".into(), vni: 12, direction: Direction::Received },
+                Count { packets: 3, bytes: 222 },
             );
         }
         let text = m.render();

@@ -1,7 +1,8 @@
 //! Per-tenant traffic from the switch's own counters: every period the
 //! agent reads the counting flows of the pipeline (`ovs_flows::pipeline::
-//! counted`: per namespace id in SOURCE_VNI, ROUTING and ISOLATION, per pod
-//! in SPOOF_GUARD) with flow stats, names each flow's namespace or pod, and
+//! counted`: per namespace id in SOURCE_VNI, ROUTING and ISOLATION, per
+//! tenant VNI in REFUSED, per pod in SPOOF_GUARD and in the policy tables'
+//! isolation drops) with flow stats, names each flow's namespace or pod, and
 //! adds what each flow counted since the last read to a running total per
 //! label set, which `/metrics` exports (`metrics.rs`).
 //!
@@ -38,6 +39,8 @@ pub struct Owners {
     pub pods: BTreeMap<u32, (String, String)>,
     /// Namespace id on this node -> (namespace, its VNI if it has one).
     pub namespaces: BTreeMap<u32, (String, Option<u32>)>,
+    /// Pod IPv4 (as u32) -> (namespace, its VNI if it has one).
+    pub pod_ips: BTreeMap<u32, (String, Option<u32>)>,
 }
 
 /// A request for the owners, answered by the agent loop.
@@ -93,6 +96,13 @@ pub enum Series {
     Traffic { namespace: String, vni: u32, direction: Direction, peer: Peer },
     /// `k8s_ovs_namespace_refused_packets_total` / `_bytes_total`.
     Refused { namespace: String, vni: u32 },
+    /// `k8s_ovs_vni_refused_packets_total` / `_bytes_total`: sent from the
+    /// VNI's pods, refused by isolation at their destination.
+    RefusedFromVni { vni: u32 },
+    /// `k8s_ovs_namespace_policy_refused_packets_total` / `_bytes_total`:
+    /// refused by a NetworkPolicy isolating the namespace's pods, on the
+    /// way in (received) or out (sent).
+    PolicyRefused { namespace: String, vni: u32, direction: Direction },
     /// `k8s_ovs_pod_spoofed_packets_total` / `_bytes_total`.
     Spoofed { namespace: String, pod: String },
 }
@@ -107,9 +117,19 @@ pub struct Count {
 /// The series a counting flow adds to, given who is who (`None`: not a
 /// counting flow, or an owner the agent no longer knows).
 pub fn series_of(kind: Counted, object: u32, owners: &Owners) -> Option<Series> {
-    if kind == Counted::Spoofed {
-        let (namespace, pod) = owners.pods.get(&object)?.clone();
-        return Some(Series::Spoofed { namespace, pod });
+    let policy = |direction| {
+        let (namespace, vni) = owners.pod_ips.get(&object)?;
+        Some(Series::PolicyRefused { namespace: namespace.clone(), vni: (*vni)?, direction })
+    };
+    match kind {
+        Counted::Spoofed => {
+            let (namespace, pod) = owners.pods.get(&object)?.clone();
+            return Some(Series::Spoofed { namespace, pod });
+        }
+        Counted::RefusedFromVni => return Some(Series::RefusedFromVni { vni: object }),
+        Counted::PolicyRefusedIngress => return policy(Direction::Received),
+        Counted::PolicyRefusedEgress => return policy(Direction::Sent),
+        _ => {}
     }
     let (namespace, vni) = owners.namespaces.get(&object)?;
     let (namespace, vni) = (namespace.clone(), (*vni)?);
@@ -121,7 +141,10 @@ pub fn series_of(kind: Counted, object: u32, owners: &Owners) -> Option<Series> 
         Counted::ReceivedGlobal => traffic(Direction::Received, Peer::Global),
         Counted::ReceivedOtherVni => traffic(Direction::Received, Peer::OtherVni),
         Counted::Refused => Series::Refused { namespace, vni },
-        Counted::Spoofed => return None,
+        Counted::Spoofed
+        | Counted::RefusedFromVni
+        | Counted::PolicyRefusedIngress
+        | Counted::PolicyRefusedEgress => return None,
     })
 }
 
@@ -249,6 +272,11 @@ mod tests {
                 .map(|p| (p.ofport, (p.namespace.clone(), format!("{}-pod", p.namespace))))
                 .collect(),
             namespaces: s.namespace_ids.iter().map(|(ns, id)| (*id, (ns.clone(), s.vni_of(ns)))).collect(),
+            pod_ips: s
+                .pods
+                .values()
+                .map(|p| (u32::from(p.ip), (p.namespace.clone(), s.vni_of(&p.namespace))))
+                .collect(),
         }
     }
 
@@ -328,10 +356,13 @@ mod tests {
         assert_eq!(of(&t, &blue(Direction::Received, Peer::OwnVni)).packets, 1);
         assert_eq!(of(&t, &blue(Direction::Received, Peer::Global)).packets, 1);
         assert_eq!(of(&t, &Series::Refused { namespace: "blue".into(), vni: 200 }).packets, 1);
+        assert_eq!(of(&t, &Series::RefusedFromVni { vni: 100 }).packets, 1);
+        assert_eq!(of(&t, &Series::RefusedFromVni { vni: 200 }).packets, 1);
         let spoofed = Series::Spoofed { namespace: "red".into(), pod: "red-pod".into() };
         assert_eq!(of(&t, &spoofed).packets, 1);
-        // No other flow is counted: 2 namespaces x (2 + 1 + 1 + 1 + 1) + 2 pods.
-        assert_eq!(t.totals().values().map(|c| c.packets).sum::<u64>(), 14);
+        // No other flow is counted: 2 namespaces x (2 + 1 + 1 + 1 + 1) + 2
+        // VNIs + 2 pods.
+        assert_eq!(t.totals().values().map(|c| c.packets).sum::<u64>(), 16);
         // The table's own default drop (no owner) counts for nobody.
         assert!(read(&s, 1, |_| 1)
             .iter()
@@ -339,6 +370,38 @@ mod tests {
         who.pods.remove(&3);
         t.update(&read(&s, 2, |_| 1), &who);
         assert!(!t.totals().contains_key(&spoofed));
+    }
+
+    /// A NetworkPolicy drop counts for the namespace of the pod whose
+    /// address it matches, by direction; one for an address the agent does
+    /// not know (a pod gone) counts for no one.
+    #[test]
+    fn policy_drops_count_for_their_pods_namespace() {
+        use ovs_flows::cookie::Category;
+        use ovs_flows::pipeline::Table;
+        use ovs_flows::{Cookie, Match};
+        let s = state(100);
+        let who = owners(&s);
+        let red_ip = s.pods[&3].ip;
+        let drop = |table: Table, m: Match, packets: u64| CountedFlow {
+            flow: Flow::new(table.id(), 50, Cookie::new(1, Category::Policy, 0), m, vec![]),
+            stats: FlowStats {
+                packets: Some(packets),
+                bytes: Some(60 * packets),
+                duration: Some(Duration::from_secs(1)),
+            },
+        };
+        let flows = [
+            drop(Table::IngressPolicy, Match::new().nw_dst(red_ip), 4),
+            drop(Table::EgressPolicy, Match::new().nw_src(red_ip), 2),
+            drop(Table::IngressPolicy, Match::new().nw_dst(std::net::Ipv4Addr::new(172, 11, 9, 9)), 7),
+        ];
+        let mut t = Totals::default();
+        t.update(&flows, &who);
+        let red = |direction| Series::PolicyRefused { namespace: "red".into(), vni: 100, direction };
+        assert_eq!(of(&t, &red(Direction::Received)), Count { packets: 4, bytes: 240 });
+        assert_eq!(of(&t, &red(Direction::Sent)), Count { packets: 2, bytes: 120 });
+        assert_eq!(t.totals().values().map(|c| c.packets).sum::<u64>(), 6);
     }
 
     #[test]

@@ -223,5 +223,9 @@ mod tests {
         assert_eq!(join(&node(20, &[("blue", 5), ("pink", 1)])), 9);
         // No red pod here: only red's SERVICE_VNI flow (services are everywhere).
         assert_eq!(join(&node(0, &[("blue", 5)])), 2);
+        // Red keeps VNI 100's REFUSED flow (pink has VNI 100 too); blue, alone
+        // in VNI 200, takes 200's with it when it joins red: SOURCE_VNI x3,
+        // DEST_VNI x2, its ISOLATION flow (2) and that REFUSED flow.
+        assert_eq!(flow_changes(&mt, &node(20, &[("blue", 5)]), &ids(), "blue", 100), 8);
     }
 }

@@ -397,7 +397,7 @@ pub fn drop_meaning(table: u8) -> &'static str {
         Some(Table::ServiceVni) => "a Service of another tenant",
         Some(Table::Routing) => "no route for the destination",
         Some(Table::LocalPod) => "no pod with that IP on this node",
-        Some(Table::Isolation) => "the VNIs differ and neither is global (0): isolation, as configured",
+        Some(Table::Isolation) | Some(Table::Refused) => "the VNIs differ and neither is global (0): isolation, as configured",
         Some(Table::RemoteNode) => "no node owns the destination's subnet",
         Some(Table::EgressPolicy) => "the source pod's NetworkPolicy egress admits no such connection",
         Some(Table::IngressPolicy) => "the destination pod's NetworkPolicy ingress admits no such connection",

@@ -273,15 +273,17 @@ fn counter(metrics: &str, name: &str, labels: &str) -> u64 {
 }
 
 /// Tenant traffic as the switches count it: a known volume red -> red
-/// (across nodes), red -> global and refused red -> blue, and forged
-/// packets from a red pod, appear in the agents' metrics with the right
-/// counts (to the counters' granularity: at least the pings, at most a few
-/// ARP packets more), and `k8s-ovs-ctl top` shows the rates while it flows.
+/// (across nodes), red -> global and refused red -> blue (for blue, and for
+/// red's VNI as the sender), and forged packets from a red pod, appear in
+/// the agents' metrics with the right counts (to the counters'
+/// granularity: at least the pings, at most a few ARP packets more), and
+/// `k8s-ovs-ctl top` shows the rates while it flows; then a NetworkPolicy's
+/// refusals count for the isolated pods' namespace, in and out.
 #[test]
 fn lab_cluster_tenant_traffic_is_counted_per_namespace_and_shown_by_top() -> Result<()> {
     lab::needs_root!();
     let mut lab = Lab::start(2)?;
-    let (_api, _controller, agents) =
+    let (api, _controller, agents) =
         cluster_with(&lab, &["red", "blue", "kube-system"], &["--traffic-stats-secs", "1"])?;
     let red1 = add_pod(&mut lab, &agents, 1, "red", "red-1")?;
     let red2 = add_pod(&mut lab, &agents, 2, "red", "red-2")?;
@@ -349,6 +351,7 @@ fn lab_cluster_tenant_traffic_is_counted_per_namespace_and_shown_by_top() -> Res
     let sys_other =
         "namespace=\"kube-system\",vni=\"0\",direction=\"received\",peer=\"other_vni\"".to_string();
     let blue_refused = format!("namespace=\"blue\",vni=\"{blue}\"");
+    let from_red = format!("vni=\"{red}\"");
     let spoof_l = "namespace=\"red\",pod=\"red-1\"".to_string();
     let pk = "k8s_ovs_namespace_packets_total";
     let by = "k8s_ovs_namespace_bytes_total";
@@ -367,39 +370,26 @@ fn lab_cluster_tenant_traffic_is_counted_per_namespace_and_shown_by_top() -> Res
         ("red <- global replies", 1, pk, red_l("received", "global"), N, N + arp),
         ("red -> blue refused", 2, rp, blue_refused.clone(), N, N + 1),
         ("red -> blue refused bytes", 2, rb, blue_refused.clone(), N * FRAME, N * FRAME + 42),
+        (
+            "red -> blue refused, by red's VNI",
+            2,
+            "k8s_ovs_vni_refused_packets_total",
+            from_red.clone(),
+            N,
+            N + 1,
+        ),
+        (
+            "red's VNI refused bytes",
+            2,
+            "k8s_ovs_vni_refused_bytes_total",
+            from_red,
+            N * FRAME,
+            N * FRAME + 42,
+        ),
         ("red sent (3 streams)", 1, pk, red_l("sent", "any"), 3 * N, 3 * N + 3 * arp),
         ("red-1 forged", 1, sp, spoof_l.clone(), FORGED, FORGED + 3),
     ];
-    let grown = |after: &[String; 2]| -> Vec<u64> {
-        checks
-            .iter()
-            .map(|(_, node, name, labels, _, _)| {
-                counter(&after[node - 1], name, labels).saturating_sub(counter(
-                    &before[node - 1],
-                    name,
-                    labels,
-                ))
-            })
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let deltas = loop {
-        let d = grown(&[metrics(1)?, metrics(2)?]);
-        if d.iter().zip(&checks).all(|(v, c)| *v >= c.4) || Instant::now() > deadline {
-            // One more period or two, so a late count would show as too many.
-            std::thread::sleep(Duration::from_millis(2500));
-            break grown(&[metrics(1)?, metrics(2)?]);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    let mut wrong = Vec::new();
-    for ((what, node, name, labels, lo, hi), got) in checks.iter().zip(&deltas) {
-        eprintln!("{what}: n{node} {name}{{{labels}}} +{got} (expected {lo}..={hi})");
-        if got < lo || got > hi {
-            wrong.push(format!("{what}: +{got}, expected {lo}..={hi}"));
-        }
-    }
-    ensure!(wrong.is_empty(), "counters off:\n{}", wrong.join("\n"));
+    check_counters(&before, &checks, || Ok([metrics(1)?, metrics(2)?]))?;
 
     // `k8s-ovs-ctl top` over 3 s while red talks to red and to blue.
     let (top, pinged) = std::thread::scope(|s| {
@@ -424,9 +414,86 @@ fn lab_cluster_tenant_traffic_is_counted_per_namespace_and_shown_by_top() -> Res
     let sent = column("red", 1).unwrap_or(0.0);
     let received = column("red", 3).unwrap_or(0.0);
     let refused = column("blue", 6).unwrap_or(0.0);
+    let refused_out = column("red", 7).unwrap_or(0.0);
     ensure!((9.0..=21.0).contains(&sent), "red SENT-PPS {sent}: {out}");
     ensure!((6.0..=14.0).contains(&received), "red RECV-PPS {received}: {out}");
-    ensure!((3.0..=8.0).contains(&refused), "blue REFUSED-PPS {refused}: {out}");
+    ensure!((3.0..=8.0).contains(&refused), "blue REFUSED-IN-PPS {refused}: {out}");
+    ensure!((3.0..=8.0).contains(&refused_out), "red REFUSED-OUT-PPS {refused_out}: {out}");
     ensure!(out.contains("2 of 2 nodes"), "{out}");
+
+    // A NetworkPolicy isolating red's pods both ways (it selects them all):
+    // red-1's pings to red-2 are refused by its egress on node 1, the DNS
+    // pod's to red-2 by red-2's ingress on node 2.
+    api.create(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-all", "namespace": "red"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    }))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ![metrics(1)?, metrics(2)?].iter().all(|m| m.contains("\nk8s_ovs_network_policies 1\n")) {
+        ensure!(Instant::now() < deadline, "the agents did not take the NetworkPolicy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the next counter read, so its growth is all this phase's.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = [metrics(1)?, metrics(2)?];
+    let replies = std::thread::scope(|s| {
+        let out = s.spawn(|| traffic::ping_count(&red1.netns, &red2.ip, N as u32, 1));
+        let into = s.spawn(|| traffic::ping_count(&sys2.netns, &red2.ip, N as u32, 1));
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<u32>>| {
+            h.join().map_err(|_| anyhow::anyhow!("ping panicked"))?
+        };
+        anyhow::Ok((join(out)?, join(into)?))
+    })?;
+    ensure!(replies == (0, 0), "pings through a deny-all policy answered: {replies:?}");
+    let red_policy = |dir: &str| format!("namespace=\"red\",vni=\"{red}\",direction=\"{dir}\"");
+    let pp = "k8s_ovs_namespace_policy_refused_packets_total";
+    let checks: Vec<(&str, usize, &str, String, u64, u64)> = vec![
+        ("red-1 -> red-2 refused by red-1's egress", 1, pp, red_policy("sent"), N, N + 1),
+        ("dns-2 -> red-2 refused by red-2's ingress", 2, pp, red_policy("received"), N, N + 1),
+        ("nothing refused out on node 2", 2, pp, red_policy("sent"), 0, 0),
+        ("nothing refused in on node 1", 1, pp, red_policy("received"), 0, 0),
+    ];
+    check_counters(&before, &checks, || Ok([metrics(1)?, metrics(2)?]))
+}
+
+/// Waits until every counter of `checks` (what, node, family, labels, at
+/// least, at most) grew from `before` by at least its least, one period or
+/// two more, then fails naming each that is out of its range.
+fn check_counters(
+    before: &[String; 2],
+    checks: &[(&str, usize, &str, String, u64, u64)],
+    read: impl Fn() -> Result<[String; 2]>,
+) -> Result<()> {
+    let grown = |after: &[String; 2]| -> Vec<u64> {
+        checks
+            .iter()
+            .map(|(_, node, name, labels, _, _)| {
+                counter(&after[node - 1], name, labels).saturating_sub(counter(
+                    &before[node - 1],
+                    name,
+                    labels,
+                ))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deltas = loop {
+        let d = grown(&read()?);
+        if d.iter().zip(checks).all(|(v, c)| *v >= c.4) || Instant::now() > deadline {
+            // One more period or two, so a late count would show as too many.
+            std::thread::sleep(Duration::from_millis(2500));
+            break grown(&read()?);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut wrong = Vec::new();
+    for ((what, node, name, labels, lo, hi), got) in checks.iter().zip(&deltas) {
+        eprintln!("{what}: n{node} {name}{{{labels}}} +{got} (expected {lo}..={hi})");
+        if got < lo || got > hi {
+            wrong.push(format!("{what}: +{got}, expected {lo}..={hi}"));
+        }
+    }
+    ensure!(wrong.is_empty(), "counters off:\n{}", wrong.join("\n"));
     Ok(())
 }

@@ -290,11 +290,17 @@ impl<S: Switch, V: Vswitch, H: Host> Dataplane<S, V, H> {
     }
 
     /// Who owns the switch's counting flows (for `traffic`): each pod's
-    /// namespace and name by ofport, each namespace id's namespace and VNI.
+    /// namespace and name by ofport, and namespace and VNI by address, each
+    /// namespace id's namespace and VNI.
     pub fn traffic_owners(&self) -> crate::traffic::Owners {
         let state = self.state();
         crate::traffic::Owners {
             pods: self.pods.values().map(|r| (r.ofport, (r.namespace.clone(), r.name.clone()))).collect(),
+            pod_ips: self
+                .pods
+                .values()
+                .map(|r| (u32::from(r.ip), (r.namespace.clone(), state.vni_of(&r.namespace))))
+                .collect(),
             namespaces: state
                 .namespace_ids
                 .iter()

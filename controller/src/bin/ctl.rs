@@ -259,7 +259,14 @@ async fn top(
             (Err(e), _) | (_, Err(e)) => eprintln!("warning: {addr}: not counted: {e:#}"),
         }
     }
-    print!("{}", controller::top::table(&controller::top::rates(&samples, secs)));
+    // Each VNI's namespaces, for what isolation refused from it.
+    let mut vnis: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for row in ctl::list(client, keys).await? {
+        if let Some(id) = row.net_id {
+            vnis.entry(id).or_default().push(row.namespace);
+        }
+    }
+    print!("{}", controller::top::table(&controller::top::rates(&samples, secs, &vnis)));
     println!("{} of {} nodes, over {secs:.1} s", samples.len(), node_ips.len());
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::{
-    namespace_flows, node_flows, pod_flows, remote_node_flows, service_flows, static_flows, to_gateway,
-    Builder, NamespaceUse, NodeState,
+    namespace_flows, node_flows, pod_flows, refused_flows, refusing_vnis, remote_node_flows, service_flows,
+    static_flows, to_gateway, Builder, Mode, NamespaceUse, NodeState, GLOBAL_VNI,
 };
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
@@ -50,9 +50,14 @@ pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
                 return namespace_id_flows(state, round, object, ns, uses);
             }
         }
-        // A VNI owns no flow any more (ISOLATION's are its namespaces' own,
-        // so each can be counted); the category stays in the cookie format.
-        Category::Namespace => {}
+        // A tenant VNI owns its REFUSED flow (ISOLATION's are its
+        // namespaces' own, so each can be counted).
+        Category::Namespace => {
+            let tenant = state.mode == Mode::MultiTenant && object != GLOBAL_VNI;
+            if tenant && state.vnis.values().any(|v| *v == object) {
+                refused_flows(&mut b, object);
+            }
+        }
         Category::RemoteNode => {
             let ip = Ipv4Addr::from(object);
             if let Some(n) = state.remote_nodes.get(&ip).filter(|_| ip != state.node_ip) {
@@ -96,6 +101,7 @@ pub(super) fn owners(state: &NodeState) -> BTreeSet<Owner> {
     out.extend(state.namespace_ids.values().map(|id| (Category::NamespaceId, *id)));
     out.extend(state.remote_nodes.keys().map(|ip| (Category::RemoteNode, u32::from(*ip))));
     out.extend(state.services.keys().map(|ip| (Category::Service, u32::from(*ip))));
+    out.extend(refusing_vnis(state).into_iter().map(|v| (Category::Namespace, v)));
     if !state.policies.policies.is_empty() {
         out.insert((Category::Policy, 0));
     }
@@ -148,9 +154,13 @@ pub fn touched(old: &NodeState, new: &NodeState) -> Option<BTreeSet<Owner>> {
     }
     let namespaces: BTreeSet<&String> = old.vnis.keys().chain(new.vnis.keys()).collect();
     for ns in namespaces {
-        if old.vnis.get(ns) != new.vnis.get(ns) {
+        let (a, b) = (old.vnis.get(ns), new.vnis.get(ns));
+        if a != b {
             ns_owners(old, ns, &mut out);
             ns_owners(new, ns, &mut out);
+            // The VNI left and the one taken: REFUSED's flow of each may
+            // come or go.
+            out.extend(a.into_iter().chain(b).map(|v| (Category::Namespace, *v)));
         }
     }
     // A namespace whose id changed: its own flows and every pod's and

@@ -91,6 +91,8 @@ pub enum Table: u8 {
     GatewayReply = 55,
     /// The isolation point: source VNI vs destination VNI.
     Isolation = 60,
+    /// What ISOLATION refused, counted by the sender's VNI, and dropped.
+    Refused = 61,
     /// NetworkPolicy ingress of the local destination pod.
     IngressPolicy = 62,
     /// Commits an admitted connection to a local pod and delivers it.
@@ -121,6 +123,7 @@ impl Table {
             Table::DestVni => "DEST_VNI",
             Table::GatewayReply => "GATEWAY_REPLY",
             Table::Isolation => "ISOLATION",
+            Table::Refused => "REFUSED",
             Table::IngressPolicy => "INGRESS_POLICY",
             Table::IngressCommit => "INGRESS_COMMIT",
             Table::RemoteNode => "REMOTE_NODE",
@@ -214,6 +217,9 @@ pub fn pipeline(state: &NodeState, round: u16) -> FlowSet {
         if let Some(id) = ids.get(&svc.namespace) {
             service_flows(&mut b, svc, *id);
         }
+    }
+    for vni in refusing_vnis(state) {
+        refused_flows(&mut b, vni);
     }
     policy_flows(&mut b, state);
     b.flows
@@ -342,12 +348,36 @@ fn namespace_flows(b: &mut Builder, id: u32, vni: u32, uses: NamespaceUse, to_ke
     // From a global sender (a global namespace's pods, the node, outside).
     let from_global = Match::new().reg(REG_SRC_VNI, GLOBAL_VNI).reg(REG_DST_NS, id);
     b.add(Isolation, prio::FROM_GLOBAL, owner, from_global, out);
-    // From another tenant: refused (below it, the table's default drop
-    // catches nothing but what no namespace owns).
-    b.add(Isolation, prio::REFUSED, owner, Match::new().reg(REG_DST_NS, id), vec![Action::Drop]);
+    // From another tenant: refused, and counted by its sender's VNI in
+    // REFUSED, which drops it (below it, the table's default drop catches
+    // nothing but what no namespace owns).
+    b.add(Isolation, prio::REFUSED, owner, Match::new().reg(REG_DST_NS, id), vec![goto(Refused)]);
     // ROUTING: what its pods send out of the cluster, counted per namespace
     // (the same action as the node's priority-50 flow below it).
     b.add(Routing, prio::LEAVING, owner, Match::new().ip().reg(REG_SRC_NS, id), to_kernel.to_vec());
+}
+
+/// The VNIs that own a REFUSED flow: every tenant VNI of the cluster (a
+/// refused packet may come from any of them, from this node or over the
+/// tunnel, where the VNI is all that is known of its sender). None in
+/// single-tenant mode, where nothing is refused.
+pub(super) fn refusing_vnis(state: &NodeState) -> BTreeSet<u32> {
+    refusing_vnis_of_each(state).collect()
+}
+
+/// The tenant VNI of each namespace (repeated for namespaces joined).
+pub(super) fn refusing_vnis_of_each(state: &NodeState) -> impl Iterator<Item = u32> + '_ {
+    let tenant = state.mode == Mode::MultiTenant;
+    state.vnis.values().copied().filter(move |v| tenant && *v != GLOBAL_VNI)
+}
+
+/// REFUSED's flow of one tenant VNI: what ISOLATION refused from its pods,
+/// counted (`docs/operations.md`, "Tenant traffic") and dropped. A VNI's
+/// flow comes with its first namespace and goes with its last: a tenant
+/// action adds or removes at most one.
+fn refused_flows(b: &mut Builder, vni: u32) {
+    let m = Match::new().reg(REG_SRC_VNI, vni);
+    b.add(Table::Refused, counted::prio::REFUSED_FROM, (Category::Namespace, vni), m, vec![Action::Drop]);
 }
 
 /// Flows that are the same on every node: table defaults and fixed ports.
@@ -379,7 +409,8 @@ fn static_flows(b: &mut Builder) {
     b.add(GatewayReply, 0, PIPELINE, Match::new(), vec![goto(Isolation)]);
     // Defaults: whatever no flow claims is dropped (in SOURCE_VNI, DEST_VNI
     // and SERVICE_VNI: a namespace without a VNI yet).
-    for t in [TunnelIn, SpoofGuard, SourceVni, ServiceVni, LocalPod, DestVni, Isolation, RemoteNode] {
+    for t in [TunnelIn, SpoofGuard, SourceVni, ServiceVni, LocalPod, DestVni, Isolation, Refused, RemoteNode]
+    {
         b.add(t, 0, PIPELINE, Match::new(), vec![Action::Drop]);
     }
     // SERVICE: a local pod's IP that is no service goes through its egress

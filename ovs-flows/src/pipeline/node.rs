@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use super::ids::FreeIds;
 use super::incremental::{namespace_id_flows, owner_flows, owners, Incremental, Owner};
-use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service};
+use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service, GLOBAL_VNI};
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
 use crate::ofp::FlowOp;
@@ -48,6 +48,9 @@ pub struct NodePipeline {
     by_id: BTreeMap<u32, String>,
     /// Ids neither assigned nor reserved.
     free_ids: FreeIds,
+    /// Tenant VNI -> how many namespaces of the cluster have it (a VNI
+    /// has a REFUSED flow while it has one).
+    vni_users: BTreeMap<u32, usize>,
 }
 
 /// What the index knows of the namespaces, for computing an owner's flows.
@@ -56,6 +59,7 @@ struct Index<'a> {
     round: u16,
     uses: &'a BTreeMap<String, Uses>,
     by_id: &'a BTreeMap<u32, String>,
+    vni_users: &'a BTreeMap<u32, usize>,
 }
 
 impl Index<'_> {
@@ -69,6 +73,8 @@ impl Index<'_> {
                 }
                 None => FlowSet::new(),
             },
+            // Looked up in the counts, not by scanning the cluster's namespaces.
+            (Category::Namespace, vni) if !self.vni_users.contains_key(&vni) => FlowSet::new(),
             _ => owner_flows(self.state, self.round, owner),
         }
     }
@@ -141,9 +147,13 @@ impl NodePipeline {
             state.namespace_ids.iter().map(|(ns, id)| (*id, ns.clone())).collect();
         let free_ids =
             FreeIds::without(state.namespace_ids.values().chain(&state.reserved_namespace_ids).copied());
-        let index = Index { state: &state, round, uses: &uses, by_id: &by_id };
+        let mut vni_users: BTreeMap<u32, usize> = BTreeMap::new();
+        for v in super::refusing_vnis_of_each(&state) {
+            *vni_users.entry(v).or_default() += 1;
+        }
+        let index = Index { state: &state, round, uses: &uses, by_id: &by_id, vni_users: &vni_users };
         let flows = Incremental::of(round, owners(&state), |o| index.flows_of(o));
-        NodePipeline { state, round, flows, uses, by_id, free_ids }
+        NodePipeline { state, round, flows, uses, by_id, free_ids, vni_users }
     }
 
     pub fn state(&self) -> &NodeState {
@@ -252,14 +262,29 @@ impl NodePipeline {
     }
 
     /// Sets a VNI, naming the owners whose flows that changes: the
-    /// namespace's id flows (its ISOLATION flows among them).
+    /// namespace's id flows (its ISOLATION flows among them), and REFUSED's
+    /// flows of the VNI it leaves and the one it takes.
     fn change_vni(&mut self, ns: &str, vni: Option<u32>, owners: &mut BTreeSet<Owner>) {
-        match vni {
+        let old = match vni {
             Some(v) => self.state.vnis.insert(ns.to_string(), v),
             None => self.state.vnis.remove(ns),
         };
         if let Some(id) = self.state.namespace_ids.get(ns) {
             owners.insert((Category::NamespaceId, *id));
+        }
+        let tenant = |v: &u32| self.state.mode == Mode::MultiTenant && *v != GLOBAL_VNI;
+        if let Some(v) = old.filter(tenant) {
+            if let Some(n) = self.vni_users.get_mut(&v) {
+                *n -= 1;
+                if *n == 0 {
+                    self.vni_users.remove(&v);
+                }
+            }
+            owners.insert((Category::Namespace, v));
+        }
+        if let Some(v) = vni.filter(tenant) {
+            *self.vni_users.entry(v).or_default() += 1;
+            owners.insert((Category::Namespace, v));
         }
     }
 
@@ -385,7 +410,13 @@ impl NodePipeline {
     }
 
     fn recompute(&mut self, owners: &BTreeSet<Owner>) -> Vec<FlowOp> {
-        let index = Index { state: &self.state, round: self.round, uses: &self.uses, by_id: &self.by_id };
+        let index = Index {
+            state: &self.state,
+            round: self.round,
+            uses: &self.uses,
+            by_id: &self.by_id,
+            vni_users: &self.vni_users,
+        };
         self.flows.update_with(owners, |o| index.flows_of(o))
     }
 }
