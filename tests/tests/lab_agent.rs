@@ -537,12 +537,12 @@ fn lab_agent_trace_explains_allowed_and_denied_pairs() -> Result<()> {
     ensure!(code == Some(3), "denied pair: exit {code:?}");
     ensure!(out.contains("verdict DENIED"), "{out}");
     ensure!(out.contains("red (VNI 100) and blue (VNI 200) differ and neither is global"), "{out}");
-    ensure!(out.contains(&format!("dropped in table 60 ISOLATION on {n1}")), "{out}");
+    ensure!(out.contains(&format!("dropped in table 61 REFUSED on {n1}")), "{out}");
     ensure!(traffic::unreachable(&red1.netns, &blue1.ip, 2)?, "trace said denied, ping passes");
 
     // Denied across nodes (by IP): the receiving node decides.
     let (code, out) = trace(&red1.ip, &blue2.ip)?;
-    ensure!(code == Some(3) && out.contains(&format!("dropped in table 60 ISOLATION on {n2}")), "{out}");
+    ensure!(code == Some(3) && out.contains(&format!("dropped in table 61 REFUSED on {n2}")), "{out}");
 
     // A global namespace reaches everyone.
     lab.put_netnamespace("blue", 0)?;
@@ -560,7 +560,7 @@ fn lab_agent_trace_explains_allowed_and_denied_pairs() -> Result<()> {
     lab.node(2).ovs.ofctl("del-flows", "br0", &["table=60,reg0=0x64"])?;
     let (code, out) = trace("red/red1", "red/red2")?;
     ensure!(code == Some(4) && out.contains("MISMATCH"), "{out}");
-    ensure!(out.contains(&format!("dropped in table 60 ISOLATION on {n2}")), "{out}");
+    ensure!(out.contains(&format!("dropped in table 61 REFUSED on {n2}")), "{out}");
     ensure!(traffic::unreachable(&red1.netns, &red2.ip, 2)?, "the tampered switch still delivers");
 
     // Unknown pods are refused with a clear message.

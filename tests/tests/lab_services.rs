@@ -211,7 +211,7 @@ fn lab_services_isolation_holds_at_the_vip_and_at_the_endpoint() -> Result<()> {
         lab::cluster::ctl(&s.lab, &["trace", "red/red1", "10.96.5.7:80", "--kube-url", &url])?;
     eprintln!("$ k8s-ovs-ctl trace red/red1 10.96.5.7:80\n{out}{err}");
     ensure!(code == Some(3), "a Service into another tenant must trace as denied: {out}{err}");
-    ensure!(out.contains("policy denied") && out.contains("dropped in table 60 ISOLATION"), "{out}");
+    ensure!(out.contains("policy denied") && out.contains("dropped in table 61 REFUSED"), "{out}");
     let (code, out, err) = lab::cluster::ctl(&s.lab, &["trace", "blue/blue1", "10.96.5.5:80"])?;
     eprintln!("$ k8s-ovs-ctl trace blue/blue1 10.96.5.5:80\n{out}{err}");
     ensure!(code == Some(3) && out.contains("dropped in table 35 SERVICE_VNI"), "{out}{err}");
