@@ -53,9 +53,8 @@ pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
         // A tenant VNI owns its REFUSED flow (ISOLATION's are its
         // namespaces' own, so each can be counted).
         Category::Namespace => {
-            let tenant = state.mode == Mode::MultiTenant && object != GLOBAL_VNI;
-            if tenant && state.vnis.values().any(|v| *v == object) {
-                refused_flows(&mut b, object);
+            if state.vnis.values().any(|v| *v == object) {
+                return vni_flows(state, round, object);
             }
         }
         Category::RemoteNode => {
@@ -90,6 +89,17 @@ pub(super) fn namespace_id_flows(
     let mut b = Builder { round, flows: FlowSet::new() };
     if let Some(vni) = state.vni_of(namespace) {
         namespace_flows(&mut b, id, vni, uses, &to_gateway(state));
+    }
+    b.flows
+}
+
+/// The flows of tenant VNI `vni`, which some namespace has (the caller's
+/// index says so: [`owner_flows`] scans the state, the
+/// [`super::NodePipeline`] keeps counts).
+pub(super) fn vni_flows(state: &NodeState, round: u16, vni: u32) -> FlowSet {
+    let mut b = Builder { round, flows: FlowSet::new() };
+    if state.mode == Mode::MultiTenant && vni != GLOBAL_VNI {
+        refused_flows(&mut b, vni);
     }
     b.flows
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::ids::FreeIds;
-use super::incremental::{namespace_id_flows, owner_flows, owners, Incremental, Owner};
+use super::incremental::{namespace_id_flows, owner_flows, owners, vni_flows, Incremental, Owner};
 use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service, GLOBAL_VNI};
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
@@ -74,7 +74,10 @@ impl Index<'_> {
                 None => FlowSet::new(),
             },
             // Looked up in the counts, not by scanning the cluster's namespaces.
-            (Category::Namespace, vni) if !self.vni_users.contains_key(&vni) => FlowSet::new(),
+            (Category::Namespace, vni) => match self.vni_users.contains_key(&vni) {
+                true => vni_flows(self.state, self.round, vni),
+                false => FlowSet::new(),
+            },
             _ => owner_flows(self.state, self.round, owner),
         }
     }
