@@ -48,6 +48,12 @@ pub struct AgentConfig {
     /// request). Without it `/debug/*` is disabled (403).
     #[arg(long, env = "K8S_OVS_DEBUG_TOKEN_FILE")]
     pub debug_token_file: Option<PathBuf>,
+    /// File holding the bearer token (re-read on each request) that gets
+    /// the tenant series of `/metrics` (per-namespace traffic, refusals,
+    /// forging pods). Other callers, every pod among them, get the node's
+    /// series only; without it nobody gets the tenant series.
+    #[arg(long, env = "K8S_OVS_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Kubernetes API URL without auth (tests); otherwise kubeconfig or in-cluster config.
     #[arg(long, env = "K8S_OVS_KUBE_URL")]
     pub kube_url: Option<String>,

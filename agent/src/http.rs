@@ -9,7 +9,11 @@
 //! `--debug-token-file` (re-read on every request, so a rotated Secret takes
 //! effect without a restart; none configured: `/debug/*` is off, 403), and
 //! `/debug/trace`, which runs on ovs-vswitchd's main thread, is rate-limited
-//! (429). `/metrics` and `/healthz` stay open for Prometheus and the kubelet.
+//! (429). `/metrics` and `/healthz` stay open for Prometheus and the kubelet,
+//! but the tenant series of `/metrics` (namespaces, their traffic, their
+//! refusals, forging pods: what one tenant must not learn of another) go
+//! only to a caller with the token of `--metrics-token-file`; anyone else
+//! gets the node's own series.
 //!
 //! axum routes, hyper speaks HTTP/1.x (keep-alive; a request head must come
 //! within `HEAD_TIMEOUT`); the listener stops when the agent's run ends.
@@ -48,11 +52,57 @@ pub struct HttpState {
     pub ovs_rundir: PathBuf,
     pub bridge: String,
     pub debug: DebugGate,
+    /// Who gets the tenant series of `/metrics`.
+    pub metrics_token: TokenFile,
+}
+
+/// A bearer token kept in a file (a mounted Secret), re-read on every
+/// request, so a rotated Secret takes effect without a restart.
+pub struct TokenFile {
+    path: Option<PathBuf>,
+    /// The flag that names the file, for refusals.
+    flag: &'static str,
+}
+
+/// What a request's `Authorization` is worth against a [`TokenFile`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// No token can be valid: no file configured, or it is empty or
+    /// unreadable (fail closed). Why, for the caller.
+    Off(&'static str),
+    /// A token is configured and the request does not carry it.
+    Wrong,
+    Valid,
+}
+
+impl TokenFile {
+    pub fn new(path: Option<PathBuf>, flag: &'static str) -> TokenFile {
+        TokenFile { path, flag }
+    }
+
+    /// Checks `authorization` (the header's value).
+    pub fn check(&self, authorization: Option<&str>) -> TokenCheck {
+        let Some(path) = &self.path else { return TokenCheck::Off("no token file is configured") };
+        // A few bytes from a local (Secret) file: reading it inline costs
+        // less than a hop to a blocking thread.
+        let token = match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            Ok(_) => return TokenCheck::Off("the token file is empty"),
+            Err(e) => {
+                warn!(error = %e, path = %path.display(), flag = self.flag, "cannot read the token file");
+                return TokenCheck::Off("the token file cannot be read");
+            }
+        };
+        match authorization.and_then(bearer) {
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => TokenCheck::Valid,
+            _ => TokenCheck::Wrong,
+        }
+    }
 }
 
 /// Who may use `/debug/*`, and how often `/debug/trace`.
 pub struct DebugGate {
-    token_file: Option<PathBuf>,
+    token: TokenFile,
     traces: Mutex<TokenBucket>,
 }
 
@@ -63,47 +113,22 @@ pub const TRACES_PER_SEC: f64 = 2.0;
 impl DebugGate {
     /// `token_file` None: `/debug/*` is disabled.
     pub fn new(token_file: Option<PathBuf>) -> DebugGate {
-        DebugGate { token_file, traces: Mutex::new(TokenBucket::new(TRACE_BURST, TRACES_PER_SEC)) }
+        DebugGate {
+            token: TokenFile::new(token_file, "--debug-token-file"),
+            traces: Mutex::new(TokenBucket::new(TRACE_BURST, TRACES_PER_SEC)),
+        }
     }
 
     /// None when `authorization` (the header's value) carries the token;
     /// else the refusal.
     fn refuse(&self, authorization: Option<&str>) -> Option<Response> {
-        let Some(path) = &self.token_file else {
-            return Some(text(
+        match self.token.check(authorization) {
+            TokenCheck::Valid => None,
+            TokenCheck::Off(why) => Some(text(
                 StatusCode::FORBIDDEN,
-                "/debug/* is disabled: the agent has no --debug-token-file (K8S_OVS_DEBUG_TOKEN_FILE)\n",
-            ));
-        };
-        // Fail closed: an unreadable or empty file lets nobody in. A few
-        // bytes from a local (Secret) file: reading it inline costs less
-        // than a hop to a blocking thread.
-        let token = match std::fs::read_to_string(path) {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            Ok(_) => {
-                return Some(text(
-                    StatusCode::FORBIDDEN,
-                    "/debug/* is disabled: the debug token file is empty\n",
-                ))
-            }
-            Err(e) => {
-                warn!(error = %e, path = %path.display(), "cannot read the debug token file");
-                return Some(text(
-                    StatusCode::FORBIDDEN,
-                    "/debug/* is disabled: the debug token file cannot be read\n",
-                ));
-            }
-        };
-        match authorization.and_then(bearer) {
-            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => None,
-            _ => Some(
-                (
-                    StatusCode::UNAUTHORIZED,
-                    [(CONTENT_TYPE, TEXT), (WWW_AUTHENTICATE, "Bearer")],
-                    "/debug/* needs the agent's bearer token\n",
-                )
-                    .into_response(),
-            ),
+                format!("/debug/* is disabled: {why} (--debug-token-file, K8S_OVS_DEBUG_TOKEN_FILE)\n"),
+            )),
+            TokenCheck::Wrong => Some(unauthorized("/debug/* needs the agent's bearer token\n")),
         }
     }
 
@@ -170,6 +195,10 @@ const TEXT: &str = "text/plain; version=0.0.4";
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, [(CONTENT_TYPE, TEXT)], body.into()).into_response()
+}
+
+fn unauthorized(body: &'static str) -> Response {
+    (StatusCode::UNAUTHORIZED, [(CONTENT_TYPE, TEXT), (WWW_AUTHENTICATE, "Bearer")], body).into_response()
 }
 
 /// How long a connection may take to send a request head, and how long an
@@ -267,8 +296,19 @@ async fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    text(StatusCode::OK, state.metrics.render())
+/// The node's series to anyone; the tenant series too to a caller with the
+/// metrics token. A token that is not the agent's is refused (401), so a
+/// misconfigured Prometheus sees an error rather than series missing.
+async fn metrics(State(state): State<Arc<HttpState>>, headers: axum::http::HeaderMap) -> Response {
+    let auth = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let tenants = match state.metrics_token.check(auth) {
+        TokenCheck::Valid => true,
+        TokenCheck::Wrong if auth.is_some() => {
+            return unauthorized("/metrics: not the agent's metrics token (--metrics-token-file)\n")
+        }
+        TokenCheck::Wrong | TokenCheck::Off(_) => false,
+    };
+    text(StatusCode::OK, state.metrics.render(tenants))
 }
 
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
@@ -360,13 +400,18 @@ mod tests {
     }
 
     fn state(token_file: Option<PathBuf>) -> Arc<HttpState> {
+        with_metrics_token(token_file, None)
+    }
+
+    fn with_metrics_token(debug: Option<PathBuf>, metrics: Option<PathBuf>) -> Arc<HttpState> {
         let (pods, _) = mpsc::channel(1);
         Arc::new(HttpState {
             metrics: Arc::new(Metrics::default()),
             pods,
             ovs_rundir: PathBuf::from("/nonexistent"),
             bridge: "br0".into(),
-            debug: DebugGate::new(token_file),
+            debug: DebugGate::new(debug),
+            metrics_token: TokenFile::new(metrics, "--metrics-token-file"),
         })
     }
 
@@ -461,6 +506,49 @@ mod tests {
         assert_eq!(route("/debug/pods", Some("Bearer "), &on).await.status, StatusCode::FORBIDDEN);
         std::fs::remove_dir_all(&dir).expect("cleanup");
         assert_eq!(route("/debug/pods", Some("Bearer s3cret"), &on).await.status, StatusCode::FORBIDDEN);
+    }
+
+    /// What one tenant must not learn of another (namespaces, their traffic
+    /// and refusals, forging pods) goes only to the metrics token's holder;
+    /// every other caller, a pod among them, gets the node's own series.
+    #[tokio::test]
+    async fn tenant_series_need_the_metrics_token() {
+        let (dir, file) = token_file("metrics", "m3trics\n");
+        let (_, debug) = token_file("metrics-debug", "d3bug\n");
+        let tenant_line = "k8s_ovs_namespace_refused_packets_total{namespace=\"blue\",vni=\"10\"} 5";
+        let fill = |s: &Arc<HttpState>| {
+            let mut t = s.metrics.traffic.lock().expect("lock");
+            t.insert(
+                crate::traffic::Series::Refused { namespace: "blue".into(), vni: 10 },
+                crate::traffic::Count { packets: 5, bytes: 490 },
+            );
+        };
+        let on = with_metrics_token(Some(debug.clone()), Some(file.clone()));
+        fill(&on);
+        let full = route("/metrics", Some("Bearer m3trics"), &on).await;
+        assert_eq!(full.status, StatusCode::OK);
+        assert!(full.body.contains(tenant_line), "{}", full.body);
+        let r = route("/metrics", None, &on).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body.contains("k8s_ovs_ready 0"), "the node's series: {}", r.body);
+        assert!(!r.body.contains("namespace=") && !r.body.contains("k8s_ovs_vni_"), "{}", r.body);
+        // A token that is not the metrics token (the debug one among them)
+        // is refused, so a misconfigured scraper sees it.
+        for auth in ["Bearer wrong", "Bearer d3bug", "Bearer ", "Basic m3trics"] {
+            let r = route("/metrics", Some(auth), &on).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth}: {}", r.body);
+            assert!(!r.body.contains("namespace="));
+        }
+        // No metrics token configured (or its file emptied): nobody gets them.
+        let off = with_metrics_token(None, None);
+        fill(&off);
+        let r = route("/metrics", Some("Bearer m3trics"), &off).await;
+        assert!(r.status == StatusCode::OK && !r.body.contains("namespace="), "{}", r.body);
+        std::fs::write(&file, "").expect("empty token file");
+        let r = route("/metrics", Some("Bearer m3trics"), &on).await;
+        assert!(r.status == StatusCode::OK && !r.body.contains("namespace="), "{}", r.body);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        std::fs::remove_dir_all(debug.parent().expect("dir")).expect("cleanup");
     }
 
     #[tokio::test]

@@ -102,10 +102,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text (version 0.0.4) of every metric.
-    pub fn render(self: &Arc<Self>) -> String {
+    /// The Prometheus text (version 0.0.4) of every metric; the tenant
+    /// families ([`TRAFFIC_FAMILIES`]) only with `tenants`.
+    pub fn render(self: &Arc<Self>, tenants: bool) -> String {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Export(self.clone())));
+        registry.register_collector(Box::new(Export { metrics: self.clone(), tenants }));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &registry);
@@ -115,11 +116,15 @@ impl Metrics {
 
 /// The metrics as the encoder sees them: names, types, HELP texts, values.
 #[derive(Debug)]
-struct Export(Arc<Metrics>);
+struct Export {
+    metrics: Arc<Metrics>,
+    /// With the tenant families.
+    tenants: bool,
+}
 
 impl Collector for Export {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let m = &self.0;
+        let m = &self.metrics;
         let histograms = [
             ("k8s_ovs_cni_add_seconds", "CNI ADD latency in the agent", &m.cni_add_seconds),
             ("k8s_ovs_cni_del_seconds", "CNI DEL latency in the agent", &m.cni_del_seconds),
@@ -199,6 +204,9 @@ impl Collector for Export {
                 ConstGauge::new(v).encode(e)?;
             }
         }
+        if !self.tenants {
+            return Ok(());
+        }
         encode_traffic(&mut encoder, &m.traffic.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -267,7 +275,7 @@ mod tests {
         m.cni_add_seconds.observe(0.0015);
         m.cni_add_seconds.observe(0.3);
         m.pods.store(2, Ordering::Relaxed);
-        let t = m.render();
+        let t = m.render(false);
         assert!(t.contains("k8s_ovs_cni_add_seconds_bucket{le=\"0.002\"} 1"), "{t}");
         assert!(t.contains("k8s_ovs_cni_add_seconds_bucket{le=\"0.5\"} 2"), "{t}");
         assert!(t.contains("k8s_ovs_cni_add_seconds_count 2"), "{t}");
@@ -309,7 +317,7 @@ mod tests {
                 Count { packets: 3, bytes: 222 },
             );
         }
-        let text = m.render();
+        let text = m.render(true);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt"), &text)
                 .expect("write");

@@ -137,6 +137,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             ovs_rundir: cfg.ovs_rundir.clone(),
             bridge: cfg.bridge.clone(),
             debug: http::DebugGate::new(cfg.debug_token_file.clone()),
+            metrics_token: http::TokenFile::new(cfg.metrics_token_file.clone(), "--metrics-token-file"),
         });
         tokio::spawn(async move {
             if let Err(e) = http::serve(addr, state, async { http_stopped.await.unwrap_or_default() }).await {

@@ -216,12 +216,13 @@ impl Agent {
             "--metrics-addr".into(),
             format!("{}:9190", node.ip),
         ];
-        let token = lab.debug_token_file();
+        let (token, metrics_token) = (lab.debug_token_file(), lab.metrics_token_file());
         for (flag, p) in [
             ("--ovs-rundir", &rundir),
             ("--state-dir", &state),
             ("--cni-socket", &sock),
             ("--debug-token-file", &token),
+            ("--metrics-token-file", &metrics_token),
         ] {
             args.push(flag.into());
             args.push(p.to_string_lossy().into_owned());
@@ -364,7 +365,11 @@ pub fn ctl(lab: &Lab, args: &[&str]) -> Result<(Option<i32>, String, String)> {
     let b = bin("k8s-ovs-ctl")?;
     let b = b.to_string_lossy();
     let mut etcd = lab.etcd_flags();
-    etcd.extend(["--debug-token-file".to_string(), lab.debug_token_file().to_string_lossy().into_owned()]);
+    for (flag, file) in
+        [("--debug-token-file", lab.debug_token_file()), ("--metrics-token-file", lab.metrics_token_file())]
+    {
+        etcd.extend([flag.to_string(), file.to_string_lossy().into_owned()]);
+    }
     let mut argv = vec![b.as_ref()];
     argv.extend(etcd.iter().map(String::as_str));
     argv.extend_from_slice(args);
@@ -482,9 +487,10 @@ fn exec_plugin(
 }
 
 /// `GET <path>` from node `i`'s agent metrics listener (`/metrics`, `/healthz`),
-/// fetched from inside the node namespace; returns the whole HTTP response.
+/// fetched from inside the node namespace with the metrics token, as
+/// Prometheus scrapes it; returns the whole HTTP response.
 pub fn agent_http(lab: &Lab, i: usize, path: &str) -> Result<String> {
-    http_get_from(&lab.node(i).netns, &lab.node(i).ip, path, None)
+    http_get_from(&lab.node(i).netns, &lab.node(i).ip, path, Some(&lab.metrics_token()?))
 }
 
 /// `GET http://<ip>:9190<path>` from inside `netns` (a node's or a pod's),

@@ -140,7 +140,8 @@ impl Lab {
             pods: Vec::new(),
             namespaces: Vec::new(),
         };
-        lab.write_debug_token()?;
+        lab.write_token(&lab.debug_token_file())?;
+        lab.write_token(&lab.metrics_token_file())?;
         lab.namespaces.push(Netns::create(&fabric.name)?);
         fabric.ip(&["link", "add", "name", "fabric", "type", "bridge"])?;
         fabric.ip(&["link", "set", "fabric", "up"])?;
@@ -237,19 +238,31 @@ impl Lab {
         Ok(std::fs::read_to_string(self.debug_token_file())?.trim().to_string())
     }
 
-    fn write_debug_token(&self) -> Result<()> {
+    /// The file holding the lab's metrics token (`--metrics-token-file` of
+    /// its agents and of `k8s-ovs-ctl`: the tenant series of `/metrics`).
+    pub fn metrics_token_file(&self) -> PathBuf {
+        self.dir.join("metrics-token")
+    }
+
+    /// The token itself.
+    pub fn metrics_token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.metrics_token_file())?.trim().to_string())
+    }
+
+    fn write_token(&self, file: &std::path::Path) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         use std::time::{SystemTime, UNIX_EPOCH};
         // Unguessable enough for a lab that lives a minute; production
         // tokens come from a Secret (docs/operations.md).
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-        let token = format!("lab-{}-{nanos:x}", self.name);
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let token = format!("lab-{}-{name}-{nanos:x}", self.name);
         let mut f = std::fs::File::options()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(self.debug_token_file())
-            .context("create the lab's debug token file")?;
+            .open(file)
+            .with_context(|| format!("create the lab's token file {}", file.display()))?;
         std::io::Write::write_all(&mut f, token.as_bytes())?;
         Ok(())
     }

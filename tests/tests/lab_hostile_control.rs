@@ -76,6 +76,56 @@ fn lab_hostile_pod_cannot_read_debug_without_the_token() -> Result<()> {
     Ok(())
 }
 
+/// A pod reads the agents' `/metrics` (both nodes', blue's pod on the
+/// other): it gets the nodes' own series, and nothing of the tenants (no
+/// namespace, VNI or pod series; blue's name nowhere), with no token or a
+/// guessed one (401); the metrics token (Prometheus') gets blue's series.
+#[test]
+fn lab_hostile_pod_cannot_read_other_tenants_traffic_from_metrics() -> Result<()> {
+    lab::needs_root!();
+    let lab = Lab::start(2)?;
+    lab.put_network_config("k8s-ovs-multitenant")?;
+    for i in 1..=2 {
+        lab.put_node_subnet(i)?;
+    }
+    for (ns, vni) in [("red", 100), ("blue", 200)] {
+        lab.put_netnamespace(ns, vni)?;
+    }
+    let flags = ["--no-kube", "--traffic-stats-secs", "1"];
+    let _agents = (1..=2).map(|i| Agent::start(&lab, i, &flags)).collect::<Result<Vec<_>>>()?;
+    let mut lab = lab;
+    let red1 = add_pod(&mut lab, 1, "red", "red1")?;
+    let _blue2 = add_pod(&mut lab, 2, "blue", "blue2")?;
+    let (n2, token) = (lab.node(2).ip.clone(), lab.metrics_token()?);
+    // The operator's scrape has blue's series once the agent read its counters.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = http_get_from(&red1.netns, &n2, "/metrics", Some(&token))?;
+        if status(&m) == "200" && m.contains("namespace=\"blue\"") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no tenant series with the metrics token: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for node in 1..=2 {
+        let ip = lab.node(node).ip.clone();
+        let m = http_get_from(&red1.netns, &ip, "/metrics", None)?;
+        ensure!(status(&m) == "200" && m.contains("k8s_ovs_pods "), "n{node} /metrics: {m}");
+        for secret in ["namespace=", "vni=", "pod=", "blue"] {
+            ensure!(!m.contains(secret), "n{node} /metrics tells a pod {secret:?}: {m}");
+        }
+        // A made-up token, an empty one, the real one but its last character.
+        for guess in ["guess", "", &token[..token.len() - 1]] {
+            let m = http_get_from(&red1.netns, &ip, "/metrics", Some(guess))?;
+            ensure!(status(&m) == "401" && !m.contains("blue"), "n{node} /metrics with {guess:?}: {m}");
+        }
+        let debug = lab.debug_token()?;
+        let m = http_get_from(&red1.netns, &ip, "/metrics", Some(&debug))?;
+        ensure!(status(&m) == "401", "the debug token is not the metrics token: {m}");
+    }
+    Ok(())
+}
+
 /// A pod holding the token (leaked) floods `/debug/trace`: beyond the
 /// bucket's burst it gets 429, so ovs-vswitchd's main thread runs at most
 /// the bucket's rate of traces.

@@ -819,18 +819,29 @@ fn both_daemons_require_etcd_tls_by_default_and_plain_etcd_is_an_explicit_opt_in
     Ok(())
 }
 
+/// The debug token (for `/debug/*`) and the metrics token (for the tenant
+/// series of `/metrics`) each come from an optional Secret of their own,
+/// readable by the agent only.
 #[test]
-fn agent_debug_token_comes_from_an_optional_secret() -> Result<()> {
+fn agent_tokens_come_from_optional_secrets() -> Result<()> {
     let m = load()?;
     let pod = agent_pod(&m)?;
     let c = container(pod, "agent")?;
-    let file = env_of(c, "K8S_OVS_DEBUG_TOKEN_FILE").0.context("K8S_OVS_DEBUG_TOKEN_FILE")?;
-    let (secret, dir) = secret_mount(pod, c, "k8s-ovs-debug-token")?;
-    ensure!(Path::new(file).parent() == Some(Path::new(&dir)), "{file} is not in the Secret's mount {dir}");
-    let key = Path::new(file).file_name().context("token file name")?.to_string_lossy();
-    ensure!(key == "token", "the token file is the Secret's key `token` (docs/operations.md)");
-    ensure!(secret.optional == Some(true), "without the Secret the agent runs with /debug/* off");
-    ensure!(secret.default_mode == Some(0o400), "the token is readable by the agent only");
+    for (env, secret_name) in [
+        ("K8S_OVS_DEBUG_TOKEN_FILE", "k8s-ovs-debug-token"),
+        ("K8S_OVS_METRICS_TOKEN_FILE", "k8s-ovs-metrics-token"),
+    ] {
+        let file = env_of(c, env).0.context(env)?;
+        let (secret, dir) = secret_mount(pod, c, secret_name)?;
+        ensure!(
+            Path::new(file).parent() == Some(Path::new(&dir)),
+            "{file} is not in the Secret's mount {dir}"
+        );
+        let key = Path::new(file).file_name().context("token file name")?.to_string_lossy();
+        ensure!(key == "token", "the token file is the Secret's key `token` (docs/operations.md)");
+        ensure!(secret.optional == Some(true), "without {secret_name} the agent runs, that part off");
+        ensure!(secret.default_mode == Some(0o400), "{secret_name} is readable by the agent only");
+    }
     Ok(())
 }
 

@@ -43,6 +43,11 @@ struct Cli {
     /// sent as a bearer token to /debug/* by trace.
     #[arg(long, global = true, env = "K8S_OVS_DEBUG_TOKEN_FILE")]
     debug_token_file: Option<std::path::PathBuf>,
+    /// The agents' metrics token (the file of their --metrics-token-file),
+    /// sent as a bearer token to /metrics by top: without it the agents
+    /// give no tenant series.
+    #[arg(long, global = true, env = "K8S_OVS_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<std::path::PathBuf>,
     /// Where join, isolate, global and list go: etcd (the records, with etcd
     /// credentials) or kube (the NetNamespace objects, through the Kubernetes
     /// API and its RBAC; no etcd credentials needed).
@@ -170,15 +175,8 @@ async fn main() -> Result<()> {
         }
         return via_kube(&cli).await;
     }
-    let token = match &cli.debug_token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("read the debug token file {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let token = read_token(cli.debug_token_file.as_deref(), "debug")?;
+    let metrics_token = read_token(cli.metrics_token_file.as_deref(), "metrics")?;
     let agents = (cli.agent_port, token.as_deref());
     let mut client = cli.etcd.connect().await?;
     let (config, keys) = ctl::network(&mut client, &cli.etcd.prefix).await?;
@@ -204,7 +202,8 @@ async fn main() -> Result<()> {
             return Ok(());
         }
         Command::Top { interval_secs } => {
-            return top(&mut client, &keys, &config, cli.agent_port, interval_secs).await;
+            let agents = (cli.agent_port, metrics_token.as_deref());
+            return top(&mut client, &keys, &config, agents, interval_secs).await;
         }
         Command::Trace { src, dst, raw, .. } => {
             let kube_url = cli.kube_url.as_deref();
@@ -229,11 +228,21 @@ async fn main() -> Result<()> {
 }
 
 /// `top`: every node's agent's /metrics, twice, `interval_secs` apart.
+/// The token in `path` (a `what` token file), if one is given.
+fn read_token(path: Option<&std::path::Path>, what: &str) -> Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("read the {what} token file {}", p.display()))
+            .map(|t| t.trim().to_string())
+    })
+    .transpose()
+}
+
 async fn top(
     client: &mut etcd_client::Client,
     keys: &etcd_schema::Keys,
     config: &etcd_schema::NetworkConfig,
-    agent_port: u16,
+    (agent_port, token): (u16, Option<&str>),
     interval_secs: u64,
 ) -> Result<()> {
     let node_ips: Vec<_> = ctl::subnets(client, keys, config)
@@ -244,7 +253,7 @@ async fn top(
         .collect();
     let read_all = || {
         futures::future::join_all(
-            node_ips.iter().map(|a| async move { (*a, trace::http_get(*a, "/metrics", None).await) }),
+            node_ips.iter().map(|a| async move { (*a, trace::http_get(*a, "/metrics", token).await) }),
         )
     };
     let first = read_all().await;
@@ -268,6 +277,9 @@ async fn top(
     }
     print!("{}", controller::top::table(&controller::top::rates(&samples, secs, &vnis)));
     println!("{} of {} nodes, over {secs:.1} s", samples.len(), node_ips.len());
+    if token.is_none() {
+        eprintln!("note: without --metrics-token-file the agents give no tenant series");
+    }
     Ok(())
 }
 
