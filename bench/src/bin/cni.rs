@@ -17,6 +17,13 @@
 //! medians per stage (all pods, the first 20, the last 20) are printed and
 //! written under `profile`. The extra execs add load, so the headline
 //! figures come from a run without it.
+//!
+//! `--ovs-counters` says what each ADD costs ovs-vswitchd: the node's
+//! switch's coverage counters (`ovs-appctl coverage/show`: its
+//! reconfigurations, netlink messages) are read before and after all of our
+//! ADDs, then all of upstream's (in this mode the two do not alternate, so
+//! its latencies are not the headline ones either), and the difference per
+//! ADD is printed and written under `ovs_counters`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +50,29 @@ struct Args {
     /// Per-stage medians from the agent's timing lines (see the module doc).
     #[arg(long)]
     profile: bool,
+    /// ovs-vswitchd's work per ADD, ours and upstream's (see the module doc).
+    #[arg(long)]
+    ovs_counters: bool,
+}
+
+/// The counters `--ovs-counters` reports.
+const COUNTERS: &[&str] =
+    &["bridge_reconfigure", "netlink_sent", "netlink_received", "nln_changed", "ofproto_update_port"];
+
+/// ovs-vswitchd's coverage totals. It folds its threads' counts into the
+/// totals about once a second, so this waits that long first.
+fn coverage(lab: &Lab) -> Result<BTreeMap<String, u64>> {
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = lab.node(1).ovs.appctl(&["-t", "ovs-vswitchd", "coverage/show"])?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            let total = l.rsplit_once("total:")?.1.trim().parse().ok()?;
+            COUNTERS.contains(&name).then(|| (name.to_string(), total))
+        })
+        .collect())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -119,7 +149,34 @@ fn main() -> Result<()> {
         ensure!(r.code == Some(0), "bridge {command}: {} {}", r.stdout, r.stderr);
         Ok((o.elapsed, r.elapsed))
     };
-    for (ours, theirs) in &calls {
+    let mut counters = serde_json::Map::new();
+    if args.ovs_counters {
+        let per_add = |before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>| {
+            let n = calls.len().max(1) as f64;
+            let diff = |k: &String| after.get(k).unwrap_or(&0).saturating_sub(*before.get(k).unwrap_or(&0));
+            before.keys().map(|k| (k.clone(), json!(diff(k) as f64 / n))).collect::<serde_json::Map<_, _>>()
+        };
+        let start = coverage(&lab)?;
+        for (ours, _) in &calls {
+            let o = cni(&lab, 1, "ADD", ours)?;
+            ensure!(o.code == Some(0), "k8s-ovs ADD: {}", o.stdout);
+            ours_add.samples.push(o.elapsed);
+        }
+        let mid = coverage(&lab)?;
+        for (_, theirs) in &calls {
+            let r = upstream(&lab, 1, "bridge", "ADD", theirs, reference.clone())?;
+            ensure!(r.code == Some(0), "bridge ADD: {} {}", r.stdout, r.stderr);
+            ref_add.samples.push(r.elapsed);
+        }
+        let end = coverage(&lab)?;
+        counters.insert("k8s-ovs ADD".into(), per_add(&start, &mid).into());
+        counters.insert("bridge+host-local ADD".into(), per_add(&mid, &end).into());
+        println!("ovs-vswitchd per ADD (coverage counters; ADDs not alternated in this mode):");
+        for (who, v) in &counters {
+            println!("  {who:<24} {v}");
+        }
+    }
+    for (ours, theirs) in calls.iter().filter(|_| !args.ovs_counters) {
         let (o, r) = run("ADD", ours, theirs)?;
         ours_add.samples.push(o);
         ref_add.samples.push(r);
@@ -157,6 +214,9 @@ fn main() -> Result<()> {
     out.insert("add_p50_ratio_ours_over_upstream".into(), add_ratio.into());
     out.insert("del_p50_ratio_ours_over_upstream".into(), del_ratio.into());
     out.insert("pods".into(), args.pods.into());
+    if args.ovs_counters {
+        out.insert("ovs_counters".into(), counters.into());
+    }
     if args.profile {
         let profile = profile(&agent.daemon.log, &measured, &ours_exec.samples, &ref_exec.samples)?;
         out.insert("profile".into(), profile);
