@@ -65,6 +65,10 @@ async fn lab_netlink_pod_interface_is_wired_checked_and_removed() -> Result<()> 
     assert!(eth0.contains("mtu 1450"), "{eth0}");
     assert!(eth0.contains(&format!("link/ether {}", spec.mac)), "{eth0}");
     assert!(eth0.contains(&format!("eth0@if{}", links.host.index)), "peer is the host end: {eth0}");
+    // Promiscuous from the start: ovs-vswitchd taking it as a port changes
+    // nothing it would be told of (see `create_pod_veth`).
+    let host_end = node.netns.ip(&["-o", "link", "show", "vethnl1"])?;
+    assert!(host_end.contains("PROMISC"), "{host_end}");
     let addr = pod.netns.ip(&["-o", "-4", "addr", "show", "eth0"])?;
     assert!(addr.contains("inet 10.99.0.5/24"), "{addr}");
     let route = pod.netns.ip(&["route", "show", "default"])?;

@@ -432,7 +432,19 @@ pub fn upstream(
     call: &CniCall,
     conf: Value,
 ) -> Result<CniOutput> {
-    exec_plugin(lab, node, &PathBuf::from(UPSTREAM_CNI_DIR).join(plugin), command, call, conf)
+    upstream_in(&lab.node(node).netns.name, plugin, command, call, conf)
+}
+
+/// [`upstream`] from the namespace named `netns` (a node of its own, with
+/// no OVS in it).
+pub fn upstream_in(
+    netns: &str,
+    plugin: &str,
+    command: &str,
+    call: &CniCall,
+    conf: Value,
+) -> Result<CniOutput> {
+    exec_in(netns, &PathBuf::from(UPSTREAM_CNI_DIR).join(plugin), command, call, conf)
 }
 
 /// Where Debian's containernetworking-plugins live.
@@ -446,9 +458,19 @@ fn exec_plugin(
     call: &CniCall,
     conf: Value,
 ) -> Result<CniOutput> {
+    exec_in(&lab.node(node).netns.name, plugin, command, call, conf)
+}
+
+fn exec_in(
+    netns: &str,
+    plugin: &std::path::Path,
+    command: &str,
+    call: &CniCall,
+    conf: Value,
+) -> Result<CniOutput> {
     let stdin = call.raw_stdin.clone().unwrap_or_else(|| conf.to_string().into_bytes());
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.node(node).netns.name]).arg(plugin).env_clear();
+    cmd.args(["netns", "exec", netns]).arg(plugin).env_clear();
     cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &call.container_id)

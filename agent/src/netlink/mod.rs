@@ -378,8 +378,9 @@ impl Netlink {
     /// (so it never clashes with a host device such as `eth0`; and no
     /// device moves between namespaces, which costs the kernel an RCU
     /// barrier, ~18 ms on a loaded machine), both with `mtu`, the peer with
-    /// `peer_mac`. The peer stays down; the host end is created up if
-    /// `host_up` (it carries nothing before the peer is up too).
+    /// `peer_mac`. The peer stays down (the kernel refuses to bring it up
+    /// in the request that creates it: ENOTCONN, its peer is not linked
+    /// yet); the host end is set as `flags` says in the same request.
     pub async fn create_veth(
         &self,
         host_name: &str,
@@ -387,7 +388,7 @@ impl Netlink {
         peer_name: &str,
         peer_mac: Option<MacAddr>,
         mtu: u32,
-        host_up: bool,
+        flags: VethFlags,
     ) -> Result<(), NetlinkError> {
         let ns = netns::open(peer_netns)?;
         let mut peer = LinkUnspec::new_with_name(peer_name).mtu(mtu).setns_by_fd(ns.as_raw_fd());
@@ -395,8 +396,11 @@ impl Netlink {
             peer = peer.address(mac.0.to_vec());
         }
         let mut msg = LinkVeth::new(host_name, peer_name).mtu(mtu);
-        if host_up {
+        if flags.host_up {
             msg = msg.up();
+        }
+        if flags.host_promiscuous {
+            msg = msg.promiscuous(true);
         }
         let msg = msg.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
         // `ns` stays open until the kernel has answered.
@@ -460,6 +464,17 @@ pub struct PodInterface {
     pub offloads_off: bool,
 }
 
+/// How [`Netlink::create_veth`] creates the two ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VethFlags {
+    pub host_up: bool,
+    /// What ovs-vswitchd (either datapath) sets when it takes the device as
+    /// a port; set beforehand, taking the port changes nothing the node's
+    /// rtnetlink listeners are told of, and ovs-vswitchd does not
+    /// reconfigure once more for it (see `create_pod_veth`).
+    pub host_promiscuous: bool,
+}
+
 /// Both ends of a wired pod interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodLinks {
@@ -491,13 +506,20 @@ pub async fn setup_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<
 
 /// The first half of wiring a pod, one request in the node's namespace:
 /// the veth pair with the pod end created inside the pod's namespace under
-/// `ifname` with its MAC and MTU (down), the host end up. Fails with
-/// [`NetlinkError::LinkExists`] when the host end or the pod's interface
-/// exists (nothing changed then). The host end exists from here on: OVS
-/// may take it while the veth is configured ([`configure_veth`]); nothing
-/// passes before the pod end is up.
+/// `ifname` with its MAC and MTU (down), the host end up and promiscuous.
+/// Fails with [`NetlinkError::LinkExists`] when the host end or the pod's
+/// interface exists (nothing changed then). The host end exists from here
+/// on: OVS may take it while the veth is configured ([`configure_veth`]);
+/// nothing passes before the pod end is up.
+///
+/// Why promiscuous: ovs-vswitchd sets that when it adds the port, and the
+/// change (a link notification for a device it owns now) made it run its
+/// whole reconfiguration once more, work in proportion to the bridge's
+/// ports, right after the ADD (measured: `bench/README.md`, "CNI ADD /
+/// DEL"). Made here, it reaches ovs-vswitchd with the veth itself.
 pub async fn create_pod_veth(host: &Netlink, spec: &PodInterface) -> Result<(), NetlinkError> {
-    host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu, true).await
+    let flags = VethFlags { host_up: true, host_promiscuous: true };
+    host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu, flags).await
 }
 
 /// The second half: the host end's offloads off if asked (in the node's

@@ -17,6 +17,21 @@
 //! medians per stage (all pods, the first 20, the last 20) are printed and
 //! written under `profile`. The extra execs add load, so the headline
 //! figures come from a run without it.
+//!
+//! `--ovs-counters` says what each ADD costs ovs-vswitchd: the node's
+//! switch's coverage counters (`ovs-appctl coverage/show`: its
+//! reconfigurations, netlink messages) are read before and after all of our
+//! ADDs, then all of upstream's (in this mode the two do not alternate, so
+//! its latencies are not the headline ones either), and the difference per
+//! ADD is printed and written under `ovs_counters`.
+//!
+//! By default upstream's plugins run in our node's namespace, so the links
+//! they make there wake the node's ovs-vswitchd too, which reconfigures
+//! for each of them (`--ovs-counters` shows that work) while the next of our
+//! ADDs waits for it. `--baseline-own-node` execs them from a namespace of
+//! their own (a node running only bridge + host-local), so each side's
+//! figures have only the other's CPU load in them; the JSON says which
+//! (`baseline_node`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +40,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use k8s_ovs_agent::timing;
-use lab::cluster::{cni, upstream, Agent, CniCall};
+use lab::cluster::{cni, upstream_in, Agent, CniCall};
 use lab::Lab;
 use serde_json::json;
 
@@ -43,6 +58,44 @@ struct Args {
     /// Per-stage medians from the agent's timing lines (see the module doc).
     #[arg(long)]
     profile: bool,
+    /// ovs-vswitchd's work per ADD, ours and upstream's (see the module doc).
+    #[arg(long)]
+    ovs_counters: bool,
+    /// Exec upstream's plugins from a namespace of their own, with no OVS in
+    /// it, instead of our node's (see the module doc).
+    #[arg(long)]
+    baseline_own_node: bool,
+}
+
+/// The counters `--ovs-counters` reports.
+const COUNTERS: &[&str] =
+    &["bridge_reconfigure", "netlink_sent", "netlink_received", "nln_changed", "ofproto_update_port"];
+
+/// ovs-vswitchd's coverage totals, and the CPU it used (`cpu_ms`, all its
+/// threads, from /proc). It folds its threads' counts into the totals about
+/// once a second, so this waits that long first.
+fn coverage(lab: &Lab) -> Result<BTreeMap<String, u64>> {
+    std::thread::sleep(Duration::from_millis(1500));
+    let ovs = &lab.node(1).ovs;
+    let text = ovs.appctl(&["-t", "ovs-vswitchd", "coverage/show"])?;
+    let mut totals: BTreeMap<String, u64> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            let total = l.rsplit_once("total:")?.1.trim().parse().ok()?;
+            COUNTERS.contains(&name).then(|| (name.to_string(), total))
+        })
+        .collect();
+    let pid = std::fs::read_to_string(ovs.rundir().join("ovs-vswitchd.pid"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))?;
+    // utime and stime, in clock ticks (100 a second), after the command name.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default().split(' ').collect();
+    let ticks: u64 =
+        fields.get(12..14).unwrap_or_default().iter().filter_map(|f| f.parse::<u64>().ok()).sum();
+    totals.insert("cpu_ms".into(), ticks * 10);
+    Ok(totals)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -85,6 +138,10 @@ fn main() -> Result<()> {
     lab.put_node_subnet(1)?;
     lab.put_netnamespace("bench", 100)?;
     let agent = Agent::start(&lab, 1, &["--no-kube"])?;
+    let baseline_node = match args.baseline_own_node {
+        true => lab.pod_netns("refnode")?.name,
+        false => lab.node(1).netns.name.clone(),
+    };
     let ipam_dir = lab.dir.join("host-local");
     let reference = json!({
         "cniVersion": "1.0.0", "name": "ref", "type": "bridge", "bridge": "cnibr0", "isGateway": true,
@@ -115,11 +172,38 @@ fn main() -> Result<()> {
     let run = |command: &str, ours: &CniCall, theirs: &CniCall| -> Result<(Duration, Duration)> {
         let o = cni(&lab, 1, command, ours)?;
         ensure!(o.code == Some(0), "k8s-ovs {command}: {}", o.stdout);
-        let r = upstream(&lab, 1, "bridge", command, theirs, reference.clone())?;
+        let r = upstream_in(&baseline_node, "bridge", command, theirs, reference.clone())?;
         ensure!(r.code == Some(0), "bridge {command}: {} {}", r.stdout, r.stderr);
         Ok((o.elapsed, r.elapsed))
     };
-    for (ours, theirs) in &calls {
+    let mut counters = serde_json::Map::new();
+    if args.ovs_counters {
+        let per_add = |before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>| {
+            let n = calls.len().max(1) as f64;
+            let diff = |k: &String| after.get(k).unwrap_or(&0).saturating_sub(*before.get(k).unwrap_or(&0));
+            before.keys().map(|k| (k.clone(), json!(diff(k) as f64 / n))).collect::<serde_json::Map<_, _>>()
+        };
+        let start = coverage(&lab)?;
+        for (ours, _) in &calls {
+            let o = cni(&lab, 1, "ADD", ours)?;
+            ensure!(o.code == Some(0), "k8s-ovs ADD: {}", o.stdout);
+            ours_add.samples.push(o.elapsed);
+        }
+        let mid = coverage(&lab)?;
+        for (_, theirs) in &calls {
+            let r = upstream_in(&baseline_node, "bridge", "ADD", theirs, reference.clone())?;
+            ensure!(r.code == Some(0), "bridge ADD: {} {}", r.stdout, r.stderr);
+            ref_add.samples.push(r.elapsed);
+        }
+        let end = coverage(&lab)?;
+        counters.insert("k8s-ovs ADD".into(), per_add(&start, &mid).into());
+        counters.insert("bridge+host-local ADD".into(), per_add(&mid, &end).into());
+        println!("ovs-vswitchd per ADD (coverage counters; ADDs not alternated in this mode):");
+        for (who, v) in &counters {
+            println!("  {who:<24} {v}");
+        }
+    }
+    for (ours, theirs) in calls.iter().filter(|_| !args.ovs_counters) {
         let (o, r) = run("ADD", ours, theirs)?;
         ours_add.samples.push(o);
         ref_add.samples.push(r);
@@ -157,6 +241,10 @@ fn main() -> Result<()> {
     out.insert("add_p50_ratio_ours_over_upstream".into(), add_ratio.into());
     out.insert("del_p50_ratio_ours_over_upstream".into(), del_ratio.into());
     out.insert("pods".into(), args.pods.into());
+    out.insert("baseline_node".into(), if args.baseline_own_node { "own" } else { "ours" }.into());
+    if args.ovs_counters {
+        out.insert("ovs_counters".into(), counters.into());
+    }
     if args.profile {
         let profile = profile(&agent.daemon.log, &measured, &ours_exec.samples, &ref_exec.samples)?;
         out.insert("profile".into(), profile);
