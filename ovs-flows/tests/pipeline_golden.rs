@@ -246,14 +246,16 @@ fn cost_of(n: u32, vni: u32) -> usize {
 /// Join (red takes blue's VNI), isolate (a VNI of its own) and global
 /// (VNI 0) change the same few flows per node for a namespace of 20 pods
 /// and of 200: the namespace's SOURCE_VNI, DEST_VNI and SERVICE_VNI flows
-/// and at most two ISOLATION flows, never a pod's or a service's.
+/// and at most two ISOLATION flows, its GATEWAY_REPLY flow, never a pod's or
+/// a service's.
 #[test]
 fn a_tenant_action_costs_the_same_at_20_pods_and_200() {
     // The figures docs/pipeline.md gives ("Namespace ids"): the 5 SOURCE_VNI
-    // and DEST_VNI flows modified, SERVICE_VNI's replaced (2), and the
+    // and DEST_VNI flows modified, SERVICE_VNI's replaced (2), the
     // namespace's own ISOLATION flow for its VNI replaced (2; a global
-    // namespace's matches no VNI).
-    for (action, vni, want) in [("join", 200, 9), ("isolate", 300, 9), ("global", 0, 9)] {
+    // namespace's matches no VNI), and its GATEWAY_REPLY flow, which steers
+    // replies from its own VNI only, replaced (2).
+    for (action, vni, want) in [("join", 200, 11), ("isolate", 300, 11), ("global", 0, 11)] {
         let (small, large) = (cost_of(20, vni), cost_of(200, vni));
         eprintln!("{action}: {small} flows changed at 20 pods, {large} at 200");
         assert_eq!(small, large, "{action}: the cost grows with the namespace");
