@@ -14,7 +14,7 @@
 //!   ROUTING: gateway -> tun0 | local subnet -> LOCAL_POD | cluster -> REMOTE_NODE | else tun0
 //!   LOCAL_POD: the pod's namespace id -> REG_DST_NS, its port -> REG_DST_PORT -> DEST_VNI
 //!   DEST_VNI: REG_DST_NS -> REG_DST_VNI; ip -> GATEWAY_REPLY, arp -> ISOLATION
-//!   GATEWAY_REPLY: reply of a connection committed in GATEWAY_IN -> tun0; else ISOLATION
+//!   GATEWAY_REPLY: reply of a DNATed connection, from the client's own VNI -> tun0; else ISOLATION
 //!   ISOLATION: src VNI = dst VNI, or either is 0 -> output:REG_DST_PORT; else drop
 //!   REMOTE_NODE: tun_id = REG_SRC_VNI, tun_dst = node IP -> vxlan0
 //! ```
