@@ -154,9 +154,10 @@ pub const REG_FLAGS: Reg = Reg::R5;
 pub const FLAG_FROM_GATEWAY: u32 = 0x1;
 /// RELATED_PEER's operands: a related packet's sender (`nw_src`) and the
 /// peer of the connection it belongs to (`ct_nw_dst` of a reply, `ct_nw_src`
-/// otherwise). Both are 0 until a policy table has a related packet checked
-/// (no sender or peer is 0.0.0.0); after the check [`REG_SENDER`] holds
-/// [`FROM_PEER`] if the two were equal.
+/// otherwise). [`REG_SENDER`] is 0 until a policy table has a related packet
+/// checked (no packet's source is 0.0.0.0; a peer read as 0 would only fail
+/// the check, never loop it); after the check it holds [`FROM_PEER`] if the
+/// two were equal.
 pub const REG_SENDER: Reg = Reg::R6;
 pub const REG_PEER: Reg = Reg::R7;
 /// In [`REG_SENDER`] after RELATED_PEER: the related packet's sender is its
@@ -500,7 +501,7 @@ fn policy_static_flows(b: &mut Builder) {
     b.add(IngressCommit, 0, PIPELINE, Match::new(), vec![deliver]);
 }
 
-/// In a policy table: a related packet not checked yet (see [`REG_PEER`])
+/// In a policy table: a related packet not checked yet (see [`REG_SENDER`])
 /// gets its sender and its connection's peer into [`REG_SENDER`] /
 /// [`REG_PEER`] (the peer of a reply is the connection's original
 /// destination, else its original source), RELATED_PEER marks the sender
@@ -510,7 +511,7 @@ fn policy_static_flows(b: &mut Builder) {
 fn related_peer_check(b: &mut Builder, table: Table) {
     for (rpl, peer) in [((ct_state::RPL, 0), Field::CtNwDst), ((0, ct_state::RPL), Field::CtNwSrc)] {
         let unchecked =
-            Match::new().ip().ct_state(ct_state::TRK | ct_state::REL | rpl.0, rpl.1).reg(REG_PEER, 0);
+            Match::new().ip().ct_state(ct_state::TRK | ct_state::REL | rpl.0, rpl.1).reg(REG_SENDER, 0);
         b.add(
             table,
             320,
