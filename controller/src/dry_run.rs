@@ -216,16 +216,17 @@ mod tests {
         assert_eq!(join(&node(20, &[("blue", 5)])), join(&node(200, &[("blue", 5)])));
         // SOURCE_VNI x3 and DEST_VNI x2 modified, SERVICE_VNI replaced (its
         // match names the VNI: a delete and an add), and red's own ISOLATION
-        // flow for its VNI replaced (the same: 2).
-        assert_eq!(join(&node(20, &[("blue", 5)])), 9);
+        // and GATEWAY_REPLY flows for its VNI replaced (the same: 2 each).
+        assert_eq!(join(&node(20, &[("blue", 5)])), 11);
         // Other namespaces' pods change nothing of it: each namespace has
         // its own ISOLATION flows.
-        assert_eq!(join(&node(20, &[("blue", 5), ("pink", 1)])), 9);
+        assert_eq!(join(&node(20, &[("blue", 5), ("pink", 1)])), 11);
         // No red pod here: only red's SERVICE_VNI flow (services are everywhere).
         assert_eq!(join(&node(0, &[("blue", 5)])), 2);
         // Red keeps VNI 100's REFUSED flow (pink has VNI 100 too); blue, alone
         // in VNI 200, takes 200's with it when it joins red: SOURCE_VNI x3,
-        // DEST_VNI x2, its ISOLATION flow (2) and that REFUSED flow.
-        assert_eq!(flow_changes(&mt, &node(20, &[("blue", 5)]), &ids(), "blue", 100), 8);
+        // DEST_VNI x2, its ISOLATION and GATEWAY_REPLY flows (2 each) and that
+        // REFUSED flow.
+        assert_eq!(flow_changes(&mt, &node(20, &[("blue", 5)]), &ids(), "blue", 100), 10);
     }
 }

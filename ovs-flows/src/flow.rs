@@ -610,6 +610,11 @@ pub enum Field {
     ArpTha,
     /// The connection's mark (`ct_mark`), set inside `ct(commit,exec(...))`.
     CtMark,
+    /// The IPv4 source and destination of the original direction of the
+    /// packet's connection (`ct_nw_src`, `ct_nw_dst`; for a related packet,
+    /// of the connection it belongs to); readable after a conntrack lookup.
+    CtNwSrc,
+    CtNwDst,
 }
 
 /// How OVS prints a field's value in `set_field`.
@@ -625,6 +630,7 @@ impl Field {
     pub fn width(self) -> u16 {
         match self {
             Field::Reg(_) | Field::TunSrc | Field::TunDst | Field::IpSrc | Field::IpDst | Field::CtMark => 32,
+            Field::CtNwSrc | Field::CtNwDst => 32,
             Field::ArpSpa | Field::ArpTpa => 32,
             Field::TunId => 64,
             Field::EthSrc | Field::EthDst | Field::ArpSha | Field::ArpTha => 48,
@@ -649,6 +655,8 @@ impl Field {
             Field::ArpSha => "NXM_NX_ARP_SHA".into(),
             Field::ArpTha => "NXM_NX_ARP_THA".into(),
             Field::CtMark => "NXM_NX_CT_MARK".into(),
+            Field::CtNwSrc => "NXM_NX_CT_NW_SRC".into(),
+            Field::CtNwDst => "NXM_NX_CT_NW_DST".into(),
         }
     }
 
@@ -669,6 +677,8 @@ impl Field {
             Field::ArpSha => "arp_sha".into(),
             Field::ArpTha => "arp_tha".into(),
             Field::CtMark => "ct_mark".into(),
+            Field::CtNwSrc => "ct_nw_src".into(),
+            Field::CtNwDst => "ct_nw_dst".into(),
         }
     }
 
@@ -679,6 +689,7 @@ impl Field {
             Field::TunSrc | Field::TunDst | Field::IpSrc | Field::IpDst | Field::ArpSpa | Field::ArpTpa => {
                 ValueFormat::Ipv4
             }
+            Field::CtNwSrc | Field::CtNwDst => ValueFormat::Ipv4,
             Field::EthSrc | Field::EthDst | Field::ArpSha | Field::ArpTha => ValueFormat::Mac,
         }
     }

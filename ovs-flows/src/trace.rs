@@ -401,7 +401,9 @@ pub fn drop_meaning(table: u8) -> &'static str {
         Some(Table::RemoteNode) => "no node owns the destination's subnet",
         Some(Table::EgressPolicy) => "the source pod's NetworkPolicy egress admits no such connection",
         Some(Table::IngressPolicy) => "the destination pod's NetworkPolicy ingress admits no such connection",
-        Some(Table::EgressCommit) | Some(Table::IngressCommit) => "the pipeline's defaults were changed by hand",
+        Some(Table::EgressCommit) | Some(Table::IngressCommit) | Some(Table::RelatedPeer) => {
+            "the pipeline's defaults were changed by hand"
+        }
         None => "a table k8s-ovs does not use",
     }
 }

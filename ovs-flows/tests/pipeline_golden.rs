@@ -246,16 +246,18 @@ fn cost_of(n: u32, vni: u32) -> usize {
 /// Join (red takes blue's VNI), isolate (a VNI of its own) and global
 /// (VNI 0) change the same few flows per node for a namespace of 20 pods
 /// and of 200: the namespace's SOURCE_VNI, DEST_VNI and SERVICE_VNI flows,
-/// at most two ISOLATION flows and the REFUSED flows of the VNIs it leaves
-/// and takes, never a pod's or a service's.
+/// at most two ISOLATION flows, its GATEWAY_REPLY flow and the REFUSED flows
+/// of the VNIs it leaves and takes, never a pod's or a service's.
 #[test]
 fn a_tenant_action_costs_the_same_at_20_pods_and_200() {
     // The figures docs/pipeline.md gives ("Namespace ids"): the 5 SOURCE_VNI
-    // and DEST_VNI flows modified, SERVICE_VNI's replaced (2), and the
+    // and DEST_VNI flows modified, SERVICE_VNI's replaced (2), the
     // namespace's own ISOLATION flow for its VNI replaced (2; a global
-    // namespace's matches no VNI); REFUSED's flow of VNI 100 deleted (red
-    // was its only namespace), and for isolate that of VNI 300 added.
-    for (action, vni, want) in [("join", 200, 10), ("isolate", 300, 11), ("global", 0, 10)] {
+    // namespace's matches no VNI), its GATEWAY_REPLY flow, which steers
+    // replies from its own VNI only, replaced (2); REFUSED's flow of VNI 100
+    // deleted (red was its only namespace), and for isolate that of VNI 300
+    // added.
+    for (action, vni, want) in [("join", 200, 12), ("isolate", 300, 13), ("global", 0, 12)] {
         let (small, large) = (cost_of(20, vni), cost_of(200, vni));
         eprintln!("{action}: {small} flows changed at 20 pods, {large} at 200");
         assert_eq!(small, large, "{action}: the cost grows with the namespace");

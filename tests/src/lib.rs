@@ -16,6 +16,7 @@ pub mod netns;
 pub mod ovs;
 pub mod pki;
 pub mod policy_eval;
+pub mod raw;
 pub mod services;
 pub mod sweep;
 pub mod switch;

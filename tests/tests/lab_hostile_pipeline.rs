@@ -91,11 +91,7 @@ fn send_frames(from: &CniPod, dst: &CniPod, vlan: Option<u16>, n: u32) -> Result
         let tag = [0x81, 0x00, (id >> 8) as u8 & 0x0f, id as u8];
         frame.splice(12..12, tag);
     }
-    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
-    let script = format!(
-        "import socket,time\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('eth0',0))\nf=bytes.fromhex('{hex}')\nfor _ in range({n}):\n    s.send(f); time.sleep(0.01)\n"
-    );
-    from.netns.exec(&["python3", "-c", &script])?;
+    lab::raw::send_frames(&from.netns, "eth0", &[frame], n)?;
     Ok(())
 }
 

@@ -644,9 +644,9 @@ async fn a_missed_change_goes_out_with_the_next_commit() {
     n.assert_switch_in_step();
     n.fake.world().calls.clear();
     n.dp.on_view(&put_vni(200)).await.expect("VNI 200");
-    // SOURCE_VNI x3 + DEST_VNI x2 modified, ISOLATION's flow of 100 out and
-    // of 200 in, REFUSED's of VNI 100 out and of 200 in.
-    assert_eq!(n.fake.world().calls, ["bundle 9"], "a join sends only the namespace's flows");
+    // SOURCE_VNI x3 + DEST_VNI x2 modified, ISOLATION's and GATEWAY_REPLY's
+    // flows of 100 out and of 200 in, REFUSED's of VNI 100 out and of 200 in.
+    assert_eq!(n.fake.world().calls, ["bundle 11"], "a join sends only the namespace's flows");
     n.fake.world().fail(Op::Bundle);
     let missed = put_vni(300);
     n.dp.on_view(&missed).await.expect_err("the bundle fails");
@@ -654,7 +654,7 @@ async fn a_missed_change_goes_out_with_the_next_commit() {
     n.fake.world().calls.clear();
     // An event that changes nothing itself still sends the missed change.
     n.dp.on_view(&missed).await.expect("the next commit");
-    assert_eq!(n.fake.world().calls, ["bundle 9"]);
+    assert_eq!(n.fake.world().calls, ["bundle 11"]);
     n.assert_switch_in_step();
     assert!(!n.dp.installed_differs);
 }

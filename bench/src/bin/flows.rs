@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bench::loadavg;
 use clap::Parser;
 use lab::switch::PrivateSwitch;
 use ovs_flows::client::{Client, ClientOptions};
@@ -550,13 +551,6 @@ async fn main() -> Result<()> {
 fn main_thread_cpu(pid: i32) -> Option<Duration> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?;
     s.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
-}
-
-/// `/proc/loadavg`'s first three fields (1, 5, 15 minutes).
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn ofp_stats(ops: &[FlowOp]) -> Value {

@@ -83,6 +83,7 @@ fn main() -> Result<()> {
         wait_answer(&client.netns, "tcp", ip, *port, std::time::Duration::from_secs(10))?
             .with_context(|| format!("{what}: no answer"))?;
     }
+    let load_start = bench::loadavg();
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let mut failed = vec![0u64; targets.len()];
     for _ in 0..args.rounds {
@@ -112,6 +113,8 @@ fn main() -> Result<()> {
     out.insert("ratio_same_node".into(), same.into());
     out.insert("ratio_across_nodes".into(), across.into());
     out.insert("connections_per_round".into(), args.connections.into());
+    out.insert("load_average".into(), json!({"start": load_start, "end": bench::loadavg()}));
+    println!("load average (1, 5, 15 min): {load_start} at the start, {} at the end", bench::loadavg());
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -57,6 +57,8 @@ const NX_IP_FRAG: u8 = 26;
 const FRAG_ANY: u64 = 0x1;
 const NX_CT_STATE: u8 = 105;
 const NX_CT_MARK: u8 = 107;
+const NX_CT_NW_SRC: u8 = 120;
+const NX_CT_NW_DST: u8 = 121;
 const NX_CONJ_ID: u8 = 37;
 const NXOF_IN_PORT: u8 = 0;
 const NXOF_ETH_DST: u8 = 1;
@@ -93,6 +95,8 @@ fn field_id(f: Field) -> (u16, u8) {
         Field::ArpSha => (OXM_OF, OF_ARP_SHA),
         Field::ArpTha => (OXM_OF, OF_ARP_THA),
         Field::CtMark => (NXM_NX, NX_CT_MARK),
+        Field::CtNwSrc => (NXM_NX, NX_CT_NW_SRC),
+        Field::CtNwDst => (NXM_NX, NX_CT_NW_DST),
     }
 }
 
@@ -156,6 +160,8 @@ pub fn field_from_header(h: u32) -> Result<Field, CodecError> {
         (NXM_NX, NX_ARP_SHA) | (OXM_OF, OF_ARP_SHA) => Some(Field::ArpSha),
         (NXM_NX, NX_ARP_THA) | (OXM_OF, OF_ARP_THA) => Some(Field::ArpTha),
         (NXM_NX, NX_CT_MARK) => Some(Field::CtMark),
+        (NXM_NX, NX_CT_NW_SRC) => Some(Field::CtNwSrc),
+        (NXM_NX, NX_CT_NW_DST) => Some(Field::CtNwDst),
         _ => None,
     };
     f.ok_or_else(|| CodecError::Unsupported(format!("field header {h:#010x}")))

@@ -14,7 +14,7 @@
 //!   ROUTING: gateway -> tun0 | local subnet -> LOCAL_POD | cluster -> REMOTE_NODE | else tun0
 //!   LOCAL_POD: the pod's namespace id -> REG_DST_NS, its port -> REG_DST_PORT -> DEST_VNI
 //!   DEST_VNI: REG_DST_NS -> REG_DST_VNI; ip -> GATEWAY_REPLY, arp -> ISOLATION
-//!   GATEWAY_REPLY: reply of a connection committed in GATEWAY_IN -> tun0; else ISOLATION
+//!   GATEWAY_REPLY: reply of a DNATed connection, from the client's own VNI -> tun0; else ISOLATION
 //!   ISOLATION: src VNI = dst VNI, or either is 0 -> output:REG_DST_PORT; else drop
 //!   REMOTE_NODE: tun_id = REG_SRC_VNI, tun_dst = node IP -> vxlan0
 //! ```
@@ -78,6 +78,9 @@ pub enum Table: u8 {
     ServiceVni = 35,
     /// NetworkPolicy egress of the sending local pod (conntrack looked up).
     EgressPolicy = 36,
+    /// Whether a related packet's sender is the peer of the connection it
+    /// belongs to (resubmitted to from both policy tables).
+    RelatedPeer = 37,
     /// Commits an admitted connection that leaves this node.
     EgressCommit = 38,
     /// L3 dispatch: gateway, local subnet, other nodes, outside.
@@ -117,6 +120,7 @@ impl Table {
             Table::Service => "SERVICE",
             Table::ServiceVni => "SERVICE_VNI",
             Table::EgressPolicy => "EGRESS_POLICY",
+            Table::RelatedPeer => "RELATED_PEER",
             Table::EgressCommit => "EGRESS_COMMIT",
             Table::Routing => "ROUTING",
             Table::LocalPod => "LOCAL_POD",
@@ -151,6 +155,17 @@ pub const REG_FLAGS: Reg = Reg::R5;
 /// In [`REG_FLAGS`]: a local pod's service traffic after kube-proxy's DNAT
 /// (GATEWAY_IN); its connection is committed with [`CT_MARK_FROM_GATEWAY`].
 pub const FLAG_FROM_GATEWAY: u32 = 0x1;
+/// RELATED_PEER's operands: a related packet's sender (`nw_src`) and the
+/// peer of the connection it belongs to (`ct_nw_dst` of a reply, `ct_nw_src`
+/// otherwise). [`REG_SENDER`] is 0 until a policy table has a related packet
+/// checked (no packet's source is 0.0.0.0; a peer read as 0 would only fail
+/// the check, never loop it); after the check it holds [`FROM_PEER`] if the
+/// two were equal.
+pub const REG_SENDER: Reg = Reg::R6;
+pub const REG_PEER: Reg = Reg::R7;
+/// In [`REG_SENDER`] after RELATED_PEER: the related packet's sender is its
+/// connection's peer (no packet's source is 255.255.255.255).
+pub const FROM_PEER: u32 = u32::MAX;
 
 fn reg(r: Reg) -> FieldRange {
     Field::Reg(r).all()
@@ -326,6 +341,17 @@ fn namespace_flows(b: &mut Builder, id: u32, vni: u32, uses: NamespaceUse, to_ke
     let dst = |next: Table| vec![Action::load_reg(REG_DST_VNI, vni), goto(next)];
     b.add(DestVni, 100, owner, Match::new().ip().reg(REG_DST_NS, id), dst(GatewayReply));
     b.add(DestVni, 100, owner, Match::new().arp().reg(REG_DST_NS, id), dst(Isolation));
+    // GATEWAY_REPLY: replies of the namespace's DNATed connections go back
+    // to the kernel when ISOLATION would pass them: from its own VNI (a
+    // global namespace: from any). A connection to another tenant's endpoint
+    // on another node is committed here before that node refuses it: the
+    // endpoint's "reply" must not ride it past the wall, and goes on to
+    // ISOLATION's drop instead.
+    let steer = match vni {
+        GLOBAL_VNI => steered().reg(REG_DST_NS, id),
+        _ => steered().reg(REG_SRC_VNI, vni).reg(REG_DST_NS, id),
+    };
+    b.add(GatewayReply, 200, owner, steer, to_kernel.to_vec());
     // ISOLATION: the namespace's own verdicts, so the switch counts what it
     // receives and refuses per namespace (`docs/operations.md`, "Tenant
     // traffic"); the same decisions as one flow per VNI would make. Only the
@@ -432,15 +458,25 @@ fn static_flows(b: &mut Builder) {
 /// connections both ends' policies admitted. Packets in a connection's
 /// original direction meet the rules every time: a policy change applies to
 /// established connections too.
+///
+/// A related packet passes only from the peer of the connection it belongs
+/// to: conntrack relates an ICMP error to the connection it quotes whoever
+/// sent it, and a pod can quote its neighbour's connections. Anyone else's
+/// is judged by the rules like any other packet of its sender
+/// ([`related_peer_flows`]).
 fn policy_static_flows(b: &mut Builder) {
     use Table::*;
     let deliver = Action::OutputReg(reg(REG_DST_PORT));
-    let reply = |m: Match, bit: u32| m.ip().ct_state(ct_state::TRK | bit, 0);
+    let tracked = |set: u32, clear: u32| Match::new().ip().ct_state(ct_state::TRK | set, clear);
+    // A reply that is no related packet; a related packet from the peer.
+    let reply = || tracked(ct_state::RPL, ct_state::REL);
+    let related_from_peer = || tracked(ct_state::REL, 0).reg(REG_SENDER, FROM_PEER);
     // EGRESS_POLICY (entered through ct(table=36), so tracked).
-    for bit in [ct_state::RPL, ct_state::REL] {
-        b.add(EgressPolicy, 300, PIPELINE, reply(Match::new(), bit), vec![goto(Routing)]);
-    }
+    related_peer_check(b, EgressPolicy);
+    b.add(EgressPolicy, 300, PIPELINE, reply(), vec![goto(Routing)]);
+    b.add(EgressPolicy, 300, PIPELINE, related_from_peer(), vec![goto(Routing)]);
     b.add(EgressPolicy, 0, PIPELINE, Match::new(), vec![goto(EgressCommit)]);
+    related_peer_flows(b);
     // EGRESS_COMMIT: a connection from the DNAT path carries the mark that
     // GATEWAY_REPLY steers its replies by.
     let new = || Match::new().ip().ct_state(ct_state::TRK | ct_state::NEW, 0);
@@ -471,9 +507,19 @@ fn policy_static_flows(b: &mut Builder) {
         Match::new().ip().ct_state(0, ct_state::TRK),
         vec![Action::ct_lookup(CT_ZONE, IngressPolicy.id())],
     );
-    for bit in [ct_state::RPL, ct_state::REL] {
-        b.add(IngressPolicy, 200, PIPELINE, reply(Match::new(), bit), vec![deliver.clone()]);
-    }
+    // ICMP errors the node kernel forwards (no local pod's DNATed traffic):
+    // routers outside the cluster quote a pod's connections (path MTU,
+    // unreachable, TTL), and no router is any connection's peer.
+    b.add(
+        IngressPolicy,
+        330,
+        PIPELINE,
+        tracked(ct_state::REL, 0).in_port(GATEWAY_OFPORT).reg_masked(REG_FLAGS, 0, FLAG_FROM_GATEWAY),
+        vec![deliver.clone()],
+    );
+    related_peer_check(b, IngressPolicy);
+    b.add(IngressPolicy, 200, PIPELINE, reply(), vec![deliver.clone()]);
+    b.add(IngressPolicy, 200, PIPELINE, related_from_peer(), vec![deliver.clone()]);
     b.add(IngressPolicy, 0, PIPELINE, Match::new(), vec![goto(IngressCommit)]);
     b.add(
         IngressCommit,
@@ -484,6 +530,47 @@ fn policy_static_flows(b: &mut Builder) {
     );
     b.add(IngressCommit, 90, PIPELINE, new(), vec![Action::ct_commit_plain(CT_ZONE), deliver.clone()]);
     b.add(IngressCommit, 0, PIPELINE, Match::new(), vec![deliver]);
+}
+
+/// In a policy table: a related packet not checked yet (see [`REG_SENDER`])
+/// gets its sender and its connection's peer into [`REG_SENDER`] /
+/// [`REG_PEER`] (the peer of a reply is the connection's original
+/// destination, else its original source), RELATED_PEER marks the sender
+/// [`FROM_PEER`] if they are equal, and the table is looked up again: marked
+/// it passes as a related packet, unmarked it meets the rules. The verdict
+/// stays with the packet to its destination on this node.
+fn related_peer_check(b: &mut Builder, table: Table) {
+    for (rpl, peer) in [((ct_state::RPL, 0), Field::CtNwDst), ((0, ct_state::RPL), Field::CtNwSrc)] {
+        let unchecked =
+            Match::new().ip().ct_state(ct_state::TRK | ct_state::REL | rpl.0, rpl.1).reg(REG_SENDER, 0);
+        b.add(
+            table,
+            320,
+            PIPELINE,
+            unchecked,
+            vec![
+                Action::Move { src: Field::IpSrc.all(), dst: reg(REG_SENDER) },
+                Action::Move { src: peer.all(), dst: reg(REG_PEER) },
+                Action::Resubmit(Table::RelatedPeer.id()),
+                Action::Resubmit(table.id()),
+            ],
+        );
+    }
+}
+
+/// RELATED_PEER: [`REG_SENDER`] and [`REG_PEER`] differ in some bit (one
+/// flow per bit and value: OpenFlow compares no two fields), which leaves
+/// the sender as it is, or they are equal (the default), which marks it
+/// [`FROM_PEER`].
+fn related_peer_flows(b: &mut Builder) {
+    for bit in 0..32 {
+        let m = 1u32 << bit;
+        for (sender, peer) in [(m, 0), (0, m)] {
+            let differ = Match::new().reg_masked(REG_SENDER, sender, m).reg_masked(REG_PEER, peer, m);
+            b.add(Table::RelatedPeer, 100, PIPELINE, differ, vec![Action::Drop]);
+        }
+    }
+    b.add(Table::RelatedPeer, 0, PIPELINE, Match::new(), vec![Action::load_reg(REG_SENDER, FROM_PEER)]);
 }
 
 /// Flows that depend on this node's addresses.
@@ -527,16 +614,9 @@ fn node_flows(b: &mut Builder, s: &NodeState) {
     // local pod's service connection after kube-proxy's DNAT) goes back to
     // the kernel, whose conntrack turns the endpoint's address back into the
     // ClusterIP; sent straight to the client it would be dropped there.
-    b.add(
-        GatewayReply,
-        200,
-        NODE,
-        Match::new()
-            .ip()
-            .ct_state(ct_state::TRK | ct_state::EST | ct_state::RPL, 0)
-            .ct_mark(CT_MARK_FROM_GATEWAY, CT_MARK_FROM_GATEWAY),
-        to_kernel,
-    );
+    // From a global sender here; from a tenant's pod, by the client
+    // namespace's flow (`namespace_flows`).
+    b.add(GatewayReply, 200, NODE, steered().reg(REG_SRC_VNI, GLOBAL_VNI), to_kernel);
     // LOCAL_POD: the gateway as a destination arriving over the tunnel
     // (another node's pods reaching this node's host).
     let to_gw = vec![
@@ -567,6 +647,15 @@ fn node_flows(b: &mut Builder, s: &NodeState) {
     }
     // EGRESS_COMMIT: what stays on this node is committed at its ingress.
     b.add(EgressCommit, 200, NODE, Match::new().ip().nw_dst(s.subnet), vec![goto(Routing)]);
+}
+
+/// The reply of a connection a local pod opened through a ClusterIP
+/// (committed with [`CT_MARK_FROM_GATEWAY`]).
+fn steered() -> Match {
+    Match::new()
+        .ip()
+        .ct_state(ct_state::TRK | ct_state::EST | ct_state::RPL, 0)
+        .ct_mark(CT_MARK_FROM_GATEWAY, CT_MARK_FROM_GATEWAY)
 }
 
 /// Into the node kernel: addressed to tun0's MAC, whatever MAC the sender
