@@ -2,20 +2,25 @@
 //! flows its bridge must hold. `docs/pipeline.md` documents every table with
 //! an example flow; keep the two in step.
 //!
-//! Packet walk (multi-tenant):
+//! Packet walk (multi-tenant; `docs/pipeline.md` has it table by table):
 //! ```text
 //! CLASSIFIER ─ vxlan0 ─> TUNNEL_IN (known node? tun_id -> REG_SRC_VNI) ──────> LOCAL_POD
-//!            ─ tun0 ───> GATEWAY_IN (a local pod's DNATed traffic: its namespace id,
-//!                                    ct commit -> SOURCE_VNI; else REG_SRC_VNI = 0 -> ROUTING)
+//!            ─ tun0 ───> GATEWAY_IN (a local pod's DNATed traffic: its namespace id and
+//!                                    FLAG_FROM_GATEWAY -> SOURCE_VNI; else REG_SRC_VNI = 0 -> ROUTING)
 //!            ─ pod ────> SPOOF_GUARD (port+MAC+IP; the pod's namespace id -> REG_SRC_NS)
-//!   SOURCE_VNI: REG_SRC_NS -> REG_SRC_VNI; from tun0 -> ROUTING, ip -> SERVICE, arp -> ROUTING
-//!   SERVICE: a service port -> REG_DST_NS = the service's namespace id -> SERVICE_VNI
+//!   SOURCE_VNI: REG_SRC_NS -> REG_SRC_VNI; from tun0 -> ct -> EGRESS_POLICY, ip -> SERVICE, arp -> ROUTING
+//!   SERVICE: a service port -> REG_DST_NS = the service's namespace id -> SERVICE_VNI;
+//!            other ip -> ct -> EGRESS_POLICY
 //!   SERVICE_VNI: the client's VNI is the service's (or either is global) -> tun0
+//!   EGRESS_POLICY: replies, related packets from their peer (RELATED_PEER), the sender's
+//!                  egress rules -> EGRESS_COMMIT (new: ct commit) -> ROUTING; else drop
 //!   ROUTING: gateway -> tun0 | local subnet -> LOCAL_POD | cluster -> REMOTE_NODE | else tun0
 //!   LOCAL_POD: the pod's namespace id -> REG_DST_NS, its port -> REG_DST_PORT -> DEST_VNI
 //!   DEST_VNI: REG_DST_NS -> REG_DST_VNI; ip -> GATEWAY_REPLY, arp -> ISOLATION
 //!   GATEWAY_REPLY: reply of a DNATed connection, from the client's own VNI -> tun0; else ISOLATION
-//!   ISOLATION: src VNI = dst VNI, or either is 0 -> output:REG_DST_PORT; else drop
+//!   ISOLATION: src VNI = dst VNI, or either is 0 -> INGRESS_POLICY; else REFUSED (counted, drop)
+//!   INGRESS_POLICY: ARP, replies, related packets from their peer, the receiver's ingress
+//!                   rules -> INGRESS_COMMIT (new: ct commit) -> output:REG_DST_PORT; else drop
 //!   REMOTE_NODE: tun_id = REG_SRC_VNI, tun_dst = node IP -> vxlan0
 //! ```
 //!
