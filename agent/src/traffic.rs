@@ -117,35 +117,34 @@ pub struct Count {
 /// The series a counting flow adds to, given who is who (`None`: not a
 /// counting flow, or an owner the agent no longer knows).
 pub fn series_of(kind: Counted, object: u32, owners: &Owners) -> Option<Series> {
+    // Namespace-id flows name their namespace and its VNI; the policy drops
+    // a pod's address, whose namespace and VNI the pods say.
+    let traffic = |direction, peer| {
+        let (namespace, vni) = owners.namespaces.get(&object)?;
+        Some(Series::Traffic { namespace: namespace.clone(), vni: (*vni)?, direction, peer })
+    };
     let policy = |direction| {
         let (namespace, vni) = owners.pod_ips.get(&object)?;
         Some(Series::PolicyRefused { namespace: namespace.clone(), vni: (*vni)?, direction })
     };
     match kind {
-        Counted::Spoofed => {
-            let (namespace, pod) = owners.pods.get(&object)?.clone();
-            return Some(Series::Spoofed { namespace, pod });
-        }
-        Counted::RefusedFromVni => return Some(Series::RefusedFromVni { vni: object }),
-        Counted::PolicyRefusedIngress => return policy(Direction::Received),
-        Counted::PolicyRefusedEgress => return policy(Direction::Sent),
-        _ => {}
-    }
-    let (namespace, vni) = owners.namespaces.get(&object)?;
-    let (namespace, vni) = (namespace.clone(), (*vni)?);
-    let traffic = |direction, peer| Series::Traffic { namespace: namespace.clone(), vni, direction, peer };
-    Some(match kind {
         Counted::Sent => traffic(Direction::Sent, Peer::Any),
         Counted::SentOutside => traffic(Direction::Sent, Peer::Outside),
         Counted::ReceivedOwnVni => traffic(Direction::Received, Peer::OwnVni),
         Counted::ReceivedGlobal => traffic(Direction::Received, Peer::Global),
         Counted::ReceivedOtherVni => traffic(Direction::Received, Peer::OtherVni),
-        Counted::Refused => Series::Refused { namespace, vni },
-        Counted::Spoofed
-        | Counted::RefusedFromVni
-        | Counted::PolicyRefusedIngress
-        | Counted::PolicyRefusedEgress => return None,
-    })
+        Counted::Refused => {
+            let (namespace, vni) = owners.namespaces.get(&object)?;
+            Some(Series::Refused { namespace: namespace.clone(), vni: (*vni)? })
+        }
+        Counted::RefusedFromVni => Some(Series::RefusedFromVni { vni: object }),
+        Counted::PolicyRefusedIngress => policy(Direction::Received),
+        Counted::PolicyRefusedEgress => policy(Direction::Sent),
+        Counted::Spoofed => {
+            let (namespace, pod) = owners.pods.get(&object)?.clone();
+            Some(Series::Spoofed { namespace, pod })
+        }
+    }
 }
 
 /// A flow's counters at the last read.

@@ -40,7 +40,7 @@ impl Traffic {
     /// The growth from `before` to `self`, field by field; a counter that
     /// went down (the agent restarted) grew by what it holds now.
     fn since(&self, before: &Traffic) -> Traffic {
-        let d = |now: f64, was: f64| if now >= was { now - was } else { now };
+        let d = grew;
         Traffic {
             sent_packets: d(self.sent_packets, before.sent_packets),
             sent_bytes: d(self.sent_bytes, before.sent_bytes),
@@ -62,6 +62,16 @@ impl Traffic {
             refused_packets: self.refused_packets * k,
             refused_out_packets: self.refused_out_packets * k,
         }
+    }
+}
+
+/// A counter's growth from `was` to `now`; one that went down (the agent
+/// restarted) grew by what it holds now.
+fn grew(now: f64, was: f64) -> f64 {
+    if now >= was {
+        now - was
+    } else {
+        now
     }
 }
 
@@ -138,7 +148,6 @@ pub fn rates(
     vnis: &BTreeMap<u32, Vec<String>>,
 ) -> BTreeMap<String, Traffic> {
     let per_sec = 1.0 / secs.max(f64::MIN_POSITIVE);
-    let grew = |now: f64, was: f64| if now >= was { now - was } else { now };
     let mut out: BTreeMap<String, Traffic> = BTreeMap::new();
     let mut from_vni: BTreeMap<u32, f64> = BTreeMap::new();
     for (before, after) in samples {

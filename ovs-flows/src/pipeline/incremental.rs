@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::{
-    namespace_flows, node_flows, pod_flows, refused_flows, refusing_vnis, remote_node_flows, service_flows,
-    static_flows, to_gateway, Builder, Mode, NamespaceUse, NodeState, GLOBAL_VNI,
+    namespace_flows, node_flows, pod_flows, refused_flows, refuses_from, refusing_vnis, remote_node_flows,
+    service_flows, static_flows, to_gateway, Builder, NamespaceUse, NodeState,
 };
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
@@ -98,7 +98,7 @@ pub(super) fn namespace_id_flows(
 /// [`super::NodePipeline`] keeps counts).
 pub(super) fn vni_flows(state: &NodeState, round: u16, vni: u32) -> FlowSet {
     let mut b = Builder { round, flows: FlowSet::new() };
-    if state.mode == Mode::MultiTenant && vni != GLOBAL_VNI {
+    if refuses_from(state.mode, vni) {
         refused_flows(&mut b, vni);
     }
     b.flows

@@ -398,8 +398,13 @@ pub(super) fn refusing_vnis(state: &NodeState) -> BTreeSet<u32> {
 
 /// The tenant VNI of each namespace (repeated for namespaces joined).
 pub(super) fn refusing_vnis_of_each(state: &NodeState) -> impl Iterator<Item = u32> + '_ {
-    let tenant = state.mode == Mode::MultiTenant;
-    state.vnis.values().copied().filter(move |v| tenant && *v != GLOBAL_VNI)
+    state.vnis.values().copied().filter(move |v| refuses_from(state.mode, *v))
+}
+
+/// Whether `vni` has a REFUSED flow when some namespace has it: a tenant
+/// VNI in multi-tenant mode (a global sender is never refused).
+pub(super) fn refuses_from(mode: Mode, vni: u32) -> bool {
+    mode == Mode::MultiTenant && vni != GLOBAL_VNI
 }
 
 /// REFUSED's flow of one tenant VNI: what ISOLATION refused from its pods,

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use super::ids::FreeIds;
 use super::incremental::{namespace_id_flows, owner_flows, owners, vni_flows, Incremental, Owner};
-use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service, GLOBAL_VNI};
+use super::{LocalPod, Mode, NamespaceUse, NodeState, RemoteNode, Service};
 use crate::cookie::Category;
 use crate::flow::{Flow, FlowSet};
 use crate::ofp::FlowOp;
@@ -275,7 +275,8 @@ impl NodePipeline {
         if let Some(id) = self.state.namespace_ids.get(ns) {
             owners.insert((Category::NamespaceId, *id));
         }
-        let tenant = |v: &u32| self.state.mode == Mode::MultiTenant && *v != GLOBAL_VNI;
+        let mode = self.state.mode;
+        let tenant = |v: &u32| super::refuses_from(mode, *v);
         if let Some(v) = old.filter(tenant) {
             if let Some(n) = self.vni_users.get_mut(&v) {
                 *n -= 1;
