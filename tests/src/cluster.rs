@@ -469,8 +469,8 @@ fn exec_in(
     conf: Value,
 ) -> Result<CniOutput> {
     let stdin = call.raw_stdin.clone().unwrap_or_else(|| conf.to_string().into_bytes());
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns]).arg(plugin).env_clear();
+    let mut cmd = Command::new(plugin);
+    cmd.env_clear();
     cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &call.container_id)
@@ -485,15 +485,19 @@ fn exec_in(
         };
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("spawn {}", plugin.display()))?;
-    {
-        use std::io::Write;
-        let mut si = child.stdin.take().context("stdin")?;
-        si.write_all(&stdin)?;
-    }
-    let out = child.wait_with_output()?;
-    let elapsed = start.elapsed();
+    // Exec'd by a process of the node, as the kubelet's runtime execs it.
+    let name = plugin.display().to_string();
+    let (out, elapsed) = netns::node_process::run(netns, move || -> Result<_> {
+        let start = Instant::now();
+        let mut child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+        {
+            use std::io::Write;
+            let mut si = child.stdin.take().context("stdin")?;
+            si.write_all(&stdin)?;
+        }
+        let out = child.wait_with_output()?;
+        Ok((out, start.elapsed()))
+    })??;
     let stdout = if out.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {

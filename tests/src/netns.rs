@@ -8,6 +8,8 @@ use nix::unistd::Pid;
 
 use crate::cmd::{self, Output};
 
+pub mod node_process;
+
 /// A named network namespace (`/run/netns/<name>`) created by the lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
@@ -131,6 +133,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub(crate) fn destroy_by_name(name: &str) {
+    node_process::forget(name);
     let pids = pids_in(name);
     if !pids.is_empty() {
         terminate_pids(&pids, Duration::from_secs(2));

@@ -103,3 +103,48 @@ fn lab_sweep_removes_leftovers_of_a_killed_run() -> Result<()> {
     assert!(!dir.exists());
     Ok(())
 }
+
+/// The lab's kubelet execs CNI plugins as a process of the node (a thread
+/// that entered the node once, not `ip netns exec` per call): the plugin
+/// sees the node's links in `ip link` and in `/sys`, and none of that
+/// reaches the machine's own mount table.
+#[test]
+fn lab_node_processes_see_the_node_and_leave_the_machine_alone() -> Result<()> {
+    lab::needs_root!();
+    let lab = Lab::start(1)?;
+    let node = &lab.node(1).netns;
+    let ls_sys = || -> Result<Vec<String>> {
+        let names = std::fs::read_dir("/sys/class/net")?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<Vec<String>>>()?;
+        Ok(names)
+    };
+    let machine_before = ls_sys()?;
+    let node_links: Vec<String> = node
+        .ip(&["-o", "link", "show"])?
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect();
+    let (sys, ip_link) = netns::node_process::run(&node.name, || -> Result<(String, String)> {
+        let sys = Command::new("ls").arg("/sys/class/net").output()?;
+        let ip = Command::new("ip").args(["-o", "link", "show"]).output()?;
+        Ok((
+            String::from_utf8_lossy(&sys.stdout).into_owned(),
+            String::from_utf8_lossy(&ip.stdout).into_owned(),
+        ))
+    })??;
+    let mut sys: Vec<String> = sys.split_whitespace().map(str::to_string).collect();
+    sys.sort();
+    let mut expected = node_links.clone();
+    expected.sort();
+    assert_eq!(sys, expected, "the node's /sys/class/net lists the node's links");
+    assert!(node_links.iter().any(|l| l == "br-phy"), "the node has its underlay bridge: {node_links:?}");
+    assert!(ip_link.contains("br-phy"), "ip link run as a node process sees the node: {ip_link}");
+    assert_eq!(ls_sys()?, machine_before, "the machine's /sys is untouched");
+    assert!(
+        !machine_before.iter().any(|l| l == "br-phy"),
+        "no br-phy on the machine itself: {machine_before:?}"
+    );
+    Ok(())
+}
