@@ -82,7 +82,8 @@ async fn lab_netlink_pod_interface_is_wired_checked_and_removed() -> Result<()> 
     assert!(veth.contains("mtu 1450") && veth.contains("state UP"), "{veth}");
     assert!(node.netns.ip(&["link", "show", "eth0"]).is_err(), "eth0 was created inside the pod only");
 
-    // Offloads, as ethtool reads them back, on both ends.
+    // Offloads, as ethtool reads them back: off on the pod end; the host
+    // end's stay as the kernel made the veth (see `configure_veth`).
     let off = [
         "generic-receive-offload: off",
         "generic-segmentation-offload: off",
@@ -91,8 +92,7 @@ async fn lab_netlink_pod_interface_is_wired_checked_and_removed() -> Result<()> 
         "tx-checksumming: off",
     ];
     assert_eq!(ethtool_k(&pod, "eth0")?, off);
-    assert_eq!(ethtool_k(&node, "vethnl1")?, off);
-    assert!(!host.offloads("vethnl1")?.any());
+    assert!(host.offloads("vethnl1")?.any(), "the host end's offloads are left alone");
 
     // The wiring carries packets: the gateway address on the host end
     // answers the pod (both namespaces are the test's own).

@@ -135,7 +135,7 @@ impl Host for NetlinkHost {
         create_pod_veth(&self.0, iface).await
     }
     async fn configure_veth(&self, iface: &PodInterface) -> Result<(), NetlinkError> {
-        configure_veth(&self.0, iface).await
+        configure_veth(iface).await
     }
     async fn del_link(&self, name: &str) -> Result<bool, NetlinkError> {
         self.0.del_link(name).await

@@ -66,7 +66,7 @@ const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NodeSettings {
     pub bridge: String,
     pub pod_mtu: u32,
-    /// On the userspace (netdev) datapath veth offloads go off, the node
+    /// On the userspace (netdev) datapath the pod end's offloads go off, the node
     /// kernel is kept from answering on pod veths (see `iptables.rs`), and
     /// pod egress is policed by an OpenFlow meter (see `bandwidth::meter`).
     pub datapath: DatapathType,

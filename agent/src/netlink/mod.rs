@@ -460,7 +460,8 @@ pub struct PodInterface {
     /// The pod's IP with the node subnet's prefix length.
     pub address: Ipv4Network,
     pub gateway: Ipv4Addr,
-    /// Turn offloads off on both ends (needed on the netdev datapath).
+    /// Turn the pod end's offloads off (needed on the netdev datapath; see
+    /// [`configure_veth`]).
     pub offloads_off: bool,
 }
 
@@ -488,7 +489,7 @@ pub struct PodLinks {
 pub async fn setup_pod_interface(host: &Netlink, spec: &PodInterface) -> Result<PodLinks, NetlinkError> {
     create_pod_veth(host, spec).await?;
     let wired = async {
-        configure_veth(host, spec).await?;
+        configure_veth(spec).await?;
         let pod = Netlink::in_netns(&spec.netns)?;
         Ok(PodLinks {
             host: host.require_link(&spec.host_name).await?,
@@ -522,15 +523,19 @@ pub async fn create_pod_veth(host: &Netlink, spec: &PodInterface) -> Result<(), 
     host.create_veth(&spec.host_name, &spec.netns, &spec.ifname, Some(spec.mac), spec.mtu, flags).await
 }
 
-/// The second half: the host end's offloads off if asked (in the node's
-/// namespace), then inside the pod's namespace, entered once (one thread
+/// The second half, inside the pod's namespace, entered once (one thread
 /// turns the pod end's offloads off, if asked, and opens the netlink
-/// socket there), the pod end up, its address and the default route via
-/// the gateway: four requests. The caller deletes the host end on failure.
-pub async fn configure_veth(host: &Netlink, spec: &PodInterface) -> Result<(), NetlinkError> {
-    if spec.offloads_off {
-        host.offloads_off(&spec.host_name)?;
-    }
+/// socket there): the pod end up, its address and the default route via
+/// the gateway, four requests. The caller deletes the host end on failure.
+///
+/// The host end's offloads stay as the kernel made them: on the netdev
+/// datapath ovs-vswitchd reads and writes that end whole frames through a
+/// packet socket, so its offloads change no byte (what matters is the pod
+/// end: with its offloads on, the pod's frames would carry partial
+/// checksums). Changing them would be one more link notification in the
+/// node's namespace, and ovs-vswitchd answers each with a reconfiguration
+/// over every port (`bench/README.md`, "CNI ADD / DEL").
+pub async fn configure_veth(spec: &PodInterface) -> Result<(), NetlinkError> {
     let offloads = spec.offloads_off.then(|| spec.ifname.clone());
     let pod = Netlink::in_netns_and(&spec.netns, move || match &offloads {
         Some(dev) => ethtool::offloads_off(dev),
