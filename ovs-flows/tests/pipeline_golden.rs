@@ -1,7 +1,7 @@
 //! Golden tests of the pipeline: representative node states in both modes,
 //! compared line by line with the flows as `ovs-ofctl dump-flows` prints
 //! them (files under `tests/golden/`). After an intended pipeline change,
-//! regenerate with `UPDATE_GOLDEN=1 cargo nextest run -p ovs-flows pipeline_golden`
+//! regenerate with `UPDATE_GOLDEN=1 cargo nextest run -p ovs-flows --test pipeline_golden`
 //! and review the diff: it is the change of the dataplane.
 
 use std::collections::BTreeMap;

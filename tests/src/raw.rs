@@ -237,3 +237,65 @@ impl Connections {
         Ok(Connections { _script: Script::start(netns, "the victim's connections", HOLD, &args)? })
     }
 }
+
+const UDP_SINK: &str = r#"
+import socket,sys
+u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind((sys.argv[1],int(sys.argv[2])))
+print('ready')
+while True:
+    u.recvfrom(2048)
+"#;
+
+/// A UDP port that takes every datagram and answers none, neither with data
+/// nor with an error: whatever error a client of it gets was forged.
+pub struct UdpSink {
+    _script: Script,
+}
+
+impl UdpSink {
+    pub fn start(netns: &Netns, ip: &str, port: u16) -> Result<UdpSink> {
+        Ok(UdpSink { _script: Script::start(netns, "a UDP sink", UDP_SINK, &[ip, &port.to_string()])? })
+    }
+}
+
+const UDP_CLIENT: &str = r#"
+import socket,sys,time
+me,sport,ip,port=sys.argv[1],int(sys.argv[2]),sys.argv[3],int(sys.argv[4])
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind((me,sport)); s.connect((ip,port)); s.settimeout(0.2)
+first=True
+while True:
+    try:
+        s.send(b'ask'); s.recv(100); print('answer')
+    except ConnectionRefusedError:
+        print('refused')
+    except socket.timeout:
+        pass
+    if first:
+        print('ready'); first=False
+    time.sleep(0.1)
+"#;
+
+/// A UDP client as a resolver is one: a socket bound to `sport` and
+/// connected to `ip:port`, asking every 0.1 s; each answer and each
+/// "connection refused" (an ICMP port unreachable the kernel matched to
+/// the socket) is counted. Ready once its first datagram went out.
+pub struct UdpClient {
+    script: Script,
+}
+
+impl UdpClient {
+    pub fn start(netns: &Netns, me: &str, sport: u16, ip: &str, port: u16) -> Result<UdpClient> {
+        let args = [me, &sport.to_string(), ip, &port.to_string()];
+        Ok(UdpClient { script: Script::start(netns, "a UDP client", UDP_CLIENT, &args)? })
+    }
+
+    /// How many of its datagrams were refused so far.
+    pub fn refusals(&self) -> usize {
+        self.script.lines().iter().filter(|l| *l == "refused").count()
+    }
+
+    /// How many were answered so far.
+    pub fn answers(&self) -> usize {
+        self.script.lines().iter().filter(|l| *l == "answer").count()
+    }
+}

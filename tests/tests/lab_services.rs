@@ -424,3 +424,74 @@ fn lab_services_host_port_through_the_portmap_plugin() -> Result<()> {
     );
     Ok(())
 }
+
+/// A UDP client of a ClusterIP whose endpoint has nothing on the port is
+/// refused at once, as behind kube-proxy on any network: the endpoint's
+/// ICMP port unreachable goes back through the node kernel, whose
+/// conntrack turns it into one from the ClusterIP (delivered straight, it
+/// names the endpoint's address, which the client never sent to, and the
+/// client waits for its timeout; a resolver moves on to its next server
+/// only then). Only the endpoint can have that done: another pod's forged
+/// error about the same connection, from the client's node or over the
+/// tunnel, is never turned into a refusal from the ClusterIP.
+#[test]
+fn lab_services_udp_to_a_closed_port_is_refused_and_only_by_its_endpoint() -> Result<()> {
+    lab::needs_root!();
+    let mut s = ServiceLab::start(2, &[("red", 100)], kubeadm_proxy())?;
+    let ep1 = s.add_pod(1, "red", "ep1")?;
+    let ep2 = s.add_pod(2, "red", "ep2")?;
+    let client = s.add_pod(1, "red", "client")?;
+    let mallory1 = s.add_pod(1, "red", "mallory1")?;
+    let mallory2 = s.add_pod(2, "red", "mallory2")?;
+    s.serve(&ep1, "udp", 5353)?;
+    s.serve(&ep2, "udp", 5353)?;
+    // Port 54 -> 5454, where nothing listens; 55 -> 5555, a sink.
+    let ports = [("echo", "UDP", 53, 5353), ("closed", "UDP", 54, 5454), ("sink", "UDP", 55, 5555)];
+    s.service("red", "local", "10.96.5.6", &ports, &[], Some(&[&ep1]))?;
+    s.service("red", "remote", "10.96.5.5", &ports, &[], Some(&[&ep2]))?;
+    s.proxy_synced()?;
+    let _sink = lab::raw::UdpSink::start(&ep2.netns, &ep2.ip, 5555)?;
+    for vip in ["10.96.5.6", "10.96.5.5"] {
+        answer(&client, "udp", vip, 53)?;
+        // The endpoint's own error, on its node (local) and across the tunnel.
+        let refused = lab::raw::UdpClient::start(&client.netns, &client.ip, 40054, vip, 54)?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while refused.refusals() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ensure!(
+            refused.refusals() >= 3,
+            "{vip}:54 from the client: {} refusals, want 3 within 3 s",
+            refused.refusals()
+        );
+        ensure!(refused.answers() == 0, "{vip}:54 answered");
+    }
+    // Forged: both mallories quote the client's real connection to the
+    // sink (its conntrack entries exist: the client keeps asking).
+    let sink_client = lab::raw::UdpClient::start(&client.netns, &client.ip, 40055, "10.96.5.5", 55)?;
+    let client_ip: std::net::Ipv4Addr = client.ip.parse()?;
+    let ep2_ip: std::net::Ipv4Addr = ep2.ip.parse()?;
+    let quoted = lab::forge::udp(client_ip, ep2_ip, 40055, 5555, b"ask");
+    for m in [&mallory1, &mallory2] {
+        let m_ip: std::net::Ipv4Addr = m.ip.parse()?;
+        let error = lab::forge::icmp_error(m_ip, client_ip, 3, 3, &quoted);
+        let frame = lab::forge::ether(lab::forge::mac_for(m_ip), lab::forge::mac_for(client_ip), &error);
+        lab::raw::send_frames(&m.netns, "eth0", &[frame], 20)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        sink_client.refusals() == 0,
+        "a forged port unreachable reached the client as a refusal from the ClusterIP ({} times)",
+        sink_client.refusals()
+    );
+    // Control: the same error from the endpoint itself is one.
+    let error = lab::forge::icmp_error(ep2_ip, client_ip, 3, 3, &quoted);
+    let frame = lab::forge::ether(lab::forge::mac_for(ep2_ip), lab::forge::mac_for(client_ip), &error);
+    lab::raw::send_frames(&ep2.netns, "eth0", &[frame], 20)?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while sink_client.refusals() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(sink_client.refusals() > 0, "the endpoint's own error about the connection was not a refusal");
+    Ok(())
+}

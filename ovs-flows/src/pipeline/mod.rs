@@ -17,7 +17,8 @@
 //!   ROUTING: gateway -> tun0 | local subnet -> LOCAL_POD | cluster -> REMOTE_NODE | else tun0
 //!   LOCAL_POD: the pod's namespace id -> REG_DST_NS, its port -> REG_DST_PORT -> DEST_VNI
 //!   DEST_VNI: REG_DST_NS -> REG_DST_VNI; ip -> GATEWAY_REPLY, arp -> ISOLATION
-//!   GATEWAY_REPLY: reply of a DNATed connection, from the client's own VNI -> tun0; else ISOLATION
+//!   GATEWAY_REPLY: reply of a DNATed connection, or an ICMP error about it from its peer,
+//!                  from the client's own VNI -> tun0; else ISOLATION
 //!   ISOLATION: src VNI = dst VNI, or either is 0 -> INGRESS_POLICY; else REFUSED (counted, drop)
 //!   INGRESS_POLICY: ARP, replies, related packets from their peer, the receiver's ingress
 //!                   rules -> INGRESS_COMMIT (new: ct commit) -> output:REG_DST_PORT; else drop
@@ -155,11 +156,16 @@ pub const REG_SRC_NS: Reg = Reg::R3;
 /// The destination's namespace id (a local pod's, or a service's), mapped
 /// by DEST_VNI (or checked by SERVICE_VNI).
 pub const REG_DST_NS: Reg = Reg::R4;
-/// Flags of the packet's walk: [`FLAG_FROM_GATEWAY`].
+/// Flags of the packet's walk: [`FLAG_FROM_GATEWAY`], [`FLAG_STEER`].
 pub const REG_FLAGS: Reg = Reg::R5;
 /// In [`REG_FLAGS`]: a local pod's service traffic after kube-proxy's DNAT
 /// (GATEWAY_IN); its connection is committed with [`CT_MARK_FROM_GATEWAY`].
 pub const FLAG_FROM_GATEWAY: u32 = 0x1;
+/// In [`REG_FLAGS`], set in GATEWAY_REPLY: the packet belongs back in the
+/// kernel if its sender may reach the client (the per-namespace steer
+/// flows decide): the reply of a connection committed with
+/// [`CT_MARK_FROM_GATEWAY`], or an ICMP error about one from its peer.
+pub const FLAG_STEER: u32 = 0x2;
 /// RELATED_PEER's operands: a related packet's sender (`nw_src`) and the
 /// peer of the connection it belongs to (`ct_nw_dst` of a reply, `ct_nw_src`
 /// otherwise). [`REG_SENDER`] is 0 until a policy table has a related packet
@@ -435,6 +441,7 @@ fn static_flows(b: &mut Builder) {
     // GATEWAY_REPLY: traffic from the gateway needs no steering; other IP
     // to a local pod is looked up in the zone GATEWAY_IN commits to.
     b.add(GatewayReply, 300, PIPELINE, Match::new().in_port(GATEWAY_OFPORT), vec![goto(Isolation)]);
+    steer_candidates(b);
     b.add(
         GatewayReply,
         100,
@@ -659,13 +666,58 @@ fn node_flows(b: &mut Builder, s: &NodeState) {
     b.add(EgressCommit, 200, NODE, Match::new().ip().nw_dst(s.subnet), vec![goto(Routing)]);
 }
 
-/// The reply of a connection a local pod opened through a ClusterIP
-/// (committed with [`CT_MARK_FROM_GATEWAY`]).
+/// What GATEWAY_REPLY may hand back to the kernel ([`steer_candidates`]
+/// marked it); the steer flows add who may send it.
 fn steered() -> Match {
-    Match::new()
-        .ip()
-        .ct_state(ct_state::TRK | ct_state::EST | ct_state::RPL, 0)
-        .ct_mark(CT_MARK_FROM_GATEWAY, CT_MARK_FROM_GATEWAY)
+    Match::new().ip().reg(REG_FLAGS, FLAG_STEER)
+}
+
+/// GATEWAY_REPLY's candidates for the kernel, marked [`FLAG_STEER`] and
+/// looked up again (the steer flows, one per client namespace, then
+/// match the flag, whichever kind it was): in the direction of the reply
+/// of a connection a local pod opened through a ClusterIP (committed with
+/// [`CT_MARK_FROM_GATEWAY`]),
+/// - a reply;
+/// - an ICMP error from the connection's peer, the endpoint: port
+///   unreachable for a UDP client of a ClusterIP with nothing listening
+///   behind it, or a path MTU report. The kernel's conntrack translates
+///   the error back as it does the reply (the ClusterIP as its source and
+///   in the datagram it quotes), so the client's socket gets its "connection
+///   refused" at once. Delivered straight, it quotes an address the client
+///   never sent to, and the socket waits for its timeout. Over the tunnel
+///   the error comes here unchecked (`REG_SENDER` 0) and goes through
+///   RELATED_PEER first; from a local pod EGRESS_POLICY checked it. From
+///   anyone else an error is not steered: any pod could quote its
+///   neighbour's service connection and have the kernel hand it a
+///   "connection refused" from the ClusterIP.
+fn steer_candidates(b: &mut Builder) {
+    use Table::GatewayReply;
+    // `REG_FLAGS` holds no other flag here: FLAG_FROM_GATEWAY comes only
+    // with what tun0 sent in, which the priority-300 flow sent on to
+    // ISOLATION. So the flag is set as the whole register (a partial load
+    // reads back from an OpenFlow 1.3 dump as `load:`, not `set_field:`).
+    let unmarked = |state: u32| {
+        Match::new()
+            .ip()
+            .ct_state(ct_state::TRK | ct_state::RPL | state, 0)
+            .ct_mark(CT_MARK_FROM_GATEWAY, CT_MARK_FROM_GATEWAY)
+            .reg(REG_FLAGS, 0)
+    };
+    let mark = || vec![Action::load_reg(REG_FLAGS, FLAG_STEER), Action::Resubmit(GatewayReply.id())];
+    b.add(
+        GatewayReply,
+        250,
+        PIPELINE,
+        unmarked(ct_state::REL).reg(REG_SENDER, 0),
+        vec![
+            Action::Move { src: Field::IpSrc.all(), dst: reg(REG_SENDER) },
+            Action::Move { src: Field::CtNwDst.all(), dst: reg(REG_PEER) },
+            Action::Resubmit(Table::RelatedPeer.id()),
+            Action::Resubmit(GatewayReply.id()),
+        ],
+    );
+    b.add(GatewayReply, 220, PIPELINE, unmarked(ct_state::EST), mark());
+    b.add(GatewayReply, 220, PIPELINE, unmarked(ct_state::REL).reg(REG_SENDER, FROM_PEER), mark());
 }
 
 /// Into the node kernel: addressed to tun0's MAC, whatever MAC the sender
