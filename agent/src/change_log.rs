@@ -66,7 +66,12 @@ impl<T: Ord> ChangeLog<T> {
         if seen > self.last || seen + 1 < self.complete_from {
             return None;
         }
-        Some(self.log.iter().filter(|(n, _)| *n > seen).map(|(_, c)| c).collect())
+        // The log's numbers are consecutive and end at `last`: what came
+        // after `seen` is its tail, found without walking the 4,096
+        // entries a long-running agent's log holds.
+        let after = usize::try_from(self.last - seen).unwrap_or(usize::MAX);
+        let from = self.log.len().saturating_sub(after);
+        Some(self.log.range(from..).map(|(_, c)| c).collect())
     }
 }
 
@@ -113,5 +118,24 @@ mod tests {
         c.push("blue");
         assert_eq!(r.read(&c), Some(BTreeSet::from([&"blue"])));
         assert_eq!(r.read(&c), Some(BTreeSet::new()));
+    }
+
+    /// What a reader is given from the log's tail is what a walk of the
+    /// whole log finds after it, through pushes past the capacity and resets.
+    #[test]
+    fn the_tail_is_every_entry_after_the_one_seen() {
+        let mut next = ovs_flows::samples::random_below(0xc0ffee);
+        let mut c = ChangeLog::with_capacity(5);
+        for _ in 0..500 {
+            match next(12) {
+                0 => c.reset(),
+                _ => c.push(next(4)),
+            }
+            for seen in c.complete_from.saturating_sub(1)..=c.last {
+                let walked: BTreeSet<&u64> =
+                    c.log.iter().filter(|(n, _)| *n > seen).map(|(_, v)| v).collect();
+                assert_eq!(c.since(seen), Some(walked), "after {seen} of {c:?}");
+            }
+        }
     }
 }

@@ -926,6 +926,12 @@ impl Flow {
         FlowKey { table: self.table, priority: self.priority, m: self.m.clone() }
     }
 
+    /// [`Flow::key`] borrowed, in the same order as [`FlowKey`]'s (a
+    /// [`FlowSet`]'s): for comparing flows without copying their matches.
+    pub fn identity(&self) -> (u8, u16, &Match) {
+        (self.table, self.priority, &self.m)
+    }
+
     /// The actions as `ovs-ofctl` prints them (`drop` when empty).
     pub fn actions_string(&self) -> String {
         if self.actions.iter().all(|a| *a == Action::Drop) {

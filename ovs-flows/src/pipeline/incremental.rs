@@ -6,6 +6,7 @@
 //! Owners are the cookie's (category, object): every flow belongs to
 //! exactly one, so the flows of a node are the union of its owners' flows.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -21,18 +22,21 @@ use crate::reconcile;
 /// Who a flow belongs to: the cookie's category and object.
 pub type Owner = (Category, u32);
 
-/// The flows of one owner in `state`, every cookie in `round`; empty when
-/// the owner has none (a pod gone, a namespace without a VNI). Namespace
-/// ids are `state.namespace_ids`, which the caller keeps assigned.
-pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
-    let mut b = Builder { round, flows: FlowSet::new() };
+/// The flows of one owner in `state`, every cookie in `round`, as a group
+/// ([`group`]); empty when the owner has none (a pod gone, a namespace
+/// without a VNI). Namespace ids are `state.namespace_ids`, which the
+/// caller keeps assigned.
+pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> Vec<Flow> {
+    let mut b = Builder::group(round);
     let ids = &state.namespace_ids;
     let (category, object) = owner;
     match category {
         Category::Pipeline | Category::Node => {
             static_flows(&mut b);
             node_flows(&mut b, state);
-            return b.flows.iter().filter(|f| f.cookie.category() == Some(category)).cloned().collect();
+            let mut flows = b.into_group();
+            flows.retain(|f| f.cookie.category() == Some(category));
+            return flows;
         }
         Category::Pod => {
             if let Some(p) = state.pods.get(&object) {
@@ -73,7 +77,7 @@ pub fn owner_flows(state: &NodeState, round: u16, owner: Owner) -> FlowSet {
         Category::Policy => super::policy_flows(&mut b, state),
         Category::Test => {}
     }
-    b.flows
+    b.into_group()
 }
 
 /// The flows of namespace id `id`, held by `namespace` with `uses` (the
@@ -85,23 +89,23 @@ pub(super) fn namespace_id_flows(
     id: u32,
     namespace: &str,
     uses: NamespaceUse,
-) -> FlowSet {
-    let mut b = Builder { round, flows: FlowSet::new() };
+) -> Vec<Flow> {
+    let mut b = Builder::group(round);
     if let Some(vni) = state.vni_of(namespace) {
         namespace_flows(&mut b, id, vni, uses, &to_gateway(state));
     }
-    b.flows
+    b.into_group()
 }
 
 /// The flows of tenant VNI `vni`, which some namespace has (the caller's
 /// index says so: [`owner_flows`] scans the state, the
 /// [`super::NodePipeline`] keeps counts).
-pub(super) fn vni_flows(state: &NodeState, round: u16, vni: u32) -> FlowSet {
-    let mut b = Builder { round, flows: FlowSet::new() };
+pub(super) fn vni_flows(state: &NodeState, round: u16, vni: u32) -> Vec<Flow> {
+    let mut b = Builder::group(round);
     if refuses_from(state.mode, vni) {
         refused_flows(&mut b, vni);
     }
-    b.flows
+    b.into_group()
 }
 
 /// Every owner with flows in `state` (a superset is harmless).
@@ -201,17 +205,27 @@ pub fn touched(old: &NodeState, new: &NodeState) -> Option<BTreeSet<Owner>> {
 #[derive(Debug, Clone)]
 pub struct Incremental {
     round: u16,
-    /// Each owner's few flows in a plain vector: a map per owner would
-    /// reserve room for eleven flows in each of the 20,000 owners of a
-    /// large node (the scale model: 107 MiB instead of about 20).
+    /// Each owner's few flows as a group ([`group`]): a map per owner
+    /// would reserve room for eleven flows in each of the 20,000 owners of
+    /// a large node (the scale model: 107 MiB instead of about 20).
     groups: BTreeMap<Owner, Vec<Flow>>,
 }
 
-/// A group's flows as stored (exact capacity).
-fn group(flows: FlowSet) -> Vec<Flow> {
-    let mut v: Vec<Flow> = flows.into_iter().collect();
-    v.shrink_to_fit();
-    v
+/// An owner's flows as the pipeline keeps them: sorted by identity (a
+/// [`FlowSet`]'s order, so two groups diff in one walk), each identity once
+/// (the last flow given for it, as a set's insert keeps), exact capacity.
+pub(super) fn group(mut flows: Vec<Flow>) -> Vec<Flow> {
+    flows.sort_by(|a, b| a.identity().cmp(&b.identity()));
+    // `later` comes after `kept` in the vector: it replaces it.
+    flows.dedup_by(|later, kept| {
+        let same = later.identity() == kept.identity();
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    flows.shrink_to_fit();
+    flows
 }
 
 impl Incremental {
@@ -224,13 +238,13 @@ impl Incremental {
     pub(super) fn of(
         round: u16,
         owners: impl IntoIterator<Item = Owner>,
-        mut flows_of: impl FnMut(Owner) -> FlowSet,
+        mut flows_of: impl FnMut(Owner) -> Vec<Flow>,
     ) -> Incremental {
         let mut inc = Incremental { round, groups: BTreeMap::new() };
         for owner in owners {
             let flows = flows_of(owner);
             if !flows.is_empty() {
-                inc.groups.insert(owner, group(flows));
+                inc.groups.insert(owner, flows);
             }
         }
         inc
@@ -275,21 +289,61 @@ impl Incremental {
         self.update_with(owners, |owner| owner_flows(state, round, owner))
     }
 
-    /// [`Incremental::update`] with the owners' new flows from `flows_of`.
+    /// [`Incremental::update`] with the owners' new flows from `flows_of`
+    /// (each a [`group`]).
     pub(super) fn update_with<'a>(
         &mut self,
         owners: impl IntoIterator<Item = &'a Owner>,
-        mut flows_of: impl FnMut(Owner) -> FlowSet,
+        mut flows_of: impl FnMut(Owner) -> Vec<Flow>,
     ) -> Vec<FlowOp> {
         let mut ops = Vec::new();
         for owner in owners {
             let new = flows_of(*owner);
-            let old: FlowSet = self.groups.remove(owner).unwrap_or_default().into_iter().collect();
-            ops.extend(reconcile::delta(&old, &new));
-            if !new.is_empty() {
-                self.groups.insert(*owner, group(new));
+            // One search of the 20,000 owners, not a remove and an insert.
+            match self.groups.entry(*owner) {
+                Entry::Occupied(mut held) => {
+                    ops.append(&mut reconcile::delta_sorted(held.get(), &new));
+                    if new.is_empty() {
+                        held.remove();
+                    } else {
+                        *held.get_mut() = new;
+                    }
+                }
+                Entry::Vacant(none) => {
+                    ops.append(&mut reconcile::delta_sorted(&[], &new));
+                    if !new.is_empty() {
+                        none.insert(new);
+                    }
+                }
             }
         }
         ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cookie::Cookie;
+    use crate::flow::{Action, Match};
+
+    /// A group is a set's flows in a set's order: sorted by identity, and
+    /// for an identity given twice the later flow, as a set's insert keeps.
+    #[test]
+    fn a_group_holds_what_a_set_of_the_same_flows_holds() {
+        let f = |port: u32, out: u32| {
+            Flow::new(
+                3,
+                100,
+                Cookie::new(1, Category::Pod, port),
+                Match::new().in_port(port),
+                vec![Action::Output(out)],
+            )
+        };
+        let flows = vec![f(9, 1), f(4, 1), f(9, 2), f(7, 1), f(4, 3), f(9, 4)];
+        let set: FlowSet = flows.iter().cloned().collect();
+        let g = group(flows);
+        assert_eq!(g, set.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(g.capacity(), g.len());
     }
 }

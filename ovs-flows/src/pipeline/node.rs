@@ -63,7 +63,7 @@ struct Index<'a> {
 }
 
 impl Index<'_> {
-    fn flows_of(&self, owner: Owner) -> FlowSet {
+    fn flows_of(&self, owner: Owner) -> Vec<Flow> {
         match owner {
             (Category::NamespaceId, id) => match self.by_id.get(&id) {
                 Some(ns) => {
@@ -71,12 +71,12 @@ impl Index<'_> {
                     let uses = NamespaceUse { pods: u.pods > 0, services: u.services > 0 };
                     namespace_id_flows(self.state, self.round, id, ns, uses)
                 }
-                None => FlowSet::new(),
+                None => Vec::new(),
             },
             // Looked up in the counts, not by scanning the cluster's namespaces.
             (Category::Namespace, vni) => match self.vni_users.contains_key(&vni) {
                 true => vni_flows(self.state, self.round, vni),
-                false => FlowSet::new(),
+                false => Vec::new(),
             },
             _ => owner_flows(self.state, self.round, owner),
         }
