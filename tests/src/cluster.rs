@@ -485,19 +485,21 @@ fn exec_in(
         };
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // Exec'd by a process of the node, as the kubelet's runtime execs it.
+    // Spawned by a process of the node, as the kubelet's runtime execs it;
+    // only the spawn goes through the node's thread, so concurrent ADDs
+    // (a kubelet starting many pods) run concurrently.
     let name = plugin.display().to_string();
-    let (out, elapsed) = netns::node_process::run(netns, move || -> Result<_> {
+    let (mut child, start) = netns::node_process::run(netns, move || -> Result<_> {
         let start = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
-        {
-            use std::io::Write;
-            let mut si = child.stdin.take().context("stdin")?;
-            si.write_all(&stdin)?;
-        }
-        let out = child.wait_with_output()?;
-        Ok((out, start.elapsed()))
+        Ok((cmd.spawn().with_context(|| format!("spawn {name}"))?, start))
     })??;
+    {
+        use std::io::Write;
+        let mut si = child.stdin.take().context("stdin")?;
+        si.write_all(&stdin)?;
+    }
+    let out = child.wait_with_output()?;
+    let elapsed = start.elapsed();
     let stdout = if out.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {

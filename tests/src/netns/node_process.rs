@@ -30,6 +30,8 @@ fn threads() -> &'static Mutex<HashMap<String, Sender<Job>>> {
 
 /// Runs `job` on the spawning thread of namespace `ns` (`/run/netns/<ns>`):
 /// processes it spawns are processes of that node. Returns what `job` returns.
+/// One job at a time per node: a job should spawn and return (the caller
+/// waits for the child), so that concurrent callers' programs run at once.
 pub fn run<T: Send + 'static>(ns: &str, job: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let sender = {
         let mut threads = threads().lock().map_err(|_| anyhow!("node process threads: lock poisoned"))?;
