@@ -451,19 +451,21 @@ fn lab_services_udp_to_a_closed_port_is_refused_and_only_by_its_endpoint() -> Re
     s.service("red", "remote", "10.96.5.5", &ports, &[], Some(&[&ep2]))?;
     s.proxy_synced()?;
     let _sink = lab::raw::UdpSink::start(&ep2.netns, &ep2.ip, 5555)?;
+    // The client's refusals once it has `n`, or after 3 s (a convergence
+    // wait: each of its asks waits 0.2 s for an answer).
+    let refusals_reaching = |c: &lab::raw::UdpClient, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while c.refusals() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.refusals()
+    };
     for vip in ["10.96.5.6", "10.96.5.5"] {
         answer(&client, "udp", vip, 53)?;
         // The endpoint's own error, on its node (local) and across the tunnel.
         let refused = lab::raw::UdpClient::start(&client.netns, &client.ip, 40054, vip, 54)?;
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while refused.refusals() < 3 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ensure!(
-            refused.refusals() >= 3,
-            "{vip}:54 from the client: {} refusals, want 3 within 3 s",
-            refused.refusals()
-        );
+        let got = refusals_reaching(&refused, 3);
+        ensure!(got >= 3, "{vip}:54 from the client: {got} refusals, want 3 within 3 s");
         ensure!(refused.answers() == 0, "{vip}:54 answered");
     }
     // Forged: both mallories quote the client's real connection to the
@@ -472,11 +474,16 @@ fn lab_services_udp_to_a_closed_port_is_refused_and_only_by_its_endpoint() -> Re
     let client_ip: std::net::Ipv4Addr = client.ip.parse()?;
     let ep2_ip: std::net::Ipv4Addr = ep2.ip.parse()?;
     let quoted = lab::forge::udp(client_ip, ep2_ip, 40055, 5555, b"ask");
+    // Port unreachable about that datagram, 20 times out of `from`'s eth0
+    // with its own addresses.
+    let port_unreachable_from = |from: &lab::cluster::CniPod| -> Result<()> {
+        let ip: std::net::Ipv4Addr = from.ip.parse()?;
+        let error = lab::forge::icmp_error(ip, client_ip, 3, 3, &quoted);
+        let frame = lab::forge::ether(lab::forge::mac_for(ip), lab::forge::mac_for(client_ip), &error);
+        lab::raw::send_frames(&from.netns, "eth0", &[frame], 20)
+    };
     for m in [&mallory1, &mallory2] {
-        let m_ip: std::net::Ipv4Addr = m.ip.parse()?;
-        let error = lab::forge::icmp_error(m_ip, client_ip, 3, 3, &quoted);
-        let frame = lab::forge::ether(lab::forge::mac_for(m_ip), lab::forge::mac_for(client_ip), &error);
-        lab::raw::send_frames(&m.netns, "eth0", &[frame], 20)?;
+        port_unreachable_from(m)?;
     }
     std::thread::sleep(Duration::from_millis(500));
     ensure!(
@@ -485,13 +492,10 @@ fn lab_services_udp_to_a_closed_port_is_refused_and_only_by_its_endpoint() -> Re
         sink_client.refusals()
     );
     // Control: the same error from the endpoint itself is one.
-    let error = lab::forge::icmp_error(ep2_ip, client_ip, 3, 3, &quoted);
-    let frame = lab::forge::ether(lab::forge::mac_for(ep2_ip), lab::forge::mac_for(client_ip), &error);
-    lab::raw::send_frames(&ep2.netns, "eth0", &[frame], 20)?;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while sink_client.refusals() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ensure!(sink_client.refusals() > 0, "the endpoint's own error about the connection was not a refusal");
+    port_unreachable_from(&ep2)?;
+    ensure!(
+        refusals_reaching(&sink_client, 1) > 0,
+        "the endpoint's own error about the connection was not a refusal"
+    );
     Ok(())
 }

@@ -602,19 +602,20 @@ fn related_peer_check(b: &mut Builder, table: Table) {
     for (rpl, peer) in [((ct_state::RPL, 0), Field::CtNwDst), ((0, ct_state::RPL), Field::CtNwSrc)] {
         let unchecked =
             Match::new().ip().ct_state(ct_state::TRK | ct_state::REL | rpl.0, rpl.1).reg(REG_SENDER, 0);
-        b.add(
-            table,
-            320,
-            PIPELINE,
-            unchecked,
-            vec![
-                Action::Move { src: Field::IpSrc.all(), dst: reg(REG_SENDER) },
-                Action::Move { src: peer.all(), dst: reg(REG_PEER) },
-                Action::Resubmit(Table::RelatedPeer.id()),
-                Action::Resubmit(table.id()),
-            ],
-        );
+        b.add(table, 320, PIPELINE, unchecked, check_peer(peer, table));
     }
+}
+
+/// The actions of a peer check: the sender and `peer` (the field holding
+/// the connection's peer) into [`REG_SENDER`] / [`REG_PEER`], RELATED_PEER,
+/// then `table` looked up again with the verdict.
+fn check_peer(peer: Field, table: Table) -> Vec<Action> {
+    vec![
+        Action::Move { src: Field::IpSrc.all(), dst: reg(REG_SENDER) },
+        Action::Move { src: peer.all(), dst: reg(REG_PEER) },
+        Action::Resubmit(Table::RelatedPeer.id()),
+        Action::Resubmit(table.id()),
+    ]
 }
 
 /// RELATED_PEER: [`REG_SENDER`] and [`REG_PEER`] differ in some bit (one
@@ -746,18 +747,9 @@ fn steer_candidates(b: &mut Builder) {
             .reg(REG_FLAGS, 0)
     };
     let mark = || vec![Action::load_reg(REG_FLAGS, FLAG_STEER), Action::Resubmit(GatewayReply.id())];
-    b.add(
-        GatewayReply,
-        250,
-        PIPELINE,
-        unmarked(ct_state::REL).reg(REG_SENDER, 0),
-        vec![
-            Action::Move { src: Field::IpSrc.all(), dst: reg(REG_SENDER) },
-            Action::Move { src: Field::CtNwDst.all(), dst: reg(REG_PEER) },
-            Action::Resubmit(Table::RelatedPeer.id()),
-            Action::Resubmit(GatewayReply.id()),
-        ],
-    );
+    // A reply's peer is its connection's original destination.
+    let unchecked = unmarked(ct_state::REL).reg(REG_SENDER, 0);
+    b.add(GatewayReply, 250, PIPELINE, unchecked, check_peer(Field::CtNwDst, GatewayReply));
     b.add(GatewayReply, 220, PIPELINE, unmarked(ct_state::EST), mark());
     b.add(GatewayReply, 220, PIPELINE, unmarked(ct_state::REL).reg(REG_SENDER, FROM_PEER), mark());
 }
